@@ -1,0 +1,93 @@
+//! The `crossenc` command line: one file per subcommand, each a thin layer over the library.
+
+mod demo;
+mod predict;
+mod rank;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use std::process::ExitCode;
+
+use crate::{CrossEncoder, LoadOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "crossenc",
+    version,
+    about = "Fine-tune, evaluate and serve cross-encoders"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Score text pairs from a CSV, TSV or JSONL file; one JSON object per line.
+    Predict(predict::PredictArgs),
+    /// Rank documents for a query.
+    Rank(rank::RankArgs),
+    /// Run the tutorial's similarity and ranking demos.
+    Demo(demo::DemoArgs),
+}
+
+/// How to load the model; shared by every subcommand that reads one.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// A model folder (config.json, tokenizer.json, weights) or a hub id such as
+    /// cross-encoder/ms-marco-MiniLM-L6-v2.
+    #[arg(long, short)]
+    pub model: String,
+    /// Maximum tokens per pair (default: the model's own, capped by its position table).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Pairs per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Outputs of a new head, when the model has none (a bare encoder).
+    #[arg(long)]
+    pub num_labels: Option<usize>,
+    /// Seed of a newly created head.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<CrossEncoder> {
+        let opts = LoadOptions {
+            max_length: self.max_length,
+            labels: self.num_labels.map(crate::model::config::generic_labels),
+            seed: self.seed,
+            activation: None,
+        };
+        let mut ce = CrossEncoder::load(&self.model, &candle_core::Device::Cpu, &opts)?;
+        anyhow::ensure!(self.batch_size > 0, "--batch-size must be at least 1");
+        ce.batch_size = self.batch_size;
+        if !ce.new_head_params.is_empty() {
+            eprintln!(
+                "note: {} has no trained classification head; created {} with seed {} \
+                 (scores are meaningless until the model is fine-tuned)",
+                self.model,
+                ce.new_head_params.join(", "),
+                self.seed
+            );
+        }
+        Ok(ce)
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Predict(a) => predict::run(a),
+        Command::Rank(a) => rank::run(a),
+        Command::Demo(a) => demo::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

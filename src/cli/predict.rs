@@ -1,0 +1,76 @@
+use anyhow::Result;
+use clap::Args;
+use serde_json::json;
+use std::io::Write;
+
+use super::ModelArgs;
+use crate::data::{self, Columns, HeaderMode, Table};
+
+#[derive(Args)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Pairs to score: CSV/TSV (with or without a header), JSONL, or - for standard input.
+    #[arg(long, short)]
+    input: String,
+    /// The two text columns, by name or 0-based index (default: the first two text columns).
+    #[arg(long)]
+    text_cols: Option<String>,
+    /// Whether the first CSV/TSV row is a header.
+    #[arg(long, value_enum, default_value = "auto")]
+    header: Header,
+    /// Print raw logits instead of activated scores.
+    #[arg(long)]
+    raw: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
+pub enum Header {
+    Auto,
+    Yes,
+    No,
+}
+
+impl From<Header> for HeaderMode {
+    fn from(h: Header) -> Self {
+        match h {
+            Header::Auto => HeaderMode::Auto,
+            Header::Yes => HeaderMode::Yes,
+            Header::No => HeaderMode::No,
+        }
+    }
+}
+
+pub fn run(args: PredictArgs) -> Result<()> {
+    let table = Table::read(&args.input, args.header.into())?;
+    let cols = Columns {
+        texts: args
+            .text_cols
+            .as_deref()
+            .map(Columns::parse_text_cols)
+            .transpose()?,
+        label: None,
+    };
+    let pairs = data::read_pairs(&table, &cols)?;
+    let ce = args.model.load()?;
+    let scores = if args.raw {
+        ce.logits(&pairs)?
+    } else {
+        ce.predict(&pairs)?
+    };
+    let labels = &ce.config.id2label;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for row in scores.rows() {
+        let line = if row.len() == 1 {
+            json!({ "score": row[0] })
+        } else {
+            let best = (0..row.len())
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                .unwrap_or(0);
+            json!({ "scores": row, "label": labels[best] })
+        };
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
+    Ok(())
+}

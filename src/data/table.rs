@@ -1,0 +1,312 @@
+//! A small table model over CSV/TSV/JSONL: named columns, rows that remember their line.
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::io::Read;
+use std::path::Path;
+
+use super::Columns;
+
+/// Whether the first CSV/TSV row is a header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeaderMode {
+    /// A first row with no number and only short, label-like fields is a header.
+    #[default]
+    Auto,
+    Yes,
+    No,
+}
+
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// 1-based line in the file.
+    pub line: usize,
+    pub values: Vec<Value>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Table {
+    /// The file name as the user gave it (`-` for standard input).
+    pub source: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<Row>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Csv,
+    Tsv,
+    Jsonl,
+}
+
+impl Table {
+    /// Reads `path` (`-` for standard input); the format comes from the extension, or is
+    /// sniffed from the content for standard input and unknown extensions.
+    pub fn read(path: &str, header: HeaderMode) -> Result<Table> {
+        let mut text = String::new();
+        if path == "-" {
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("cannot read standard input")?;
+        } else {
+            let bytes = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
+            text = String::from_utf8(bytes).with_context(|| format!("{path} is not UTF-8 text"))?;
+        }
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        let ext = Path::new(path)
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let format = match ext.as_str() {
+            "jsonl" | "ndjson" | "json" => Format::Jsonl,
+            "tsv" | "tab" => Format::Tsv,
+            "csv" => Format::Csv,
+            _ => sniff(text),
+        };
+        let table = match format {
+            Format::Jsonl => parse_jsonl(path, text)?,
+            Format::Csv => parse_delimited(path, text, b',', true, header)?,
+            Format::Tsv => parse_delimited(path, text, b'\t', false, header)?,
+        };
+        if table.rows.is_empty() {
+            bail!("{path}: no data rows");
+        }
+        Ok(table)
+    }
+
+    /// Index of the column named (or numbered) `spec`.
+    pub fn column(&self, spec: &str) -> Result<usize> {
+        if let Some(i) = self.columns.iter().position(|c| c == spec) {
+            return Ok(i);
+        }
+        if let Ok(i) = spec.parse::<usize>() {
+            if i < self.columns.len() {
+                return Ok(i);
+            }
+        }
+        bail!(
+            "{}: unknown column \"{spec}\" (columns: {})",
+            self.source,
+            self.columns
+                .iter()
+                .map(|c| format!("\"{c}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+
+    /// The two text columns: as given, else the first two columns whose first value is text.
+    pub fn text_columns(&self, cols: &Columns) -> Result<(usize, usize)> {
+        if let Some((a, b)) = &cols.texts {
+            return Ok((self.column(a)?, self.column(b)?));
+        }
+        let first = &self.rows[0];
+        let texts: Vec<usize> = (0..self.columns.len())
+            .filter(|&i| {
+                first
+                    .values
+                    .get(i)
+                    .is_some_and(|v| v.is_string() && !is_number(v))
+            })
+            .collect();
+        match texts.as_slice() {
+            [a, b, ..] => Ok((*a, *b)),
+            _ => bail!(
+                "{}: need two text columns, found {} in line {} (columns: {}); pass --text-cols",
+                self.source,
+                texts.len(),
+                first.line,
+                self.columns.join(", ")
+            ),
+        }
+    }
+
+    /// The label column: as given, else the first numeric column after the text columns.
+    pub fn label_column(&self, cols: &Columns) -> Result<usize> {
+        if let Some(l) = &cols.label {
+            return self.column(l);
+        }
+        let (a, b) = self.text_columns(cols)?;
+        let first = &self.rows[0];
+        (0..self.columns.len())
+            .find(|&i| {
+                i != a && i != b && i > a.min(b) && first.values.get(i).is_some_and(is_number)
+            })
+            .or_else(|| {
+                (0..self.columns.len())
+                    .find(|&i| i != a && i != b && first.values.get(i).is_some_and(is_number))
+            })
+            .with_context(|| {
+                format!(
+                    "{}: no numeric label column found; pass --label-col",
+                    self.source
+                )
+            })
+    }
+
+    /// The text in column `col` of `row` (numbers are taken as text too).
+    pub fn text(&self, row: &Row, col: usize) -> Result<String> {
+        match row.values.get(col) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(Value::Number(n)) => Ok(n.to_string()),
+            Some(Value::Null) | None => bail!(
+                "{} line {}: missing column \"{}\"",
+                self.source,
+                row.line,
+                self.columns[col]
+            ),
+            Some(other) => bail!(
+                "{} line {}: column \"{}\" is not text: {other}",
+                self.source,
+                row.line,
+                self.columns[col]
+            ),
+        }
+    }
+
+    /// The number in column `col` of `row`.
+    pub fn number(&self, row: &Row, col: usize) -> Result<f64> {
+        let v = row.values.get(col);
+        let n = match v {
+            Some(Value::Number(n)) => n.as_f64(),
+            Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
+            Some(Value::Bool(b)) => Some(if *b { 1.0 } else { 0.0 }),
+            _ => None,
+        };
+        n.filter(|x| x.is_finite()).with_context(|| {
+            format!(
+                "{} line {}: label column \"{}\" is not a number: {}",
+                self.source,
+                row.line,
+                self.columns[col],
+                v.map_or("missing".to_string(), |v| v.to_string())
+            )
+        })
+    }
+}
+
+fn is_number(v: &Value) -> bool {
+    match v {
+        Value::Number(_) => true,
+        Value::String(s) => s.trim().parse::<f64>().is_ok_and(f64::is_finite),
+        _ => false,
+    }
+}
+
+fn sniff(text: &str) -> Format {
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    if first.trim_start().starts_with('{') {
+        Format::Jsonl
+    } else if first.contains('\t') {
+        Format::Tsv
+    } else {
+        Format::Csv
+    }
+}
+
+fn parse_jsonl(path: &str, text: &str) -> Result<Table> {
+    let mut columns: Vec<String> = Vec::new();
+    let mut objects = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(line)
+            .with_context(|| format!("{path} line {}: invalid JSON", i + 1))?;
+        let Value::Object(obj) = v else {
+            bail!("{path} line {}: expected a JSON object", i + 1);
+        };
+        for k in obj.keys() {
+            if !columns.contains(k) {
+                columns.push(k.clone());
+            }
+        }
+        objects.push((i + 1, obj));
+    }
+    let rows = objects
+        .into_iter()
+        .map(|(line, mut obj)| Row {
+            line,
+            values: columns
+                .iter()
+                .map(|c| obj.remove(c).unwrap_or(Value::Null))
+                .collect(),
+        })
+        .collect();
+    Ok(Table {
+        source: path.to_string(),
+        columns,
+        rows,
+    })
+}
+
+fn parse_delimited(
+    path: &str,
+    text: &str,
+    delimiter: u8,
+    quoting: bool,
+    header: HeaderMode,
+) -> Result<Table> {
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .quoting(quoting)
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let mut records = Vec::new();
+    for rec in reader.records() {
+        let rec = rec.with_context(|| {
+            format!("{path}: malformed {}", if quoting { "CSV" } else { "TSV" })
+        })?;
+        let line = rec.position().map_or(0, |p| p.line() as usize);
+        if rec.len() == 1 && rec[0].trim().is_empty() {
+            continue;
+        }
+        records.push((line, rec.iter().map(str::to_string).collect::<Vec<_>>()));
+    }
+    let has_header = match header {
+        HeaderMode::Yes => true,
+        HeaderMode::No => false,
+        HeaderMode::Auto => records.first().is_some_and(|(_, r)| looks_like_header(r)),
+    };
+    let columns: Vec<String> = if has_header {
+        records.remove(0).1
+    } else {
+        (0..records.first().map_or(0, |r| r.1.len()))
+            .map(|i| i.to_string())
+            .collect()
+    };
+    let mut rows = Vec::with_capacity(records.len());
+    for (line, fields) in records {
+        if fields.len() != columns.len() {
+            bail!(
+                "{path} line {line}: expected {} fields, found {}",
+                columns.len(),
+                fields.len()
+            );
+        }
+        rows.push(Row {
+            line,
+            values: fields.into_iter().map(Value::String).collect(),
+        });
+    }
+    Ok(Table {
+        source: path.to_string(),
+        columns,
+        rows,
+    })
+}
+
+/// Column names are short and carry no number or sentence punctuation; data rows of pair
+/// files are sentences or carry a numeric label.
+fn looks_like_header(fields: &[String]) -> bool {
+    fields.iter().all(|f| {
+        let f = f.trim();
+        !f.is_empty()
+            && f.parse::<f64>().is_err()
+            && f.len() <= 40
+            && f.split_whitespace().count() <= 4
+            && !f.ends_with(['.', '?', '!'])
+    })
+}

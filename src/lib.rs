@@ -1,0 +1,12 @@
+//! crossenc: fine-tune, evaluate and serve cross-encoders (BERT-family pair scorers) on CPU.
+//!
+//! The encoders are written from differentiable candle ops, so the same code predicts and
+//! trains; weights, configs and tokenizers are HuggingFace's formats both ways.
+
+pub mod cli;
+pub mod data;
+pub mod eval;
+pub mod model;
+pub mod ops;
+
+pub use model::cross_encoder::{Activation, CrossEncoder, LoadOptions, Scores};

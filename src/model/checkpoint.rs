@@ -1,0 +1,115 @@
+//! Weights in and out: `model.safetensors` or `pytorch_model.bin` in, HF names kept verbatim.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::config::Config;
+
+/// Named parameters, keyed by the names of the HF `*ForSequenceClassification` model
+/// (`bert.encoder.layer.0.attention.self.query.weight`, `classifier.weight`, ...).
+#[derive(Clone, Default)]
+pub struct Params {
+    pub tensors: BTreeMap<String, Tensor>,
+    /// Where the weights came from, for error messages.
+    pub source: PathBuf,
+}
+
+impl Params {
+    /// The tensor `name`, checked against the expected shape.
+    pub fn get(&self, name: &str, dims: &[usize]) -> Result<Tensor> {
+        let t = self
+            .tensors
+            .get(name)
+            .with_context(|| format!("missing weight \"{name}\" in {}", self.source.display()))?;
+        if t.dims() != dims {
+            bail!(
+                "weight \"{name}\" in {} has shape {:?}, config.json implies {:?}",
+                self.source.display(),
+                t.dims(),
+                dims
+            );
+        }
+        Ok(t.clone())
+    }
+
+    /// Reads the weights of a model folder and maps them onto sequence-classification names.
+    pub fn load(dir: &Path, cfg: &Config, device: &Device) -> Result<Self> {
+        let (source, raw) = read_weight_file(dir, device)?;
+        let prefix = cfg.family.base_prefix();
+        // A bare encoder (`BertModel`, all-MiniLM-L6-v2) stores `embeddings.*` without the
+        // base-model prefix; its head is created later.
+        let bare = !raw
+            .iter()
+            .any(|(k, _)| k.starts_with(&format!("{prefix}.")));
+        let mut tensors = BTreeMap::new();
+        for (name, t) in raw {
+            let name = legacy_layer_norm_name(&name);
+            let name = if bare {
+                format!("{prefix}.{name}")
+            } else {
+                name
+            };
+            // Buffers such as `position_ids` are recomputed, not learned.
+            if name.ends_with(".position_ids") {
+                continue;
+            }
+            tensors.insert(name, t.to_dtype(DType::F32)?);
+        }
+        Ok(Params { tensors, source })
+    }
+
+    /// Writes every parameter to `path` as safetensors (contiguous f32, HF names).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let contiguous: std::collections::HashMap<String, Tensor> = self
+            .tensors
+            .iter()
+            .map(|(k, t)| Ok((k.clone(), t.contiguous()?)))
+            .collect::<Result<_>>()?;
+        candle_core::safetensors::save(&contiguous, path)
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+/// Old TF-converted checkpoints name LayerNorm parameters `gamma`/`beta`.
+fn legacy_layer_norm_name(name: &str) -> String {
+    if let Some(stem) = name.strip_suffix(".gamma") {
+        format!("{stem}.weight")
+    } else if let Some(stem) = name.strip_suffix(".beta") {
+        format!("{stem}.bias")
+    } else {
+        name.to_string()
+    }
+}
+
+fn read_weight_file(dir: &Path, device: &Device) -> Result<(PathBuf, Vec<(String, Tensor)>)> {
+    let st = dir.join("model.safetensors");
+    if st.exists() {
+        let map = candle_core::safetensors::load(&st, device).with_context(|| {
+            format!(
+                "cannot read {} (corrupt or not a safetensors file?)",
+                st.display()
+            )
+        })?;
+        return Ok((st, map.into_iter().collect()));
+    }
+    let bin = dir.join("pytorch_model.bin");
+    if bin.exists() {
+        let tensors = candle_core::pickle::read_all(&bin).with_context(|| {
+            format!(
+                "cannot read {} (corrupt or not a PyTorch checkpoint?)",
+                bin.display()
+            )
+        })?;
+        let tensors = tensors
+            .into_iter()
+            .map(|(k, t)| Ok((k, t.to_device(device)?)))
+            .collect::<Result<_>>()?;
+        return Ok((bin, tensors));
+    }
+    bail!(
+        "no weights in {}: expected model.safetensors or pytorch_model.bin",
+        dir.display()
+    )
+}

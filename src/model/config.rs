@@ -1,0 +1,310 @@
+//! `config.json` of each supported family, read into one typed struct.
+//!
+//! Field names follow transformers' `BertConfig`; DistilBERT's own names (`dim`, `n_layers`, ...)
+//! are mapped onto them when read. The original JSON is kept so that saving writes back every
+//! key we do not model (a user's custom fields survive a fine-tune).
+
+use anyhow::{bail, Context, Result};
+use serde_json::{Map, Value};
+use std::path::Path;
+
+/// The encoder families crossenc implements. They share one encoder; the differences live in
+/// the embeddings, the parameter names and the classification head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Bert,
+    Roberta,
+    XlmRoberta,
+    DistilBert,
+    Electra,
+}
+
+impl Family {
+    pub fn from_model_type(model_type: &str) -> Option<Self> {
+        Some(match model_type {
+            "bert" => Family::Bert,
+            "roberta" => Family::Roberta,
+            "xlm-roberta" => Family::XlmRoberta,
+            "distilbert" => Family::DistilBert,
+            "electra" => Family::Electra,
+            _ => return None,
+        })
+    }
+
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Family::Bert => "bert",
+            Family::Roberta => "roberta",
+            Family::XlmRoberta => "xlm-roberta",
+            Family::DistilBert => "distilbert",
+            Family::Electra => "electra",
+        }
+    }
+
+    /// The attribute name of the base model inside `*ForSequenceClassification`
+    /// (XLM-RoBERTa reuses RoBERTa's classes, hence its prefix).
+    pub fn base_prefix(self) -> &'static str {
+        match self {
+            Family::Bert => "bert",
+            Family::Roberta | Family::XlmRoberta => "roberta",
+            Family::DistilBert => "distilbert",
+            Family::Electra => "electra",
+        }
+    }
+
+    pub fn sequence_classification_arch(self) -> &'static str {
+        match self {
+            Family::Bert => "BertForSequenceClassification",
+            Family::Roberta => "RobertaForSequenceClassification",
+            Family::XlmRoberta => "XLMRobertaForSequenceClassification",
+            Family::DistilBert => "DistilBertForSequenceClassification",
+            Family::Electra => "ElectraForSequenceClassification",
+        }
+    }
+
+    /// RoBERTa-style position ids count from `padding_idx + 1`.
+    pub fn position_offset(self, pad_token_id: u32) -> usize {
+        match self {
+            Family::Roberta | Family::XlmRoberta => pad_token_id as usize + 1,
+            _ => 0,
+        }
+    }
+}
+
+/// Hidden activation (`hidden_act`, or DistilBERT's `activation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HiddenAct {
+    /// The exact erf form, transformers' `gelu`.
+    Gelu,
+    /// The tanh approximation: `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`.
+    GeluTanh,
+    Relu,
+}
+
+impl HiddenAct {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "gelu" => HiddenAct::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => HiddenAct::GeluTanh,
+            "relu" => HiddenAct::Relu,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub family: Family,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    /// ELECTRA's embedding width; equals `hidden_size` for the other families.
+    pub embedding_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub hidden_act: HiddenAct,
+    pub hidden_dropout_prob: f64,
+    pub attention_probs_dropout_prob: f64,
+    /// Dropout before the classifier: `classifier_dropout` (or DistilBERT's
+    /// `seq_classif_dropout`), falling back to `hidden_dropout_prob` as transformers does.
+    pub classifier_dropout: f64,
+    pub max_position_embeddings: usize,
+    /// 0 when the family has no token-type embeddings (DistilBERT).
+    pub type_vocab_size: usize,
+    pub layer_norm_eps: f64,
+    pub pad_token_id: u32,
+    pub initializer_range: f64,
+    /// Label names in id order; its length is the number of outputs.
+    pub id2label: Vec<String>,
+    /// The file as read, written back with our changes on save.
+    pub raw: Map<String, Value>,
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read model config {}", path.display()))?;
+        let value: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let Value::Object(raw) = value else {
+            bail!("{}: expected a JSON object", path.display());
+        };
+        Self::from_map(raw).with_context(|| format!("in model config {}", path.display()))
+    }
+
+    pub fn from_map(raw: Map<String, Value>) -> Result<Self> {
+        let model_type = raw
+            .get("model_type")
+            .and_then(Value::as_str)
+            .context("missing key \"model_type\"")?;
+        let family = Family::from_model_type(model_type).with_context(|| {
+            format!(
+                "unsupported model_type \"{model_type}\": crossenc supports bert, roberta, \
+                 xlm-roberta, distilbert and electra"
+            )
+        })?;
+        let r = Reader(&raw);
+        let distil = family == Family::DistilBert;
+        let key =
+            |bert: &'static str, distil_name: &'static str| if distil { distil_name } else { bert };
+        let hidden_size = r.usize(key("hidden_size", "dim"))?;
+        let act_name = r.str(key("hidden_act", "activation"))?;
+        let hidden_act = HiddenAct::parse(act_name).with_context(|| {
+            format!("unsupported activation \"{act_name}\" (known: gelu, gelu_new, gelu_pytorch_tanh, relu)")
+        })?;
+        let hidden_dropout_prob = r.f64(key("hidden_dropout_prob", "dropout"))?;
+        let classifier_dropout =
+            match r.opt_f64(key("classifier_dropout", "seq_classif_dropout"))? {
+                Some(p) => p,
+                None => hidden_dropout_prob,
+            };
+        let pad_token_id = r.opt_usize("pad_token_id")?.unwrap_or(0) as u32;
+        let id2label = read_labels(&raw)?;
+        Ok(Config {
+            family,
+            vocab_size: r.usize("vocab_size")?,
+            hidden_size,
+            embedding_size: r.opt_usize("embedding_size")?.unwrap_or(hidden_size),
+            num_hidden_layers: r.usize(key("num_hidden_layers", "n_layers"))?,
+            num_attention_heads: r.usize(key("num_attention_heads", "n_heads"))?,
+            intermediate_size: r.usize(key("intermediate_size", "hidden_dim"))?,
+            hidden_act,
+            hidden_dropout_prob,
+            attention_probs_dropout_prob: r
+                .f64(key("attention_probs_dropout_prob", "attention_dropout"))?,
+            classifier_dropout,
+            max_position_embeddings: r.usize("max_position_embeddings")?,
+            type_vocab_size: if distil {
+                0
+            } else {
+                r.opt_usize("type_vocab_size")?.unwrap_or(2)
+            },
+            layer_norm_eps: r.opt_f64("layer_norm_eps")?.unwrap_or(1e-12),
+            pad_token_id,
+            initializer_range: r.opt_f64("initializer_range")?.unwrap_or(0.02),
+            id2label,
+            raw,
+        })
+    }
+
+    pub fn num_labels(&self) -> usize {
+        self.id2label.len()
+    }
+
+    /// Replaces the label set (a fresh head with `n` outputs, or named labels).
+    pub fn set_labels(&mut self, labels: Vec<String>) {
+        self.id2label = labels;
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// The most tokens a sequence can hold given the position table.
+    pub fn max_positions(&self) -> usize {
+        self.max_position_embeddings - self.family.position_offset(self.pad_token_id)
+    }
+
+    /// config.json as a `*ForSequenceClassification` with our labels and activation.
+    pub fn to_json(&self, activation_fn: &str) -> Value {
+        let mut raw = self.raw.clone();
+        raw.insert(
+            "architectures".into(),
+            Value::from(vec![self.family.sequence_classification_arch()]),
+        );
+        let id2label: Map<String, Value> = self
+            .id2label
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i.to_string(), Value::from(l.as_str())))
+            .collect();
+        let label2id: Map<String, Value> = self
+            .id2label
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.clone(), Value::from(i)))
+            .collect();
+        raw.insert("id2label".into(), Value::Object(id2label));
+        raw.insert("label2id".into(), Value::Object(label2id));
+        raw.remove("num_labels");
+        let mut st = Map::new();
+        st.insert("activation_fn".into(), Value::from(activation_fn));
+        raw.insert("sentence_transformers".into(), Value::Object(st));
+        Value::Object(raw)
+    }
+}
+
+/// `id2label` if present, else `num_labels` generic names, else one label (the HF default of a
+/// freshly created config is 2, but a bare encoder like all-MiniLM-L6-v2 has neither key: we
+/// default to the regression/one-score head that a cross-encoder usually wants).
+fn read_labels(raw: &Map<String, Value>) -> Result<Vec<String>> {
+    if let Some(map) = raw.get("id2label") {
+        let map = map.as_object().context("\"id2label\" must be an object")?;
+        let mut labels: Vec<(usize, String)> = map
+            .iter()
+            .map(|(k, v)| {
+                let id = k
+                    .parse::<usize>()
+                    .with_context(|| format!("id2label key \"{k}\" is not an integer"))?;
+                let name = v
+                    .as_str()
+                    .with_context(|| format!("id2label[\"{k}\"] is not a string"))?;
+                Ok((id, name.to_string()))
+            })
+            .collect::<Result<_>>()?;
+        labels.sort();
+        for (i, (id, _)) in labels.iter().enumerate() {
+            if *id != i {
+                bail!("id2label ids must be 0..{}, found {id}", labels.len());
+            }
+        }
+        if !labels.is_empty() {
+            return Ok(labels.into_iter().map(|(_, l)| l).collect());
+        }
+    }
+    let n = Reader(raw).opt_usize("num_labels")?.unwrap_or(1);
+    Ok(generic_labels(n))
+}
+
+pub fn generic_labels(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("LABEL_{i}")).collect()
+}
+
+/// Typed access to JSON keys with errors that name the key.
+struct Reader<'a>(&'a Map<String, Value>);
+
+impl Reader<'_> {
+    fn get(&self, key: &str) -> Result<&Value> {
+        self.0
+            .get(key)
+            .with_context(|| format!("missing key \"{key}\""))
+    }
+    fn usize(&self, key: &str) -> Result<usize> {
+        self.get(key)?
+            .as_u64()
+            .map(|v| v as usize)
+            .with_context(|| format!("key \"{key}\" must be a non-negative integer"))
+    }
+    fn f64(&self, key: &str) -> Result<f64> {
+        self.get(key)?
+            .as_f64()
+            .with_context(|| format!("key \"{key}\" must be a number"))
+    }
+    fn str(&self, key: &str) -> Result<&str> {
+        self.get(key)?
+            .as_str()
+            .with_context(|| format!("key \"{key}\" must be a string"))
+    }
+    fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => self.usize(key).map(Some),
+        }
+    }
+    fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => self.f64(key).map(Some),
+        }
+    }
+}

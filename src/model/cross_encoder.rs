@@ -1,0 +1,339 @@
+//! `CrossEncoder`: load, predict, rank and save, as sentence-transformers' `CrossEncoder`.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+use super::checkpoint::Params;
+use super::config::Config;
+use super::tokenize::{Batch, PairTokenizer};
+use super::{head, hub, SequenceClassifier};
+use crate::ops::Dropout;
+
+/// The function sentence-transformers applies to the logits in `predict`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Sigmoid,
+    Identity,
+    Tanh,
+    Softmax,
+}
+
+impl Activation {
+    /// Parses `activation_fn` as sentence-transformers stores it (a torch class path).
+    pub fn parse(name: &str) -> Option<Self> {
+        let short = name.rsplit('.').next().unwrap_or(name).to_ascii_lowercase();
+        Some(match short.as_str() {
+            "sigmoid" => Activation::Sigmoid,
+            "identity" => Activation::Identity,
+            "tanh" => Activation::Tanh,
+            "softmax" => Activation::Softmax,
+            _ => return None,
+        })
+    }
+
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            Activation::Sigmoid => "torch.nn.modules.activation.Sigmoid",
+            Activation::Identity => "torch.nn.modules.linear.Identity",
+            Activation::Tanh => "torch.nn.modules.activation.Tanh",
+            Activation::Softmax => "torch.nn.modules.activation.Softmax",
+        }
+    }
+
+    /// sentence-transformers' default: sigmoid for one label, identity for several.
+    pub fn default_for(num_labels: usize) -> Self {
+        if num_labels == 1 {
+            Activation::Sigmoid
+        } else {
+            Activation::Identity
+        }
+    }
+
+    pub fn apply(self, logits: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Activation::Sigmoid => candle_nn::ops::sigmoid(logits),
+            Activation::Identity => Ok(logits.clone()),
+            Activation::Tanh => logits.tanh(),
+            Activation::Softmax => crate::ops::softmax(logits),
+        }
+    }
+}
+
+/// Scores of a batch of pairs: `num_labels` values per pair, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scores {
+    pub num_labels: usize,
+    pub values: Vec<f32>,
+}
+
+impl Scores {
+    pub fn len(&self) -> usize {
+        self.values.len() / self.num_labels.max(1)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.values[i * self.num_labels..(i + 1) * self.num_labels]
+    }
+    pub fn rows(&self) -> std::slice::ChunksExact<'_, f32> {
+        self.values.chunks_exact(self.num_labels)
+    }
+}
+
+/// How to load a model beyond its own files.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Overrides the folder's max length (still capped by the position table).
+    pub max_length: Option<usize>,
+    /// Label names for a new head (replaces the checkpoint's head if the count differs).
+    pub labels: Option<Vec<String>>,
+    /// Seed of a newly created head.
+    pub seed: u64,
+    pub activation: Option<Activation>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            max_length: None,
+            labels: None,
+            seed: 42,
+            activation: None,
+        }
+    }
+}
+
+pub struct CrossEncoder {
+    pub config: Config,
+    pub tokenizer: PairTokenizer,
+    pub params: Params,
+    pub model: SequenceClassifier,
+    pub activation: Activation,
+    /// The folder the model was read from (tokenizer files are copied from it on save).
+    pub source_dir: PathBuf,
+    /// Head parameters created at load time (empty for a complete cross-encoder).
+    pub new_head_params: Vec<String>,
+    pub batch_size: usize,
+    pub device: Device,
+}
+
+impl CrossEncoder {
+    /// Loads a model folder or hub id with its own settings.
+    pub fn from_pretrained(id_or_path: &str, device: &Device) -> Result<Self> {
+        Self::load(id_or_path, device, &LoadOptions::default())
+    }
+
+    pub fn load(id_or_path: &str, device: &Device, opts: &LoadOptions) -> Result<Self> {
+        let dir = hub::resolve_model(id_or_path)?;
+        let mut config = Config::from_file(&dir.join("config.json"))?;
+        if let Some(labels) = &opts.labels {
+            if labels.is_empty() {
+                bail!("a model needs at least one label");
+            }
+            config.set_labels(labels.clone());
+        }
+        let activation = match opts.activation {
+            Some(a) => a,
+            None => read_activation(&dir, &config)?,
+        };
+        let tokenizer = PairTokenizer::from_dir(&dir, &config, opts.max_length)?;
+        let mut params = Params::load(&dir, &config, device)?;
+        let new_head_params = head::init_missing(&config, &mut params, opts.seed, device)?;
+        let model = SequenceClassifier::new(&config, &params, device)?;
+        Ok(CrossEncoder {
+            config,
+            tokenizer,
+            params,
+            model,
+            activation,
+            source_dir: dir,
+            new_head_params,
+            batch_size: 32,
+            device: device.clone(),
+        })
+    }
+
+    /// Rebuilds the module tree after `params` changed (training swaps in trainable tensors).
+    pub fn rebuild(&mut self) -> Result<()> {
+        self.model = SequenceClassifier::new(&self.config, &self.params, &self.device)?;
+        Ok(())
+    }
+
+    pub fn num_labels(&self) -> usize {
+        self.config.num_labels()
+    }
+
+    /// Scores with the model's activation applied, in input order.
+    pub fn predict<S: AsRef<str>>(&self, pairs: &[(S, S)]) -> Result<Scores> {
+        self.score(pairs, true)
+    }
+
+    /// Raw logits, in input order.
+    pub fn logits<S: AsRef<str>>(&self, pairs: &[(S, S)]) -> Result<Scores> {
+        self.score(pairs, false)
+    }
+
+    fn score<S: AsRef<str>>(&self, pairs: &[(S, S)], activate: bool) -> Result<Scores> {
+        let num_labels = self.num_labels();
+        let encodings = self.tokenizer.encode_pairs(pairs)?;
+        // Longest first, so that each batch pads little and the largest batch runs first.
+        let mut order: Vec<usize> = (0..encodings.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(encodings[i].len()));
+        let mut values = vec![0f32; encodings.len() * num_labels];
+        for chunk in order.chunks(self.batch_size.max(1)) {
+            let batch_enc: Vec<_> = chunk.iter().map(|&i| &encodings[i]).collect();
+            let out = self.forward_batch(&self.tokenizer.batch(&batch_enc), activate)?;
+            for (row, &i) in out.chunks_exact(num_labels).zip(chunk) {
+                values[i * num_labels..(i + 1) * num_labels].copy_from_slice(row);
+            }
+        }
+        Ok(Scores { num_labels, values })
+    }
+
+    /// One padded batch through the model, dropout off; flat `[batch * num_labels]`.
+    pub fn forward_batch(&self, batch: &Batch, activate: bool) -> Result<Vec<f32>> {
+        let logits = self.model.forward(batch, &mut Dropout::off())?;
+        let out = if activate {
+            self.activation.apply(&logits)?
+        } else {
+            logits
+        };
+        Ok(out.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// Scores `query` against each document and returns `(index, score)` sorted by score,
+    /// highest first; at most `top_k` entries when given. Uses the first label's score.
+    pub fn rank<S: AsRef<str>>(
+        &self,
+        query: &str,
+        docs: &[S],
+        top_k: Option<usize>,
+    ) -> Result<Vec<(usize, f32)>> {
+        let pairs: Vec<(&str, &str)> = docs.iter().map(|d| (query, d.as_ref())).collect();
+        let scores = self.predict(&pairs)?;
+        let mut ranked: Vec<(usize, f32)> = scores.rows().map(|r| r[0]).enumerate().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        ranked.truncate(top_k.unwrap_or(usize::MAX));
+        Ok(ranked)
+    }
+
+    /// Writes an HF model folder that transformers and sentence-transformers load: weights,
+    /// config.json, tokenizer files and `config_sentence_transformers.json`. Each file is
+    /// written to a temporary name and renamed, weights last, so a crash never leaves a
+    /// half-written file behind.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let config = self.config.to_json(self.activation.torch_name());
+        write_atomic(
+            &dir.join("config.json"),
+            serde_json::to_string_pretty(&config)?.as_bytes(),
+        )?;
+        let st_config = serde_json::json!({
+            "__version__": { "crossenc": env!("CARGO_PKG_VERSION") },
+            "activation_fn": self.activation.torch_name(),
+            "model_type": "CrossEncoder",
+            "default_prompt_name": null,
+            "prompts": {},
+        });
+        write_atomic(
+            &dir.join("config_sentence_transformers.json"),
+            serde_json::to_string_pretty(&st_config)?.as_bytes(),
+        )?;
+        for name in [
+            "tokenizer.json",
+            "special_tokens_map.json",
+            "vocab.txt",
+            "sentencepiece.bpe.model",
+            "merges.txt",
+            "vocab.json",
+        ] {
+            let src = self.source_dir.join(name);
+            if src.exists()
+                && src.canonicalize()? != dir.join(name).canonicalize().unwrap_or_default()
+            {
+                let bytes = std::fs::read(&src)
+                    .with_context(|| format!("cannot read {}", src.display()))?;
+                write_atomic(&dir.join(name), &bytes)?;
+            }
+        }
+        write_atomic(
+            &dir.join("tokenizer_config.json"),
+            serde_json::to_string_pretty(&self.tokenizer_config()?)?.as_bytes(),
+        )?;
+        let tmp = tmp_path(&dir.join("model.safetensors"));
+        self.params.save(&tmp)?;
+        std::fs::rename(&tmp, dir.join("model.safetensors"))
+            .with_context(|| format!("cannot write {}", dir.join("model.safetensors").display()))?;
+        Ok(())
+    }
+
+    /// The source tokenizer_config.json with our max length and token-type choice recorded.
+    fn tokenizer_config(&self) -> Result<Value> {
+        let path = self.source_dir.join("tokenizer_config.json");
+        let mut cfg = if path.exists() {
+            serde_json::from_str(&std::fs::read_to_string(&path)?)
+                .with_context(|| format!("{} is not valid JSON", path.display()))?
+        } else {
+            serde_json::json!({})
+        };
+        let obj = cfg
+            .as_object_mut()
+            .context("tokenizer_config.json is not an object")?;
+        obj.insert("model_max_length".into(), self.tokenizer.max_length.into());
+        let mut names = vec!["input_ids"];
+        if self.tokenizer.with_type_ids {
+            names.push("token_type_ids");
+        }
+        names.push("attention_mask");
+        obj.insert("model_input_names".into(), names.into());
+        Ok(cfg)
+    }
+}
+
+/// `activation_fn` from `config_sentence_transformers.json` or config.json's
+/// `sentence_transformers` entry, else the default for the label count.
+fn read_activation(dir: &Path, config: &Config) -> Result<Activation> {
+    let st_path = dir.join("config_sentence_transformers.json");
+    let from_st = if st_path.exists() {
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&st_path)?)
+            .with_context(|| format!("{} is not valid JSON", st_path.display()))?;
+        v.get("activation_fn")
+            .and_then(Value::as_str)
+            .map(|s| (s.to_string(), st_path.clone()))
+    } else {
+        None
+    };
+    let from_cfg = || {
+        config
+            .raw
+            .get("sentence_transformers")
+            .and_then(|s| s.get("activation_fn"))
+            .and_then(Value::as_str)
+            .map(|s| (s.to_string(), dir.join("config.json")))
+    };
+    match from_st.or_else(from_cfg) {
+        Some((name, file)) => Activation::parse(&name).with_context(|| {
+            format!(
+                "{}: unknown activation_fn \"{name}\" (known: Sigmoid, Identity, Tanh, Softmax)",
+                file.display()
+            )
+        }),
+        None => Ok(Activation::default_for(config.num_labels())),
+    }
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it into place.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}

@@ -1,0 +1,106 @@
+//! Cross-encoder models: config, tokenizer, encoder per family, heads, checkpoints, hub.
+
+pub mod checkpoint;
+pub mod config;
+pub mod cross_encoder;
+pub mod embeddings;
+pub mod encoder;
+pub mod head;
+pub mod hub;
+pub mod tokenize;
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use candle_nn::Linear;
+
+use checkpoint::Params;
+use config::Config;
+use embeddings::Embeddings;
+use encoder::Encoder;
+use head::Head;
+use tokenize::Batch;
+
+use crate::ops::{self, Dropout};
+
+/// `torch.nn.LayerNorm` over the last dimension, built from differentiable ops.
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(p: &Params, name: &str, size: usize, eps: f64) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: p.get(&format!("{name}.weight"), &[size])?,
+            bias: p.get(&format!("{name}.bias"), &[size])?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+/// A `torch.nn.Linear(in, out)` read from `{name}.weight` (`[out, in]`) and `{name}.bias`.
+pub fn linear(p: &Params, name: &str, in_dim: usize, out_dim: usize) -> Result<Linear> {
+    Ok(Linear::new(
+        p.get(&format!("{name}.weight"), &[out_dim, in_dim])?,
+        Some(p.get(&format!("{name}.bias"), &[out_dim])?),
+    ))
+}
+
+/// An encoder with a sequence-classification head: transformers'
+/// `*ForSequenceClassification`, for any supported family.
+pub struct SequenceClassifier {
+    embeddings: Embeddings,
+    encoder: Encoder,
+    head: Head,
+    device: Device,
+}
+
+impl SequenceClassifier {
+    pub fn new(cfg: &Config, p: &Params, device: &Device) -> Result<Self> {
+        Ok(SequenceClassifier {
+            embeddings: Embeddings::new(cfg, p)?,
+            encoder: Encoder::new(cfg, p)?,
+            head: Head::new(cfg, p)?,
+            device: device.clone(),
+        })
+    }
+
+    /// The last hidden state `[batch, seq, hidden]`.
+    pub fn encode(&self, batch: &Batch, dropout: &mut Dropout) -> Result<Tensor> {
+        let x = self.embeddings.forward(batch, &self.device, dropout)?;
+        let mask = Tensor::from_slice(
+            &batch.attention_mask,
+            (batch.size, batch.seq_len),
+            &self.device,
+        )?;
+        self.encoder.forward(&x, &mask, dropout)
+    }
+
+    /// Raw logits `[batch, num_labels]`.
+    pub fn forward(&self, batch: &Batch, dropout: &mut Dropout) -> Result<Tensor> {
+        let hidden = self.encode(batch, dropout)?;
+        self.head.forward(&encoder::first_token(&hidden)?, dropout)
+    }
+
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
+    /// Mean of the hidden states over the attention mask: sentence-transformers' mean pooling.
+    pub fn mean_pool(&self, hidden: &Tensor, batch: &Batch) -> Result<Tensor> {
+        let mask = Tensor::from_slice(
+            &batch.attention_mask,
+            (batch.size, batch.seq_len, 1),
+            &self.device,
+        )?
+        .to_dtype(hidden.dtype())?;
+        let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
+        let counts = mask.sum(1)?.clamp(1e-9, f64::INFINITY)?;
+        Ok(summed.broadcast_div(&counts)?)
+    }
+}

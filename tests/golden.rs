@@ -1,0 +1,148 @@
+//! Parity with PyTorch: token ids, logits and predict scores of ../shared/golden.
+
+mod common;
+
+use candle_core::Device;
+use common::*;
+use crossenc::model::tokenize::Batch;
+use crossenc::ops::Dropout;
+use crossenc::{CrossEncoder, LoadOptions};
+
+fn pairs_of(g: &serde_json::Value) -> Vec<(String, String)> {
+    g["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p[0].as_str().unwrap().to_string(),
+                p[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn load(dir: &std::path::Path, max_length: usize) -> CrossEncoder {
+    let opts = LoadOptions {
+        max_length: Some(max_length),
+        ..Default::default()
+    };
+    CrossEncoder::load(dir.to_str().unwrap(), &Device::Cpu, &opts).unwrap()
+}
+
+fn batch_of(ce: &CrossEncoder, pairs: &[(String, String)]) -> Batch {
+    let enc = ce.tokenizer.encode_pairs(pairs).unwrap();
+    ce.tokenizer.batch(&enc.iter().collect::<Vec<_>>())
+}
+
+fn check_tiny(name: &str) {
+    let dir = shared(&format!("golden/{name}"));
+    let g = read_json(&dir.join("golden.json"));
+    let ce = load(&dir, g["max_length"].as_u64().unwrap() as usize);
+    assert!(
+        ce.new_head_params.is_empty(),
+        "{name}: head should come from the checkpoint"
+    );
+    let pairs = pairs_of(&g);
+    let batch = batch_of(&ce, &pairs);
+    assert_eq!(batch.input_ids, u32s(&g["input_ids"]), "{name}: input_ids");
+    assert_eq!(
+        batch.attention_mask,
+        u32s(&g["attention_mask"]),
+        "{name}: attention_mask"
+    );
+    match &g["token_type_ids"] {
+        serde_json::Value::Null => assert!(
+            batch.token_type_ids.is_none(),
+            "{name}: no token types expected"
+        ),
+        t => assert_eq!(
+            batch.token_type_ids.as_deref(),
+            Some(u32s(t).as_slice()),
+            "{name}: token_type_ids"
+        ),
+    }
+    let logits = ce.model.forward(&batch, &mut Dropout::off()).unwrap();
+    let logits = logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let d = max_abs_diff(&logits, &f32s(&g["logits"]));
+    assert!(d < 1e-4, "{name}: logits differ by {d}");
+
+    let expected_act = g["predict_activation"].as_str().unwrap();
+    assert!(
+        ce.activation.torch_name().ends_with(expected_act),
+        "{name}: activation {:?}, golden {expected_act}",
+        ce.activation
+    );
+    let want = f32s(&g["predict_scores"]);
+    for bs in [1, 3, 8] {
+        let mut ce = load(&dir, 48);
+        ce.batch_size = bs;
+        let got = ce.predict(&pairs).unwrap().values;
+        let d = max_abs_diff(&got, &want);
+        assert!(
+            d < 1e-4,
+            "{name}: predict scores at batch size {bs} differ by {d}"
+        );
+    }
+}
+
+#[test]
+fn tiny_bert() {
+    check_tiny("tiny-bert");
+}
+
+#[test]
+fn tiny_bert_3labels() {
+    check_tiny("tiny-bert-3labels");
+}
+
+#[test]
+fn tiny_roberta() {
+    check_tiny("tiny-roberta");
+}
+
+#[test]
+fn tiny_xlm_roberta() {
+    check_tiny("tiny-xlm-roberta");
+}
+
+#[test]
+fn tiny_distilbert() {
+    check_tiny("tiny-distilbert");
+}
+
+#[test]
+fn tiny_electra() {
+    check_tiny("tiny-electra");
+}
+
+#[test]
+fn minilm_hidden_state_and_pooler() {
+    let Some(dir) = minilm() else { return };
+    let g = read_json(&shared("golden/minilm-l6-base.json"));
+    let ce = load(&dir, g["max_length"].as_u64().unwrap() as usize);
+    // A bare BertModel: the encoder and pooler come from the checkpoint, the classifier is new.
+    assert_eq!(
+        ce.new_head_params,
+        vec![
+            "classifier.weight".to_string(),
+            "classifier.bias".to_string()
+        ]
+    );
+    let pairs = pairs_of(&g);
+    let batch = batch_of(&ce, &pairs);
+    assert_eq!(batch.input_ids, u32s(&g["input_ids"]));
+    assert_eq!(batch.attention_mask, u32s(&g["attention_mask"]));
+    assert_eq!(batch.token_type_ids, Some(u32s(&g["token_type_ids"])));
+    let hidden = ce.model.encode(&batch, &mut Dropout::off()).unwrap();
+    let cls = crossenc::model::encoder::first_token(&hidden).unwrap();
+    let got = cls.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let d = max_abs_diff(&got, &f32s(&g["cls_hidden"]));
+    assert!(d < 1e-4, "[CLS] hidden state differs by {d}");
+    let pooled = ce.model.head().pooler(&cls).unwrap().unwrap();
+    let d = max_abs_diff(
+        &pooled.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        &f32s(&g["pooled"]),
+    );
+    assert!(d < 1e-4, "pooler output differs by {d}");
+}
