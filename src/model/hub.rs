@@ -34,7 +34,11 @@ pub fn resolve_model(id_or_path: &str) -> Result<PathBuf> {
     if path.exists() {
         bail!("{id_or_path} is a file; a model is a folder (config.json, tokenizer.json, weights) or a hub id");
     }
-    if id_or_path.split('/').count() > 2 || id_or_path.starts_with('.') || id_or_path.is_empty() {
+    let looks_like_path = id_or_path.is_empty()
+        || id_or_path.starts_with(['/', '.', '~'])
+        || id_or_path.split('/').count() > 2
+        || id_or_path.contains('\\');
+    if looks_like_path {
         bail!("model folder {id_or_path} does not exist");
     }
     let repo = Repo::new(id_or_path.to_string(), RepoType::Model);

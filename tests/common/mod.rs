@@ -1,6 +1,8 @@
 //! Shared test helpers: fixture paths that fail loudly in CI.
 #![allow(dead_code)]
 
+pub mod hub_server;
+
 use std::path::PathBuf;
 
 pub fn repo() -> PathBuf {

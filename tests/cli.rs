@@ -1,0 +1,372 @@
+//! The `crossenc` binary end to end: predict, rank, demo, and its errors on bad input.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn crossenc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_crossenc"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "crossenc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// Asserts a clean failure: non-zero exit, no panic, and a message containing each of `needles`.
+fn fails_with(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success");
+    assert!(!err.contains("panicked"), "panicked: {err}");
+    for n in needles {
+        assert!(err.contains(n), "error lacks {n:?}: {err}");
+    }
+}
+
+fn golden() -> (PathBuf, serde_json::Value) {
+    let dir = shared("golden/tiny-bert");
+    let g = read_json(&dir.join("golden.json"));
+    (dir, g)
+}
+
+fn write_pairs_jsonl(path: &Path, g: &serde_json::Value) {
+    let lines: Vec<String> = g["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| serde_json::json!({"id": 1, "first": p[0], "second": p[1]}).to_string())
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+fn scores(text: &str) -> Vec<f32> {
+    text.lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["score"]
+                .as_f64()
+                .unwrap() as f32
+        })
+        .collect()
+}
+
+#[test]
+fn predict_prints_golden_scores_in_input_order_at_any_batch_size() {
+    let (dir, g) = golden();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("pairs.jsonl");
+    write_pairs_jsonl(&input, &g);
+    let want = f32s(&g["predict_scores"]);
+    for bs in ["1", "3", "32"] {
+        let out = crossenc(&[
+            "predict",
+            "--model",
+            dir.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--batch-size",
+            bs,
+        ]);
+        let got = scores(&stdout(&out));
+        assert!(max_abs_diff(&got, &want) < 1e-4, "batch size {bs}: {got:?}");
+    }
+    // --raw prints the logits.
+    let out = crossenc(&[
+        "predict",
+        "-m",
+        dir.to_str().unwrap(),
+        "-i",
+        input.to_str().unwrap(),
+        "--raw",
+    ]);
+    assert!(max_abs_diff(&scores(&stdout(&out)), &f32s(&g["logits"])) < 1e-4);
+}
+
+#[test]
+fn predict_reads_headerless_csv_tsv_with_header_and_picks_columns() {
+    let (dir, g) = golden();
+    let d = dir.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let pairs = g["pairs"].as_array().unwrap();
+    let want = f32s(&g["predict_scores"]);
+    // STS-B's layout: no header, sentence1, sentence2, score.
+    let mut w = csv::Writer::from_path(tmp.path().join("p.csv")).unwrap();
+    for p in pairs {
+        w.write_record([p[0].as_str().unwrap(), p[1].as_str().unwrap(), "2.5"])
+            .unwrap();
+    }
+    w.flush().unwrap();
+    let out = crossenc(&[
+        "predict",
+        "-m",
+        d,
+        "-i",
+        tmp.path().join("p.csv").to_str().unwrap(),
+    ]);
+    assert!(max_abs_diff(&scores(&stdout(&out)), &want) < 1e-4);
+    // TSV with a header and the texts in other columns, chosen by name (first two pairs; the
+    // others hold tabs).
+    let tsv = format!(
+        "label\tq\tdoc\n1\t{}\t{}\n0\t{}\t{}\n",
+        pairs[0][0].as_str().unwrap(),
+        pairs[0][1].as_str().unwrap(),
+        pairs[1][0].as_str().unwrap(),
+        pairs[1][1].as_str().unwrap()
+    );
+    std::fs::write(tmp.path().join("p.tsv"), tsv).unwrap();
+    let out = crossenc(&[
+        "predict",
+        "-m",
+        d,
+        "-i",
+        tmp.path().join("p.tsv").to_str().unwrap(),
+        "--text-cols",
+        "q,doc",
+    ]);
+    assert!(max_abs_diff(&scores(&stdout(&out)), &want[..2]) < 1e-4);
+    // An empty text is valid input (golden pair 5 has one).
+    let input = tmp.path().join("empty.jsonl");
+    std::fs::write(
+        &input,
+        serde_json::json!({"a": "", "b": "An empty first text."}).to_string(),
+    )
+    .unwrap();
+    let out = crossenc(&["predict", "-m", d, "-i", input.to_str().unwrap()]);
+    assert!(max_abs_diff(&scores(&stdout(&out)), &want[5..6]) < 1e-4);
+}
+
+#[test]
+fn multi_label_predict_prints_score_vectors() {
+    let dir = shared("golden/tiny-bert-3labels");
+    let g = read_json(&dir.join("golden.json"));
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("pairs.jsonl");
+    write_pairs_jsonl(&input, &g);
+    let out = stdout(&crossenc(&[
+        "predict",
+        "-m",
+        dir.to_str().unwrap(),
+        "-i",
+        input.to_str().unwrap(),
+    ]));
+    let got: Vec<f32> = out
+        .lines()
+        .flat_map(|l| f32s(&serde_json::from_str::<serde_json::Value>(l).unwrap()["scores"]))
+        .collect();
+    assert!(max_abs_diff(&got, &f32s(&g["predict_scores"])) < 1e-4);
+}
+
+#[test]
+fn rank_sorts_by_score() {
+    let (dir, g) = golden();
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = tmp.path().join("docs.txt");
+    // Golden pairs 2 and 3 share the query "What is the capital of France?".
+    std::fs::write(
+        &docs,
+        format!(
+            "{}\n{}\n",
+            g["pairs"][3][1].as_str().unwrap(),
+            g["pairs"][2][1].as_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = stdout(&crossenc(&[
+        "rank",
+        "-m",
+        dir.to_str().unwrap(),
+        "--query",
+        g["pairs"][2][0].as_str().unwrap(),
+        "--docs",
+        docs.to_str().unwrap(),
+        "--json",
+    ]));
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let s = f32s(&g["predict_scores"]);
+    // Golden scores: pair 3 (London, 0.407) above pair 2 (Paris, 0.369) for this random model.
+    let (hi, lo) = if s[3] > s[2] { (0, 1) } else { (1, 0) };
+    assert_eq!(rows[0]["index"], hi);
+    assert_eq!(rows[1]["index"], lo);
+    assert_eq!(rows[0]["rank"], 1);
+    assert!(rows[0]["score"].as_f64().unwrap() >= rows[1]["score"].as_f64().unwrap());
+    let top1 = stdout(&crossenc(&[
+        "rank",
+        "-m",
+        dir.to_str().unwrap(),
+        "-q",
+        "x",
+        "-d",
+        docs.to_str().unwrap(),
+        "--top-k",
+        "1",
+    ]));
+    assert_eq!(top1.lines().count(), 1);
+}
+
+#[test]
+fn demo_runs_on_minilm() {
+    let Some(dir) = minilm() else { return };
+    let out = stdout(&crossenc(&["demo", "--model", dir.to_str().unwrap()]));
+    assert!(
+        out.contains("A man is playing a guitar.")
+            && out.contains("A cat is sleeping on the couch."),
+        "{out}"
+    );
+    assert!(
+        out.contains("Paris is the capital city of France.") && out.contains("3. "),
+        "{out}"
+    );
+}
+
+/// A copy of tiny-bert to break in one way.
+fn broken_model(edit: impl FnOnce(&Path)) -> tempfile::TempDir {
+    let (dir, _) = golden();
+    let tmp = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(&dir).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), tmp.path().join(f.file_name())).unwrap();
+    }
+    edit(tmp.path());
+    tmp
+}
+
+fn predict_one(model: &Path) -> Output {
+    let input = model.join("in.jsonl");
+    std::fs::write(&input, "{\"a\": \"x\", \"b\": \"y\"}\n").unwrap();
+    crossenc(&[
+        "predict",
+        "-m",
+        model.to_str().unwrap(),
+        "-i",
+        input.to_str().unwrap(),
+    ])
+}
+
+fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    f(v.as_object_mut().unwrap());
+    std::fs::write(path, v.to_string()).unwrap();
+}
+
+#[test]
+fn bad_models_give_clear_errors() {
+    let m = broken_model(|d| {
+        std::fs::write(d.join("model.safetensors"), b"not a safetensors file").unwrap()
+    });
+    fails_with(&predict_one(m.path()), &["model.safetensors", "corrupt"]);
+
+    let m = broken_model(|d| std::fs::remove_file(d.join("model.safetensors")).unwrap());
+    fails_with(&predict_one(m.path()), &["no weights", "model.safetensors"]);
+
+    let m = broken_model(|d| {
+        edit_json(&d.join("config.json"), |c| {
+            c.insert("model_type".into(), "gpt2".into());
+        })
+    });
+    fails_with(&predict_one(m.path()), &["config.json", "gpt2"]);
+
+    let m = broken_model(|d| {
+        edit_json(&d.join("config.json"), |c| {
+            c.remove("hidden_size");
+        })
+    });
+    fails_with(&predict_one(m.path()), &["config.json", "hidden_size"]);
+
+    let m = broken_model(|d| {
+        edit_json(&d.join("config_sentence_transformers.json"), |c| {
+            c.insert(
+                "activation_fn".into(),
+                "torch.nn.modules.activation.Mish".into(),
+            );
+        })
+    });
+    fails_with(
+        &predict_one(m.path()),
+        &["config_sentence_transformers.json", "Mish"],
+    );
+
+    // A missing encoder weight: drop layer 1's query weight.
+    let m = broken_model(|d| {
+        let p = d.join("model.safetensors");
+        let mut t = candle_core::safetensors::load(&p, &candle_core::Device::Cpu).unwrap();
+        t.remove("bert.encoder.layer.1.attention.self.query.weight")
+            .unwrap();
+        candle_core::safetensors::save(&t, &p).unwrap();
+    });
+    fails_with(
+        &predict_one(m.path()),
+        &[
+            "bert.encoder.layer.1.attention.self.query.weight",
+            "model.safetensors",
+        ],
+    );
+
+    let m = broken_model(|d| std::fs::write(d.join("tokenizer.json"), b"{").unwrap());
+    fails_with(&predict_one(m.path()), &["tokenizer.json"]);
+}
+
+#[test]
+fn bad_inputs_give_clear_errors() {
+    let (dir, _) = golden();
+    let d = dir.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |name: &str, body: &str| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, body).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    fails_with(
+        &crossenc(&["predict", "-m", d, "-i", "/no/such/file.csv"]),
+        &["/no/such/file.csv"],
+    );
+    fails_with(
+        &crossenc(&["predict", "-m", d, "-i", &p("empty.csv", "")]),
+        &["empty.csv", "no data rows"],
+    );
+    let two = p("two.jsonl", "{\"a\": \"x\", \"b\": \"y\"}\n");
+    fails_with(
+        &crossenc(&["predict", "-m", d, "-i", &two, "--text-cols", "a,zzz"]),
+        &["two.jsonl", "unknown column \"zzz\""],
+    );
+    fails_with(
+        &crossenc(&[
+            "predict",
+            "-m",
+            d,
+            "-i",
+            &p("bad.jsonl", "{\"a\": \"x\", \"b\": \"y\"}\n{oops\n"),
+        ]),
+        &["bad.jsonl line 2"],
+    );
+    fails_with(
+        &crossenc(&[
+            "predict",
+            "-m",
+            d,
+            "-i",
+            &p("ragged.csv", "a b c.,d e f.\ng h i.,j k l.,m\n"),
+        ]),
+        &["ragged.csv line 2"],
+    );
+    fails_with(
+        &crossenc(&["predict", "-m", "/no/such/model", "-i", &two]),
+        &["/no/such/model", "does not exist"],
+    );
+    fails_with(
+        &crossenc(&["rank", "-m", d, "-q", "x", "-d", &p("nodocs.txt", "\n\n")]),
+        &["nodocs.txt", "no documents"],
+    );
+}
