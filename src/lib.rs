@@ -6,7 +6,9 @@
 pub mod cli;
 pub mod data;
 pub mod eval;
+pub mod hub;
 pub mod model;
 pub mod ops;
+pub mod train;
 
 pub use model::cross_encoder::{Activation, CrossEncoder, LoadOptions, Scores};

@@ -1,8 +1,11 @@
 //! The `crossenc` command line: one file per subcommand, each a thin layer over the library.
 
+mod data_args;
 mod demo;
+mod eval;
 mod predict;
 mod rank;
+mod train;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -29,6 +32,10 @@ enum Command {
     Rank(rank::RankArgs),
     /// Run the tutorial's similarity and ranking demos.
     Demo(demo::DemoArgs),
+    /// Fine-tune a cross-encoder (default data: STS-B from the hub).
+    Train(train::TrainArgs),
+    /// Pearson and Spearman correlation of a model's scores with labels.
+    Eval(eval::EvalArgs),
 }
 
 /// How to load the model; shared by every subcommand that reads one.
@@ -82,6 +89,8 @@ pub fn main() -> ExitCode {
         Command::Predict(a) => predict::run(a),
         Command::Rank(a) => rank::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,7 +1,10 @@
 //! Readers for pair data: CSV/TSV (with or without a header) and JSONL, one shared reader for
 //! `predict`, `eval` and `train`. Every error names the file, and the line where there is one.
 
+mod hub;
 mod table;
+
+pub use hub::resolve as resolve_source;
 
 pub use table::{HeaderMode, Table};
 
@@ -32,6 +35,51 @@ pub fn read_pairs(table: &Table, cols: &Columns) -> Result<Vec<(String, String)>
     table
         .rows
         .iter()
-        .map(|r| Ok((table.text(r, a)?, table.text(r, b)?)))
+        .map(|r| {
+            table.check(r)?;
+            Ok((table.text(r, a)?, table.text(r, b)?))
+        })
         .collect()
+}
+
+/// A labelled pair; `line` points back into the source file for error messages.
+#[derive(Debug, Clone)]
+pub struct Example {
+    pub a: String,
+    pub b: String,
+    pub label: f64,
+    pub line: usize,
+}
+
+/// Labelled pairs in file order. A bad row (wrong field count, missing text, a label that is
+/// not a number) is an error naming file and line, or with `skip_bad_rows` is skipped and
+/// counted (the second value returned).
+pub fn read_examples(
+    table: &Table,
+    cols: &Columns,
+    skip_bad_rows: bool,
+) -> Result<(Vec<Example>, usize)> {
+    let (a, b) = table.text_columns(cols)?;
+    let l = table.label_column(cols)?;
+    let mut out = Vec::with_capacity(table.rows.len());
+    let mut skipped = 0;
+    for r in &table.rows {
+        let parsed = table.check(r).and_then(|_| {
+            Ok(Example {
+                a: table.text(r, a)?,
+                b: table.text(r, b)?,
+                label: table.number(r, l)?,
+                line: r.line,
+            })
+        });
+        match parsed {
+            Ok(e) => out.push(e),
+            Err(_) if skip_bad_rows => skipped += 1,
+            Err(e) => bail!("{e:#} (pass --skip-bad-rows to skip such rows)"),
+        }
+    }
+    if out.is_empty() {
+        bail!("{}: no usable rows ({skipped} skipped)", table.source);
+    }
+    Ok((out, skipped))
 }

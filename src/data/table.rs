@@ -40,41 +40,73 @@ enum Format {
 }
 
 impl Table {
+    /// Reads a local file or `hf://datasets/...` spec (all of the split's files, concatenated).
+    pub fn read_source(spec: &str, split: &str, header: HeaderMode) -> Result<Table> {
+        let paths = super::resolve_source(spec, split)?;
+        let mut tables = paths.iter().map(|p| Table::read(p, header));
+        let mut table = tables.next().expect("resolve returns at least one file")?;
+        for t in tables {
+            let t = t?;
+            if t.columns != table.columns {
+                bail!(
+                    "{}: columns differ from {} ({:?} vs {:?})",
+                    t.source,
+                    table.source,
+                    t.columns,
+                    table.columns
+                );
+            }
+            table.rows.extend(t.rows);
+        }
+        table.source = spec.to_string();
+        Ok(table)
+    }
+
     /// Reads `path` (`-` for standard input); the format comes from the extension, or is
     /// sniffed from the content for standard input and unknown extensions.
     pub fn read(path: &str, header: HeaderMode) -> Result<Table> {
-        let mut text = String::new();
-        if path == "-" {
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .context("cannot read standard input")?;
+        let table = if path.to_ascii_lowercase().ends_with(".parquet") {
+            parse_parquet(path)?
         } else {
-            let bytes = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
-            text = String::from_utf8(bytes).with_context(|| format!("{path} is not UTF-8 text"))?;
-        }
-        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-        let ext = Path::new(path)
-            .extension()
-            .and_then(|e| e.to_str())
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        let format = match ext.as_str() {
-            "jsonl" | "ndjson" | "json" => Format::Jsonl,
-            "tsv" | "tab" => Format::Tsv,
-            "csv" => Format::Csv,
-            _ => sniff(text),
-        };
-        let table = match format {
-            Format::Jsonl => parse_jsonl(path, text)?,
-            Format::Csv => parse_delimited(path, text, b',', true, header)?,
-            Format::Tsv => parse_delimited(path, text, b'\t', false, header)?,
+            read_text_table(path, header)?
         };
         if table.rows.is_empty() {
             bail!("{path}: no data rows");
         }
         Ok(table)
     }
+}
 
+fn read_text_table(path: &str, header: HeaderMode) -> Result<Table> {
+    let mut text = String::new();
+    if path == "-" {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read standard input")?;
+    } else {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
+        text = String::from_utf8(bytes).with_context(|| format!("{path} is not UTF-8 text"))?;
+    }
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let ext = Path::new(path)
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let format = match ext.as_str() {
+        "jsonl" | "ndjson" | "json" => Format::Jsonl,
+        "tsv" | "tab" => Format::Tsv,
+        "csv" => Format::Csv,
+        _ => sniff(text),
+    };
+    match format {
+        Format::Jsonl => parse_jsonl(path, text),
+        Format::Csv => parse_delimited(path, text, b',', true, header),
+        Format::Tsv => parse_delimited(path, text, b'\t', false, header),
+    }
+}
+
+impl Table {
     /// Index of the column named (or numbered) `spec`.
     pub fn column(&self, spec: &str) -> Result<usize> {
         if let Some(i) = self.columns.iter().position(|c| c == spec) {
@@ -94,6 +126,20 @@ impl Table {
                 .collect::<Vec<_>>()
                 .join(", ")
         )
+    }
+
+    /// An error for a CSV/TSV row whose field count differs from the header's.
+    pub fn check(&self, row: &Row) -> Result<()> {
+        if row.values.len() != self.columns.len() {
+            bail!(
+                "{} line {}: expected {} fields, found {}",
+                self.source,
+                row.line,
+                self.columns.len(),
+                row.values.len()
+            );
+        }
+        Ok(())
     }
 
     /// The two text columns: as given, else the first two columns whose first value is text.
@@ -205,8 +251,24 @@ fn sniff(text: &str) -> Format {
     }
 }
 
+/// Parquet through the record API: each row becomes a JSON object, then as JSONL.
+fn parse_parquet(path: &str) -> Result<Table> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {path}"))?;
+    let reader = SerializedFileReader::new(file)
+        .with_context(|| format!("{path} is not a valid Parquet file"))?;
+    let mut objects = Vec::new();
+    let rows = reader
+        .get_row_iter(None)
+        .with_context(|| format!("cannot read rows of {path}"))?;
+    for (i, row) in rows.enumerate() {
+        let row = row.with_context(|| format!("{path} row {}: unreadable", i + 1))?;
+        objects.push((i + 1, row.to_json_value()));
+    }
+    from_objects(path, objects)
+}
+
 fn parse_jsonl(path: &str, text: &str) -> Result<Table> {
-    let mut columns: Vec<String> = Vec::new();
     let mut objects = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -214,15 +276,25 @@ fn parse_jsonl(path: &str, text: &str) -> Result<Table> {
         }
         let v: Value = serde_json::from_str(line)
             .with_context(|| format!("{path} line {}: invalid JSON", i + 1))?;
+        objects.push((i + 1, v));
+    }
+    from_objects(path, objects)
+}
+
+/// A table from JSON objects; the columns are the union of their keys in first-seen order.
+fn from_objects(path: &str, values: Vec<(usize, Value)>) -> Result<Table> {
+    let mut columns: Vec<String> = Vec::new();
+    let mut objects = Vec::with_capacity(values.len());
+    for (line, v) in values {
         let Value::Object(obj) = v else {
-            bail!("{path} line {}: expected a JSON object", i + 1);
+            bail!("{path} line {line}: expected a JSON object");
         };
         for k in obj.keys() {
             if !columns.contains(k) {
                 columns.push(k.clone());
             }
         }
-        objects.push((i + 1, obj));
+        objects.push((line, obj));
     }
     let rows = objects
         .into_iter()
@@ -277,20 +349,14 @@ fn parse_delimited(
             .map(|i| i.to_string())
             .collect()
     };
-    let mut rows = Vec::with_capacity(records.len());
-    for (line, fields) in records {
-        if fields.len() != columns.len() {
-            bail!(
-                "{path} line {line}: expected {} fields, found {}",
-                columns.len(),
-                fields.len()
-            );
-        }
-        rows.push(Row {
+    // Rows of the wrong width are kept as read: `Table::check` reports (or skips) them.
+    let rows = records
+        .into_iter()
+        .map(|(line, fields)| Row {
             line,
             values: fields.into_iter().map(Value::String).collect(),
-        });
-    }
+        })
+        .collect();
     Ok(Table {
         source: path.to_string(),
         columns,

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use super::checkpoint::Params;
 use super::config::Config;
 use super::tokenize::{Batch, PairTokenizer};
-use super::{head, hub, SequenceClassifier};
+use super::{head, SequenceClassifier};
+use crate::hub;
 use crate::ops::Dropout;
 
 /// The function sentence-transformers applies to the logits in `predict`.

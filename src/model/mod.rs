@@ -6,7 +6,7 @@ pub mod cross_encoder;
 pub mod embeddings;
 pub mod encoder;
 pub mod head;
-pub mod hub;
+
 pub mod tokenize;
 
 use anyhow::Result;

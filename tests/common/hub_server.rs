@@ -60,11 +60,39 @@ pub fn serve(repos: Vec<(String, PathBuf)>) -> HubServer {
     }
 }
 
+/// Files under `dir`, relative, as the hub lists a repository's `siblings`.
+fn siblings(dir: &std::path::Path, prefix: &str, out: &mut Vec<String>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let name = format!("{prefix}{}", e.file_name().to_string_lossy());
+        if e.path().is_dir() {
+            siblings(&e.path(), &format!("{name}/"), out);
+        } else {
+            out.push(name);
+        }
+    }
+}
+
 async fn file(
     State(repos): State<Arc<HashMap<String, PathBuf>>>,
     Path(path): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    // The repository info API: /api/{models|datasets}/{owner}/{name}/revision/{rev}.
+    if let Some(api) = path.strip_prefix("api/") {
+        let repo = api.split("/revision/").next().unwrap_or("");
+        let key = repo.strip_prefix("models/").unwrap_or(repo);
+        let Some(dir) = repos.get(key) else {
+            return StatusCode::NOT_FOUND.into_response();
+        };
+        let mut files = Vec::new();
+        siblings(dir, "", &mut files);
+        let body = serde_json::json!({
+            "sha": COMMIT,
+            "siblings": files.iter().map(|f| serde_json::json!({"rfilename": f})).collect::<Vec<_>>(),
+        });
+        return (StatusCode::OK, body.to_string()).into_response();
+    }
     let Some((repo, rest)) = path.split_once("/resolve/") else {
         return StatusCode::NOT_FOUND.into_response();
     };

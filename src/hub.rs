@@ -1,4 +1,4 @@
-//! Model folders from the Hugging Face hub, through the standard HF cache (`hf-hub`).
+//! Models and datasets from the Hugging Face hub, through the standard HF cache (`hf-hub`).
 //!
 //! `HF_HOME` and `HF_ENDPOINT` are honoured by hf-hub itself; `HF_HUB_OFFLINE=1` is honoured
 //! here: files then come from the cache only, and a cold cache is an error that says so.
@@ -147,4 +147,18 @@ fn fetch_error(repo: &Repo, file: &str, e: ApiError) -> anyhow::Error {
         format!("{e} (no network? set HF_HUB_OFFLINE=1 to use the cache only)")
     };
     anyhow::anyhow!("cannot fetch {file} of {}: {hint}", repo.url())
+}
+
+/// The files of a hub repository (its `siblings`), listed through the hub API.
+pub fn list_files(repo: &Repo) -> Result<Vec<String>> {
+    if is_offline() {
+        bail!(
+            "cannot list the files of {} with HF_HUB_OFFLINE set: name the file, as in hf://datasets/OWNER/NAME/PATH",
+            repo.url()
+        );
+    }
+    let info = api_repo(repo)?
+        .info()
+        .map_err(|e| fetch_error(repo, "the file list", e))?;
+    Ok(info.siblings.into_iter().map(|s| s.rfilename).collect())
 }

@@ -1,0 +1,101 @@
+//! Column and label options shared by `train` and `eval`.
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use crate::data::{self, Columns, Example, HeaderMode, Table};
+
+#[derive(Args, Clone)]
+pub struct DataArgs {
+    /// The two text columns, by name or 0-based index (default: the first two text columns).
+    #[arg(long)]
+    pub text_cols: Option<String>,
+    /// The label column, by name or index (default: the first numeric column after the texts).
+    #[arg(long)]
+    pub label_col: Option<String>,
+    /// Whether the first CSV/TSV row is a header.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub header: super::predict::Header,
+    /// Skip rows with a bad label or a wrong number of fields (and count them) instead of failing.
+    #[arg(long)]
+    pub skip_bad_rows: bool,
+    /// Map labels linearly from LO:HI into [0, 1], e.g. 0:5 for STS-B's raw scores.
+    #[arg(long, value_parser = parse_range)]
+    pub label_range: Option<(f64, f64)>,
+}
+
+fn parse_range(s: &str) -> Result<(f64, f64), String> {
+    let (lo, hi) = s.split_once(':').ok_or("expected LO:HI, e.g. 0:5")?;
+    let lo: f64 = lo
+        .trim()
+        .parse()
+        .map_err(|_| format!("\"{lo}\" is not a number"))?;
+    let hi: f64 = hi
+        .trim()
+        .parse()
+        .map_err(|_| format!("\"{hi}\" is not a number"))?;
+    if hi <= lo {
+        return Err(format!("the range {lo}:{hi} is empty"));
+    }
+    Ok((lo, hi))
+}
+
+impl DataArgs {
+    pub fn columns(&self) -> Result<Columns> {
+        Ok(Columns {
+            texts: self
+                .text_cols
+                .as_deref()
+                .map(Columns::parse_text_cols)
+                .transpose()?,
+            label: self.label_col.clone(),
+        })
+    }
+
+    /// Labelled pairs of one split of `spec`, labels mapped by `--label-range` when given.
+    pub fn read(&self, spec: &str, split: &str) -> Result<Vec<Example>> {
+        let header: HeaderMode = self.header.into();
+        let table = Table::read_source(spec, split, header)?;
+        let (mut examples, skipped) =
+            data::read_examples(&table, &self.columns()?, self.skip_bad_rows)?;
+        if skipped > 0 {
+            eprintln!("{spec}: skipped {skipped} bad rows");
+        }
+        if let Some((lo, hi)) = self.label_range {
+            for e in &mut examples {
+                if e.label < lo || e.label > hi {
+                    bail!(
+                        "{spec} line {}: label {} is outside --label-range {lo}:{hi}",
+                        e.line,
+                        e.label
+                    );
+                }
+                e.label = (e.label - lo) / (hi - lo);
+            }
+        }
+        Ok(examples)
+    }
+}
+
+/// BCE needs labels in [0, 1]: name the first label outside and the way out.
+pub fn check_unit_labels(spec: &str, examples: &[Example]) -> Result<()> {
+    if let Some(e) = examples.iter().find(|e| !(0.0..=1.0).contains(&e.label)) {
+        let max = examples
+            .iter()
+            .map(|e| e.label)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let min = examples
+            .iter()
+            .map(|e| e.label)
+            .fold(f64::INFINITY, f64::min);
+        bail!(
+            "{spec} line {}: label {} is outside [0, 1], which the BCE loss needs (labels span {min}..{max}): \
+             pass --label-range {}:{} to map them linearly into [0, 1], or --loss mse to train on raw labels",
+            e.line,
+            e.label,
+            min.min(0.0),
+            max.ceil()
+        );
+    }
+    Ok(())
+}

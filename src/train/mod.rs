@@ -1,0 +1,478 @@
+//! Fine-tuning: the trainer loop, losses, AdamW, the learning-rate schedule and checkpoints.
+
+pub mod card;
+pub mod loss;
+pub mod optim;
+pub mod plot;
+pub mod schedule;
+pub mod state;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Tensor, Var};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::seq::SliceRandom;
+use rand::{rngs::StdRng, SeedableRng};
+use serde_json::json;
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+use tokenizers::Encoding;
+
+use crate::data::Example;
+use crate::eval::{self, Metrics};
+use crate::model::checkpoint::Params;
+use crate::model::SequenceClassifier;
+use crate::ops::Dropout;
+use crate::CrossEncoder;
+use optim::{AdamW, AdamWConfig};
+use schedule::LinearSchedule;
+use state::TrainerState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LossKind {
+    /// Binary cross-entropy on logits; labels must lie in [0, 1].
+    Bce,
+    /// Mean squared error on the raw logit; any labels.
+    Mse,
+}
+
+/// How training reports progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    Bar,
+    Lines,
+    Quiet,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub adamw: AdamWConfig,
+    /// Warm-up steps; when `None`, `warmup_ratio` of the total.
+    pub warmup_steps: Option<usize>,
+    pub warmup_ratio: f64,
+    pub max_grad_norm: f64,
+    pub grad_accum: usize,
+    pub seed: u64,
+    pub loss: LossKind,
+    /// Evaluate every N optimizer steps (and always at each epoch's end).
+    pub eval_steps: Option<usize>,
+    /// Write a resumable checkpoint every N optimizer steps.
+    pub save_steps: Option<usize>,
+    pub keep_checkpoints: usize,
+    pub log_steps: usize,
+    /// Metric that picks the best model (`spearman`, `pearson`).
+    pub metric: String,
+    /// Stop after this many optimizer steps (the schedule still spans all epochs).
+    pub max_steps: Option<usize>,
+    pub progress: Progress,
+    /// Dropout as config.json sets it; off only for exact-gradient tests.
+    pub dropout: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 1,
+            batch_size: 16,
+            lr: 2e-5,
+            adamw: AdamWConfig::default(),
+            warmup_steps: None,
+            warmup_ratio: 0.1,
+            max_grad_norm: 1.0,
+            grad_accum: 1,
+            seed: 42,
+            loss: LossKind::Bce,
+            eval_steps: None,
+            save_steps: None,
+            keep_checkpoints: 2,
+            log_steps: 20,
+            metric: "spearman".into(),
+            max_steps: None,
+            progress: Progress::Lines,
+            dropout: true,
+        }
+    }
+}
+
+/// What a run reached: the best dev metrics (if there was a dev set) and at which step.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub steps: usize,
+    pub best: Option<(usize, Metrics)>,
+    pub last: Option<Metrics>,
+    pub seconds: f64,
+}
+
+/// Parameters as trainable variables, the model built on them, and the optimizer over them.
+pub struct Trainable {
+    pub model: SequenceClassifier,
+    pub opt: AdamW,
+}
+
+impl Trainable {
+    /// Makes every parameter of `ce` a variable. `ce`'s own model keeps reading the same
+    /// storage (detached), so evaluating and saving through `ce` sees the updated weights.
+    pub fn new(ce: &mut CrossEncoder, adamw: AdamWConfig) -> Result<Self> {
+        let mut vars = Vec::with_capacity(ce.params.tensors.len());
+        let mut tracked = Params {
+            tensors: Default::default(),
+            source: ce.params.source.clone(),
+        };
+        for (name, t) in ce.params.tensors.iter_mut() {
+            let var = Var::from_tensor(t)?;
+            *t = var.as_tensor().detach();
+            tracked
+                .tensors
+                .insert(name.clone(), var.as_tensor().clone());
+            vars.push((name.clone(), var));
+        }
+        ce.rebuild()?;
+        let model = SequenceClassifier::new(&ce.config, &tracked, &ce.device)?;
+        Ok(Trainable {
+            model,
+            opt: AdamW::new(vars, adamw),
+        })
+    }
+
+    /// Loss of one batch and the gradients of every parameter (names in `opt.names` order).
+    pub fn loss_and_grads(
+        &self,
+        ce: &CrossEncoder,
+        batch: &[&Encoding],
+        labels: &[f32],
+        loss: LossKind,
+        dropout: &mut Dropout,
+    ) -> Result<(f32, Vec<Vec<f32>>)> {
+        let loss = batch_loss(&self.model, ce, batch, labels, loss, dropout)?;
+        let grads = loss.backward()?;
+        Ok((loss.to_scalar::<f32>()?, self.opt.gradients(&grads)?))
+    }
+}
+
+/// The loss of `model` on one batch, as a scalar tensor.
+fn batch_loss(
+    model: &SequenceClassifier,
+    ce: &CrossEncoder,
+    batch: &[&Encoding],
+    labels: &[f32],
+    loss: LossKind,
+    dropout: &mut Dropout,
+) -> Result<Tensor> {
+    let logits = model
+        .forward(&ce.tokenizer.batch(batch), dropout)?
+        .squeeze(1)?;
+    let labels = Tensor::from_slice(labels, labels.len(), &ce.device)?;
+    Ok(match loss {
+        LossKind::Bce => loss::bce_with_logits(&logits, &labels)?,
+        LossKind::Mse => loss::mse(&logits, &labels)?,
+    })
+}
+
+/// The mean loss of `ce` over `examples`, dropout off (batches of `ce.batch_size`).
+pub fn mean_loss(ce: &CrossEncoder, examples: &[Example], loss: LossKind) -> Result<f64> {
+    let pairs: Vec<(&str, &str)> = examples
+        .iter()
+        .map(|e| (e.a.as_str(), e.b.as_str()))
+        .collect();
+    let encodings = ce.tokenizer.encode_pairs(&pairs)?;
+    let mut total = 0.0;
+    for (enc, ex) in encodings
+        .chunks(ce.batch_size.max(1))
+        .zip(examples.chunks(ce.batch_size.max(1)))
+    {
+        let labels: Vec<f32> = ex.iter().map(|e| e.label as f32).collect();
+        let l = batch_loss(
+            &ce.model,
+            ce,
+            &enc.iter().collect::<Vec<_>>(),
+            &labels,
+            loss,
+            &mut Dropout::off(),
+        )?;
+        total += l.to_scalar::<f32>()? as f64 * ex.len() as f64;
+    }
+    Ok(total / examples.len().max(1) as f64)
+}
+
+/// A generator for a (seed, stream) pair: streams are epochs (shuffling) and steps (dropout).
+fn rng_for(seed: u64, stream: u64) -> StdRng {
+    // splitmix64 of the pair, so neighbouring streams are unrelated.
+    let mut z = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    StdRng::seed_from_u64(z ^ (z >> 31))
+}
+
+/// The batches of one epoch: a seeded shuffle, cut into `batch_size` chunks.
+fn epoch_batches(n: usize, batch_size: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rng_for(seed, 1 << 32 | epoch as u64));
+    order.chunks(batch_size).map(<[usize]>::to_vec).collect()
+}
+
+/// Appends JSON lines to `OUTPUT/metrics.jsonl`.
+struct MetricsLog(std::fs::File);
+
+impl MetricsLog {
+    /// Opens the log; on resume, drops the entries past the checkpoint's step so that the file
+    /// reads as one uninterrupted run.
+    fn open(output: &Path, resume_step: Option<usize>) -> Result<Self> {
+        let path = output.join("metrics.jsonl");
+        let kept: Vec<String> = match resume_step {
+            Some(step) if path.exists() => std::fs::read_to_string(&path)?
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v["step"].as_u64())
+                        .is_some_and(|s| s as usize <= step)
+                })
+                .map(str::to_string)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut f = std::fs::File::create(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        for l in kept {
+            writeln!(f, "{l}")?;
+        }
+        Ok(MetricsLog(f))
+    }
+
+    fn write(&mut self, v: serde_json::Value) -> Result<()> {
+        writeln!(self.0, "{v}")?;
+        Ok(self.0.flush()?)
+    }
+}
+
+/// Fine-tunes `ce` on `train`, evaluating on `dev`; the best model by `cfg.metric` (or the
+/// last one, without a dev set) is saved to `output`.
+pub fn train(
+    ce: &mut CrossEncoder,
+    train: &[Example],
+    dev: Option<&[Example]>,
+    cfg: &TrainConfig,
+    output: &Path,
+    resume: bool,
+) -> Result<Summary> {
+    if cfg.batch_size == 0 || cfg.grad_accum == 0 || cfg.epochs == 0 {
+        bail!("batch size, gradient accumulation and epochs must be at least 1");
+    }
+    if ce.num_labels() != 1 {
+        bail!(
+            "{} has {} labels; regression and BCE training need a one-output head (--num-labels 1)",
+            ce.source_dir.display(),
+            ce.num_labels()
+        );
+    }
+    std::fs::create_dir_all(output)
+        .with_context(|| format!("cannot create {}", output.display()))?;
+    let start = Instant::now();
+    let pairs: Vec<(&str, &str)> = train.iter().map(|e| (e.a.as_str(), e.b.as_str())).collect();
+    let encodings = ce.tokenizer.encode_pairs(&pairs)?;
+    let labels: Vec<f32> = train.iter().map(|e| e.label as f32).collect();
+
+    let micro_per_epoch = train.len().div_ceil(cfg.batch_size);
+    let steps_per_epoch = micro_per_epoch.div_ceil(cfg.grad_accum);
+    let total_steps = steps_per_epoch * cfg.epochs;
+    let warmup = cfg
+        .warmup_steps
+        .unwrap_or((cfg.warmup_ratio * total_steps as f64).ceil() as usize);
+    let schedule = LinearSchedule {
+        peak: cfg.lr,
+        warmup_steps: warmup,
+        total_steps,
+    };
+    let last_step = cfg.max_steps.unwrap_or(total_steps).min(total_steps);
+
+    let mut t = Trainable::new(ce, cfg.adamw)?;
+    let mut st = TrainerState {
+        step: 0,
+        total_steps,
+        seed: cfg.seed,
+        train_examples: train.len(),
+        best_metric: None,
+        best_step: None,
+    };
+    let mut resumed_from = None;
+    if resume {
+        if let Some(saved) = state::restore_latest(output, &mut t.opt)? {
+            if (saved.seed, saved.total_steps, saved.train_examples)
+                != (st.seed, st.total_steps, st.train_examples)
+            {
+                bail!(
+                    "the checkpoint in {} was made with other settings (seed {}, {} steps, {} examples; now seed {}, {} steps, {} examples): resume with the same command, or use a new --output",
+                    state::checkpoints_dir(output).display(), saved.seed, saved.total_steps, saved.train_examples, st.seed, st.total_steps, st.train_examples
+                );
+            }
+            resumed_from = Some(saved.step);
+            st = saved;
+        }
+    } else if !state::list(output)?.is_empty() {
+        bail!("{} already holds checkpoints: pass --resume to continue that run, or choose a new --output", output.display());
+    }
+    let mut log = MetricsLog::open(output, resumed_from)?;
+    let bar = match cfg.progress {
+        Progress::Bar => {
+            let pb = ProgressBar::new(last_step as u64);
+            pb.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+                )
+                .expect("valid template"),
+            );
+            pb.set_position(st.step as u64);
+            Some(pb)
+        }
+        _ => None,
+    };
+    let report = |line: String| match (&bar, cfg.progress) {
+        (Some(pb), _) => pb.println(line),
+        (None, Progress::Lines) => println!("{line}"),
+        _ => {}
+    };
+    if let Some(step) = resumed_from {
+        report(format!("resumed from step {step} of {total_steps}"));
+    }
+
+    let mut best = None;
+    let mut last_metrics = None;
+    let mut epoch_cache: Option<(usize, Vec<Vec<usize>>)> = None;
+    let (mut loss_sum, mut loss_n) = (0.0f64, 0usize);
+    while st.step < last_step {
+        let epoch = st.step / steps_per_epoch;
+        let in_epoch = st.step % steps_per_epoch;
+        if epoch_cache.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            epoch_cache = Some((
+                epoch,
+                epoch_batches(train.len(), cfg.batch_size, cfg.seed, epoch),
+            ));
+        }
+        let batches = &epoch_cache.as_ref().expect("set above").1;
+        let micro = &batches
+            [in_epoch * cfg.grad_accum..((in_epoch + 1) * cfg.grad_accum).min(batches.len())];
+        let mut dropout = if cfg.dropout {
+            Dropout::seeded(rng_for(cfg.seed, st.step as u64))
+        } else {
+            Dropout::off()
+        };
+        let mut grads: Option<Vec<Vec<f32>>> = None;
+        let mut step_loss = 0.0;
+        for idx in micro {
+            let enc: Vec<&Encoding> = idx.iter().map(|&i| &encodings[i]).collect();
+            let lab: Vec<f32> = idx.iter().map(|&i| labels[i]).collect();
+            let (l, g) = t.loss_and_grads(ce, &enc, &lab, cfg.loss, &mut dropout)?;
+            if !l.is_finite() {
+                bail!(
+                    "the loss became {l} at step {}: lower --lr or check the labels",
+                    st.step
+                );
+            }
+            let w = 1.0 / micro.len() as f32;
+            step_loss += (l * w) as f64;
+            match &mut grads {
+                None => {
+                    grads = Some(
+                        g.into_iter()
+                            .map(|v| v.into_iter().map(|x| x * w).collect())
+                            .collect(),
+                    )
+                }
+                Some(acc) => acc
+                    .iter_mut()
+                    .zip(g)
+                    .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(x, y)| *x += y * w)),
+            }
+        }
+        let mut grads = grads.expect("a step has at least one batch");
+        optim::clip_grad_norm(&mut grads, cfg.max_grad_norm);
+        let lr = schedule.lr(st.step);
+        t.opt.step(&grads, lr)?;
+        st.step += 1;
+        loss_sum += step_loss;
+        loss_n += 1;
+        let epoch_f = st.step as f64 / steps_per_epoch as f64;
+        if let Some(pb) = &bar {
+            pb.set_position(st.step as u64);
+            pb.set_message(format!(
+                "epoch {epoch_f:.2}  loss {step_loss:.4}  lr {lr:.2e}"
+            ));
+        }
+        if st.step.is_multiple_of(cfg.log_steps.max(1)) || st.step == last_step {
+            let avg = loss_sum / loss_n.max(1) as f64;
+            let secs = start.elapsed().as_secs_f64();
+            log.write(
+                json!({"step": st.step, "epoch": epoch_f, "loss": avg, "lr": lr, "seconds": secs}),
+            )?;
+            if bar.is_none() {
+                report(format!("step {}/{last_step}  epoch {epoch_f:.2}  loss {avg:.4}  lr {lr:.2e}  {secs:.0}s", st.step));
+            }
+            (loss_sum, loss_n) = (0.0, 0);
+        }
+        let epoch_end = st.step.is_multiple_of(steps_per_epoch);
+        let eval_now =
+            epoch_end || st.step == last_step || cfg.eval_steps.is_some_and(|n| st.step.is_multiple_of(n));
+        if let (true, Some(dev)) = (eval_now, dev) {
+            let m = eval::correlation_metrics(ce, dev)?;
+            let value = *m.get(&cfg.metric).with_context(|| {
+                format!(
+                    "unknown metric \"{}\" (known: pearson, spearman)",
+                    cfg.metric
+                )
+            })?;
+            let secs = start.elapsed().as_secs_f64();
+            log.write(json!({"step": st.step, "epoch": epoch_f, "eval": m, "seconds": secs}))?;
+            report(format!(
+                "eval at step {}: {}",
+                st.step,
+                m.iter()
+                    .map(|(k, v)| format!("{k} {v:.4}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            if st.best_metric.is_none_or(|b| value > b) {
+                st.best_metric = Some(value);
+                st.best_step = Some(st.step);
+                ce.save(output)?;
+                best = Some((st.step, m.clone()));
+            }
+            last_metrics = Some(m);
+        }
+        if cfg.save_steps.is_some_and(|n| st.step.is_multiple_of(n)) && st.step < last_step {
+            state::save(output, &st, &t.opt, cfg.keep_checkpoints)?;
+        }
+    }
+    if let Some(pb) = &bar {
+        pb.finish_and_clear();
+    }
+    if dev.is_none() {
+        ce.save(output)?;
+    } else if best.is_none() {
+        // Resumed after the best model was already saved: report what the checkpoint recorded.
+        best = st
+            .best_step
+            .zip(st.best_metric)
+            .map(|(s, v)| (s, Metrics::from([(cfg.metric.clone(), v)])));
+    }
+    if best.as_ref().is_some_and(|(s, _)| *s != st.step) {
+        // The weights in memory are the last step's; the output folder holds the best ones.
+        report(format!(
+            "best {} at step {}; reloading it",
+            cfg.metric,
+            best.as_ref().map_or(0, |b| b.0)
+        ));
+        let reloaded = Params::load(output, &ce.config, &ce.device)?;
+        ce.params = reloaded;
+        ce.rebuild()?;
+    }
+    plot::write_training_svg(output)?;
+    Ok(Summary {
+        steps: st.step,
+        best,
+        last: last_metrics,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}

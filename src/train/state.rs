@@ -1,0 +1,137 @@
+//! Training checkpoints: weights, AdamW moments, the step counter and the best metric so far.
+//!
+//! Shuffling and dropout draw from generators seeded by `(seed, epoch)` and `(seed, step)`, so
+//! the step number and the seed are the whole RNG and data-order state: a resumed run replays
+//! exactly what the uninterrupted run would have done.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::optim::AdamW;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainerState {
+    /// Optimizer steps done.
+    pub step: usize,
+    pub total_steps: usize,
+    pub seed: u64,
+    pub train_examples: usize,
+    pub best_metric: Option<f64>,
+    pub best_step: Option<usize>,
+}
+
+pub fn checkpoints_dir(output: &Path) -> PathBuf {
+    output.join("checkpoints")
+}
+
+/// Writes `checkpoint-{step}` atomically (a temporary folder renamed into place) and keeps the
+/// newest `keep` checkpoints.
+pub fn save(output: &Path, state: &TrainerState, opt: &AdamW, keep: usize) -> Result<PathBuf> {
+    let root = checkpoints_dir(output);
+    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let dir = root.join(format!("checkpoint-{}", state.step));
+    let tmp = root.join(format!(
+        ".checkpoint-{}.tmp-{}",
+        state.step,
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let mut weights = HashMap::new();
+    let mut moments = HashMap::new();
+    for (i, (name, var)) in opt.names.iter().zip(&opt.vars).enumerate() {
+        weights.insert(name.clone(), var.as_tensor().contiguous()?);
+        let shape = var.shape();
+        moments.insert(
+            format!("m.{name}"),
+            Tensor::from_slice(&opt.m[i], shape, &Device::Cpu)?,
+        );
+        moments.insert(
+            format!("v.{name}"),
+            Tensor::from_slice(&opt.v[i], shape, &Device::Cpu)?,
+        );
+    }
+    candle_core::safetensors::save(&weights, tmp.join("model.safetensors"))?;
+    candle_core::safetensors::save(&moments, tmp.join("optimizer.safetensors"))?;
+    std::fs::write(
+        tmp.join("trainer_state.json"),
+        serde_json::to_string_pretty(state)?,
+    )?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).with_context(|| format!("cannot write {}", dir.display()))?;
+    let mut all = list(output)?;
+    while all.len() > keep.max(1) {
+        let (_, old) = all.remove(0);
+        let _ = std::fs::remove_dir_all(old);
+    }
+    Ok(dir)
+}
+
+/// Complete checkpoints, oldest first.
+pub fn list(output: &Path) -> Result<Vec<(usize, PathBuf)>> {
+    let root = checkpoints_dir(output);
+    if !root.exists() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&root)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if let Some(step) = name
+            .strip_prefix("checkpoint-")
+            .and_then(|s| s.parse::<usize>().ok())
+        {
+            if path.join("trainer_state.json").exists() {
+                out.push((step, path));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Restores weights and moments from the newest checkpoint; `None` when there is none.
+pub fn restore_latest(output: &Path, opt: &mut AdamW) -> Result<Option<TrainerState>> {
+    let Some((_, dir)) = list(output)?.pop() else {
+        return Ok(None);
+    };
+    let state_path = dir.join("trainer_state.json");
+    let state: TrainerState = serde_json::from_str(&std::fs::read_to_string(&state_path)?)
+        .with_context(|| format!("{} is not a valid trainer state", state_path.display()))?;
+    let weights = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)
+        .with_context(|| format!("cannot read {}", dir.join("model.safetensors").display()))?;
+    let moments = candle_core::safetensors::load(dir.join("optimizer.safetensors"), &Device::Cpu)
+        .with_context(|| {
+        format!(
+            "cannot read {}",
+            dir.join("optimizer.safetensors").display()
+        )
+    })?;
+    for (i, (name, var)) in opt.names.iter().zip(&opt.vars).enumerate() {
+        let get = |map: &HashMap<String, Tensor>, key: &str| -> Result<Tensor> {
+            match map.get(key) {
+                Some(t) if t.shape() == var.shape() => Ok(t.clone()),
+                Some(_) => bail!(
+                    "{}: \"{key}\" has another shape than the model's",
+                    dir.display()
+                ),
+                None => bail!(
+                    "{}: \"{key}\" is missing (a checkpoint of another model?)",
+                    dir.display()
+                ),
+            }
+        };
+        var.set(&get(&weights, name)?)?;
+        opt.m[i] = get(&moments, &format!("m.{name}"))?
+            .flatten_all()?
+            .to_vec1()?;
+        opt.v[i] = get(&moments, &format!("v.{name}"))?
+            .flatten_all()?
+            .to_vec1()?;
+    }
+    opt.steps = state.step;
+    Ok(Some(state))
+}

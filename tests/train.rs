@@ -1,0 +1,407 @@
+//! Training end to end: loss goes down, kill-and-resume reproduces the weights, bad data is
+//! reported, the saved folder reloads, hub datasets load through the cache.
+
+mod common;
+
+use candle_core::Device;
+use common::hub_server;
+use common::*;
+use crossenc::data::{self, Columns, HeaderMode, Table};
+use crossenc::train::{self, LossKind, Progress, TrainConfig};
+use crossenc::{CrossEncoder, LoadOptions};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn stsb(split: &str) -> String {
+    shared(&format!("data/stsb/stsb-en-{split}.csv"))
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The first `n` STS-B training pairs, labels scaled to [0, 1].
+fn stsb_examples(n: usize) -> Vec<data::Example> {
+    let table = Table::read(&stsb("train"), HeaderMode::Auto).unwrap();
+    let (mut ex, _) = data::read_examples(&table, &Columns::default(), false).unwrap();
+    ex.truncate(n);
+    ex.iter_mut().for_each(|e| e.label /= 5.0);
+    ex
+}
+
+fn tiny_bert() -> CrossEncoder {
+    CrossEncoder::load(
+        shared("golden/tiny-bert").to_str().unwrap(),
+        &Device::Cpu,
+        &LoadOptions::default(),
+    )
+    .unwrap()
+}
+
+fn crossenc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_crossenc"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap()
+}
+
+fn fails_with(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure");
+    assert!(!err.contains("panicked"), "panicked: {err}");
+    for n in needles {
+        assert!(err.contains(n), "error lacks {n:?}: {err}");
+    }
+}
+
+#[test]
+fn a_few_steps_on_stsb_lower_the_loss_and_the_saved_model_reloads() {
+    let examples = stsb_examples(256);
+    let mut ce = tiny_bert();
+    let before = train::mean_loss(&ce, &examples, LossKind::Bce).unwrap();
+    let cfg = TrainConfig {
+        epochs: 3,
+        lr: 1e-3,
+        warmup_ratio: 0.0,
+        progress: Progress::Quiet,
+        ..Default::default()
+    };
+    let out = tempfile::tempdir().unwrap();
+    let summary = train::train(
+        &mut ce,
+        &examples,
+        Some(&examples[..64]),
+        &cfg,
+        out.path(),
+        false,
+    )
+    .unwrap();
+    assert_eq!(summary.steps, 48);
+    let after = train::mean_loss(&ce, &examples, LossKind::Bce).unwrap();
+    assert!(after < before - 0.01, "loss {before} -> {after}");
+
+    // What landed in the output folder is the model in memory (the best on dev).
+    let pairs: Vec<(&str, &str)> = examples
+        .iter()
+        .map(|e| (e.a.as_str(), e.b.as_str()))
+        .collect();
+    let in_memory = ce.predict(&pairs).unwrap();
+    let reloaded = CrossEncoder::load(
+        out.path().to_str().unwrap(),
+        &Device::Cpu,
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    assert!(reloaded.new_head_params.is_empty());
+    assert!(max_abs_diff(&in_memory.values, &reloaded.predict(&pairs).unwrap().values) < 1e-6);
+    for f in [
+        "config.json",
+        "config_sentence_transformers.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "metrics.jsonl",
+        "training.svg",
+    ] {
+        assert!(out.path().join(f).exists(), "{f} missing");
+    }
+    let cfg_json = read_json(&out.path().join("config.json"));
+    assert_eq!(
+        cfg_json["architectures"][0],
+        "BertForSequenceClassification"
+    );
+    assert_eq!(cfg_json["id2label"]["0"], "LABEL_0");
+    let log = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
+    let evals = log.lines().filter(|l| l.contains("\"eval\"")).count();
+    assert_eq!(evals, 3, "one evaluation per epoch: {log}");
+    assert!(std::fs::read_to_string(out.path().join("training.svg"))
+        .unwrap()
+        .contains("<polyline"));
+}
+
+fn train_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "train",
+        "--model",
+        "",
+        "--output",
+        out,
+        "--train",
+        "",
+        "--label-range",
+        "0:5",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-3",
+        "--save-steps",
+        "40",
+        "--quiet",
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn killed_and_resumed_run_ends_with_the_same_weights() {
+    let model = shared("golden/tiny-bert");
+    let tmp = tempfile::tempdir().unwrap();
+    // 800 pairs at batch 4: 200 steps, checkpoints every 40.
+    let lines: Vec<String> = std::fs::read_to_string(stsb("train"))
+        .unwrap()
+        .lines()
+        .take(800)
+        .map(String::from)
+        .collect();
+    let train_file = tmp.path().join("train.csv").to_str().unwrap().to_string();
+    std::fs::write(&train_file, lines.join("\n")).unwrap();
+    let full = tmp.path().join("full");
+    let resumed = tmp.path().join("resumed");
+    let fill = |out: &Path| -> Vec<String> {
+        let mut a: Vec<String> = train_args(out.to_str().unwrap(), &[])
+            .into_iter()
+            .map(String::from)
+            .collect();
+        a[2] = model.to_str().unwrap().to_string();
+        a[6] = train_file.clone();
+        a
+    };
+    let status = Command::new(env!("CARGO_BIN_EXE_crossenc"))
+        .args(fill(&full))
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    // The same command, SIGKILLed once a mid-epoch checkpoint exists, then resumed.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_crossenc"))
+        .args(fill(&resumed))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ckpt = resumed.join("checkpoints/checkpoint-80");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !ckpt.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint appeared"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "run finished before it could be killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !resumed.join("model.safetensors").exists(),
+        "the run should not have finished"
+    );
+    let mut args = fill(&resumed);
+    args.push("--resume".into());
+    let status = Command::new(env!("CARGO_BIN_EXE_crossenc"))
+        .args(&args)
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let a = candle_core::safetensors::load(full.join("model.safetensors"), &Device::Cpu).unwrap();
+    let b =
+        candle_core::safetensors::load(resumed.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(a.len(), b.len());
+    for (name, t) in &a {
+        let d = max_abs_diff(
+            &t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            &b[name].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        assert!(d <= 1e-6, "{name} differs by {d}");
+    }
+    // Without --resume, an output folder with checkpoints is refused rather than overwritten.
+    let out = Command::new(env!("CARGO_BIN_EXE_crossenc"))
+        .args(fill(&resumed))
+        .output()
+        .unwrap();
+    fails_with(&out, &["--resume"]);
+}
+
+#[test]
+fn bad_rows_and_out_of_range_labels_are_reported() {
+    let model = shared("golden/tiny-bert");
+    let m = model.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let o = out.to_str().unwrap();
+    let write = |name: &str, body: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    // STS-B's raw 0-5 scores with the default BCE loss: the tutorial's mistake, caught.
+    let raw = stsb("dev");
+    fails_with(
+        &crossenc(&["train", "-m", m, "-o", o, "--train", &raw, "-q"]),
+        &[
+            "stsb-en-dev.csv line",
+            "outside [0, 1]",
+            "--label-range 0:5",
+        ],
+    );
+    // A label that is not a number, and a row with too few fields.
+    let bad = write("bad.csv", "A plane is taking off.,An air plane is taking off.,5.0\nA man is here.,A man is there.,high\nA cat.,A dog.,1.0\n");
+    fails_with(
+        &crossenc(&[
+            "train",
+            "-m",
+            m,
+            "-o",
+            o,
+            "--train",
+            &bad,
+            "--label-range",
+            "0:5",
+            "-q",
+        ]),
+        &["bad.csv line 2", "not a number", "--skip-bad-rows"],
+    );
+    let ragged = write("ragged.csv", "A plane is taking off.,An air plane is taking off.,5.0\nonly one field\nA cat.,A dog.,1.0\n");
+    fails_with(
+        &crossenc(&[
+            "train",
+            "-m",
+            m,
+            "-o",
+            o,
+            "--train",
+            &ragged,
+            "--label-range",
+            "0:5",
+            "-q",
+        ]),
+        &["ragged.csv line 2", "expected 3 fields"],
+    );
+    // A label outside the declared range.
+    let high = write(
+        "high.csv",
+        "A plane is taking off.,An air plane is taking off.,7.0\n",
+    );
+    fails_with(
+        &crossenc(&[
+            "train",
+            "-m",
+            m,
+            "-o",
+            o,
+            "--train",
+            &high,
+            "--label-range",
+            "0:5",
+            "-q",
+        ]),
+        &["high.csv line 1", "outside --label-range 0:5"],
+    );
+    assert!(
+        !out.join("model.safetensors").exists(),
+        "nothing is written on bad input"
+    );
+    // --skip-bad-rows trains on the good rows and says how many it skipped.
+    let res = crossenc(&[
+        "train",
+        "-m",
+        m,
+        "-o",
+        o,
+        "--train",
+        &bad,
+        "--label-range",
+        "0:5",
+        "--skip-bad-rows",
+        "-q",
+    ]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert!(String::from_utf8_lossy(&res.stderr).contains("skipped 1 bad rows"));
+    assert!(out.join("model.safetensors").exists());
+}
+
+#[test]
+fn eval_prints_correlations_as_json() {
+    let m = shared("golden/tiny-bert");
+    let res = crossenc(&[
+        "eval",
+        "-m",
+        m.to_str().unwrap(),
+        "--data",
+        &stsb("test"),
+        "--json",
+    ]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+    for k in ["pearson", "spearman"] {
+        let x = v[k].as_f64().unwrap();
+        assert!((-1.0..=1.0).contains(&x), "{k} = {x}");
+    }
+}
+
+#[test]
+fn default_hub_dataset_trains_through_the_cache() {
+    // A stand-in for sentence-transformers/stsb: Parquet-free JSONL shards named by split.
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("stsb");
+    std::fs::create_dir_all(repo.join("data")).unwrap();
+    let rows = |ex: &[data::Example]| {
+        ex.iter()
+            .map(|e| {
+                serde_json::json!({"sentence1": e.a, "sentence2": e.b, "score": e.label})
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let ex = stsb_examples(48);
+    std::fs::write(repo.join("data/train.jsonl"), rows(&ex[..32])).unwrap();
+    std::fs::write(repo.join("data/validation.jsonl"), rows(&ex[32..])).unwrap();
+    std::fs::write(repo.join("README.md"), "stand-in").unwrap();
+    let server = hub_server::serve(vec![(
+        "datasets/sentence-transformers/stsb".into(),
+        repo.clone(),
+    )]);
+    let out = tmp.path().join("out");
+    let res = Command::new(env!("CARGO_BIN_EXE_crossenc"))
+        .args([
+            "train",
+            "-m",
+            shared("golden/tiny-bert").to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--batch-size",
+            "8",
+        ])
+        .env("HF_HOME", tmp.path().join("hf"))
+        .env("HF_ENDPOINT", &server.endpoint)
+        .env_remove("HF_HUB_OFFLINE")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert!(stdout.contains("32 pairs, dev 16"), "{stdout}");
+    assert!(stdout.contains("eval at step 4"), "{stdout}");
+    assert!(tmp
+        .path()
+        .join("hf/hub/datasets--sentence-transformers--stsb")
+        .exists());
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(
+        card.contains("hf://datasets/sentence-transformers/stsb") && card.contains("spearman"),
+        "{card}"
+    );
+}
