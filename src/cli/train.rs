@@ -8,7 +8,7 @@ use crate::eval;
 use crate::model::config::generic_labels;
 use crate::train::card::Card;
 use crate::train::optim::AdamWConfig;
-use crate::train::{self, LossKind, Progress, TrainConfig};
+use crate::train::{self, Batching, LossKind, Progress, TrainConfig};
 use crate::{CrossEncoder, LoadOptions};
 
 /// STS-B on the hub, scores already in [0, 1]: the data of `crossenc train` with no --train.
@@ -40,6 +40,9 @@ pub struct TrainArgs {
     epochs: usize,
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
+    /// How batches are formed: grouped by length (little padding) or random.
+    #[arg(long, value_enum, default_value = "grouped")]
+    batching: Batching,
     #[arg(long, default_value_t = 2e-5)]
     lr: f64,
     #[arg(long, default_value_t = 0.01)]
@@ -122,6 +125,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let cfg = TrainConfig {
         epochs: args.epochs,
         batch_size: args.batch_size,
+        batching: args.batching,
         lr: args.lr,
         adamw: AdamWConfig {
             weight_decay: args.weight_decay,

@@ -57,7 +57,8 @@ impl Activation {
             Activation::Sigmoid => candle_nn::ops::sigmoid(logits),
             Activation::Identity => Ok(logits.clone()),
             Activation::Tanh => logits.tanh(),
-            Activation::Softmax => crate::ops::softmax(logits),
+            // Prediction only: candle-nn's fused kernel (it records no backward).
+            Activation::Softmax => candle_nn::ops::softmax_last_dim(logits),
         }
     }
 }

@@ -97,8 +97,8 @@ impl Layer {
         })
     }
 
-    /// `x`: `[batch, seq, hidden]`; `bias`: additive mask `[batch, 1, 1, seq]`.
-    fn forward(&self, x: &Tensor, bias: &Tensor, dropout: &mut Dropout) -> Result<Tensor> {
+    /// `x`: `[batch, seq, hidden]`; `mask`: `[batch, seq]`, 0 on padding.
+    fn forward(&self, x: &Tensor, mask: &Tensor, dropout: &mut Dropout) -> Result<Tensor> {
         let (b, t, h) = x.dims3()?;
         let d = h / self.heads;
         let split = |y: Tensor| -> Result<Tensor> {
@@ -109,8 +109,8 @@ impl Layer {
         let q = split((self.query.forward(x)? * (1.0 / (d as f64).sqrt()))?)?;
         let k = split(self.key.forward(x)?)?;
         let v = split(self.value.forward(x)?)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
-        let probs = dropout.apply(&ops::softmax(&scores)?, self.attention_dropout)?;
+        let scores = q.matmul(&k.t()?)?;
+        let probs = dropout.apply(&ops::masked_softmax(&scores, mask)?, self.attention_dropout)?;
         let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
         let mut attn = self.attention_output.forward(&context)?;
         if self.attention_output_dropout {
@@ -125,7 +125,7 @@ impl Layer {
 
 pub fn activation(x: &Tensor, act: HiddenAct) -> Result<Tensor> {
     Ok(match act {
-        HiddenAct::Gelu => x.gelu_erf()?,
+        HiddenAct::Gelu => ops::gelu(x)?,
         HiddenAct::GeluTanh => x.gelu()?,
         HiddenAct::Relu => x.relu()?,
     })
@@ -144,10 +144,9 @@ impl Encoder {
     }
 
     pub fn forward(&self, x: &Tensor, mask: &Tensor, dropout: &mut Dropout) -> Result<Tensor> {
-        let bias = ops::attention_bias(mask)?;
         let mut x = x.clone();
         for layer in &self.layers {
-            x = layer.forward(&x, &bias, dropout)?;
+            x = layer.forward(&x, mask, dropout)?;
         }
         Ok(x)
     }

@@ -48,6 +48,7 @@ pub enum Progress {
 pub struct TrainConfig {
     pub epochs: usize,
     pub batch_size: usize,
+    pub batching: Batching,
     pub lr: f64,
     pub adamw: AdamWConfig,
     /// Warm-up steps; when `None`, `warmup_ratio` of the total.
@@ -77,6 +78,7 @@ impl Default for TrainConfig {
         TrainConfig {
             epochs: 1,
             batch_size: 16,
+            batching: Batching::Grouped,
             lr: 2e-5,
             adamw: AdamWConfig::default(),
             warmup_steps: None,
@@ -206,11 +208,34 @@ fn rng_for(seed: u64, stream: u64) -> StdRng {
     StdRng::seed_from_u64(z ^ (z >> 31))
 }
 
-/// The batches of one epoch: a seeded shuffle, cut into `batch_size` chunks.
-fn epoch_batches(n: usize, batch_size: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut rng_for(seed, 1 << 32 | epoch as u64));
-    order.chunks(batch_size).map(<[usize]>::to_vec).collect()
+/// How an epoch is cut into batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Batching {
+    /// A seeded shuffle cut into batches (the reference's DataLoader).
+    Random,
+    /// Shuffle, sort by length within mega-batches of 50 batches, then shuffle the batches:
+    /// batches of similar lengths pad little.
+    Grouped,
+}
+
+/// Batches per mega-batch when grouping by length.
+const MEGA_BATCH: usize = 50;
+
+/// The batches of one epoch (indices into the training set), reproducible from seed and epoch.
+fn epoch_batches(lengths: &[usize], batch_size: usize, batching: Batching, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
+    let mut rng = rng_for(seed, 1 << 32 | epoch as u64);
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.shuffle(&mut rng);
+    if batching == Batching::Random {
+        return order.chunks(batch_size).map(<[usize]>::to_vec).collect();
+    }
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    for mega in order.chunks_mut(batch_size * MEGA_BATCH) {
+        mega.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+        batches.extend(mega.chunks(batch_size).map(<[usize]>::to_vec));
+    }
+    batches.shuffle(&mut rng);
+    batches
 }
 
 /// Appends JSON lines to `OUTPUT/metrics.jsonl`.
@@ -274,6 +299,7 @@ pub fn train(
     let pairs: Vec<(&str, &str)> = train.iter().map(|e| (e.a.as_str(), e.b.as_str())).collect();
     let encodings = ce.tokenizer.encode_pairs(&pairs)?;
     let labels: Vec<f32> = train.iter().map(|e| e.label as f32).collect();
+    let lengths: Vec<usize> = encodings.iter().map(|e| e.len()).collect();
 
     let micro_per_epoch = train.len().div_ceil(cfg.batch_size);
     let steps_per_epoch = micro_per_epoch.div_ceil(cfg.grad_accum);
@@ -348,7 +374,7 @@ pub fn train(
         if epoch_cache.as_ref().is_none_or(|(e, _)| *e != epoch) {
             epoch_cache = Some((
                 epoch,
-                epoch_batches(train.len(), cfg.batch_size, cfg.seed, epoch),
+                epoch_batches(&lengths, cfg.batch_size, cfg.batching, cfg.seed, epoch),
             ));
         }
         let batches = &epoch_cache.as_ref().expect("set above").1;
