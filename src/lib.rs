@@ -9,6 +9,7 @@ pub mod eval;
 pub mod hub;
 pub mod model;
 pub mod ops;
+pub mod serve;
 pub mod train;
 
 pub use model::cross_encoder::{Activation, CrossEncoder, LoadOptions, Scores};

@@ -13,37 +13,60 @@ use crossenc::{CrossEncoder, LoadOptions};
 fn check_family(name: &str, arch: &str) {
     let dir = shared(&format!("golden/{name}"));
     let g = read_json(&dir.join("golden.json"));
-    let pairs: Vec<(String, String)> =
-        g["pairs"].as_array().unwrap().iter().map(|p| (p[0].as_str().unwrap().into(), p[1].as_str().unwrap().into())).collect();
+    let pairs: Vec<(String, String)> = g["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_str().unwrap().into(), p[1].as_str().unwrap().into()))
+        .collect();
     let labels = [1.0f32, 0.0, 0.9, 0.2, 0.5, 0.1, 0.3, 0.52];
-    let mut ce = CrossEncoder::load(dir.to_str().unwrap(), &Device::Cpu, &LoadOptions::default()).unwrap();
+    let mut ce =
+        CrossEncoder::load(dir.to_str().unwrap(), &Device::Cpu, &LoadOptions::default()).unwrap();
     let mut t = Trainable::new(&mut ce, AdamWConfig::default()).unwrap();
     let enc = ce.tokenizer.encode_pairs(&pairs).unwrap();
     let batch: Vec<_> = enc.iter().collect();
-    let (before, mut grads) = t.loss_and_grads(&ce, &batch, &labels, LossKind::Bce, &mut Dropout::off()).unwrap();
+    let (before, mut grads) = t
+        .loss_and_grads(&ce, &batch, &labels, LossKind::Bce, &mut Dropout::off())
+        .unwrap();
     assert_eq!(t.opt.names.len(), ce.params.tensors.len());
     for (pname, gr) in t.opt.names.iter().zip(&grads) {
         let largest = gr.iter().fold(0f32, |m, x| m.max(x.abs()));
         if pname.ends_with("attention.self.key.bias") || pname.ends_with("attention.k_lin.bias") {
             // Softmax ignores a shift shared by every key: the true gradient is 0.
-            assert!(largest < 1e-5, "{name}: {pname} should get no gradient, got {largest}");
+            assert!(
+                largest < 1e-5,
+                "{name}: {pname} should get no gradient, got {largest}"
+            );
         } else {
             assert!(largest > 0.0, "{name}: {pname} received no gradient");
         }
     }
     clip_grad_norm(&mut grads, 1.0);
     t.opt.step(&grads, 1e-3).unwrap();
-    let (after, _) = t.loss_and_grads(&ce, &batch, &labels, LossKind::Bce, &mut Dropout::off()).unwrap();
+    let (after, _) = t
+        .loss_and_grads(&ce, &batch, &labels, LossKind::Bce, &mut Dropout::off())
+        .unwrap();
     assert!(after < before, "{name}: loss {before} -> {after}");
 
     let out = tempfile::tempdir().unwrap();
     ce.save(out.path()).unwrap();
     let cfg = read_json(&out.path().join("config.json"));
     assert_eq!(cfg["architectures"][0], arch);
-    let reloaded = CrossEncoder::load(out.path().to_str().unwrap(), &Device::Cpu, &LoadOptions::default()).unwrap();
-    assert!(reloaded.new_head_params.is_empty(), "{name}: head lost on save");
+    let reloaded = CrossEncoder::load(
+        out.path().to_str().unwrap(),
+        &Device::Cpu,
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    assert!(
+        reloaded.new_head_params.is_empty(),
+        "{name}: head lost on save"
+    );
     assert_eq!(reloaded.activation, ce.activation);
-    let d = max_abs_diff(&ce.logits(&pairs).unwrap().values, &reloaded.logits(&pairs).unwrap().values);
+    let d = max_abs_diff(
+        &ce.logits(&pairs).unwrap().values,
+        &reloaded.logits(&pairs).unwrap().values,
+    );
     assert!(d < 1e-6, "{name}: logits after reload differ by {d}");
 }
 

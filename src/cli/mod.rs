@@ -5,6 +5,7 @@ mod demo;
 mod eval;
 mod predict;
 mod rank;
+mod serve;
 mod train;
 
 use anyhow::Result;
@@ -36,6 +37,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Pearson and Spearman correlation of a model's scores with labels.
     Eval(eval::EvalArgs),
+    /// HTTP re-ranking and scoring server (text-embeddings-inference routes).
+    Serve(serve::ServeArgs),
 }
 
 /// How to load the model; shared by every subcommand that reads one.
@@ -91,6 +94,7 @@ pub fn main() -> ExitCode {
         Command::Demo(a) => demo::run(a),
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Serve(a) => serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

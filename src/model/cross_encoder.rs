@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use tokenizers::Encoding;
 
 use super::checkpoint::Params;
 use super::config::Config;
@@ -119,6 +120,8 @@ pub struct CrossEncoder {
     /// Head parameters created at load time (empty for a complete cross-encoder).
     pub new_head_params: Vec<String>,
     pub batch_size: usize,
+    /// Most padded tokens in one forward pass.
+    pub max_batch_tokens: usize,
     pub device: Device,
 }
 
@@ -154,6 +157,7 @@ impl CrossEncoder {
             source_dir: dir,
             new_head_params,
             batch_size: 32,
+            max_batch_tokens: usize::MAX,
             device: device.clone(),
         })
     }
@@ -179,13 +183,26 @@ impl CrossEncoder {
     }
 
     fn score<S: AsRef<str>>(&self, pairs: &[(S, S)], activate: bool) -> Result<Scores> {
+        self.score_encodings(&self.tokenizer.encode_pairs(pairs)?, activate)
+    }
+
+    /// Scores tokenized pairs, in input order. Batches hold pairs of similar length (longest
+    /// first, so the largest batch runs first) and at most `batch_size` pairs and
+    /// `max_batch_tokens` padded tokens.
+    pub fn score_encodings(&self, encodings: &[Encoding], activate: bool) -> Result<Scores> {
         let num_labels = self.num_labels();
-        let encodings = self.tokenizer.encode_pairs(pairs)?;
-        // Longest first, so that each batch pads little and the largest batch runs first.
         let mut order: Vec<usize> = (0..encodings.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(encodings[i].len()));
         let mut values = vec![0f32; encodings.len() * num_labels];
-        for chunk in order.chunks(self.batch_size.max(1)) {
+        let mut rest = order.as_slice();
+        while !rest.is_empty() {
+            // Sorted longest first, so the first pair sets the batch's padded length.
+            let longest = encodings[rest[0]].len().max(1);
+            let n = (self.max_batch_tokens / longest)
+                .clamp(1, self.batch_size.max(1))
+                .min(rest.len());
+            let (chunk, tail) = rest.split_at(n);
+            rest = tail;
             let batch_enc: Vec<_> = chunk.iter().map(|&i| &encodings[i]).collect();
             let out = self.forward_batch(&self.tokenizer.batch(&batch_enc), activate)?;
             for (row, &i) in out.chunks_exact(num_labels).zip(chunk) {

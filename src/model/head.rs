@@ -121,7 +121,11 @@ impl Head {
             Kind::Bert { pooler } => dropout.apply(&pooler.forward(cls)?.tanh()?, self.dropout)?,
             Kind::Dense { dense, gelu } => {
                 let x = dense.forward(&dropout.apply(cls, self.dropout)?)?;
-                let x = if *gelu { crate::ops::gelu(&x)? } else { x.tanh()? };
+                let x = if *gelu {
+                    crate::ops::gelu(&x)?
+                } else {
+                    x.tanh()?
+                };
                 dropout.apply(&x, self.dropout)?
             }
             Kind::PreClassifier { pre_classifier } => {

@@ -64,14 +64,21 @@ mod tests {
     #[test]
     fn is_seeded_and_scaled() -> Result<()> {
         let x = Tensor::ones(10_000, DType::F32, &Device::Cpu)?;
-        let run = |seed| Dropout::seeded(StdRng::seed_from_u64(seed)).apply(&x, 0.25)?.to_vec1::<f32>();
+        let run = |seed| {
+            Dropout::seeded(StdRng::seed_from_u64(seed))
+                .apply(&x, 0.25)?
+                .to_vec1::<f32>()
+        };
         let (a, b, c) = (run(7)?, run(7)?, run(8)?);
         assert_eq!(a, b);
         assert_ne!(a, c);
         let zeros = a.iter().filter(|v| **v == 0.0).count();
         assert!((2300..2700).contains(&zeros), "{zeros} zeros");
         assert!(a.iter().all(|v| *v == 0.0 || (*v - 4. / 3.).abs() < 1e-6));
-        assert_eq!(Dropout::off().apply(&x, 0.5)?.to_vec1::<f32>()?, vec![1.0; 10_000]);
+        assert_eq!(
+            Dropout::off().apply(&x, 0.5)?.to_vec1::<f32>()?,
+            vec![1.0; 10_000]
+        );
         Ok(())
     }
 }

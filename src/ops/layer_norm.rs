@@ -7,7 +7,8 @@ use super::{f32_data, ROW_BLOCK};
 
 /// `(x - mean) / sqrt(var + eps) * weight + bias` over the last dimension.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    x.contiguous()?.apply_op3(weight, bias, LayerNorm { eps: eps as f32 })
+    x.contiguous()?
+        .apply_op3(weight, bias, LayerNorm { eps: eps as f32 })
 }
 
 struct LayerNorm {
@@ -27,25 +28,47 @@ impl CustomOp3 for LayerNorm {
         "layer-norm"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, w, b) = (f32_data(s1, l1, "layer-norm")?, f32_data(s2, l2, "layer-norm")?, f32_data(s3, l3, "layer-norm")?);
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (
+            f32_data(s1, l1, "layer-norm")?,
+            f32_data(s2, l2, "layer-norm")?,
+            f32_data(s3, l3, "layer-norm")?,
+        );
         let h = w.len();
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(h * ROW_BLOCK).zip(x.par_chunks(h * ROW_BLOCK)).for_each(|(yb, xb)| {
-            for (yr, xr) in yb.chunks_mut(h).zip(xb.chunks(h)) {
-                let (mean, rstd) = moments(xr, self.eps);
-                for i in 0..h {
-                    yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
+        y.par_chunks_mut(h * ROW_BLOCK)
+            .zip(x.par_chunks(h * ROW_BLOCK))
+            .for_each(|(yb, xb)| {
+                for (yr, xr) in yb.chunks_mut(h).zip(xb.chunks(h)) {
+                    let (mean, rstd) = moments(xr, self.eps);
+                    for i in 0..h {
+                        yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
+                    }
                 }
-            }
-        });
+            });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let h = w.elem_count();
         let rows = x.elem_count() / h;
-        let packed = x.apply_op3_no_bwd(w, &dy.contiguous()?, &LayerNormBackward { eps: self.eps })?;
+        let packed =
+            x.apply_op3_no_bwd(w, &dy.contiguous()?, &LayerNormBackward { eps: self.eps })?;
         let dx = packed.narrow(0, 0, rows)?.reshape(x.shape())?;
         let dw = packed.narrow(0, rows, 1)?.reshape(h)?;
         let db = packed.narrow(0, rows + 1, 1)?.reshape(h)?;
@@ -63,8 +86,20 @@ impl CustomOp3 for LayerNormBackward {
         "layer-norm-backward"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, w, dy) = (f32_data(s1, l1, "layer-norm-backward")?, f32_data(s2, l2, "layer-norm-backward")?, f32_data(s3, l3, "layer-norm-backward")?);
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w, dy) = (
+            f32_data(s1, l1, "layer-norm-backward")?,
+            f32_data(s2, l2, "layer-norm-backward")?,
+            f32_data(s3, l3, "layer-norm-backward")?,
+        );
         let h = w.len();
         let rows = x.len() / h;
         let mut out = vec![0f32; (rows + 2) * h];
@@ -114,7 +149,10 @@ mod tests {
         let mean = x.mean_keepdim(D::Minus1)?;
         let centered = x.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-        centered.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(w)?.broadcast_add(b)
+        centered
+            .broadcast_div(&(var + eps)?.sqrt()?)?
+            .broadcast_mul(w)?
+            .broadcast_add(b)
     }
 
     #[test]

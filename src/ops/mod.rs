@@ -42,7 +42,12 @@ pub(crate) mod testing {
 
     /// Largest absolute difference relative to the largest element of `b`.
     pub fn rel_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-        let scale = b.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?.max(1e-12);
+        let scale = b
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?
+            .max(1e-12);
         Ok(max_diff(a, b)? / scale)
     }
 }

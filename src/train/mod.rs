@@ -222,7 +222,13 @@ pub enum Batching {
 const MEGA_BATCH: usize = 50;
 
 /// The batches of one epoch (indices into the training set), reproducible from seed and epoch.
-fn epoch_batches(lengths: &[usize], batch_size: usize, batching: Batching, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
+fn epoch_batches(
+    lengths: &[usize],
+    batch_size: usize,
+    batching: Batching,
+    seed: u64,
+    epoch: usize,
+) -> Vec<Vec<usize>> {
     let mut rng = rng_for(seed, 1 << 32 | epoch as u64);
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.shuffle(&mut rng);
@@ -439,8 +445,9 @@ pub fn train(
             (loss_sum, loss_n) = (0.0, 0);
         }
         let epoch_end = st.step.is_multiple_of(steps_per_epoch);
-        let eval_now =
-            epoch_end || st.step == last_step || cfg.eval_steps.is_some_and(|n| st.step.is_multiple_of(n));
+        let eval_now = epoch_end
+            || st.step == last_step
+            || cfg.eval_steps.is_some_and(|n| st.step.is_multiple_of(n));
         if let (true, Some(dev)) = (eval_now, dev) {
             let m = eval::correlation_metrics(ce, dev)?;
             let value = *m.get(&cfg.metric).with_context(|| {

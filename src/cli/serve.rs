@@ -1,0 +1,52 @@
+use anyhow::{Context, Result};
+use clap::Args;
+
+use super::ModelArgs;
+use crate::serve::{self, ServeConfig};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// 0 picks a free port (printed at start).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Most padded tokens in one forward pass; concurrent requests are merged up to it.
+    #[arg(long, default_value_t = 16384)]
+    max_batch_tokens: usize,
+    /// Most pairs (or texts to rerank) in one request; more is answered 413.
+    #[arg(long, default_value_t = 1000)]
+    max_client_batch_size: usize,
+    /// Requests that may wait for inference; more are answered 503 at once.
+    #[arg(long, default_value_t = 512)]
+    max_concurrent_requests: usize,
+    /// Largest request body in bytes; more is answered 413.
+    #[arg(long, default_value_t = 2 * 1024 * 1024)]
+    body_limit: usize,
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let ce = args.model.load()?;
+    let cfg = ServeConfig {
+        model_id: args.model.model.clone(),
+        max_batch_tokens: args.max_batch_tokens,
+        max_client_batch_size: args.max_client_batch_size,
+        max_queue: args.max_concurrent_requests,
+        body_limit: args.body_limit,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let addr = format!("{}:{}", args.host, args.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        println!("listening on http://{}", listener.local_addr()?);
+        serve::serve(ce, cfg, listener, serve::shutdown_signal()).await?;
+        println!("shut down");
+        Ok(())
+    })
+}

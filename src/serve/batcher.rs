@@ -1,0 +1,119 @@
+//! Dynamic batching: requests queue in a bounded channel; one inference thread takes every
+//! request waiting (up to a token budget), scores them in one pass and answers each.
+
+use anyhow::Result;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokenizers::Encoding;
+use tokio::sync::{mpsc, oneshot};
+
+use super::metrics::Metrics;
+use crate::{CrossEncoder, Scores};
+
+pub struct Job {
+    pub encodings: Vec<Encoding>,
+    pub raw: bool,
+    pub reply: oneshot::Sender<Result<Scores>>,
+}
+
+/// The handle request handlers submit to.
+#[derive(Clone)]
+pub struct Batcher {
+    tx: mpsc::Sender<Job>,
+    metrics: Arc<Metrics>,
+}
+
+/// Why a job was not queued.
+pub enum Rejected {
+    QueueFull,
+    ShuttingDown,
+}
+
+impl Batcher {
+    /// Starts the inference thread. It owns the model and ends when every handle is dropped.
+    pub fn start(
+        ce: CrossEncoder,
+        queue: usize,
+        metrics: Arc<Metrics>,
+    ) -> (Self, std::thread::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let m = metrics.clone();
+        let thread = std::thread::Builder::new()
+            .name("crossenc-inference".into())
+            .spawn(move || run(ce, rx, m))
+            .expect("spawn the inference thread");
+        (Batcher { tx, metrics }, thread)
+    }
+
+    /// Queues a job, or refuses at once when the queue is full (the caller answers 503).
+    pub fn submit(&self, job: Job) -> std::result::Result<(), Rejected> {
+        self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
+        self.tx.try_send(job).map_err(|e| {
+            self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+            match e {
+                mpsc::error::TrySendError::Full(_) => Rejected::QueueFull,
+                mpsc::error::TrySendError::Closed(_) => Rejected::ShuttingDown,
+            }
+        })
+    }
+}
+
+fn run(ce: CrossEncoder, mut rx: mpsc::Receiver<Job>, metrics: Arc<Metrics>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        let mut tokens: usize = jobs[0].encodings.iter().map(Encoding::len).sum();
+        // Everything already waiting joins this pass, up to the token budget.
+        while tokens < ce.max_batch_tokens {
+            match rx.try_recv() {
+                Ok(job) => {
+                    tokens += job.encodings.iter().map(Encoding::len).sum::<usize>();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        metrics.queue_depth.fetch_sub(jobs.len(), Ordering::Relaxed);
+        metrics.record_batch(jobs.len(), jobs.iter().map(|j| j.encodings.len()).sum());
+        // Raw and activated requests share one forward pass: activation is per job.
+        let all: Vec<Encoding> = jobs
+            .iter()
+            .flat_map(|j| j.encodings.iter().cloned())
+            .collect();
+        match ce.score_encodings(&all, false) {
+            Ok(logits) => {
+                let mut offset = 0;
+                for job in jobs {
+                    let n = job.encodings.len();
+                    let rows = &logits.values
+                        [offset * logits.num_labels..(offset + n) * logits.num_labels];
+                    offset += n;
+                    let _ = job
+                        .reply
+                        .send(activate(&ce, rows, logits.num_labels, job.raw));
+                }
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                for job in jobs {
+                    let _ = job.reply.send(Err(anyhow::anyhow!(msg.clone())));
+                }
+            }
+        }
+    }
+}
+
+fn activate(ce: &CrossEncoder, logits: &[f32], num_labels: usize, raw: bool) -> Result<Scores> {
+    if raw {
+        return Ok(Scores {
+            num_labels,
+            values: logits.to_vec(),
+        });
+    }
+    let t = candle_core::Tensor::from_slice(
+        logits,
+        (logits.len() / num_labels.max(1), num_labels),
+        &ce.device,
+    )?;
+    let values = ce.activation.apply(&t)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(Scores { num_labels, values })
+}

@@ -1,0 +1,388 @@
+//! The HTTP re-ranking and scoring server: a thin axum router over the dynamic batcher.
+//!
+//! Routes and field names follow HuggingFace text-embeddings-inference (`/rerank`, `/predict`,
+//! `/health`, `/info`, `/metrics`), so a search stack that calls TEI can call crossenc.
+
+mod batcher;
+mod metrics;
+
+use anyhow::Result;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+use crate::model::tokenize::PairTokenizer;
+use crate::{CrossEncoder, Scores};
+use batcher::{Batcher, Job, Rejected};
+use metrics::Metrics;
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub model_id: String,
+    /// Most padded tokens in one forward pass.
+    pub max_batch_tokens: usize,
+    /// Most pairs (texts for /rerank) in one request.
+    pub max_client_batch_size: usize,
+    /// Requests that may wait for the inference thread; more are answered 503.
+    pub max_queue: usize,
+    /// Largest request body in bytes.
+    pub body_limit: usize,
+}
+
+struct AppState {
+    batcher: Batcher,
+    tokenizer: PairTokenizer,
+    metrics: Arc<Metrics>,
+    info: serde_json::Value,
+    max_client_batch_size: usize,
+}
+
+/// An error answer: TEI's `{"error", "error_type"}` body with a status.
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({ "error": self.message, "error_type": self.kind })),
+        )
+            .into_response()
+    }
+}
+
+/// A JSON body whose every failure is a JSON error: 413 over the size limit, 422 for invalid
+/// JSON or wrong types.
+struct JsonBody<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            let status = e.status();
+            let kind = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "Validation"
+            } else {
+                "Empty"
+            };
+            ApiError::new(status, kind, e.body_text())
+        })?;
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Validation",
+                format!("invalid request body: {e}"),
+            )
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RerankRequest {
+    query: String,
+    texts: Vec<String>,
+    top_n: Option<usize>,
+    #[serde(default)]
+    return_text: bool,
+    #[serde(default)]
+    raw_scores: bool,
+    /// Truncate pairs longer than the model's max length (default); false makes them an error.
+    truncate: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct Rank {
+    index: usize,
+    score: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PredictRequest {
+    inputs: Vec<(String, String)>,
+    #[serde(default)]
+    raw_scores: bool,
+    truncate: Option<bool>,
+}
+
+/// Builds the router; `shutdown` resolves when the server should stop accepting requests.
+pub async fn serve(
+    ce: CrossEncoder,
+    cfg: ServeConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let info = json!({
+        "model_id": cfg.model_id,
+        "model_type": ce.config.family.model_type(),
+        "labels": ce.config.id2label,
+        "activation": ce.activation.torch_name(),
+        "max_input_length": ce.tokenizer.max_length,
+        "max_batch_tokens": cfg.max_batch_tokens,
+        "max_client_batch_size": cfg.max_client_batch_size,
+        "max_concurrent_requests": cfg.max_queue,
+        "max_body_bytes": cfg.body_limit,
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    let tokenizer = ce.tokenizer.clone();
+    let mut ce = ce;
+    ce.max_batch_tokens = cfg.max_batch_tokens;
+    let (batcher, inference) = Batcher::start(ce, cfg.max_queue, metrics.clone());
+    let state = Arc::new(AppState {
+        batcher,
+        tokenizer,
+        metrics,
+        info,
+        max_client_batch_size: cfg.max_client_batch_size,
+    });
+    let app = Router::new()
+        .route("/rerank", post(rerank))
+        .route("/predict", post(predict))
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route(
+            "/info",
+            get(|State(s): State<Arc<AppState>>| async move { Json(s.info.clone()) }),
+        )
+        .route(
+            "/metrics",
+            get(|State(s): State<Arc<AppState>>| async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    s.metrics.render(),
+                )
+            }),
+        )
+        .layer(middleware::from_fn_with_state(state.clone(), record))
+        .layer(DefaultBodyLimit::max(cfg.body_limit))
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    // In-flight requests have been answered; the inference thread ends with the last handle.
+    tokio::task::spawn_blocking(move || inference.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the inference thread panicked"))?;
+    Ok(())
+}
+
+/// Counts every request by route and status, with its latency.
+async fn record(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched".to_string(), |p| p.as_str().to_string());
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    s.metrics.record_request(
+        &route,
+        resp.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
+    resp
+}
+
+/// Tokenizes off the async workers, queues, and waits for the inference thread's answer.
+async fn score(
+    s: &Arc<AppState>,
+    pairs: Vec<(String, String)>,
+    raw: bool,
+    truncate: bool,
+) -> Result<Scores, ApiError> {
+    if pairs.len() > s.max_client_batch_size {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Validation",
+            format!(
+                "batch size {} is over the limit of {} (--max-client-batch-size)",
+                pairs.len(),
+                s.max_client_batch_size
+            ),
+        ));
+    }
+    let tok = s.tokenizer.clone();
+    let encodings = tokio::task::spawn_blocking(move || tok.encode_pairs(&pairs))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Tokenizer",
+                e.to_string(),
+            )
+        })?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Tokenizer",
+                format!("{e:#}"),
+            )
+        })?;
+    if !truncate {
+        if let Some(i) = encodings
+            .iter()
+            .position(|e| !e.get_overflowing().is_empty())
+        {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Validation",
+                format!("input {i} is longer than the model's {} tokens; send truncate: true to truncate it", s.tokenizer.max_length),
+            ));
+        }
+    }
+    let (reply, rx) = oneshot::channel();
+    s.batcher
+        .submit(Job {
+            encodings,
+            raw,
+            reply,
+        })
+        .map_err(|r| match r {
+            Rejected::QueueFull => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Overloaded",
+                "the request queue is full; retry later",
+            ),
+            Rejected::ShuttingDown => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unhealthy",
+                "the server is shutting down",
+            ),
+        })?;
+    rx.await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Backend",
+                "the inference thread stopped",
+            )
+        })?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Backend",
+                format!("{e:#}"),
+            )
+        })
+}
+
+async fn rerank(
+    State(s): State<Arc<AppState>>,
+    JsonBody(req): JsonBody<RerankRequest>,
+) -> Result<Json<Vec<Rank>>, ApiError> {
+    if req.texts.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "Empty",
+            "`texts` cannot be empty",
+        ));
+    }
+    let pairs: Vec<(String, String)> = req
+        .texts
+        .iter()
+        .map(|t| (req.query.clone(), t.clone()))
+        .collect();
+    let scores = score(&s, pairs, req.raw_scores, req.truncate.unwrap_or(true)).await?;
+    let mut ranks: Vec<Rank> = scores
+        .rows()
+        .enumerate()
+        .map(|(index, r)| Rank {
+            index,
+            score: r[0],
+            text: None,
+        })
+        .collect();
+    ranks.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
+    ranks.truncate(req.top_n.unwrap_or(usize::MAX));
+    if req.return_text {
+        for r in &mut ranks {
+            r.text = Some(req.texts[r.index].clone());
+        }
+    }
+    Ok(Json(ranks))
+}
+
+async fn predict(
+    State(s): State<Arc<AppState>>,
+    JsonBody(req): JsonBody<PredictRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if req.inputs.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "Empty",
+            "`inputs` cannot be empty",
+        ));
+    }
+    let scores = score(&s, req.inputs, req.raw_scores, req.truncate.unwrap_or(true)).await?;
+    let labels: Vec<String> = s.info["labels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.as_str().map(String::from))
+        .collect();
+    let out: Vec<serde_json::Value> = scores
+        .rows()
+        .map(|row| {
+            if row.len() == 1 {
+                json!({ "score": row[0] })
+            } else {
+                let mut per_label: Vec<(usize, f32)> = row.iter().copied().enumerate().collect();
+                per_label.sort_by(|a, b| b.1.total_cmp(&a.1));
+                json!(per_label
+                    .into_iter()
+                    .map(|(i, v)| json!({ "label": labels[i], "score": v }))
+                    .collect::<Vec<_>>())
+            }
+        })
+        .collect();
+    Ok(Json(serde_json::Value::Array(out)))
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,359 @@
+//! The real server on 127.0.0.1 (random port): every route, every error status, dynamic
+//! batching across concurrent requests, the queue limit, and graceful shutdown.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(model: &std::path::Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_crossenc"))
+            .args(["serve", "--model", model.to_str().unwrap(), "--port", "0"])
+            .args(extra)
+            .env("HF_HUB_OFFLINE", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Server { child, url }
+    }
+
+    /// (status, JSON body) of a POST with a raw body.
+    fn post_raw(&self, route: &str, body: &str) -> (u16, Value) {
+        let resp = ureq::post(&format!("{}{route}", self.url))
+            .set("content-type", "application/json")
+            .send_string(body);
+        let resp = match resp {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("request failed: {e}"),
+        };
+        let status = resp.status();
+        (
+            status,
+            serde_json::from_str(&resp.into_string().unwrap()).unwrap(),
+        )
+    }
+
+    fn post(&self, route: &str, body: Value) -> (u16, Value) {
+        self.post_raw(route, &body.to_string())
+    }
+
+    fn get(&self, route: &str) -> (u16, String) {
+        match ureq::get(&format!("{}{route}", self.url)).call() {
+            Ok(r) => (r.status(), r.into_string().unwrap()),
+            Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap()),
+            Err(e) => panic!("request failed: {e}"),
+        }
+    }
+
+    fn terminate(&mut self) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn golden_pairs(g: &Value) -> Vec<(String, String)> {
+    g["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_str().unwrap().into(), p[1].as_str().unwrap().into()))
+        .collect()
+}
+
+fn scores_of(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["score"].as_f64().unwrap() as f32)
+        .collect()
+}
+
+#[test]
+fn routes_answer_like_text_embeddings_inference() {
+    let dir = shared("golden/tiny-bert");
+    let g = read_json(&dir.join("golden.json"));
+    let s = Server::start(&dir, &[]);
+    assert_eq!(s.get("/health").0, 200);
+    let (status, info) = s.get("/info");
+    assert_eq!(status, 200);
+    let info: Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["max_input_length"], 48);
+    assert_eq!(info["labels"], json!(["LABEL_0"]));
+
+    // /predict: golden scores, and logits with raw_scores.
+    let pairs = golden_pairs(&g);
+    let (status, out) = s.post("/predict", json!({ "inputs": pairs }));
+    assert_eq!(status, 200);
+    assert!(max_abs_diff(&scores_of(&out), &f32s(&g["predict_scores"])) < 1e-4);
+    let (_, raw) = s.post("/predict", json!({ "inputs": pairs, "raw_scores": true }));
+    assert!(max_abs_diff(&scores_of(&raw), &f32s(&g["logits"])) < 1e-4);
+
+    // /rerank: golden pairs 2 and 3 share the query; sorted by score, top_n, return_text.
+    let query = &pairs[2].0;
+    let texts = vec![pairs[2].1.clone(), pairs[3].1.clone()];
+    let (status, ranked) = s.post(
+        "/rerank",
+        json!({ "query": query, "texts": texts, "return_text": true }),
+    );
+    assert_eq!(status, 200);
+    let want = f32s(&g["predict_scores"]);
+    let best = if want[2] > want[3] { 0 } else { 1 };
+    assert_eq!(ranked[0]["index"], best);
+    assert_eq!(ranked[0]["text"], texts[best]);
+    assert!((ranked[0]["score"].as_f64().unwrap() as f32 - want[2].max(want[3])).abs() < 1e-4);
+    let (_, top) = s.post(
+        "/rerank",
+        json!({ "query": query, "texts": texts, "top_n": 1 }),
+    );
+    assert_eq!(top.as_array().unwrap().len(), 1);
+    assert!(top[0].get("text").is_none());
+
+    let (status, metrics) = s.get("/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("crossenc_requests_total{route=\"/rerank\",status=\"200\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("crossenc_request_duration_seconds_bucket{route=\"/predict\""),
+        "{metrics}"
+    );
+    assert!(metrics.contains("crossenc_queue_depth 0"), "{metrics}");
+}
+
+#[test]
+fn multi_label_predict_lists_labels() {
+    let dir = shared("golden/tiny-bert-3labels");
+    let g = read_json(&dir.join("golden.json"));
+    let s = Server::start(&dir, &[]);
+    let (status, out) = s.post("/predict", json!({ "inputs": golden_pairs(&g)[..1] }));
+    assert_eq!(status, 200);
+    let per_label = out[0].as_array().unwrap();
+    assert_eq!(per_label.len(), 3);
+    let want = f32s(&g["predict_scores"]);
+    for entry in per_label {
+        let i: usize = entry["label"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("LABEL_")
+            .parse()
+            .unwrap();
+        assert!((entry["score"].as_f64().unwrap() as f32 - want[i]).abs() < 1e-4);
+    }
+}
+
+#[test]
+fn bad_requests_get_json_errors_with_the_right_status() {
+    let s = Server::start(
+        &shared("golden/tiny-bert"),
+        &["--max-client-batch-size", "3", "--body-limit", "2000"],
+    );
+    let check = |(status, body): (u16, Value), want: u16| {
+        assert_eq!(status, want, "{body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{body}"
+        );
+    };
+    check(s.post_raw("/rerank", "{not json"), 422);
+    check(
+        s.post("/rerank", json!({ "query": "q", "texts": "not a list" })),
+        422,
+    );
+    check(s.post("/rerank", json!({ "texts": ["a"] })), 422);
+    check(s.post("/predict", json!({ "inputs": [["a"]] })), 422);
+    check(s.post("/rerank", json!({ "query": "q", "texts": [] })), 400);
+    check(s.post("/predict", json!({ "inputs": [] })), 400);
+    check(
+        s.post(
+            "/rerank",
+            json!({ "query": "q", "texts": ["a", "b", "c", "d"] }),
+        ),
+        413,
+    );
+    check(
+        s.post(
+            "/rerank",
+            json!({ "query": "q", "texts": ["x".repeat(3000)] }),
+        ),
+        413,
+    );
+    let long = "word ".repeat(200);
+    check(
+        s.post(
+            "/rerank",
+            json!({ "query": "q", "texts": [long], "truncate": false }),
+        ),
+        413,
+    );
+    assert_eq!(
+        s.post("/rerank", json!({ "query": "q", "texts": [long] }))
+            .0,
+        200,
+        "truncates by default"
+    );
+    assert_eq!(s.get("/nowhere").0, 404);
+    // The server is still healthy after all of that.
+    assert_eq!(s.get("/health").0, 200);
+}
+
+#[test]
+fn concurrent_requests_are_batched_and_score_as_alone() {
+    let Some(model) = minilm() else { return };
+    let s = Server::start(&model, &[]);
+    let text = std::fs::read_to_string(shared("data/stsb/stsb-en-test.csv")).unwrap();
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(text.as_bytes());
+    let pairs: Vec<(String, String)> = rdr
+        .records()
+        .take(96)
+        .map(|r| {
+            let r = r.unwrap();
+            (r[0].to_string(), r[1].to_string())
+        })
+        .collect();
+    let requests: Vec<Vec<(String, String)>> = pairs.chunks(12).map(<[_]>::to_vec).collect();
+    let alone: Vec<Vec<f32>> = requests
+        .iter()
+        .map(|r| scores_of(&s.post("/predict", json!({ "inputs": r })).1))
+        .collect();
+    let (_, before) = s.get("/metrics");
+    let batches_before = metric(&before, "crossenc_batches_total");
+
+    let server = &s;
+    let together: Vec<Vec<f32>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = requests
+            .iter()
+            .map(|r| scope.spawn(move || server.post("/predict", json!({ "inputs": r }))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                let (status, v) = h.join().unwrap();
+                assert_eq!(status, 200);
+                scores_of(&v)
+            })
+            .collect()
+    });
+    for (a, b) in alone.iter().zip(&together) {
+        assert!(
+            max_abs_diff(a, b) < 1e-5,
+            "batched scores differ from unbatched"
+        );
+    }
+    let (_, after) = s.get("/metrics");
+    let passes = metric(&after, "crossenc_batches_total") - batches_before;
+    assert!(
+        passes < requests.len() as f64,
+        "{} requests took {passes} passes: not batched",
+        requests.len()
+    );
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_full_queue_answers_503_at_once() {
+    let Some(model) = minilm() else { return };
+    let s = Server::start(&model, &["--max-concurrent-requests", "1"]);
+    let inputs: Vec<(String, String)> = (0..64)
+        .map(|i| {
+            (
+                format!("query number {i} about guitars"),
+                "A man is playing a guitar on a stage in front of a crowd.".to_string(),
+            )
+        })
+        .collect();
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| scope.spawn(|| s.post("/predict", json!({ "inputs": &inputs })).0))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&200) && statuses.contains(&503),
+        "{statuses:?}"
+    );
+}
+
+#[test]
+fn sigterm_finishes_in_flight_requests_then_exits() {
+    let Some(model) = minilm() else { return };
+    let mut s = Server::start(&model, &[]);
+    let inputs: Vec<(String, String)> = (0..400)
+        .map(|i| {
+            (
+                format!("query {i}"),
+                "A man is playing a guitar on a stage in front of a large crowd of people."
+                    .to_string(),
+            )
+        })
+        .collect();
+    let url = s.url.clone();
+    let in_flight = std::thread::spawn(move || {
+        let body = json!({ "inputs": inputs }).to_string();
+        let r = ureq::post(&format!("{url}/predict"))
+            .set("content-type", "application/json")
+            .send_string(&body)
+            .unwrap();
+        (
+            r.status(),
+            serde_json::from_str::<Value>(&r.into_string().unwrap()).unwrap(),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    s.terminate();
+    let (status, body) = in_flight.join().unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body.as_array().unwrap().len(), 400);
+    let exit = s.child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        ureq::get(&format!("{}/health", s.url))
+            .timeout(Duration::from_secs(2))
+            .call()
+            .is_err(),
+        "still accepting after shutdown"
+    );
+}
