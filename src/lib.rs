@@ -3,6 +3,7 @@
 //! The encoders are written from differentiable candle ops, so the same code predicts and
 //! trains; weights, configs and tokenizers are HuggingFace's formats both ways.
 
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod eval;

@@ -41,6 +41,17 @@ fn parse_range(s: &str) -> Result<(f64, f64), String> {
 }
 
 impl DataArgs {
+    /// STS-B's CSV layout (no header, 0-5 scores) mapped into [0, 1].
+    pub fn stsb() -> Self {
+        DataArgs {
+            text_cols: None,
+            label_col: None,
+            header: super::predict::Header::No,
+            skip_bad_rows: false,
+            label_range: Some((0.0, 5.0)),
+        }
+    }
+
     pub fn columns(&self) -> Result<Columns> {
         Ok(Columns {
             texts: self

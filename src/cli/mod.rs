@@ -1,5 +1,6 @@
 //! The `crossenc` command line: one file per subcommand, each a thin layer over the library.
 
+mod bench;
 mod data_args;
 mod demo;
 mod eval;
@@ -39,6 +40,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// HTTP re-ranking and scoring server (text-embeddings-inference routes).
     Serve(serve::ServeArgs),
+    /// Training and inference throughput on STS-B, optionally beside the Python reference.
+    Bench(bench::BenchArgs),
 }
 
 /// How to load the model; shared by every subcommand that reads one.
@@ -95,6 +98,7 @@ pub fn main() -> ExitCode {
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Bench(a) => bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -222,7 +222,7 @@ pub enum Batching {
 const MEGA_BATCH: usize = 50;
 
 /// The batches of one epoch (indices into the training set), reproducible from seed and epoch.
-fn epoch_batches(
+pub fn epoch_batches(
     lengths: &[usize],
     batch_size: usize,
     batching: Batching,

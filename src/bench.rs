@@ -1,0 +1,156 @@
+//! Throughput measurements behind `crossenc bench`: training steps, inference, a matmul peak,
+//! and peak memory, on this machine.
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+use std::time::Instant;
+use tokenizers::Encoding;
+
+use crate::data::Example;
+use crate::model::config::Config;
+use crate::ops::Dropout;
+use crate::train::optim::{clip_grad_norm, AdamWConfig};
+use crate::train::{epoch_batches, Batching, LossKind, Trainable};
+use crate::CrossEncoder;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainBench {
+    pub steps: usize,
+    pub batch_size: usize,
+    pub s_per_step: f64,
+    pub pairs_per_s: f64,
+    /// Real (unpadded) tokens per second.
+    pub tokens_per_s: f64,
+    /// Padded tokens over real tokens in the timed batches.
+    pub padding_ratio: f64,
+    /// Seconds one epoch of the data would take at this rate.
+    pub s_per_epoch: f64,
+    pub gflops: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InferBench {
+    pub pairs: usize,
+    pub batch_size: usize,
+    pub pairs_per_s: f64,
+    pub gflops: f64,
+}
+
+/// Forward FLOPs of one sequence of `len` tokens: the dense layers (2 per multiply-add) and the
+/// two attention products.
+pub fn forward_flops(cfg: &Config, len: usize) -> f64 {
+    let (h, i, l, t) = (
+        cfg.hidden_size as f64,
+        cfg.intermediate_size as f64,
+        cfg.num_hidden_layers as f64,
+        len as f64,
+    );
+    l * t * (2.0 * (4.0 * h * h + 2.0 * h * i) + 4.0 * t * h)
+}
+
+/// Times `steps` training steps (after one untimed warm-up step) on length-grouped batches.
+pub fn train_steps(
+    ce: &mut CrossEncoder,
+    data: &[Example],
+    batch_size: usize,
+    steps: usize,
+) -> Result<TrainBench> {
+    let pairs: Vec<(&str, &str)> = data.iter().map(|e| (e.a.as_str(), e.b.as_str())).collect();
+    let encodings = ce.tokenizer.encode_pairs(&pairs)?;
+    let lengths: Vec<usize> = encodings.iter().map(Encoding::len).collect();
+    let batches = epoch_batches(&lengths, batch_size, Batching::Grouped, 42, 0);
+    let mut t = Trainable::new(ce, AdamWConfig::default())?;
+    let (mut real, mut padded, mut flops, mut pairs_done) = (0usize, 0usize, 0f64, 0usize);
+    let mut start = Instant::now();
+    for (k, idx) in batches.iter().cycle().take(steps + 1).enumerate() {
+        if k == 1 {
+            start = Instant::now();
+        }
+        let enc: Vec<&Encoding> = idx.iter().map(|&i| &encodings[i]).collect();
+        let labels: Vec<f32> = idx
+            .iter()
+            .map(|&i| data[i].label.clamp(0.0, 1.0) as f32)
+            .collect();
+        let mut dropout = Dropout::seeded(rand::SeedableRng::seed_from_u64(k as u64));
+        let (_, mut grads) = t.loss_and_grads(ce, &enc, &labels, LossKind::Bce, &mut dropout)?;
+        clip_grad_norm(&mut grads, 1.0);
+        t.opt.step(&grads, 1e-9)?;
+        if k >= 1 {
+            let longest = enc.iter().map(|e| e.len()).max().unwrap_or(0);
+            real += enc.iter().map(|e| e.len()).sum::<usize>();
+            padded += longest * enc.len();
+            flops += 3.0 * enc.len() as f64 * forward_flops(&ce.config, longest);
+            pairs_done += enc.len();
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok(TrainBench {
+        steps,
+        batch_size,
+        s_per_step: secs / steps as f64,
+        pairs_per_s: pairs_done as f64 / secs,
+        tokens_per_s: real as f64 / secs,
+        padding_ratio: padded as f64 / real.max(1) as f64,
+        s_per_epoch: data.len() as f64 / (pairs_done as f64 / secs),
+        gflops: flops / secs / 1e9,
+    })
+}
+
+/// Scores every pair once after a warm-up batch; the best of `repeats` runs.
+pub fn inference(ce: &CrossEncoder, data: &[Example], repeats: usize) -> Result<InferBench> {
+    let pairs: Vec<(&str, &str)> = data.iter().map(|e| (e.a.as_str(), e.b.as_str())).collect();
+    ce.predict(&pairs[..pairs.len().min(ce.batch_size)])?;
+    let mut best = f64::INFINITY;
+    for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        ce.predict(&pairs)?;
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    // FLOPs as the sorted batches pad them.
+    let mut lengths: Vec<usize> = ce
+        .tokenizer
+        .encode_pairs(&pairs)?
+        .iter()
+        .map(Encoding::len)
+        .collect();
+    lengths.sort_unstable_by(|a, b| b.cmp(a));
+    let flops: f64 = lengths
+        .chunks(ce.batch_size.max(1))
+        .map(|c| c.len() as f64 * forward_flops(&ce.config, c[0]))
+        .sum();
+    Ok(InferBench {
+        pairs: pairs.len(),
+        batch_size: ce.batch_size,
+        pairs_per_s: pairs.len() as f64 / best,
+        gflops: flops / best / 1e9,
+    })
+}
+
+/// GFLOP/s of candle's f32 matmul on an FFN-shaped product (`[m, k] x [k, n]`), best of 10.
+pub fn matmul_peak(m: usize, k: usize, n: usize) -> Result<f64> {
+    let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
+    let b = Tensor::randn(0f32, 1.0, (k, n), &Device::Cpu)?;
+    a.matmul(&b)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..10 {
+        let start = Instant::now();
+        a.matmul(&b)?;
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (m * k * n) as f64 / best / 1e9)
+}
+
+/// Peak resident memory of this process in MB (Linux `VmHWM`).
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
