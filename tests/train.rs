@@ -405,3 +405,129 @@ fn default_hub_dataset_trains_through_the_cache() {
         "{card}"
     );
 }
+
+/// Writes (sentence1, sentence2, score) rows as a Snappy-compressed Parquet file.
+fn write_parquet(path: &Path, rows: &[data::Example]) {
+    use parquet::basic::Compression;
+    use parquet::data_type::{ByteArray, ByteArrayType, DoubleType};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use std::sync::Arc;
+    let schema = Arc::new(
+        parquet::schema::parser::parse_message_type(
+            "message stsb { REQUIRED BINARY sentence1 (UTF8); REQUIRED BINARY sentence2 (UTF8); REQUIRED DOUBLE score; }",
+        )
+        .unwrap(),
+    );
+    let props = Arc::new(
+        WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build(),
+    );
+    let mut writer =
+        SerializedFileWriter::new(std::fs::File::create(path).unwrap(), schema, props).unwrap();
+    let mut group = writer.next_row_group().unwrap();
+    let texts = |f: fn(&data::Example) -> &String| {
+        rows.iter()
+            .map(|e| ByteArray::from(f(e).as_str()))
+            .collect::<Vec<_>>()
+    };
+    let mut col = group.next_column().unwrap().unwrap();
+    col.typed::<ByteArrayType>()
+        .write_batch(&texts(|e| &e.a), None, None)
+        .unwrap();
+    col.close().unwrap();
+    let mut col = group.next_column().unwrap().unwrap();
+    col.typed::<ByteArrayType>()
+        .write_batch(&texts(|e| &e.b), None, None)
+        .unwrap();
+    col.close().unwrap();
+    let mut col = group.next_column().unwrap().unwrap();
+    col.typed::<DoubleType>()
+        .write_batch(
+            &rows.iter().map(|e| e.label).collect::<Vec<_>>(),
+            None,
+            None,
+        )
+        .unwrap();
+    col.close().unwrap();
+    group.close().unwrap();
+    writer.close().unwrap();
+}
+
+#[test]
+fn parquet_reads_like_the_same_rows_in_csv() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ex = stsb_examples(40);
+    let parquet = tmp.path().join("stsb.parquet");
+    write_parquet(&parquet, &ex);
+    let table = Table::read(parquet.to_str().unwrap(), HeaderMode::Auto).unwrap();
+    assert_eq!(table.columns, vec!["sentence1", "sentence2", "score"]);
+    let (read, skipped) = data::read_examples(&table, &Columns::default(), false).unwrap();
+    assert_eq!(skipped, 0);
+    assert_eq!(read.len(), 40);
+    for (a, b) in read.iter().zip(&ex) {
+        assert_eq!((a.a.as_str(), a.b.as_str()), (b.a.as_str(), b.b.as_str()));
+        assert!((a.label - b.label).abs() < 1e-12);
+    }
+    let m = shared("golden/tiny-bert");
+    let res = crossenc(&[
+        "eval",
+        "-m",
+        m.to_str().unwrap(),
+        "--data",
+        parquet.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+}
+
+#[test]
+fn bench_reports_and_appends_a_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let md = tmp.path().join("BENCH.md");
+    let stsb_dir = shared("data/stsb");
+    let res = crossenc(&[
+        "bench",
+        "-m",
+        shared("golden/tiny-bert").to_str().unwrap(),
+        "--stsb",
+        stsb_dir.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--append",
+        md.to_str().unwrap(),
+    ]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+    for p in [
+        "/train/pairs_per_s",
+        "/train/padding_ratio",
+        "/inference/pairs_per_s",
+        "/matmul_peak_gflops",
+        "/peak_rss_mb",
+    ] {
+        assert!(
+            report
+                .pointer(p)
+                .and_then(|v| v.as_f64())
+                .is_some_and(|v| v > 0.0),
+            "{p} in {report}"
+        );
+    }
+    assert_eq!(report["inference"]["pairs"], 1379);
+    let text = std::fs::read_to_string(&md).unwrap();
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("| 20")).count(),
+        1,
+        "{text}"
+    );
+}
