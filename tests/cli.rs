@@ -4,59 +4,12 @@ mod common;
 
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn crossenc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_crossenc"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap()
-}
-
-fn stdout(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "crossenc failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-/// Asserts a clean failure: non-zero exit, no panic, and a message containing each of `needles`.
-fn fails_with(out: &Output, needles: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success");
-    assert!(!err.contains("panicked"), "panicked: {err}");
-    for n in needles {
-        assert!(err.contains(n), "error lacks {n:?}: {err}");
-    }
-}
+use std::process::Output;
 
 fn golden() -> (PathBuf, serde_json::Value) {
     let dir = shared("golden/tiny-bert");
     let g = read_json(&dir.join("golden.json"));
     (dir, g)
-}
-
-fn write_pairs_jsonl(path: &Path, g: &serde_json::Value) {
-    let lines: Vec<String> = g["pairs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| serde_json::json!({"id": 1, "first": p[0], "second": p[1]}).to_string())
-        .collect();
-    std::fs::write(path, lines.join("\n") + "\n").unwrap();
-}
-
-fn scores(text: &str) -> Vec<f32> {
-    text.lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["score"]
-                .as_f64()
-                .unwrap() as f32
-        })
-        .collect()
 }
 
 #[test]
@@ -76,7 +29,7 @@ fn predict_prints_golden_scores_in_input_order_at_any_batch_size() {
             "--batch-size",
             bs,
         ]);
-        let got = scores(&stdout(&out));
+        let got = score_lines(&stdout(&out));
         assert!(max_abs_diff(&got, &want) < 1e-4, "batch size {bs}: {got:?}");
     }
     // --raw prints the logits.
@@ -88,7 +41,7 @@ fn predict_prints_golden_scores_in_input_order_at_any_batch_size() {
         input.to_str().unwrap(),
         "--raw",
     ]);
-    assert!(max_abs_diff(&scores(&stdout(&out)), &f32s(&g["logits"])) < 1e-4);
+    assert!(max_abs_diff(&score_lines(&stdout(&out)), &f32s(&g["logits"])) < 1e-4);
 }
 
 #[test]
@@ -112,7 +65,7 @@ fn predict_reads_headerless_csv_tsv_with_header_and_picks_columns() {
         "-i",
         tmp.path().join("p.csv").to_str().unwrap(),
     ]);
-    assert!(max_abs_diff(&scores(&stdout(&out)), &want) < 1e-4);
+    assert!(max_abs_diff(&score_lines(&stdout(&out)), &want) < 1e-4);
     // TSV with a header and the texts in other columns, chosen by name (first two pairs; the
     // others hold tabs).
     let tsv = format!(
@@ -132,7 +85,7 @@ fn predict_reads_headerless_csv_tsv_with_header_and_picks_columns() {
         "--text-cols",
         "q,doc",
     ]);
-    assert!(max_abs_diff(&scores(&stdout(&out)), &want[..2]) < 1e-4);
+    assert!(max_abs_diff(&score_lines(&stdout(&out)), &want[..2]) < 1e-4);
     // An empty text is valid input (golden pair 5 has one).
     let input = tmp.path().join("empty.jsonl");
     std::fs::write(
@@ -141,7 +94,7 @@ fn predict_reads_headerless_csv_tsv_with_header_and_picks_columns() {
     )
     .unwrap();
     let out = crossenc(&["predict", "-m", d, "-i", input.to_str().unwrap()]);
-    assert!(max_abs_diff(&scores(&stdout(&out)), &want[5..6]) < 1e-4);
+    assert!(max_abs_diff(&score_lines(&stdout(&out)), &want[5..6]) < 1e-4);
 }
 
 #[test]

@@ -24,41 +24,18 @@ fn predict(
     cmd.output().unwrap()
 }
 
-fn scores(out: &std::process::Output) -> Vec<f32> {
-    assert!(
-        out.status.success(),
-        "crossenc failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone())
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["score"]
-                .as_f64()
-                .unwrap() as f32
-        })
-        .collect()
-}
-
 #[test]
 fn hub_id_downloads_into_cache_then_works_offline() {
     let golden_dir = shared("golden/tiny-bert");
     let g = read_json(&golden_dir.join("golden.json"));
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("pairs.jsonl");
-    let lines: Vec<String> = g["pairs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| serde_json::json!({"a": p[0], "b": p[1]}).to_string())
-        .collect();
-    std::fs::write(&input, lines.join("\n")).unwrap();
+    write_pairs_jsonl(&input, &g);
     let want = f32s(&g["predict_scores"]);
 
     let home = tmp.path().join("hf-home");
     let server = hub_server::serve(vec![("crossenc-test/tiny-bert".into(), golden_dir.clone())]);
-    let got = scores(&predict(&home, &server.endpoint, false, &input));
+    let got = score_lines(&stdout(&predict(&home, &server.endpoint, false, &input)));
     assert!(max_abs_diff(&got, &want) < 1e-4);
     // The standard cache layout under HF_HOME/hub.
     let snapshot = home
@@ -70,7 +47,7 @@ fn hub_id_downloads_into_cache_then_works_offline() {
     drop(server);
 
     // Warm cache, server gone, offline: still scores the same.
-    let got = scores(&predict(&home, &endpoint, true, &input));
+    let got = score_lines(&stdout(&predict(&home, &endpoint, true, &input)));
     assert!(max_abs_diff(&got, &want) < 1e-4);
 
     // Cold cache, offline: a clear error and a non-zero exit.

@@ -10,7 +10,7 @@ use crossenc::data::{self, Columns, HeaderMode, Table};
 use crossenc::train::{self, LossKind, Progress, TrainConfig};
 use crossenc::{CrossEncoder, LoadOptions};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 fn stsb(split: &str) -> String {
     shared(&format!("data/stsb/stsb-en-{split}.csv"))
@@ -35,23 +35,6 @@ fn tiny_bert() -> CrossEncoder {
         &LoadOptions::default(),
     )
     .unwrap()
-}
-
-fn crossenc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_crossenc"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap()
-}
-
-fn fails_with(out: &Output, needles: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure");
-    assert!(!err.contains("panicked"), "panicked: {err}");
-    for n in needles {
-        assert!(err.contains(n), "error lacks {n:?}: {err}");
-    }
 }
 
 #[test]

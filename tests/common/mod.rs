@@ -72,3 +72,54 @@ pub fn f32s(v: &serde_json::Value) -> Vec<f32> {
 pub fn u32s(v: &serde_json::Value) -> Vec<u32> {
     f32s(v).into_iter().map(|x| x as u32).collect()
 }
+
+/// Runs the `crossenc` binary offline (no hub access unless a test sets its own environment).
+pub fn crossenc(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_crossenc"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap()
+}
+
+/// Standard output of a run that must have succeeded.
+pub fn stdout(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "crossenc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// Asserts a clean failure: non-zero exit, no panic, and a message containing each of `needles`.
+pub fn fails_with(out: &std::process::Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success");
+    assert!(!err.contains("panicked"), "panicked: {err}");
+    for n in needles {
+        assert!(err.contains(n), "error lacks {n:?}: {err}");
+    }
+}
+
+/// The `score` of each JSON line that `crossenc predict` prints.
+pub fn score_lines(text: &str) -> Vec<f32> {
+    text.lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["score"]
+                .as_f64()
+                .unwrap() as f32
+        })
+        .collect()
+}
+
+/// Writes a golden file's pairs as JSONL (`first`, `second`, and a numeric `id` to skip).
+pub fn write_pairs_jsonl(path: &std::path::Path, g: &serde_json::Value) {
+    let lines: Vec<String> = g["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| serde_json::json!({"id": 1, "first": p[0], "second": p[1]}).to_string())
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
