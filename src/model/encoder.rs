@@ -97,21 +97,21 @@ impl Layer {
         })
     }
 
-    /// `x`: `[batch, seq, hidden]`; `mask`: `[batch, seq]`, 0 on padding.
-    fn forward(&self, x: &Tensor, mask: &Tensor, dropout: &mut Dropout) -> Result<Tensor> {
-        let (b, t, h) = x.dims3()?;
-        let d = h / self.heads;
-        let split = |y: Tensor| -> Result<Tensor> {
-            Ok(y.reshape((b, t, self.heads, d))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let q = split((self.query.forward(x)? * (1.0 / (d as f64).sqrt()))?)?;
-        let k = split(self.key.forward(x)?)?;
-        let v = split(self.value.forward(x)?)?;
-        let scores = q.matmul(&k.t()?)?;
-        let probs = dropout.apply(&ops::masked_softmax(&scores, mask)?, self.attention_dropout)?;
-        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
+    /// `x`: `[batch, seq, hidden]`; `mask`: `batch * seq` flags, 0 on padding.
+    fn forward(&self, x: &Tensor, mask: &[u32], dropout: &mut Dropout) -> Result<Tensor> {
+        let (q, k, v) = (
+            self.query.forward(x)?,
+            self.key.forward(x)?,
+            self.value.forward(x)?,
+        );
+        let context = ops::attention(
+            &q,
+            &k,
+            &v,
+            mask,
+            self.heads,
+            dropout.seed(self.attention_dropout),
+        )?;
         let mut attn = self.attention_output.forward(&context)?;
         if self.attention_output_dropout {
             attn = dropout.apply(&attn, self.hidden_dropout)?;
@@ -143,7 +143,7 @@ impl Encoder {
         Ok(Encoder { layers })
     }
 
-    pub fn forward(&self, x: &Tensor, mask: &Tensor, dropout: &mut Dropout) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, mask: &[u32], dropout: &mut Dropout) -> Result<Tensor> {
         let mut x = x.clone();
         for layer in &self.layers {
             x = layer.forward(&x, mask, dropout)?;

@@ -73,12 +73,7 @@ impl SequenceClassifier {
     /// The last hidden state `[batch, seq, hidden]`.
     pub fn encode(&self, batch: &Batch, dropout: &mut Dropout) -> Result<Tensor> {
         let x = self.embeddings.forward(batch, &self.device, dropout)?;
-        let mask = Tensor::from_slice(
-            &batch.attention_mask,
-            (batch.size, batch.seq_len),
-            &self.device,
-        )?;
-        self.encoder.forward(&x, &mask, dropout)
+        self.encoder.forward(&x, &batch.attention_mask, dropout)
     }
 
     /// Raw logits `[batch, num_labels]`.

@@ -23,6 +23,14 @@ impl Dropout {
         self.0.is_some()
     }
 
+    /// A fresh seed for an op that draws its own mask (fused attention); `None` when off.
+    pub fn seed(&mut self, p: f64) -> Option<(f32, u64)> {
+        match &mut self.0 {
+            Some(rng) if p > 0.0 => Some((p as f32, rng.next_u64())),
+            _ => None,
+        }
+    }
+
     /// Zeroes each element with probability `p` and scales the rest by `1 / (1 - p)`.
     pub fn apply(&mut self, x: &Tensor, p: f64) -> Result<Tensor> {
         match &mut self.0 {
@@ -33,7 +41,7 @@ impl Dropout {
 }
 
 /// splitmix64: a well-mixed 64-bit hash of a counter.
-fn mix(mut z: u64) -> u64 {
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

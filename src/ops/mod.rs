@@ -5,15 +5,15 @@
 //! `layer_norm` / `softmax_last_dim` are not used in training: they record no backward and would
 //! cut gradients silently.
 
+mod attention;
 mod dropout;
 mod gelu;
 mod layer_norm;
-mod softmax;
 
+pub use attention::attention;
 pub use dropout::Dropout;
 pub use gelu::gelu;
 pub use layer_norm::layer_norm;
-pub use softmax::masked_softmax;
 
 use candle_core::{bail, CpuStorage, Layout, Result};
 
