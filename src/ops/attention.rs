@@ -81,18 +81,8 @@ impl Attention {
         }
     }
 
-    /// Softmax probabilities of query `i` of head `head` in item `b` into `p` (length t).
-    fn probs(
-        &self,
-        dm: Dims,
-        q: &[f32],
-        k: &[f32],
-        m: &[u32],
-        head: usize,
-        i: usize,
-        p: &mut [f32],
-    ) {
-        let qi = &q[i * dm.h + head * dm.d..][..dm.d];
+    /// Softmax probabilities of one query (`qi`, the head's slice) against the keys of `head`.
+    fn probs(&self, dm: Dims, qi: &[f32], k: &[f32], m: &[u32], head: usize, p: &mut [f32]) {
         let mut max = f32::NEG_INFINITY;
         for j in 0..dm.t {
             if m[j] != 0 {
@@ -144,7 +134,14 @@ impl CustomOp3 for Attention {
             let mut p = vec![0f32; dm.t];
             for head in 0..dm.heads {
                 for i in 0..dm.t {
-                    self.probs(dm, qb, kb, m, head, i, &mut p);
+                    self.probs(
+                        dm,
+                        &qb[i * dm.h + head * dm.d..][..dm.d],
+                        kb,
+                        m,
+                        head,
+                        &mut p,
+                    );
                     let oi = &mut ob[i * dm.h + head * dm.d..][..dm.d];
                     for j in 0..dm.t {
                         let w = p[j] * self.keep(dm, b, head, i, j);
@@ -218,7 +215,7 @@ impl candle_core::CustomOp1 for AttentionBackward {
                 for head in 0..a.heads {
                     let o = head * d;
                     for i in 0..t {
-                        a.probs(dm, q, k, m, head, i, &mut p);
+                        a.probs(dm, &q[i * h + o..][..d], k, m, head, &mut p);
                         let doi = &dout[i * h + o..][..d];
                         // dP (through dropout) and dV.
                         let mut dot = 0.0;
