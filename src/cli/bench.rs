@@ -104,10 +104,13 @@ fn reference(args: &BenchArgs, dir: &std::path::Path, threads: usize) -> Result<
             bail!("{script} failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         let text = String::from_utf8_lossy(&out.stdout);
+        // The report is the last JSON object; the trainer prints a dict line before it.
         let start = text
-            .find('{')
+            .rfind("\n{")
+            .map(|i| i + 1)
+            .or_else(|| text.find('{'))
             .context("no JSON in the reference's output")?;
-        Ok(serde_json::from_str(&text[start..])?)
+        serde_json::from_str(&text[start..]).with_context(|| format!("cannot parse the reference's report: {}", &text[start..]))
     };
     let tmp = std::env::temp_dir().join(format!("crossenc-bench-ref-{}", std::process::id()));
     let pairs = (args.steps * args.batch_size).to_string();
