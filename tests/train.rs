@@ -228,6 +228,34 @@ fn bad_rows_and_out_of_range_labels_are_reported() {
             "--label-range 0:5",
         ],
     );
+    // --loss mse trains on the raw labels, and the saved model predicts raw values.
+    let mse_out = tmp.path().join("mse");
+    let head: Vec<String> = std::fs::read_to_string(&raw)
+        .unwrap()
+        .lines()
+        .take(32)
+        .map(String::from)
+        .collect();
+    let raw32 = write("raw32.csv", &head.join("\n"));
+    let res = crossenc(&[
+        "train",
+        "-m",
+        m,
+        "-o",
+        mse_out.to_str().unwrap(),
+        "--train",
+        &raw32,
+        "--loss",
+        "mse",
+        "-q",
+    ]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let st = read_json(&mse_out.join("config_sentence_transformers.json"));
+    assert_eq!(st["activation_fn"], "torch.nn.modules.linear.Identity");
     // A label that is not a number, and a row with too few fields.
     let bad = write("bad.csv", "A plane is taking off.,An air plane is taking off.,5.0\nA man is here.,A man is there.,high\nA cat.,A dog.,1.0\n");
     fails_with(

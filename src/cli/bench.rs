@@ -110,7 +110,8 @@ fn reference(args: &BenchArgs, dir: &std::path::Path, threads: usize) -> Result<
             .map(|i| i + 1)
             .or_else(|| text.find('{'))
             .context("no JSON in the reference's output")?;
-        serde_json::from_str(&text[start..]).with_context(|| format!("cannot parse the reference's report: {}", &text[start..]))
+        serde_json::from_str(&text[start..])
+            .with_context(|| format!("cannot parse the reference's report: {}", &text[start..]))
     };
     let tmp = std::env::temp_dir().join(format!("crossenc-bench-ref-{}", std::process::id()));
     let pairs = (args.steps * args.batch_size).to_string();
