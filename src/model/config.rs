@@ -196,10 +196,6 @@ impl Config {
         self.id2label = labels;
     }
 
-    pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_attention_heads
-    }
-
     /// The most tokens a sequence can hold given the position table.
     pub fn max_positions(&self) -> usize {
         self.max_position_embeddings - self.family.position_offset(self.pad_token_id)

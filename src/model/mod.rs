@@ -85,17 +85,4 @@ impl SequenceClassifier {
     pub fn head(&self) -> &Head {
         &self.head
     }
-
-    /// Mean of the hidden states over the attention mask: sentence-transformers' mean pooling.
-    pub fn mean_pool(&self, hidden: &Tensor, batch: &Batch) -> Result<Tensor> {
-        let mask = Tensor::from_slice(
-            &batch.attention_mask,
-            (batch.size, batch.seq_len, 1),
-            &self.device,
-        )?
-        .to_dtype(hidden.dtype())?;
-        let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
-        let counts = mask.sum(1)?.clamp(1e-9, f64::INFINITY)?;
-        Ok(summed.broadcast_div(&counts)?)
-    }
 }

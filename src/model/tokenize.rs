@@ -47,11 +47,6 @@ impl Batch {
             seq_len,
         }
     }
-
-    /// Number of real (unpadded) tokens.
-    pub fn tokens(&self) -> usize {
-        self.attention_mask.iter().filter(|m| **m == 1).count()
-    }
 }
 
 /// The model's tokenizer, set up for pairs: longest-first truncation at `max_length`, no padding
@@ -112,17 +107,6 @@ impl PairTokenizer {
         let inputs: Vec<EncodeInput> = pairs
             .iter()
             .map(|(a, b)| EncodeInput::Dual(a.as_ref().into(), b.as_ref().into()))
-            .collect();
-        self.tokenizer
-            .encode_batch(inputs, true)
-            .map_err(|e| anyhow!("tokenization failed: {e}"))
-    }
-
-    /// Encodes single texts (bi-encoder use), truncated to `max_length`.
-    pub fn encode_texts<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Encoding>> {
-        let inputs: Vec<EncodeInput> = texts
-            .iter()
-            .map(|t| EncodeInput::Single(t.as_ref().into()))
             .collect();
         self.tokenizer
             .encode_batch(inputs, true)

@@ -19,10 +19,6 @@ impl Dropout {
         Dropout(Some(rng))
     }
 
-    pub fn is_on(&self) -> bool {
-        self.0.is_some()
-    }
-
     /// A fresh seed for an op that draws its own mask (fused attention); `None` when off.
     pub fn seed(&mut self, p: f64) -> Option<(f32, u64)> {
         match &mut self.0 {
