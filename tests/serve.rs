@@ -273,6 +273,7 @@ fn concurrent_requests_are_batched_and_score_as_alone() {
     }
     let (_, after) = s.get("/metrics");
     let passes = metric(&after, "crossenc_batches_total") - batches_before;
+    assert!(metric(&after, "crossenc_batch_requests_count") >= passes);
     assert!(
         passes < requests.len() as f64,
         "{} requests took {passes} passes: not batched",
