@@ -1,7 +1,6 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
-use std::io::Read;
 
 use super::ModelArgs;
 
@@ -25,14 +24,7 @@ pub struct RankArgs {
 
 /// Documents from a plain-text file (one per line) or JSONL with a `text` field.
 pub fn read_docs(path: &str) -> Result<Vec<String>> {
-    let mut text = String::new();
-    if path == "-" {
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("cannot read standard input")?;
-    } else {
-        text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
-    }
+    let text = crate::data::read_text(path)?;
     let lines: Vec<(usize, &str)> = text
         .lines()
         .enumerate()

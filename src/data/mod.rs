@@ -6,7 +6,7 @@ mod table;
 
 pub use hub::resolve as resolve_source;
 
-pub use table::{HeaderMode, Table};
+pub use table::{read_text, HeaderMode, Table};
 
 use anyhow::{bail, Result};
 

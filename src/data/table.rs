@@ -77,7 +77,8 @@ impl Table {
     }
 }
 
-fn read_text_table(path: &str, header: HeaderMode) -> Result<Table> {
+/// The UTF-8 text of `path`, or of standard input for `-`.
+pub fn read_text(path: &str) -> Result<String> {
     let mut text = String::new();
     if path == "-" {
         std::io::stdin()
@@ -87,6 +88,11 @@ fn read_text_table(path: &str, header: HeaderMode) -> Result<Table> {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
         text = String::from_utf8(bytes).with_context(|| format!("{path} is not UTF-8 text"))?;
     }
+    Ok(text)
+}
+
+fn read_text_table(path: &str, header: HeaderMode) -> Result<Table> {
+    let text = read_text(path)?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let ext = Path::new(path)
         .extension()
