@@ -13,12 +13,7 @@ use crossenc::{CrossEncoder, LoadOptions};
 fn check_family(name: &str, arch: &str) {
     let dir = shared(&format!("golden/{name}"));
     let g = read_json(&dir.join("golden.json"));
-    let pairs: Vec<(String, String)> = g["pairs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p[0].as_str().unwrap().into(), p[1].as_str().unwrap().into()))
-        .collect();
+    let pairs = golden_pairs(&g);
     let labels = [1.0f32, 0.0, 0.9, 0.2, 0.5, 0.1, 0.3, 0.52];
     let mut ce =
         CrossEncoder::load(dir.to_str().unwrap(), &Device::Cpu, &LoadOptions::default()).unwrap();

@@ -8,20 +8,6 @@ use crossenc::model::tokenize::Batch;
 use crossenc::ops::Dropout;
 use crossenc::{CrossEncoder, LoadOptions};
 
-fn pairs_of(g: &serde_json::Value) -> Vec<(String, String)> {
-    g["pairs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p[0].as_str().unwrap().to_string(),
-                p[1].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
 fn load(dir: &std::path::Path, max_length: usize) -> CrossEncoder {
     let opts = LoadOptions {
         max_length: Some(max_length),
@@ -43,7 +29,7 @@ fn check_tiny(name: &str) {
         ce.new_head_params.is_empty(),
         "{name}: head should come from the checkpoint"
     );
-    let pairs = pairs_of(&g);
+    let pairs = golden_pairs(&g);
     let batch = batch_of(&ce, &pairs);
     assert_eq!(batch.input_ids, u32s(&g["input_ids"]), "{name}: input_ids");
     assert_eq!(
@@ -129,7 +115,7 @@ fn minilm_hidden_state_and_pooler() {
             "classifier.bias".to_string()
         ]
     );
-    let pairs = pairs_of(&g);
+    let pairs = golden_pairs(&g);
     let batch = batch_of(&ce, &pairs);
     assert_eq!(batch.input_ids, u32s(&g["input_ids"]));
     assert_eq!(batch.attention_mask, u32s(&g["attention_mask"]));

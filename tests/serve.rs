@@ -80,15 +80,6 @@ impl Drop for Server {
     }
 }
 
-fn golden_pairs(g: &Value) -> Vec<(String, String)> {
-    g["pairs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p[0].as_str().unwrap().into(), p[1].as_str().unwrap().into()))
-        .collect()
-}
-
 fn scores_of(v: &Value) -> Vec<f32> {
     v.as_array()
         .unwrap()

@@ -26,12 +26,7 @@ fn one_step_matches_pytorch() {
         weight_decay: o["weight_decay"].as_f64().unwrap(),
     };
     let mut t = Trainable::new(&mut ce, adamw).unwrap();
-    let pairs: Vec<(String, String)> = g["pairs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p[0].as_str().unwrap().into(), p[1].as_str().unwrap().into()))
-        .collect();
+    let pairs = golden_pairs(&g);
     let enc = ce.tokenizer.encode_pairs(&pairs).unwrap();
     let labels = f32s(&g["labels"]);
     let (loss, mut grads) = t

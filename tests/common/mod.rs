@@ -123,3 +123,13 @@ pub fn write_pairs_jsonl(path: &std::path::Path, g: &serde_json::Value) {
         .collect();
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
+
+/// The text pairs of a golden file.
+pub fn golden_pairs(g: &serde_json::Value) -> Vec<(String, String)> {
+    g["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_str().unwrap().into(), p[1].as_str().unwrap().into()))
+        .collect()
+}
