@@ -132,3 +132,37 @@ fn minilm_hidden_state_and_pooler() {
     );
     assert!(d < 1e-4, "pooler output differs by {d}");
 }
+
+#[test]
+fn minilm_bi_encoder_embeddings() {
+    let Some(dir) = minilm() else { return };
+    let g = read_json(&shared("golden/minilm-l6-embeddings.json"));
+    let bi =
+        crossenc::model::bi_encoder::BiEncoder::load(dir.to_str().unwrap(), &Device::Cpu, None)
+            .unwrap();
+    // max_seq_length comes from the folder's sentence_bert_config.json.
+    assert_eq!(
+        bi.tokenizer.max_length,
+        g["max_seq_length"].as_u64().unwrap() as usize
+    );
+    let texts: Vec<String> = g["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    let emb = bi.embed(&texts).unwrap();
+    let got = emb.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let d = max_abs_diff(&got, &f32s(&g["embeddings"]));
+    assert!(d < 1e-4, "embeddings differ by {d}");
+    let rows = emb.to_vec2::<f32>().unwrap();
+    let cos = |a: usize, b: usize| {
+        rows[a]
+            .iter()
+            .zip(&rows[b])
+            .map(|(x, y)| x * y)
+            .sum::<f32>()
+    };
+    assert!((cos(0, 1) as f64 - g["cosine_0_1"].as_f64().unwrap()).abs() < 1e-4);
+    assert!((cos(2, 3) as f64 - g["cosine_2_3"].as_f64().unwrap()).abs() < 1e-4);
+}

@@ -1,6 +1,8 @@
 //! Evaluation: metrics by name, computed from a model's scores on labelled pairs.
 
+pub mod classification;
 pub mod correlation;
+pub mod ranking;
 
 use anyhow::Result;
 use std::collections::BTreeMap;

@@ -1,5 +1,6 @@
 //! Cross-encoder models: config, tokenizer, encoder per family, heads, checkpoints, hub.
 
+pub mod bi_encoder;
 pub mod checkpoint;
 pub mod config;
 pub mod cross_encoder;
@@ -51,29 +52,48 @@ pub fn linear(p: &Params, name: &str, in_dim: usize, out_dim: usize) -> Result<L
     ))
 }
 
-/// An encoder with a sequence-classification head: transformers'
-/// `*ForSequenceClassification`, for any supported family.
-pub struct SequenceClassifier {
+/// Embeddings and the transformer layers: transformers' `BertModel` without the pooler, for any
+/// supported family.
+pub struct Transformer {
     embeddings: Embeddings,
     encoder: Encoder,
-    head: Head,
     device: Device,
 }
 
-impl SequenceClassifier {
+impl Transformer {
     pub fn new(cfg: &Config, p: &Params, device: &Device) -> Result<Self> {
-        Ok(SequenceClassifier {
+        Ok(Transformer {
             embeddings: Embeddings::new(cfg, p)?,
             encoder: Encoder::new(cfg, p)?,
-            head: Head::new(cfg, p)?,
             device: device.clone(),
         })
     }
 
     /// The last hidden state `[batch, seq, hidden]`.
-    pub fn encode(&self, batch: &Batch, dropout: &mut Dropout) -> Result<Tensor> {
+    pub fn forward(&self, batch: &Batch, dropout: &mut Dropout) -> Result<Tensor> {
         let x = self.embeddings.forward(batch, &self.device, dropout)?;
         self.encoder.forward(&x, &batch.attention_mask, dropout)
+    }
+}
+
+/// An encoder with a sequence-classification head: transformers'
+/// `*ForSequenceClassification`, for any supported family.
+pub struct SequenceClassifier {
+    transformer: Transformer,
+    head: Head,
+}
+
+impl SequenceClassifier {
+    pub fn new(cfg: &Config, p: &Params, device: &Device) -> Result<Self> {
+        Ok(SequenceClassifier {
+            transformer: Transformer::new(cfg, p, device)?,
+            head: Head::new(cfg, p)?,
+        })
+    }
+
+    /// The last hidden state `[batch, seq, hidden]`.
+    pub fn encode(&self, batch: &Batch, dropout: &mut Dropout) -> Result<Tensor> {
+        self.transformer.forward(batch, dropout)
     }
 
     /// Raw logits `[batch, num_labels]`.

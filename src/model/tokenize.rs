@@ -104,10 +104,25 @@ impl PairTokenizer {
 
     /// Encodes pairs in parallel, in input order.
     pub fn encode_pairs<S: AsRef<str>>(&self, pairs: &[(S, S)]) -> Result<Vec<Encoding>> {
-        let inputs: Vec<EncodeInput> = pairs
-            .iter()
-            .map(|(a, b)| EncodeInput::Dual(a.as_ref().into(), b.as_ref().into()))
-            .collect();
+        self.encode(
+            pairs
+                .iter()
+                .map(|(a, b)| EncodeInput::Dual(a.as_ref().into(), b.as_ref().into()))
+                .collect(),
+        )
+    }
+
+    /// Encodes single texts (a bi-encoder's input) in parallel, in input order.
+    pub fn encode_texts<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Encoding>> {
+        self.encode(
+            texts
+                .iter()
+                .map(|t| EncodeInput::Single(t.as_ref().into()))
+                .collect(),
+        )
+    }
+
+    fn encode(&self, inputs: Vec<EncodeInput>) -> Result<Vec<Encoding>> {
         self.tokenizer
             .encode_batch(inputs, true)
             .map_err(|e| anyhow!("tokenization failed: {e}"))

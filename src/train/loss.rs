@@ -16,14 +16,37 @@ pub fn mse(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     logits.sub(labels)?.sqr()?.mean_all()
 }
 
+/// `log_softmax` over the last dimension, stable (the max shift carries no gradient).
+fn log_softmax(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&log_z)
+}
+
 /// `CrossEntropyLoss` (mean) over `[batch, classes]` logits and `[batch]` class ids (u32).
 pub fn cross_entropy(logits: &Tensor, classes: &Tensor) -> Result<Tensor> {
-    let max = logits.max_keepdim(D::Minus1)?.detach();
-    let shifted = logits.broadcast_sub(&max)?;
-    let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    let log_probs = shifted.broadcast_sub(&log_z)?;
-    let picked = log_probs.gather(&classes.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?;
+    let picked = log_softmax(logits)?.gather(&classes.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?;
     picked.mean_all()?.neg()
+}
+
+/// sentence-transformers' cross-encoder `MultipleNegativesRankingLoss` over `[queries, 1 + k]`
+/// logits, the positive first: softmax cross-entropy of `scale * sigmoid(logit)` (the sigmoid
+/// bounds the scores, the scale sets the softmax temperature; its defaults are 10 and sigmoid).
+pub fn multiple_negatives_ranking(logits: &Tensor, scale: f64) -> Result<Tensor> {
+    let scores = (candle_nn::ops::sigmoid(logits)? * scale)?;
+    let positives = Tensor::zeros(logits.dim(0)?, DType::U32, logits.device())?;
+    cross_entropy(&scores, &positives)
+}
+
+/// ListNet (top-one probabilities, as sentence-transformers' `ListNetLoss`): the cross-entropy
+/// between `softmax(labels)` and `softmax(logits)` per query, averaged; both `[queries, docs]`.
+pub fn listnet(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let target = log_softmax(labels)?.exp()?;
+    (target * log_softmax(logits)?)?
+        .sum(D::Minus1)?
+        .mean_all()?
+        .neg()
 }
 
 #[cfg(test)]
@@ -77,6 +100,52 @@ mod tests {
         let p2 = 3f32.exp() / lse.exp();
         assert!((g[0][2] - (p2 - 1.0) / 2.0).abs() < 1e-6);
         assert!((g[1][1] - (1.0 / 3.0) / 2.0).abs() < 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn multiple_negatives_ranking_by_hand() -> Result<()> {
+        let dev = Device::Cpu;
+        // One query: positive logit 0, negatives ln 3 and -ln 3 (sigmoids 1/2, 3/4, 1/4).
+        let logits = Var::new(&[[0.0f32, 3f32.ln(), -(3f32.ln())]], &dev)?;
+        let loss = multiple_negatives_ranking(&logits, 10.0)?;
+        let s = [5.0f32, 7.5, 2.5];
+        let z: f32 = s.iter().map(|v| v.exp()).sum();
+        assert!((scalar(&loss) - (z.ln() - 5.0)).abs() < 1e-5);
+        // d/dlogit_j = scale * sigmoid'(x_j) * (p_j - [j = 0]), sigmoid' = s (1 - s).
+        let g = loss.backward()?.get(&logits).unwrap().to_vec2::<f32>()?;
+        for (j, sig) in [0.5f32, 0.75, 0.25].into_iter().enumerate() {
+            let p = s[j].exp() / z;
+            let want = 10.0 * sig * (1.0 - sig) * (p - (j == 0) as u8 as f32);
+            assert!((g[0][j] - want).abs() < 1e-5, "{j}: {} vs {want}", g[0][j]);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn listnet_by_hand() -> Result<()> {
+        let dev = Device::Cpu;
+        // Two queries; labels 1 for the positive, 0 for two negatives.
+        let logits = Var::new(&[[2.0f32, 0.0, 0.0], [0.0, 1.0, 0.0]], &dev)?;
+        let labels = Tensor::new(&[[1.0f32, 0.0, 0.0], [1.0, 0.0, 0.0]], &dev)?;
+        let loss = listnet(&logits, &labels)?;
+        let e = 1f32.exp();
+        let t = [e / (e + 2.0), 1.0 / (e + 2.0), 1.0 / (e + 2.0)];
+        let q = |x: [f32; 3]| {
+            let lz = x.iter().map(|v| v.exp()).sum::<f32>().ln();
+            let ce: f32 = -(0..3).map(|j| t[j] * (x[j] - lz)).sum::<f32>();
+            let p: Vec<f32> = x.iter().map(|v| (v - lz).exp()).collect();
+            (ce, p)
+        };
+        let (l0, p0) = q([2.0, 0.0, 0.0]);
+        let (l1, p1) = q([0.0, 1.0, 0.0]);
+        assert!((scalar(&loss) - (l0 + l1) / 2.0).abs() < 1e-6);
+        // d/dlogits = (softmax(logits) - softmax(labels)) / queries.
+        let g = loss.backward()?.get(&logits).unwrap().to_vec2::<f32>()?;
+        for j in 0..3 {
+            assert!((g[0][j] - (p0[j] - t[j]) / 2.0).abs() < 1e-6);
+            assert!((g[1][j] - (p1[j] - t[j]) / 2.0).abs() < 1e-6);
+        }
         Ok(())
     }
 }
