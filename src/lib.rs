@@ -10,6 +10,7 @@ pub mod eval;
 pub mod hub;
 pub mod model;
 pub mod ops;
+pub mod search;
 pub mod serve;
 pub mod train;
 

@@ -22,6 +22,10 @@ pub struct DataArgs {
     /// Map labels linearly from LO:HI into [0, 1], e.g. 0:5 for STS-B's raw scores.
     #[arg(long, value_parser = parse_range)]
     pub label_range: Option<(f64, f64)>,
+    /// Class names, in the order of the model's outputs (`--task multiclass`): the label column
+    /// holds a name or its 0-based index.
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Option<Vec<String>>,
 }
 
 fn parse_range(s: &str) -> Result<(f64, f64), String> {
@@ -49,6 +53,7 @@ impl DataArgs {
             header: super::predict::Header::No,
             skip_bad_rows: false,
             label_range: Some((0.0, 5.0)),
+            labels: None,
         }
     }
 
@@ -60,6 +65,7 @@ impl DataArgs {
                 .map(Columns::parse_text_cols)
                 .transpose()?,
             label: self.label_col.clone(),
+            label_names: self.labels.clone(),
         })
     }
 
@@ -86,6 +92,18 @@ impl DataArgs {
         }
         Ok(examples)
     }
+}
+
+/// Binary classification needs labels 0 and 1: name the first other label.
+pub fn check_binary_labels(spec: &str, examples: &[Example]) -> Result<()> {
+    if let Some(e) = examples.iter().find(|e| e.label != 0.0 && e.label != 1.0) {
+        bail!(
+            "{spec} line {}: label {} is not 0 or 1, which --task binary needs (for more classes use --task multiclass --labels a,b,c)",
+            e.line,
+            e.label
+        );
+    }
+    Ok(())
 }
 
 /// BCE needs labels in [0, 1]: name the first label outside and the way out.

@@ -6,6 +6,7 @@ mod demo;
 mod eval;
 mod predict;
 mod rank;
+mod search;
 mod serve;
 mod train;
 
@@ -35,9 +36,11 @@ enum Command {
     /// Run the tutorial's similarity and ranking demos.
     Demo(demo::DemoArgs),
     /// Fine-tune a cross-encoder (default data: STS-B from the hub).
-    Train(train::TrainArgs),
-    /// Pearson and Spearman correlation of a model's scores with labels.
+    Train(Box<train::TrainArgs>),
+    /// Metrics of a model: correlation, classification, or re-ranking on BEIR data.
     Eval(eval::EvalArgs),
+    /// Retrieve with BM25 or a bi-encoder, then re-rank with a cross-encoder.
+    Search(search::SearchArgs),
     /// HTTP re-ranking and scoring server (text-embeddings-inference routes).
     Serve(serve::ServeArgs),
     /// Training and inference throughput on STS-B, optionally beside the Python reference.
@@ -89,14 +92,31 @@ impl ModelArgs {
     }
 }
 
+/// A progress bar on a terminal (stderr); hidden when quiet or redirected.
+pub fn progress_bar(quiet: bool) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if quiet || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len}  [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("valid template"),
+    );
+    bar
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Predict(a) => predict::run(a),
         Command::Rank(a) => rank::run(a),
         Command::Demo(a) => demo::run(a),
-        Command::Train(a) => train::run(a),
+        Command::Train(a) => train::run(*a),
         Command::Eval(a) => eval::run(a),
+        Command::Search(a) => search::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Bench(a) => bench::run(a),
     };

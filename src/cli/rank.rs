@@ -1,6 +1,6 @@
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::Args;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::ModelArgs;
 
@@ -11,7 +11,8 @@ pub struct RankArgs {
     /// The query.
     #[arg(long, short)]
     query: String,
-    /// Documents: one per line, or JSONL objects with a "text" field; - for standard input.
+    /// Documents: one per line, or JSONL objects with a "text" field (and optional "title");
+    /// - for standard input.
     #[arg(long, short)]
     docs: String,
     /// Print only the best N.
@@ -22,36 +23,11 @@ pub struct RankArgs {
     json: bool,
 }
 
-/// Documents from a plain-text file (one per line) or JSONL with a `text` field.
-pub fn read_docs(path: &str) -> Result<Vec<String>> {
-    let text = crate::data::read_text(path)?;
-    let lines: Vec<(usize, &str)> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| (i + 1, l))
-        .collect();
-    if lines.is_empty() {
-        bail!("{path}: no documents");
-    }
-    if !lines[0].1.trim_start().starts_with('{') {
-        return Ok(lines.into_iter().map(|(_, l)| l.to_string()).collect());
-    }
-    lines
-        .into_iter()
-        .map(|(n, l)| {
-            let v: Value = serde_json::from_str(l)
-                .with_context(|| format!("{path} line {n}: invalid JSON"))?;
-            v.get("text")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .with_context(|| format!("{path} line {n}: no \"text\" field"))
-        })
-        .collect()
-}
-
 pub fn run(args: RankArgs) -> Result<()> {
-    let docs = read_docs(&args.docs)?;
+    let docs: Vec<String> = crate::search::beir::read_corpus(&args.docs)?
+        .iter()
+        .map(crate::search::beir::Doc::full_text)
+        .collect();
     let ce = args.model.load()?;
     let ranked = ce.rank(&args.query, &docs, args.top_k)?;
     for (rank, (index, score)) in ranked.into_iter().enumerate() {

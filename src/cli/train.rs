@@ -1,11 +1,13 @@
 use anyhow::{bail, Result};
 use clap::Args;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use super::data_args::{check_unit_labels, DataArgs};
-use crate::eval;
+use super::data_args::{check_binary_labels, check_unit_labels, DataArgs};
+use crate::data::Example;
+use crate::eval::{self, Task};
 use crate::model::config::generic_labels;
+use crate::search::{self, beir, Retriever};
 use crate::train::card::Card;
 use crate::train::optim::AdamWConfig;
 use crate::train::{self, Batching, LossKind, Progress, TrainConfig};
@@ -22,7 +24,12 @@ pub struct TrainArgs {
     /// Where the trained model, metrics.jsonl, training.svg and checkpoints go.
     #[arg(long, short)]
     output: PathBuf,
-    /// Training data: a CSV/TSV/JSONL/Parquet file or hf://datasets/OWNER/NAME[/PATH].
+    /// What to train: regression on graded labels (STS-B), binary or multiclass
+    /// classification of pairs, or re-ranking from BEIR data.
+    #[arg(long, value_enum, default_value = "regression")]
+    task: Task,
+    /// Training data: a CSV/TSV/JSONL/Parquet file or hf://datasets/OWNER/NAME[/PATH]; for
+    /// `--task rerank`, a folder in BEIR's layout (corpus.jsonl, queries.jsonl, qrels/).
     #[arg(long, default_value = DEFAULT_TRAIN)]
     train: String,
     /// Dev data for evaluation and model selection (default: the validation split of the
@@ -34,8 +41,22 @@ pub struct TrainArgs {
     test: Option<String>,
     #[command(flatten)]
     data: DataArgs,
-    #[arg(long, value_enum, default_value = "bce")]
-    loss: LossKind,
+    /// Default: bce (regression, binary), cross-entropy (multiclass), mnrl (rerank).
+    #[arg(long, value_enum)]
+    loss: Option<LossKind>,
+    /// Re-ranking: the qrels split that gives queries and positives.
+    #[arg(long, default_value = "train")]
+    split: String,
+    /// Re-ranking: the first stage that mines hard negatives: bm25 or a bi-encoder model.
+    #[arg(long, default_value = "bm25")]
+    retriever: String,
+    /// Re-ranking: hard negatives per positive.
+    #[arg(long, default_value_t = 3)]
+    negatives: usize,
+    /// Re-ranking: mine negatives from first-stage ranks FROM:TO, skipping the top FROM
+    /// (likely unjudged positives); known positives are never taken.
+    #[arg(long, default_value = "10:100", value_parser = parse_ranks)]
+    neg_range: (usize, usize),
     #[arg(long, default_value_t = 1)]
     epochs: usize,
     #[arg(long, default_value_t = 16)]
@@ -66,9 +87,10 @@ pub struct TrainArgs {
     /// Evaluate on --dev every N steps (and at each epoch's end).
     #[arg(long)]
     eval_steps: Option<usize>,
-    /// Metric that picks the best model.
-    #[arg(long, default_value = "spearman")]
-    metric: String,
+    /// Metric that picks the best model (default: spearman, average_precision for binary,
+    /// macro_f1 for multiclass).
+    #[arg(long)]
+    metric: Option<String>,
     /// Write a resumable checkpoint every N steps.
     #[arg(long)]
     save_steps: Option<usize>,
@@ -86,42 +108,125 @@ pub struct TrainArgs {
     quiet: bool,
 }
 
-pub fn run(args: TrainArgs) -> Result<()> {
-    if !["spearman", "pearson"].contains(&args.metric.as_str()) {
+fn parse_ranks(s: &str) -> Result<(usize, usize), String> {
+    let (a, b) = s.split_once(':').ok_or("expected FROM:TO, e.g. 10:100")?;
+    let a: usize = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("\"{a}\" is not a rank"))?;
+    let b: usize = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("\"{b}\" is not a rank"))?;
+    if b <= a {
+        return Err(format!("the range {a}:{b} is empty"));
+    }
+    Ok((a, b))
+}
+
+/// Training pairs from BEIR data: each query's positives, each followed by mined negatives.
+fn rerank_lists(args: &TrainArgs) -> Result<Vec<Example>> {
+    let dir = Path::new(&args.train);
+    if !dir.is_dir() {
         bail!(
-            "unknown --metric \"{}\" (known: spearman, pearson)",
-            args.metric
+            "--task rerank reads a folder in BEIR's layout (corpus.jsonl, queries.jsonl, qrels/{}.tsv); {} is not a folder",
+            args.split,
+            dir.display()
         );
     }
-    let train_set = args.data.read(&args.train, "train")?;
-    let dev_spec = args
-        .dev
+    if args.negatives == 0 {
+        bail!("--negatives must be at least 1");
+    }
+    let data = beir::read_beir(dir, &args.split)?;
+    let docs: Vec<String> = data.docs.iter().map(beir::Doc::full_text).collect();
+    let retriever = Retriever::build(&args.retriever, &docs, &super::progress_bar(args.quiet))?;
+    let (lists, left_out) =
+        search::mine_training_lists(&data, &retriever, args.neg_range, args.negatives)?;
+    if !args.quiet {
+        println!(
+            "mined {} negatives per positive from {} ranks {}:{} for {} queries ({left_out} left out: too few candidates)",
+            args.negatives,
+            args.retriever,
+            args.neg_range.0,
+            args.neg_range.1,
+            data.queries.len() - left_out
+        );
+    }
+    if lists.is_empty() {
+        bail!(
+            "no query of {} has {} negatives in ranks {}:{}",
+            dir.display(),
+            args.negatives,
+            args.neg_range.0,
+            args.neg_range.1
+        );
+    }
+    Ok(lists)
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let task = args.task;
+    let loss = args.loss.unwrap_or(match task {
+        Task::Regression | Task::Binary => LossKind::Bce,
+        Task::Multiclass => LossKind::CrossEntropy,
+        Task::Rerank => LossKind::Mnrl,
+    });
+    if (task == Task::Rerank) != loss.is_listwise() {
+        bail!("--loss {loss:?} does not fit --task {task:?} (listwise losses mnrl and listnet are for --task rerank)");
+    }
+    let labels = match (task, &args.data.labels) {
+        (Task::Multiclass, Some(names)) if names.len() >= 2 => names.clone(),
+        (Task::Multiclass, _) => bail!("--task multiclass needs --labels with two or more class names, e.g. --labels contradiction,entailment,neutral"),
+        (_, Some(_)) => bail!("--labels names the classes of --task multiclass"),
+        _ => generic_labels(1),
+    };
+    let metric = args
+        .metric
         .clone()
-        .or_else(|| (args.train == DEFAULT_TRAIN).then(|| DEFAULT_TRAIN.to_string()));
-    let dev_set = dev_spec
-        .as_deref()
-        .map(|d| args.data.read(d, "validation"))
-        .transpose()?;
-    let test_set = args
-        .test
-        .as_deref()
-        .map(|t| args.data.read(t, "test"))
-        .transpose()?;
-    if args.loss == LossKind::Bce {
+        .unwrap_or_else(|| task.default_metric().to_string());
+    let (train_set, dev_spec, dev_set, test_set, list_size) = if task == Task::Rerank {
+        if args.dev.is_some() || args.test.is_some() {
+            bail!("--task rerank has no --dev/--test: evaluate the output with crossenc eval --task rerank");
+        }
+        let lists = rerank_lists(&args)?;
+        (lists, None, None, None, 1 + args.negatives)
+    } else {
+        let train_set = args.data.read(&args.train, "train")?;
+        let dev_spec = args
+            .dev
+            .clone()
+            .or_else(|| (args.train == DEFAULT_TRAIN).then(|| DEFAULT_TRAIN.to_string()));
+        let dev_set = dev_spec
+            .as_deref()
+            .map(|d| args.data.read(d, "validation"))
+            .transpose()?;
+        let test_set = args
+            .test
+            .as_deref()
+            .map(|t| args.data.read(t, "test"))
+            .transpose()?;
+        (train_set, dev_spec, dev_set, test_set, 1)
+    };
+    if loss == LossKind::Bce {
         check_unit_labels(&args.train, &train_set)?;
+    }
+    if task == Task::Binary {
+        check_binary_labels(&args.train, &train_set)?;
     }
 
     let opts = LoadOptions {
         max_length: args.max_length,
-        labels: Some(generic_labels(1)),
+        labels: Some(labels),
         seed: args.seed,
         activation: None,
     };
     let mut ce = CrossEncoder::load(&args.model, &candle_core::Device::Cpu, &opts)?;
-    if args.loss == LossKind::Mse {
-        // A regression head outputs raw values: no sigmoid at prediction time.
-        ce.activation = crate::Activation::Identity;
-    }
+    // What predict applies to the trained head: raw values for MSE regression and class logits
+    // (sentence-transformers' default for several labels), a probability otherwise.
+    ce.activation = match loss {
+        LossKind::Mse | LossKind::CrossEntropy => crate::Activation::Identity,
+        LossKind::Bce | LossKind::Mnrl | LossKind::Listnet => crate::Activation::Sigmoid,
+    };
     let cfg = TrainConfig {
         epochs: args.epochs,
         batch_size: args.batch_size,
@@ -136,12 +241,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
         max_grad_norm: args.max_grad_norm,
         grad_accum: args.grad_accum,
         seed: args.seed,
-        loss: args.loss,
+        loss,
+        list_size,
+        task,
         eval_steps: args.eval_steps,
         save_steps: args.save_steps,
         keep_checkpoints: 2,
         log_steps: args.log_steps,
-        metric: args.metric.clone(),
+        metric,
         max_steps: args.max_steps,
         progress: if args.quiet {
             Progress::Quiet
@@ -179,7 +286,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         results.push((format!("dev (best, step {step})"), m.clone()));
     }
     if let Some(test) = &test_set {
-        let m = eval::correlation_metrics(&ce, test)?;
+        let m = eval::pair_metrics(&ce, task, test)?;
         if !args.quiet {
             println!("test: {}", eval::format(&m));
         }

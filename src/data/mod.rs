@@ -17,6 +17,8 @@ pub struct Columns {
     pub texts: Option<(String, String)>,
     /// Column name or index; `None` picks the first numeric column after the texts.
     pub label: Option<String>,
+    /// Class names: labels are read as one of them (or its index) and become that index.
+    pub label_names: Option<Vec<String>>,
 }
 
 impl Columns {
@@ -68,7 +70,10 @@ pub fn read_examples(
             Ok(Example {
                 a: table.text(r, a)?,
                 b: table.text(r, b)?,
-                label: table.number(r, l)?,
+                label: match &cols.label_names {
+                    Some(names) => table.class(r, l, names)?,
+                    None => table.number(r, l)?,
+                },
                 line: r.line,
             })
         });

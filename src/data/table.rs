@@ -238,6 +238,28 @@ impl Table {
     }
 }
 
+impl Table {
+    /// The index of the row's label among `names` (by name, or as a 0-based index).
+    pub fn class(&self, row: &Row, col: usize, names: &[String]) -> Result<f64> {
+        let v = self.text(row, col)?;
+        let v = v.trim();
+        names
+            .iter()
+            .position(|n| n == v)
+            .or_else(|| v.parse::<usize>().ok().filter(|&i| i < names.len()))
+            .map(|i| i as f64)
+            .with_context(|| {
+                format!(
+                    "{} line {}: label \"{v}\" in column \"{}\" is not one of --labels {}",
+                    self.source,
+                    row.line,
+                    self.columns[col],
+                    names.join(",")
+                )
+            })
+    }
+}
+
 fn is_number(v: &Value) -> bool {
     match v {
         Value::Number(_) => true,

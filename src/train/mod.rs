@@ -19,7 +19,7 @@ use std::time::Instant;
 use tokenizers::Encoding;
 
 use crate::data::Example;
-use crate::eval::{self, Metrics};
+use crate::eval::{self, Metrics, Task};
 use crate::model::checkpoint::Params;
 use crate::model::SequenceClassifier;
 use crate::ops::Dropout;
@@ -34,6 +34,37 @@ pub enum LossKind {
     Bce,
     /// Mean squared error on the raw logit; any labels.
     Mse,
+    /// Softmax cross-entropy over N logits; labels are class indices.
+    CrossEntropy,
+    /// Listwise: softmax cross-entropy of each query's positive against its negatives
+    /// (sentence-transformers' cross-encoder MultipleNegativesRankingLoss, scale 10, sigmoid).
+    Mnrl,
+    /// Listwise: ListNet's cross-entropy between the softmax of labels and of scores.
+    Listnet,
+}
+
+impl LossKind {
+    /// Whether the loss compares the documents of one query rather than single pairs.
+    pub fn is_listwise(self) -> bool {
+        matches!(self, LossKind::Mnrl | LossKind::Listnet)
+    }
+}
+
+/// sentence-transformers' default scale of MultipleNegativesRankingLoss.
+pub const MNRL_SCALE: f64 = 10.0;
+
+/// A loss and how many consecutive pairs form one list (1 for pairwise losses; for listwise
+/// losses a query's positive followed by its negatives).
+#[derive(Debug, Clone, Copy)]
+pub struct Objective {
+    pub loss: LossKind,
+    pub list_size: usize,
+}
+
+impl From<LossKind> for Objective {
+    fn from(loss: LossKind) -> Self {
+        Objective { loss, list_size: 1 }
+    }
 }
 
 /// How training reports progress.
@@ -58,13 +89,17 @@ pub struct TrainConfig {
     pub grad_accum: usize,
     pub seed: u64,
     pub loss: LossKind,
+    /// Pairs per training item: 1, or for listwise losses a positive and its negatives.
+    pub list_size: usize,
+    /// Which metrics the dev set reports.
+    pub task: Task,
     /// Evaluate every N optimizer steps (and always at each epoch's end).
     pub eval_steps: Option<usize>,
     /// Write a resumable checkpoint every N optimizer steps.
     pub save_steps: Option<usize>,
     pub keep_checkpoints: usize,
     pub log_steps: usize,
-    /// Metric that picks the best model (`spearman`, `pearson`).
+    /// Metric that picks the best model (one the task's evaluation reports).
     pub metric: String,
     /// Stop after this many optimizer steps (the schedule still spans all epochs).
     pub max_steps: Option<usize>,
@@ -87,6 +122,8 @@ impl Default for TrainConfig {
             grad_accum: 1,
             seed: 42,
             loss: LossKind::Bce,
+            list_size: 1,
+            task: Task::Regression,
             eval_steps: None,
             save_steps: None,
             keep_checkpoints: 2,
@@ -145,53 +182,67 @@ impl Trainable {
         ce: &CrossEncoder,
         batch: &[&Encoding],
         labels: &[f32],
-        loss: LossKind,
+        objective: impl Into<Objective>,
         dropout: &mut Dropout,
     ) -> Result<(f32, Vec<Vec<f32>>)> {
-        let loss = batch_loss(&self.model, ce, batch, labels, loss, dropout)?;
+        let loss = batch_loss(&self.model, ce, batch, labels, objective.into(), dropout)?;
         let grads = loss.backward()?;
         Ok((loss.to_scalar::<f32>()?, self.opt.gradients(&grads)?))
     }
 }
 
-/// The loss of `model` on one batch, as a scalar tensor.
+/// The loss of `model` on one batch, as a scalar tensor. Listwise losses see the batch as
+/// `[lists, list_size]`.
 fn batch_loss(
     model: &SequenceClassifier,
     ce: &CrossEncoder,
     batch: &[&Encoding],
     labels: &[f32],
-    loss: LossKind,
+    objective: Objective,
     dropout: &mut Dropout,
 ) -> Result<Tensor> {
-    let logits = model
-        .forward(&ce.tokenizer.batch(batch), dropout)?
-        .squeeze(1)?;
+    let logits = model.forward(&ce.tokenizer.batch(batch), dropout)?;
     let labels = Tensor::from_slice(labels, labels.len(), &ce.device)?;
-    Ok(match loss {
-        LossKind::Bce => loss::bce_with_logits(&logits, &labels)?,
-        LossKind::Mse => loss::mse(&logits, &labels)?,
+    let lists = (
+        labels.elem_count() / objective.list_size,
+        objective.list_size,
+    );
+    Ok(match objective.loss {
+        LossKind::Bce => loss::bce_with_logits(&logits.squeeze(1)?, &labels)?,
+        LossKind::Mse => loss::mse(&logits.squeeze(1)?, &labels)?,
+        LossKind::CrossEntropy => loss::cross_entropy(&logits, &labels)?,
+        LossKind::Mnrl => loss::multiple_negatives_ranking(&logits.reshape(lists)?, MNRL_SCALE)?,
+        LossKind::Listnet => loss::listnet(&logits.reshape(lists)?, &labels.reshape(lists)?)?,
     })
 }
 
-/// The mean loss of `ce` over `examples`, dropout off (batches of `ce.batch_size`).
-pub fn mean_loss(ce: &CrossEncoder, examples: &[Example], loss: LossKind) -> Result<f64> {
+/// The mean loss of `ce` over `examples`, dropout off (batches of about `ce.batch_size` pairs,
+/// whole lists for listwise losses).
+pub fn mean_loss(
+    ce: &CrossEncoder,
+    examples: &[Example],
+    objective: impl Into<Objective>,
+) -> Result<f64> {
+    let objective = objective.into();
     let pairs: Vec<(&str, &str)> = examples
         .iter()
         .map(|e| (e.a.as_str(), e.b.as_str()))
         .collect();
     let encodings = ce.tokenizer.encode_pairs(&pairs)?;
+    let chunk = ce
+        .batch_size
+        .max(objective.list_size)
+        .div_ceil(objective.list_size)
+        * objective.list_size;
     let mut total = 0.0;
-    for (enc, ex) in encodings
-        .chunks(ce.batch_size.max(1))
-        .zip(examples.chunks(ce.batch_size.max(1)))
-    {
+    for (enc, ex) in encodings.chunks(chunk).zip(examples.chunks(chunk)) {
         let labels: Vec<f32> = ex.iter().map(|e| e.label as f32).collect();
         let l = batch_loss(
             &ce.model,
             ce,
             &enc.iter().collect::<Vec<_>>(),
             &labels,
-            loss,
+            objective,
             &mut Dropout::off(),
         )?;
         total += l.to_scalar::<f32>()? as f64 * ex.len() as f64;
@@ -292,11 +343,26 @@ pub fn train(
     if cfg.batch_size == 0 || cfg.grad_accum == 0 || cfg.epochs == 0 {
         bail!("batch size, gradient accumulation and epochs must be at least 1");
     }
-    if ce.num_labels() != 1 {
+    let multiclass = cfg.loss == LossKind::CrossEntropy;
+    if multiclass != (ce.num_labels() > 1) {
         bail!(
-            "{} has {} labels; regression and BCE training need a one-output head (--num-labels 1)",
+            "{} has {} labels; the {:?} loss needs {}",
             ce.source_dir.display(),
-            ce.num_labels()
+            ce.num_labels(),
+            cfg.loss,
+            if multiclass {
+                "two or more (--labels a,b,c)"
+            } else {
+                "a one-output head"
+            }
+        );
+    }
+    let g = cfg.list_size.max(1);
+    if cfg.loss.is_listwise() != (g > 1) || !train.len().is_multiple_of(g) {
+        bail!(
+            "{} training pairs do not form lists of {g} (a positive and {} negatives per query)",
+            train.len(),
+            g - 1
         );
     }
     std::fs::create_dir_all(output)
@@ -305,9 +371,14 @@ pub fn train(
     let pairs: Vec<(&str, &str)> = train.iter().map(|e| (e.a.as_str(), e.b.as_str())).collect();
     let encodings = ce.tokenizer.encode_pairs(&pairs)?;
     let labels: Vec<f32> = train.iter().map(|e| e.label as f32).collect();
-    let lengths: Vec<usize> = encodings.iter().map(|e| e.len()).collect();
+    // A training item is one pair, or one query's list of pairs (its length: the longest).
+    let items = train.len() / g;
+    let lengths: Vec<usize> = encodings
+        .chunks(g)
+        .map(|list| list.iter().map(Encoding::len).max().unwrap_or(0))
+        .collect();
 
-    let micro_per_epoch = train.len().div_ceil(cfg.batch_size);
+    let micro_per_epoch = items.div_ceil(cfg.batch_size);
     let steps_per_epoch = micro_per_epoch.div_ceil(cfg.grad_accum);
     let total_steps = steps_per_epoch * cfg.epochs;
     let warmup = cfg
@@ -325,7 +396,7 @@ pub fn train(
         step: 0,
         total_steps,
         seed: cfg.seed,
-        train_examples: train.len(),
+        train_examples: items,
         best_metric: None,
         best_step: None,
     };
@@ -393,10 +464,15 @@ pub fn train(
         };
         let mut grads: Option<Vec<Vec<f32>>> = None;
         let mut step_loss = 0.0;
+        let objective = Objective {
+            loss: cfg.loss,
+            list_size: g,
+        };
         for idx in micro {
-            let enc: Vec<&Encoding> = idx.iter().map(|&i| &encodings[i]).collect();
-            let lab: Vec<f32> = idx.iter().map(|&i| labels[i]).collect();
-            let (l, g) = t.loss_and_grads(ce, &enc, &lab, cfg.loss, &mut dropout)?;
+            let pairs: Vec<usize> = idx.iter().flat_map(|&i| i * g..(i + 1) * g).collect();
+            let enc: Vec<&Encoding> = pairs.iter().map(|&i| &encodings[i]).collect();
+            let lab: Vec<f32> = pairs.iter().map(|&i| labels[i]).collect();
+            let (l, g) = t.loss_and_grads(ce, &enc, &lab, objective, &mut dropout)?;
             if !l.is_finite() {
                 bail!(
                     "the loss became {l} at step {}: lower --lr or check the labels",
@@ -449,11 +525,12 @@ pub fn train(
             || st.step == last_step
             || cfg.eval_steps.is_some_and(|n| st.step.is_multiple_of(n));
         if let (true, Some(dev)) = (eval_now, dev) {
-            let m = eval::correlation_metrics(ce, dev)?;
+            let m = eval::pair_metrics(ce, cfg.task, dev)?;
             let value = *m.get(&cfg.metric).with_context(|| {
                 format!(
-                    "unknown metric \"{}\" (known: pearson, spearman)",
-                    cfg.metric
+                    "unknown metric \"{}\" (known: {})",
+                    cfg.metric,
+                    m.keys().cloned().collect::<Vec<_>>().join(", ")
                 )
             })?;
             let secs = start.elapsed().as_secs_f64();
