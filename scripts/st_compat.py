@@ -26,7 +26,13 @@ enc = tok([a for a, _ in pairs], [b for _, b in pairs], padding=True, truncation
           max_length=st.max_length, return_tensors="pt")
 with torch.no_grad():
     logits = hf(**enc).logits
-hf_scores = (torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else logits).tolist()
+if logits.shape[1] == 1:
+    hf_scores = torch.sigmoid(logits[:, 0])
+elif isinstance(st.activation_fn, torch.nn.Softmax):  # crossenc's multiclass models
+    hf_scores = torch.softmax(logits, dim=-1)
+else:
+    hf_scores = logits
+hf_scores = hf_scores.tolist()
 
 def flat(x):
     return [v for row in x for v in (row if isinstance(row, list) else [row])]

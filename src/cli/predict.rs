@@ -68,23 +68,10 @@ pub fn run(args: PredictArgs) -> Result<()> {
             let best = (0..row.len())
                 .max_by(|&a, &b| row[a].total_cmp(&row[b]))
                 .unwrap_or(0);
-            // Class logits (sentence-transformers' Identity default) are shown as probabilities.
-            let scores = if !args.raw && ce.activation == crate::Activation::Identity {
-                softmax(row)
-            } else {
-                row.to_vec()
-            };
-            json!({ "scores": scores, "label": labels[best] })
+            json!({ "scores": row, "label": labels[best] })
         };
         writeln!(out, "{line}")?;
     }
     out.flush()?;
     Ok(())
-}
-
-fn softmax(row: &[f32]) -> Vec<f32> {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exp: Vec<f32> = row.iter().map(|v| (v - max).exp()).collect();
-    let sum: f32 = exp.iter().sum();
-    exp.into_iter().map(|e| e / sum).collect()
 }

@@ -207,11 +207,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .transpose()?;
         (train_set, dev_spec, dev_set, test_set, 1)
     };
-    if loss == LossKind::Bce {
-        check_unit_labels(&args.train, &train_set)?;
-    }
     if task == Task::Binary {
         check_binary_labels(&args.train, &train_set)?;
+    }
+    if loss == LossKind::Bce {
+        check_unit_labels(&args.train, &train_set)?;
     }
 
     let opts = LoadOptions {
@@ -221,10 +221,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         activation: None,
     };
     let mut ce = CrossEncoder::load(&args.model, &candle_core::Device::Cpu, &opts)?;
-    // What predict applies to the trained head: raw values for MSE regression and class logits
-    // (sentence-transformers' default for several labels), a probability otherwise.
+    // What predict (ours and sentence-transformers') applies to the trained head: raw values
+    // for MSE regression, class probabilities for cross-entropy, a probability otherwise.
     ce.activation = match loss {
-        LossKind::Mse | LossKind::CrossEntropy => crate::Activation::Identity,
+        LossKind::Mse => crate::Activation::Identity,
+        LossKind::CrossEntropy => crate::Activation::Softmax,
         LossKind::Bce | LossKind::Mnrl | LossKind::Listnet => crate::Activation::Sigmoid,
     };
     let cfg = TrainConfig {

@@ -1,0 +1,437 @@
+//! Classification, re-ranking and search end to end through the CLI, on small synthetic data
+//! that a tiny model can learn in seconds: each test asserts what the training achieved.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::path::Path;
+
+const WORDS: &[&str] = &[
+    "the", "man", "is", "playing", "a", "guitar", "woman", "dog", "runs", "in", "park", "child",
+    "eats", "food", "car", "drives", "on", "road",
+];
+
+/// A tiny deterministic generator (no test depends on a crate's RNG stream).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) % n as u64) as usize
+    }
+    fn sentence(&mut self) -> String {
+        let n = 4 + self.below(6);
+        (0..n)
+            .map(|_| WORDS[self.below(WORDS.len())])
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// TSV with a header: `label`, `a`, `b`; the class shows as a word repeated in `b`.
+fn write_classes(path: &Path, classes: &[&str], n: usize, seed: u64) {
+    let mut rng = Lcg(seed);
+    let mut text = String::from("label\ta\tb\n");
+    for _ in 0..n {
+        let c = rng.below(classes.len());
+        let word = classes[c];
+        let label = if classes.len() == 2 {
+            c.to_string()
+        } else {
+            word.to_string()
+        };
+        text += &format!("{label}\t{}\t{word} {word} {word} {word}\n", rng.sentence());
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn tiny() -> String {
+    shared("golden/tiny-bert").to_str().unwrap().to_string()
+}
+
+fn json_of(out: &std::process::Output) -> Value {
+    serde_json::from_str(stdout(out).trim()).unwrap()
+}
+
+const TRAIN_FAST: &[&str] = &[
+    "--lr",
+    "1e-3",
+    "--epochs",
+    "20",
+    "--warmup-steps",
+    "10",
+    "-q",
+];
+
+#[test]
+fn binary_classification_learns_and_reports_threshold_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, test) = (dir.path().join("train.tsv"), dir.path().join("test.tsv"));
+    write_classes(&train, &["no", "yes"], 240, 1);
+    write_classes(&test, &["no", "yes"], 80, 2);
+    let out = dir.path().join("model");
+    let cols = ["--text-cols", "a,b", "--label-col", "label"];
+    let model = tiny();
+    let mut args = vec![
+        "train",
+        "--model",
+        &model,
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    args.extend(["--task", "binary", "--train", train.to_str().unwrap()]);
+    args.extend(cols);
+    args.extend(TRAIN_FAST);
+    stdout(&crossenc(&args));
+
+    let m = json_of(&crossenc(
+        &[
+            &["eval", "--model", out.to_str().unwrap(), "--task", "binary"][..],
+            &["--data", test.to_str().unwrap(), "--json"],
+            &cols,
+        ]
+        .concat(),
+    ));
+    for key in [
+        "accuracy",
+        "accuracy_threshold",
+        "f1",
+        "f1_threshold",
+        "precision",
+        "recall",
+        "average_precision",
+    ] {
+        assert!(m[key].is_number(), "{key} missing: {m}");
+    }
+    assert!(m["accuracy"].as_f64().unwrap() >= 0.85, "{m}");
+    assert!(m["average_precision"].as_f64().unwrap() >= 0.85, "{m}");
+}
+
+#[test]
+fn multiclass_learns_saves_label_names_and_predicts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, test) = (dir.path().join("train.tsv"), dir.path().join("test.tsv"));
+    let classes = ["red", "green", "blue"];
+    write_classes(&train, &classes, 240, 3);
+    write_classes(&test, &classes, 80, 4);
+    let out = dir.path().join("model");
+    let cols = [
+        "--text-cols",
+        "a,b",
+        "--label-col",
+        "label",
+        "--labels",
+        "red,green,blue",
+    ];
+    let model = tiny();
+    let mut args = vec![
+        "train",
+        "--model",
+        &model,
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    args.extend(["--task", "multiclass", "--train", train.to_str().unwrap()]);
+    args.extend(cols);
+    args.extend(TRAIN_FAST);
+    stdout(&crossenc(&args));
+
+    let config = read_json(&out.join("config.json"));
+    assert_eq!(config["id2label"]["1"], "green");
+    assert_eq!(config["label2id"]["blue"], 2);
+    let m = json_of(&crossenc(
+        &[
+            &[
+                "eval",
+                "--model",
+                out.to_str().unwrap(),
+                "--task",
+                "multiclass",
+            ][..],
+            &["--data", test.to_str().unwrap(), "--json"],
+            &cols,
+        ]
+        .concat(),
+    ));
+    assert!(m["accuracy"].as_f64().unwrap() >= 0.85, "{m}");
+    assert!(m["macro_f1"].as_f64().unwrap() >= 0.85, "{m}");
+
+    // predict: per-label probabilities and the argmax's name.
+    let text = std::fs::read_to_string(&test).unwrap();
+    let rows: Vec<&str> = text.lines().skip(1).take(20).collect();
+    let pairs = dir.path().join("pairs.tsv");
+    let body: Vec<String> = rows
+        .iter()
+        .map(|r| r.split('\t').skip(1).collect::<Vec<_>>().join("\t"))
+        .collect();
+    std::fs::write(&pairs, body.join("\n") + "\n").unwrap();
+    let printed = stdout(&crossenc(&[
+        "predict",
+        "--model",
+        out.to_str().unwrap(),
+        "--input",
+        pairs.to_str().unwrap(),
+    ]));
+    let mut right = 0;
+    for (line, row) in printed.lines().zip(&rows) {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let scores: Vec<f64> = v["scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_f64().unwrap())
+            .collect();
+        assert_eq!(scores.len(), 3);
+        assert!(
+            (scores.iter().sum::<f64>() - 1.0).abs() < 1e-5,
+            "not probabilities: {line}"
+        );
+        let best = (0..3)
+            .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+            .unwrap();
+        assert_eq!(v["label"], classes[best]);
+        right += (v["label"] == row.split('\t').next().unwrap()) as usize;
+    }
+    assert!(right >= 17, "{right}/20 predicted labels right");
+}
+
+#[test]
+fn classification_label_errors_name_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.tsv");
+    std::fs::write(&data, "label\ta\tb\n1\tx y\tz\n2\tx\ty\n").unwrap();
+    let out = dir.path().join("m");
+    let base = [
+        "train",
+        "--model",
+        &tiny(),
+        "--output",
+        out.to_str().unwrap(),
+        "--train",
+        data.to_str().unwrap(),
+        "--text-cols",
+        "a,b",
+        "--label-col",
+        "label",
+    ];
+    fails_with(
+        &crossenc(&[&base[..], &["--task", "binary"]].concat()),
+        &["d.tsv line 3", "not 0 or 1", "--task multiclass"],
+    );
+    fails_with(
+        &crossenc(&[&base[..], &["--task", "multiclass"]].concat()),
+        &["--labels"],
+    );
+    fails_with(
+        &crossenc(&[&base[..], &["--task", "multiclass", "--labels", "a,b"]].concat()),
+        &["d.tsv line 3", "\"2\"", "not one of --labels a,b"],
+    );
+    assert!(!out.join("model.safetensors").exists());
+}
+
+/// A BEIR folder where BM25 is fooled: for each query, three decoys repeat the query's words
+/// while the one relevant document says them once and carries the word "gold".
+fn write_beir(dir: &Path, queries: usize) {
+    let mut rng = Lcg(7);
+    std::fs::create_dir_all(dir.join("qrels")).unwrap();
+    let (mut corpus, mut qs) = (String::new(), String::new());
+    let mut qrels = [
+        String::from("query-id\tcorpus-id\tscore\n"),
+        String::from("query-id\tcorpus-id\tscore\n"),
+    ];
+    let mut doc = 0;
+    let mut add = |corpus: &mut String, text: String| {
+        doc += 1;
+        *corpus +=
+            &serde_json::json!({"_id": format!("d{doc}"), "title": "", "text": text}).to_string();
+        corpus.push('\n');
+        format!("d{doc}")
+    };
+    for q in 0..queries {
+        // Two words of its own (so BM25 finds exactly this query's documents) and a common one.
+        let query = format!("zq{q}a zq{q}b {}", ["dog", "park", "guitar"][rng.below(3)]);
+        qs += &serde_json::json!({"_id": format!("q{q}"), "text": query}).to_string();
+        qs.push('\n');
+        let positive = add(&mut corpus, format!("{query} gold gold gold gold {}", rng.sentence()));
+        for _ in 0..3 {
+            add(&mut corpus, format!("{query} {query} {}", rng.sentence()));
+        }
+        qrels[q % 2] += &format!("q{q}\t{positive}\t1\n");
+    }
+    for _ in 0..40 {
+        add(&mut corpus, rng.sentence());
+    }
+    std::fs::write(dir.join("corpus.jsonl"), corpus).unwrap();
+    std::fs::write(dir.join("queries.jsonl"), qs).unwrap();
+    std::fs::write(dir.join("qrels/train.tsv"), &qrels[0]).unwrap();
+    std::fs::write(dir.join("qrels/test.tsv"), &qrels[1]).unwrap();
+}
+
+#[test]
+fn reranker_trained_on_mined_negatives_beats_bm25() {
+    let dir = tempfile::tempdir().unwrap();
+    let beir = dir.path().join("beir");
+    write_beir(&beir, 80);
+    let out = dir.path().join("model");
+    // MNRL trained to near-perfect; ListNet, shorter, only has to beat BM25 clearly.
+    for (loss, epochs, min_mrr) in [("mnrl", "30", 0.8), ("listnet", "15", 0.45)] {
+        let o = out.join(loss);
+        let printed = stdout(&crossenc(
+            &[
+                &["train", "--model", &tiny(), "--output", o.to_str().unwrap()][..],
+                &[
+                    "--task",
+                    "rerank",
+                    "--train",
+                    beir.to_str().unwrap(),
+                    "--loss",
+                    loss,
+                ],
+                &[
+                    "--neg-range",
+                    "0:10",
+                    "--negatives",
+                    "3",
+                    "--batch-size",
+                    "8",
+                ],
+                &["--lr", "1e-3", "--epochs", epochs, "--warmup-steps", "10"],
+            ]
+            .concat(),
+        ));
+        assert!(printed.contains("for 40 queries (0 left out"), "{printed}");
+        let m = json_of(&crossenc(&[
+            "eval",
+            "--task",
+            "rerank",
+            "--model",
+            o.to_str().unwrap(),
+            "--data",
+            beir.to_str().unwrap(),
+            "--top-k",
+            "10",
+            "--json",
+        ]));
+        let (first, reranked) = (&m["bm25"], &m["bm25+rerank"]);
+        // The decoys outrank the relevant document in BM25; the re-ranker puts it first.
+        assert!(first["mrr@10"].as_f64().unwrap() < 0.6, "{m}");
+        assert!(reranked["mrr@10"].as_f64().unwrap() > min_mrr, "{loss}: {m}");
+        assert!(
+            reranked["ndcg@10"].as_f64().unwrap() > first["ndcg@10"].as_f64().unwrap() + 0.2,
+            "{m}"
+        );
+        // Re-ranking reorders the same candidates: recall is unchanged.
+        assert_eq!(first["recall@10"], reranked["recall@10"]);
+    }
+
+    // search: the pipeline on the corpus file, with both scores.
+    let printed = stdout(&crossenc(&[
+        "search",
+        "--model",
+        out.join("mnrl").to_str().unwrap(),
+        "--corpus",
+        beir.join("corpus.jsonl").to_str().unwrap(),
+        "--query",
+        "zq1a zq1b",
+        "--top-k",
+        "10",
+        "--show",
+        "3",
+        "--json",
+    ]));
+    let top: Value = serde_json::from_str(printed.lines().next().unwrap()).unwrap();
+    assert_eq!(top["rank"], 1);
+    assert!(top["text"].as_str().unwrap().contains("gold"), "{printed}");
+    assert!(top["first_stage_rank"].as_u64().unwrap() >= 1 && top["first_stage_score"].is_number());
+}
+
+#[test]
+fn rerank_data_errors_name_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let beir = dir.path().join("beir");
+    write_beir(&beir, 4);
+    std::fs::write(
+        beir.join("qrels/test.tsv"),
+        "query-id\tcorpus-id\tscore\nq1\tnope\t1\n",
+    )
+    .unwrap();
+    fails_with(
+        &crossenc(&[
+            "eval",
+            "--task",
+            "rerank",
+            "--model",
+            &tiny(),
+            "--data",
+            beir.to_str().unwrap(),
+        ]),
+        &["test.tsv line 2", "document \"nope\""],
+    );
+    let out = dir.path().join("m");
+    fails_with(
+        &crossenc(&[
+            "train",
+            "--task",
+            "rerank",
+            "--model",
+            &tiny(),
+            "--output",
+            out.to_str().unwrap(),
+            "--train",
+            beir.join("corpus.jsonl").to_str().unwrap(),
+        ]),
+        &["BEIR", "is not a folder"],
+    );
+    std::fs::write(beir.join("queries.jsonl"), "{\"_id\": \"q0\"}\n").unwrap();
+    fails_with(
+        &crossenc(&[
+            "train",
+            "--task",
+            "rerank",
+            "--model",
+            &tiny(),
+            "--output",
+            out.to_str().unwrap(),
+            "--train",
+            beir.to_str().unwrap(),
+        ]),
+        &["queries.jsonl line 1", "\"text\""],
+    );
+}
+
+#[test]
+fn bi_encoder_first_stage_finds_the_paraphrase() {
+    let Some(minilm) = minilm() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("docs.txt");
+    std::fs::write(
+        &corpus,
+        "The stock market fell sharply today.\nA person plays the guitar on stage.\nParis is the capital of France.\nThe dog runs in the park.\n",
+    )
+    .unwrap();
+    let printed = stdout(&crossenc(&[
+        "search",
+        "--model",
+        &tiny(),
+        "--retriever",
+        minilm.to_str().unwrap(),
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--query",
+        "A man is playing a guitar.",
+        "--json",
+    ]));
+    let first: Vec<Value> = printed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(first.len(), 4);
+    let by_first_stage = first.iter().find(|v| v["first_stage_rank"] == 1).unwrap();
+    // Plain-text corpora number documents by line.
+    assert_eq!(by_first_stage["id"], "2");
+    assert!(by_first_stage["first_stage_score"].as_f64().unwrap() > 0.5);
+}
