@@ -256,7 +256,10 @@ fn write_beir(dir: &Path, queries: usize) {
         let query = format!("zq{q}a zq{q}b {}", ["dog", "park", "guitar"][rng.below(3)]);
         qs += &serde_json::json!({"_id": format!("q{q}"), "text": query}).to_string();
         qs.push('\n');
-        let positive = add(&mut corpus, format!("{query} gold gold gold gold {}", rng.sentence()));
+        let positive = add(
+            &mut corpus,
+            format!("{query} gold gold gold gold {}", rng.sentence()),
+        );
         for _ in 0..3 {
             add(&mut corpus, format!("{query} {query} {}", rng.sentence()));
         }
@@ -319,7 +322,10 @@ fn reranker_trained_on_mined_negatives_beats_bm25() {
         let (first, reranked) = (&m["bm25"], &m["bm25+rerank"]);
         // The decoys outrank the relevant document in BM25; the re-ranker puts it first.
         assert!(first["mrr@10"].as_f64().unwrap() < 0.6, "{m}");
-        assert!(reranked["mrr@10"].as_f64().unwrap() > min_mrr, "{loss}: {m}");
+        assert!(
+            reranked["mrr@10"].as_f64().unwrap() > min_mrr,
+            "{loss}: {m}"
+        );
         assert!(
             reranked["ndcg@10"].as_f64().unwrap() > first["ndcg@10"].as_f64().unwrap() + 0.2,
             "{m}"
