@@ -46,8 +46,8 @@ impl Card<'_> {
             });
         let _ = writeln!(
             s,
-            "\n## Hyperparameters\n\n| setting | value |\n| --- | --- |\n| loss | {:?} |\n| epochs | {} |\n| batch size | {} ({:?} batching) |\n| gradient accumulation | {} |\n| learning rate | {} (linear warm-up {warmup}, then linear decay) |\n| optimizer | AdamW (betas {}/{}, eps {}, weight decay {} except biases and LayerNorm) |\n| max gradient norm | {} |\n| seed | {} |\n| training time | {:.0} s |",
-            c.loss, c.epochs, c.batch_size, c.batching, c.grad_accum, c.lr, c.adamw.beta1, c.adamw.beta2, c.adamw.eps, c.adamw.weight_decay, c.max_grad_norm, c.seed, self.seconds
+            "\n## Hyperparameters\n\n| setting | value |\n| --- | --- |\n| task | {:?} |\n| loss | {:?} (pairs per list: {}) |\n| epochs | {} |\n| batch size | {} ({:?} batching) |\n| gradient accumulation | {} |\n| learning rate | {} (linear warm-up {warmup}, then linear decay) |\n| optimizer | AdamW (betas {}/{}, eps {}, weight decay {} except biases and LayerNorm) |\n| max gradient norm | {} |\n| seed | {} |\n| training time | {:.0} s |",
+            c.task, c.loss, c.list_size, c.epochs, c.batch_size, c.batching, c.grad_accum, c.lr, c.adamw.beta1, c.adamw.beta2, c.adamw.eps, c.adamw.weight_decay, c.max_grad_norm, c.seed, self.seconds
         );
         if !self.results.is_empty() {
             let _ = writeln!(
