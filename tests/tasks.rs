@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const WORDS: &[&str] = &[
     "the", "man", "is", "playing", "a", "guitar", "woman", "dog", "runs", "in", "park", "child",
@@ -57,45 +57,48 @@ fn json_of(out: &std::process::Output) -> Value {
     serde_json::from_str(stdout(out).trim()).unwrap()
 }
 
-const TRAIN_FAST: &[&str] = &[
-    "--lr",
-    "1e-3",
-    "--epochs",
-    "20",
-    "--warmup-steps",
-    "10",
-    "-q",
-];
+/// Trains the tiny model on synthetic `classes` data for `task` (20 epochs at lr 1e-3) and
+/// evaluates it on a second sample: (temp dir, model folder, test file, test metrics).
+fn train_classes(
+    task: &str,
+    classes: &[&str],
+    cols: &[&str],
+) -> (tempfile::TempDir, PathBuf, PathBuf, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, test) = (dir.path().join("train.tsv"), dir.path().join("test.tsv"));
+    write_classes(&train, classes, 240, 1);
+    write_classes(&test, classes, 80, 2);
+    let out = dir.path().join("model");
+    let (model, out_s) = (tiny(), out.to_str().unwrap().to_string());
+    let train_args = [
+        &[
+            "train", "--model", &model, "--output", &out_s, "--task", task,
+        ][..],
+        &[
+            "--train",
+            train.to_str().unwrap(),
+            "--lr",
+            "1e-3",
+            "--epochs",
+            "20",
+        ],
+        &["--warmup-steps", "10", "-q"],
+        cols,
+    ];
+    stdout(&crossenc(&train_args.concat()));
+    let eval_args = [
+        &["eval", "--model", &out_s, "--task", task, "--json"][..],
+        &["--data", test.to_str().unwrap()],
+        cols,
+    ];
+    let m = json_of(&crossenc(&eval_args.concat()));
+    (dir, out, test, m)
+}
 
 #[test]
 fn binary_classification_learns_and_reports_threshold_metrics() {
-    let dir = tempfile::tempdir().unwrap();
-    let (train, test) = (dir.path().join("train.tsv"), dir.path().join("test.tsv"));
-    write_classes(&train, &["no", "yes"], 240, 1);
-    write_classes(&test, &["no", "yes"], 80, 2);
-    let out = dir.path().join("model");
     let cols = ["--text-cols", "a,b", "--label-col", "label"];
-    let model = tiny();
-    let mut args = vec![
-        "train",
-        "--model",
-        &model,
-        "--output",
-        out.to_str().unwrap(),
-    ];
-    args.extend(["--task", "binary", "--train", train.to_str().unwrap()]);
-    args.extend(cols);
-    args.extend(TRAIN_FAST);
-    stdout(&crossenc(&args));
-
-    let m = json_of(&crossenc(
-        &[
-            &["eval", "--model", out.to_str().unwrap(), "--task", "binary"][..],
-            &["--data", test.to_str().unwrap(), "--json"],
-            &cols,
-        ]
-        .concat(),
-    ));
+    let (_dir, _, _, m) = train_classes("binary", &["no", "yes"], &cols);
     for key in [
         "accuracy",
         "accuracy_threshold",
@@ -113,12 +116,7 @@ fn binary_classification_learns_and_reports_threshold_metrics() {
 
 #[test]
 fn multiclass_learns_saves_label_names_and_predicts_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let (train, test) = (dir.path().join("train.tsv"), dir.path().join("test.tsv"));
     let classes = ["red", "green", "blue"];
-    write_classes(&train, &classes, 240, 3);
-    write_classes(&test, &classes, 80, 4);
-    let out = dir.path().join("model");
     let cols = [
         "--text-cols",
         "a,b",
@@ -127,36 +125,10 @@ fn multiclass_learns_saves_label_names_and_predicts_them() {
         "--labels",
         "red,green,blue",
     ];
-    let model = tiny();
-    let mut args = vec![
-        "train",
-        "--model",
-        &model,
-        "--output",
-        out.to_str().unwrap(),
-    ];
-    args.extend(["--task", "multiclass", "--train", train.to_str().unwrap()]);
-    args.extend(cols);
-    args.extend(TRAIN_FAST);
-    stdout(&crossenc(&args));
-
+    let (dir, out, test, m) = train_classes("multiclass", &classes, &cols);
     let config = read_json(&out.join("config.json"));
     assert_eq!(config["id2label"]["1"], "green");
     assert_eq!(config["label2id"]["blue"], 2);
-    let m = json_of(&crossenc(
-        &[
-            &[
-                "eval",
-                "--model",
-                out.to_str().unwrap(),
-                "--task",
-                "multiclass",
-            ][..],
-            &["--data", test.to_str().unwrap(), "--json"],
-            &cols,
-        ]
-        .concat(),
-    ));
     assert!(m["accuracy"].as_f64().unwrap() >= 0.85, "{m}");
     assert!(m["macro_f1"].as_f64().unwrap() >= 0.85, "{m}");
 
@@ -175,7 +147,10 @@ fn multiclass_learns_saves_label_names_and_predicts_them() {
         out.to_str().unwrap(),
         "--input",
         pairs.to_str().unwrap(),
+        "--header",
+        "no",
     ]));
+    assert_eq!(printed.lines().count(), rows.len());
     let mut right = 0;
     for (line, row) in printed.lines().zip(&rows) {
         let v: Value = serde_json::from_str(line).unwrap();

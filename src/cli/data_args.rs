@@ -20,7 +20,7 @@ pub struct DataArgs {
     #[arg(long)]
     pub skip_bad_rows: bool,
     /// Map labels linearly from LO:HI into [0, 1], e.g. 0:5 for STS-B's raw scores.
-    #[arg(long, value_parser = parse_range)]
+    #[arg(long, value_parser = parse_span::<f64>)]
     pub label_range: Option<(f64, f64)>,
     /// Class names, in the order of the model's outputs (`--task multiclass`): the label column
     /// holds a name or its 0-based index.
@@ -28,16 +28,18 @@ pub struct DataArgs {
     pub labels: Option<Vec<String>>,
 }
 
-fn parse_range(s: &str) -> Result<(f64, f64), String> {
+/// Parses `LO:HI` with LO < HI (`--label-range 0:5`, `--neg-range 10:100`).
+pub fn parse_span<T>(s: &str) -> Result<(T, T), String>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
     let (lo, hi) = s.split_once(':').ok_or("expected LO:HI, e.g. 0:5")?;
-    let lo: f64 = lo
-        .trim()
-        .parse()
-        .map_err(|_| format!("\"{lo}\" is not a number"))?;
-    let hi: f64 = hi
-        .trim()
-        .parse()
-        .map_err(|_| format!("\"{hi}\" is not a number"))?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<T>()
+            .map_err(|_| format!("\"{v}\" is not a valid bound"))
+    };
+    let (lo, hi) = (parse(lo)?, parse(hi)?);
     if hi <= lo {
         return Err(format!("the range {lo}:{hi} is empty"));
     }

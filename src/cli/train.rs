@@ -3,7 +3,7 @@ use clap::Args;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use super::data_args::{check_binary_labels, check_unit_labels, DataArgs};
+use super::data_args::{check_binary_labels, check_unit_labels, parse_span, DataArgs};
 use crate::data::Example;
 use crate::eval::{self, Task};
 use crate::model::config::generic_labels;
@@ -55,7 +55,7 @@ pub struct TrainArgs {
     negatives: usize,
     /// Re-ranking: mine negatives from first-stage ranks FROM:TO, skipping the top FROM
     /// (likely unjudged positives); known positives are never taken.
-    #[arg(long, default_value = "10:100", value_parser = parse_ranks)]
+    #[arg(long, default_value = "10:100", value_parser = parse_span::<usize>)]
     neg_range: (usize, usize),
     #[arg(long, default_value_t = 1)]
     epochs: usize,
@@ -106,22 +106,6 @@ pub struct TrainArgs {
     /// No progress output.
     #[arg(long, short)]
     quiet: bool,
-}
-
-fn parse_ranks(s: &str) -> Result<(usize, usize), String> {
-    let (a, b) = s.split_once(':').ok_or("expected FROM:TO, e.g. 10:100")?;
-    let a: usize = a
-        .trim()
-        .parse()
-        .map_err(|_| format!("\"{a}\" is not a rank"))?;
-    let b: usize = b
-        .trim()
-        .parse()
-        .map_err(|_| format!("\"{b}\" is not a rank"))?;
-    if b <= a {
-        return Err(format!("the range {a}:{b} is empty"));
-    }
-    Ok((a, b))
 }
 
 /// Training pairs from BEIR data: each query's positives, each followed by mined negatives.
