@@ -353,35 +353,26 @@ fn rerank_data_errors_name_the_file_and_line() {
         &["test.tsv line 2", "document \"nope\""],
     );
     let out = dir.path().join("m");
-    fails_with(
-        &crossenc(&[
+    let (model, out) = (tiny(), out.to_str().unwrap().to_string());
+    let train_rerank = |data: &Path| {
+        crossenc(&[
             "train",
             "--task",
             "rerank",
             "--model",
-            &tiny(),
+            &model,
             "--output",
-            out.to_str().unwrap(),
+            &out,
             "--train",
-            beir.join("corpus.jsonl").to_str().unwrap(),
-        ]),
+            data.to_str().unwrap(),
+        ])
+    };
+    fails_with(
+        &train_rerank(&beir.join("corpus.jsonl")),
         &["BEIR", "is not a folder"],
     );
     std::fs::write(beir.join("queries.jsonl"), "{\"_id\": \"q0\"}\n").unwrap();
-    fails_with(
-        &crossenc(&[
-            "train",
-            "--task",
-            "rerank",
-            "--model",
-            &tiny(),
-            "--output",
-            out.to_str().unwrap(),
-            "--train",
-            beir.to_str().unwrap(),
-        ]),
-        &["queries.jsonl line 1", "\"text\""],
-    );
+    fails_with(&train_rerank(&beir), &["queries.jsonl line 1", "\"text\""]);
 }
 
 #[test]
