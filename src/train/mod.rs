@@ -535,14 +535,7 @@ pub fn train(
             })?;
             let secs = start.elapsed().as_secs_f64();
             log.write(json!({"step": st.step, "epoch": epoch_f, "eval": m, "seconds": secs}))?;
-            report(format!(
-                "eval at step {}: {}",
-                st.step,
-                m.iter()
-                    .map(|(k, v)| format!("{k} {v:.4}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+            report(format!("eval at step {}: {}", st.step, eval::format(&m)));
             if st.best_metric.is_none_or(|b| value > b) {
                 st.best_metric = Some(value);
                 st.best_step = Some(st.step);
