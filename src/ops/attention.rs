@@ -1,9 +1,10 @@
 //! Multi-head self-attention over padded batches, fused: scores, key mask, softmax, dropout on
 //! the probabilities, and the weighted sum of values, forward and backward in one kernel each.
 //!
-//! Inputs and output stay in the `[batch, seq, hidden]` layout of the projections, so no head
-//! transposes or copies are needed; the probabilities are recomputed in the backward pass
-//! (as flash attention does) instead of being stored.
+//! Inputs and output stay in the `[batch, seq, hidden]` layout of the projections: each head's
+//! products are strided `gemm` calls on its columns, so no head transposes or copies are needed.
+//! The probabilities are recomputed in the backward pass (as flash attention does) instead of
+//! being stored. Parallel over batch items.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 
 use super::dropout::mix;
 use super::f32_data;
+use super::matmul::{matmul, View};
 
 /// `softmax(q kᵀ / sqrt(d) + mask) v` per head. `q`, `k`, `v`: `[batch, seq, hidden]`;
 /// `mask`: `[batch * seq]`, 1 for real tokens and 0 for padding. With `dropout = Some((p, seed))`
@@ -49,6 +51,13 @@ struct Dims {
     scale: f32,
 }
 
+impl Dims {
+    /// Head `head`'s `[t, d]` columns of a `[t, hidden]` item.
+    fn head<'a>(&self, x: &'a [f32], head: usize) -> View<'a> {
+        View::rows(&x[head * self.d..], self.t, self.d, self.h)
+    }
+}
+
 impl Attention {
     fn dims(&self, l: &Layout) -> Result<(usize, Dims)> {
         let (b, t, h) = l.shape().dims3()?;
@@ -65,40 +74,46 @@ impl Attention {
         ))
     }
 
-    /// The keep-scale of probability `(b, head, i, j)`: `1 / (1 - p)` or 0; 1 without dropout.
-    fn keep(&self, dm: Dims, b: usize, head: usize, i: usize, j: usize) -> f32 {
-        match self.dropout {
-            Some((p, seed)) => {
-                let idx = (((b * dm.heads + head) * dm.t + i) * dm.t + j) as u64;
-                let r = (mix(seed ^ idx) >> 40) as f32 / (1u64 << 24) as f32;
-                if r >= p {
-                    1.0 / (1.0 - p)
-                } else {
-                    0.0
-                }
+    /// Softmax probabilities of every query of `head` over the keys, `[t, t]` row-major in `p`:
+    /// scaled scores from one strided matrix product, then a masked softmax per row.
+    fn probs(&self, dm: Dims, q: &[f32], k: &[f32], m: &[u32], head: usize, p: &mut [f32]) {
+        matmul(p, dm.t, dm.head(q, head), dm.head(k, head).t(), dm.scale);
+        for row in p.chunks_exact_mut(dm.t) {
+            let max = row
+                .iter()
+                .zip(m)
+                .filter(|(_, &keep)| keep != 0)
+                .fold(f32::NEG_INFINITY, |a, (&s, _)| a.max(s));
+            let mut sum = 0.0;
+            for (x, &keep) in row.iter_mut().zip(m) {
+                *x = if keep != 0 { (*x - max).exp() } else { 0.0 };
+                sum += *x;
             }
-            None => 1.0,
+            let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+            row.iter_mut().for_each(|x| *x *= inv);
         }
     }
 
-    /// Softmax probabilities of one query (`qi`, the head's slice) against the keys of `head`.
-    fn probs(&self, dm: Dims, qi: &[f32], k: &[f32], m: &[u32], head: usize, p: &mut [f32]) {
-        let mut max = f32::NEG_INFINITY;
-        for j in 0..dm.t {
-            if m[j] != 0 {
-                let kj = &k[j * dm.h + head * dm.d..][..dm.d];
-                let s = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * dm.scale;
-                p[j] = s;
-                max = max.max(s);
-            }
-        }
-        let mut sum = 0.0;
-        for j in 0..dm.t {
-            p[j] = if m[j] != 0 { (p[j] - max).exp() } else { 0.0 };
-            sum += p[j];
-        }
-        let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
-        p.iter_mut().for_each(|x| *x *= inv);
+    /// The dropout keep-scales of `head`'s probabilities (`[t, t]`): `1 / (1 - p)` or 0, a
+    /// hash of the seed and the element's index, so the backward pass regenerates the forward's
+    /// mask. `None` without dropout.
+    fn keep_mask(&self, dm: Dims, b: usize, head: usize) -> Option<Vec<f32>> {
+        let (p, seed) = self.dropout?;
+        let scale = 1.0 / (1.0 - p);
+        let base = ((b * dm.heads + head) * dm.t * dm.t) as u64;
+        let unit = 1.0 / (1u64 << 24) as f32;
+        Some(
+            (base..base + (dm.t * dm.t) as u64)
+                .map(|idx| {
+                    let r = (mix(seed ^ idx) >> 40) as f32 * unit;
+                    if r >= p {
+                        scale
+                    } else {
+                        0.0
+                    }
+                })
+                .collect(),
+        )
     }
 }
 
@@ -122,7 +137,7 @@ impl CustomOp3 for Attention {
             f32_data(s3, l3, "attention")?,
         );
         let (_, dm) = self.dims(l1)?;
-        let item = dm.t * dm.h;
+        let (t, item) = (dm.t, dm.t * dm.h);
         let mut out = vec![0f32; q.len()];
         out.par_chunks_mut(item).enumerate().for_each(|(b, ob)| {
             let (qb, kb, vb) = (
@@ -130,27 +145,16 @@ impl CustomOp3 for Attention {
                 &k[b * item..][..item],
                 &v[b * item..][..item],
             );
-            let m = &self.mask[b * dm.t..][..dm.t];
-            let mut p = vec![0f32; dm.t];
+            let m = &self.mask[b * t..][..t];
+            let mut p = vec![0f32; t * t];
             for head in 0..dm.heads {
-                for i in 0..dm.t {
-                    self.probs(
-                        dm,
-                        &qb[i * dm.h + head * dm.d..][..dm.d],
-                        kb,
-                        m,
-                        head,
-                        &mut p,
-                    );
-                    let oi = &mut ob[i * dm.h + head * dm.d..][..dm.d];
-                    for j in 0..dm.t {
-                        let w = p[j] * self.keep(dm, b, head, i, j);
-                        if w != 0.0 {
-                            let vj = &vb[j * dm.h + head * dm.d..][..dm.d];
-                            oi.iter_mut().zip(vj).for_each(|(o, x)| *o += w * x);
-                        }
-                    }
+                let o = head * dm.d;
+                self.probs(dm, qb, kb, m, head, &mut p);
+                if let Some(keep) = self.keep_mask(dm, b, head) {
+                    p.iter_mut().zip(&keep).for_each(|(x, k)| *x *= k);
                 }
+                let pv = View::rows(&p, t, t, t);
+                matmul(&mut ob[o..], dm.h, pv, dm.head(vb, head), 1.0);
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -211,49 +215,41 @@ impl candle_core::CustomOp1 for AttentionBackward {
                 let (dq, rest) = ob.split_at_mut(item);
                 let (dk, dv) = rest.split_at_mut(item);
                 let m = &a.mask[bi * t..][..t];
-                let (mut p, mut dp) = (vec![0f32; t], vec![0f32; t]);
+                let (mut p, mut dp) = (vec![0f32; t * t], vec![0f32; t * t]);
                 for head in 0..a.heads {
                     let o = head * d;
-                    for i in 0..t {
-                        a.probs(dm, &q[i * h + o..][..d], k, m, head, &mut p);
-                        let doi = &dout[i * h + o..][..d];
-                        // dP (through dropout) and dV.
-                        let mut dot = 0.0;
-                        for j in 0..t {
-                            if p[j] == 0.0 {
-                                dp[j] = 0.0;
-                                continue;
-                            }
-                            let keep = a.keep(dm, bi, head, i, j);
-                            let vj = &v[j * h + o..][..d];
-                            dp[j] = doi.iter().zip(vj).map(|(x, y)| x * y).sum::<f32>() * keep;
-                            if keep != 0.0 {
-                                let w = p[j] * keep;
-                                dv[j * h + o..][..d]
-                                    .iter_mut()
-                                    .zip(doi)
-                                    .for_each(|(g, x)| *g += w * x);
-                            }
-                            dot += p[j] * dp[j];
+                    a.probs(dm, q, k, m, head, &mut p);
+                    let keep = a.keep_mask(dm, bi, head);
+                    // dV = P_dropᵀ dO; dP = (dO Vᵀ) * keep.
+                    let dropped: Vec<f32>;
+                    let pd = match &keep {
+                        Some(keep) => {
+                            dropped = p.iter().zip(keep).map(|(x, k)| x * k).collect();
+                            &dropped
                         }
-                        // dS = P (dP - sum(P dP)), then dQ and dK.
-                        let qi = &q[i * h + o..][..d];
-                        for j in 0..t {
-                            if p[j] == 0.0 {
-                                continue;
-                            }
-                            let ds = p[j] * (dp[j] - dot) * dm.scale;
-                            let kj = &k[j * h + o..][..d];
-                            dq[i * h + o..][..d]
-                                .iter_mut()
-                                .zip(kj)
-                                .for_each(|(g, x)| *g += ds * x);
-                            dk[j * h + o..][..d]
-                                .iter_mut()
-                                .zip(qi)
-                                .for_each(|(g, x)| *g += ds * x);
-                        }
+                        None => &p,
+                    };
+                    matmul(
+                        &mut dv[o..],
+                        h,
+                        View::rows(pd, t, t, t).t(),
+                        dm.head(dout, head),
+                        1.0,
+                    );
+                    matmul(&mut dp, t, dm.head(dout, head), dm.head(v, head).t(), 1.0);
+                    if let Some(keep) = &keep {
+                        dp.iter_mut().zip(keep).for_each(|(g, k)| *g *= k);
                     }
+                    // dS = P (dP - sum(P dP)) * scale, in place of dP; then dQ and dK.
+                    for (pr, gr) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)) {
+                        let dot: f32 = pr.iter().zip(gr.iter()).map(|(x, g)| x * g).sum();
+                        gr.iter_mut()
+                            .zip(pr)
+                            .for_each(|(g, x)| *g = x * (*g - dot) * dm.scale);
+                    }
+                    let ds = View::rows(&dp, t, t, t);
+                    matmul(&mut dq[o..], h, ds, dm.head(k, head), 1.0);
+                    matmul(&mut dk[o..], h, ds.t(), dm.head(q, head), 1.0);
                 }
             });
         Ok((CpuStorage::F32(out), Shape::from((b, 3 * t, h))))

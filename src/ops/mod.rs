@@ -9,6 +9,7 @@ mod attention;
 mod dropout;
 mod gelu;
 mod layer_norm;
+mod matmul;
 
 pub use attention::attention;
 pub use dropout::Dropout;

@@ -5,8 +5,9 @@
 //! a dozen element-wise tensor ops per parameter would allocate a dozen temporaries each step.
 
 use anyhow::{Context, Result};
-use candle_core::{backprop::GradStore, Tensor, Var};
+use candle_core::{backprop::GradStore, CpuStorage, InplaceOp1, Layout, Var};
 use rayon::prelude::*;
+use std::sync::Mutex;
 
 #[derive(Debug, Clone, Copy)]
 pub struct AdamWConfig {
@@ -71,42 +72,89 @@ impl AdamW {
             .collect()
     }
 
-    /// One update with learning rate `lr` from `grads` (in `self.names` order).
+    /// One update with learning rate `lr` from `grads` (in `self.names` order), written into
+    /// each parameter's storage in place.
     pub fn step(&mut self, grads: &[Vec<f32>], lr: f64) -> Result<()> {
         self.steps += 1;
         let c = self.cfg;
         let t = self.steps as i32;
-        let bc1 = 1.0 - c.beta1.powi(t);
-        let bc2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
-        let step_size = (lr / bc1) as f32;
-        let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
-        let updated: Vec<Vec<f32>> = self
-            .vars
-            .par_iter()
-            .zip(self.m.par_iter_mut())
-            .zip(self.v.par_iter_mut())
-            .zip(grads.par_iter())
-            .zip(self.decay.par_iter())
-            .map(|((((var, m), v), g), &decay)| {
-                let mut p = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-                let shrink = if decay {
-                    (1.0 - lr * c.weight_decay) as f32
-                } else {
-                    1.0
-                };
-                for i in 0..p.len() {
-                    m[i] = b1 * m[i] + (1.0 - b1) * g[i];
-                    v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
-                    let denom = v[i].sqrt() / bc2_sqrt as f32 + eps;
-                    p[i] = p[i] * shrink - step_size * m[i] / denom;
-                }
-                Ok(p)
-            })
-            .collect::<Result<_>>()?;
-        for (var, p) in self.vars.iter().zip(updated) {
-            var.set(&Tensor::from_vec(p, var.shape(), var.device())?)
+        let k = Constants {
+            b1: c.beta1 as f32,
+            b2: c.beta2 as f32,
+            eps: c.eps as f32,
+            step_size: (lr / (1.0 - c.beta1.powi(t))) as f32,
+            inv_bc2_sqrt: (1.0 / (1.0 - c.beta2.powi(t)).sqrt()) as f32,
+            shrink: 1.0,
+        };
+        let params = self.vars.iter().zip(&mut self.m).zip(&mut self.v);
+        for ((((var, m), v), g), &decay) in params.zip(grads).zip(&self.decay) {
+            let shrink = if decay {
+                (1.0 - lr * c.weight_decay) as f32
+            } else {
+                1.0
+            };
+            let op = Update {
+                k: Constants { shrink, ..k },
+                m: Mutex::new(m),
+                v: Mutex::new(v),
+                g,
+            };
+            var.as_tensor()
+                .inplace_op1(&op)
                 .context("cannot update a parameter")?;
         }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Constants {
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    step_size: f32,
+    inv_bc2_sqrt: f32,
+    /// `1 - lr * weight_decay`, or 1 for parameters without decay.
+    shrink: f32,
+}
+
+/// One parameter's AdamW update as an in-place op on its storage: no copy of the weights out
+/// of the tensor and back, and chunks of large matrices updated in parallel.
+struct Update<'a> {
+    k: Constants,
+    m: Mutex<&'a mut Vec<f32>>,
+    v: Mutex<&'a mut Vec<f32>>,
+    g: &'a [f32],
+}
+
+impl InplaceOp1 for Update<'_> {
+    fn name(&self) -> &'static str {
+        "adamw"
+    }
+
+    fn cpu_fwd(&self, s: &mut candle_core::CpuStorage, l: &Layout) -> candle_core::Result<()> {
+        let CpuStorage::F32(data) = s else {
+            candle_core::bail!("adamw: only f32 parameters are supported")
+        };
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("adamw: the parameter must be contiguous")
+        };
+        let (mut m, mut v) = (self.m.lock().unwrap(), self.v.lock().unwrap());
+        const CHUNK: usize = 1 << 15;
+        let k = self.k;
+        data[start..end]
+            .par_chunks_mut(CHUNK)
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .zip(self.g.par_chunks(CHUNK))
+            .for_each(|(((p, m), v), g)| {
+                for (((p, m), v), g) in p.iter_mut().zip(m).zip(v).zip(g) {
+                    *m = k.b1 * *m + (1.0 - k.b1) * g;
+                    *v = k.b2 * *v + (1.0 - k.b2) * g * g;
+                    let denom = v.sqrt() * k.inv_bc2_sqrt + k.eps;
+                    *p = *p * k.shrink - k.step_size * *m / denom;
+                }
+            });
         Ok(())
     }
 }
