@@ -3,11 +3,11 @@
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
-use candle_nn::{Embedding, Linear, Module};
+use candle_nn::{Embedding, Module};
 
 use super::config::{Config, Family};
 use super::tokenize::Batch;
-use super::{linear, LayerNorm};
+use super::{linear, LayerNorm, Linear};
 use crate::model::checkpoint::Params;
 use crate::ops::Dropout;
 

@@ -4,10 +4,10 @@
 
 use anyhow::Result;
 use candle_core::Tensor;
-use candle_nn::{Linear, Module};
+use candle_nn::Module;
 
 use super::config::{Config, Family, HiddenAct};
-use super::{linear, LayerNorm};
+use super::{linear, LayerNorm, Linear};
 use crate::model::checkpoint::Params;
 use crate::ops::{self, Dropout};
 

@@ -2,13 +2,13 @@
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{Linear, Module};
+use candle_nn::Module;
 use rand::{rngs::StdRng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 
 use super::checkpoint::Params;
 use super::config::{Config, Family};
-use super::linear;
+use super::{linear, Linear};
 use crate::ops::Dropout;
 
 enum Kind {

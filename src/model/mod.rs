@@ -12,7 +12,6 @@ pub mod tokenize;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
-use candle_nn::Linear;
 
 use checkpoint::Params;
 use config::Config;
@@ -44,12 +43,24 @@ impl LayerNorm {
     }
 }
 
+/// `torch.nn.Linear`, applied by the fused [`ops::linear`].
+pub struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl candle_nn::Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        ops::linear(x, &self.weight, &self.bias)
+    }
+}
+
 /// A `torch.nn.Linear(in, out)` read from `{name}.weight` (`[out, in]`) and `{name}.bias`.
 pub fn linear(p: &Params, name: &str, in_dim: usize, out_dim: usize) -> Result<Linear> {
-    Ok(Linear::new(
-        p.get(&format!("{name}.weight"), &[out_dim, in_dim])?,
-        Some(p.get(&format!("{name}.bias"), &[out_dim])?),
-    ))
+    Ok(Linear {
+        weight: p.get(&format!("{name}.weight"), &[out_dim, in_dim])?,
+        bias: p.get(&format!("{name}.bias"), &[out_dim])?,
+    })
 }
 
 /// Embeddings and the transformer layers: transformers' `BertModel` without the pooler, for any

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::dropout::mix;
 use super::f32_data;
-use super::matmul::{matmul, View};
+use super::matmul::{matmul, Product, View};
 
 /// `softmax(q kᵀ / sqrt(d) + mask) v` per head. `q`, `k`, `v`: `[batch, seq, hidden]`;
 /// `mask`: `[batch * seq]`, 1 for real tokens and 0 for padding. With `dropout = Some((p, seed))`
@@ -77,7 +77,11 @@ impl Attention {
     /// Softmax probabilities of every query of `head` over the keys, `[t, t]` row-major in `p`:
     /// scaled scores from one strided matrix product, then a masked softmax per row.
     fn probs(&self, dm: Dims, q: &[f32], k: &[f32], m: &[u32], head: usize, p: &mut [f32]) {
-        matmul(p, dm.t, dm.head(q, head), dm.head(k, head).t(), dm.scale);
+        let scaled = Product {
+            scale: dm.scale,
+            ..Product::SERIAL
+        };
+        matmul(p, dm.t, dm.head(q, head), dm.head(k, head).t(), scaled);
         for row in p.chunks_exact_mut(dm.t) {
             let max = row
                 .iter()
@@ -154,7 +158,7 @@ impl CustomOp3 for Attention {
                     p.iter_mut().zip(&keep).for_each(|(x, k)| *x *= k);
                 }
                 let pv = View::rows(&p, t, t, t);
-                matmul(&mut ob[o..], dm.h, pv, dm.head(vb, head), 1.0);
+                matmul(&mut ob[o..], dm.h, pv, dm.head(vb, head), Product::SERIAL);
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -234,9 +238,15 @@ impl candle_core::CustomOp1 for AttentionBackward {
                         h,
                         View::rows(pd, t, t, t).t(),
                         dm.head(dout, head),
-                        1.0,
+                        Product::SERIAL,
                     );
-                    matmul(&mut dp, t, dm.head(dout, head), dm.head(v, head).t(), 1.0);
+                    matmul(
+                        &mut dp,
+                        t,
+                        dm.head(dout, head),
+                        dm.head(v, head).t(),
+                        Product::SERIAL,
+                    );
                     if let Some(keep) = &keep {
                         dp.iter_mut().zip(keep).for_each(|(g, k)| *g *= k);
                     }
@@ -248,8 +258,8 @@ impl candle_core::CustomOp1 for AttentionBackward {
                             .for_each(|(g, x)| *g = x * (*g - dot) * dm.scale);
                     }
                     let ds = View::rows(&dp, t, t, t);
-                    matmul(&mut dq[o..], h, ds, dm.head(k, head), 1.0);
-                    matmul(&mut dk[o..], h, ds.t(), dm.head(q, head), 1.0);
+                    matmul(&mut dq[o..], h, ds, dm.head(k, head), Product::SERIAL);
+                    matmul(&mut dk[o..], h, ds.t(), dm.head(q, head), Product::SERIAL);
                 }
             });
         Ok((CpuStorage::F32(out), Shape::from((b, 3 * t, h))))

@@ -41,10 +41,33 @@ impl<'a> View<'a> {
     }
 }
 
-/// `dst = scale * lhs · rhs`, `dst` row-major with row stride `dst_rs`.
-pub fn matmul(dst: &mut [f32], dst_rs: usize, lhs: View, rhs: View, scale: f32) {
+/// How [`matmul`] combines and schedules: `dst = accumulate * dst + scale * lhs · rhs`.
+#[derive(Clone, Copy)]
+pub struct Product {
+    pub scale: f32,
+    /// Add to `dst` instead of overwriting it.
+    pub accumulate: bool,
+    /// Split over rayon's threads; kernels that already run one task per batch item don't.
+    pub parallel: bool,
+}
+
+impl Product {
+    pub const SERIAL: Product = Product {
+        scale: 1.0,
+        accumulate: false,
+        parallel: false,
+    };
+}
+
+/// `lhs · rhs` into `dst`, row-major with row stride `dst_rs`, as `how` says.
+pub fn matmul(dst: &mut [f32], dst_rs: usize, lhs: View, rhs: View, how: Product) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert!(rhs.rows == k && (m - 1) * dst_rs + n <= dst.len());
+    let parallelism = if how.parallel {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
     // SAFETY: the asserts above and in `View::new` keep every read inside `lhs.data` and
     // `rhs.data` and every write inside `dst`, which is borrowed mutably.
     unsafe {
@@ -55,19 +78,19 @@ pub fn matmul(dst: &mut [f32], dst_rs: usize, lhs: View, rhs: View, scale: f32) 
             dst.as_mut_ptr(),
             1,
             dst_rs as isize,
-            false,
+            how.accumulate,
             lhs.data.as_ptr(),
             lhs.cs as isize,
             lhs.rs as isize,
             rhs.data.as_ptr(),
             rhs.cs as isize,
             rhs.rs as isize,
-            0.0,
-            scale,
+            1.0,
+            how.scale,
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         )
     }
 }
@@ -84,7 +107,11 @@ mod tests {
         let lhs = View::rows(&a[1..], 2, 3, 5);
         let rhs = View::rows(&b, 2, 3, 3).t();
         let mut dst = vec![f32::NAN; 4];
-        matmul(&mut dst, 2, lhs, rhs, 0.5);
+        let half = Product {
+            scale: 0.5,
+            ..Product::SERIAL
+        };
+        matmul(&mut dst, 2, lhs, rhs, half);
         let mut want = vec![0f32; 4];
         for i in 0..2 {
             for j in 0..2 {
@@ -93,5 +120,13 @@ mod tests {
             }
         }
         assert_eq!(dst, want);
+        // Accumulating, in parallel: dst + 0.5 * lhs · rhs.
+        let twice = Product {
+            accumulate: true,
+            parallel: true,
+            ..half
+        };
+        matmul(&mut dst, 2, lhs, rhs, twice);
+        assert_eq!(dst, want.iter().map(|x| 2.0 * x).collect::<Vec<_>>());
     }
 }

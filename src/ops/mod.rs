@@ -9,12 +9,14 @@ mod attention;
 mod dropout;
 mod gelu;
 mod layer_norm;
+mod linear;
 mod matmul;
 
 pub use attention::attention;
 pub use dropout::Dropout;
 pub use gelu::gelu;
 pub use layer_norm::layer_norm;
+pub use linear::linear;
 
 use candle_core::{bail, CpuStorage, Layout, Result};
 
