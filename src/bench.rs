@@ -154,3 +154,73 @@ pub fn peak_rss_mb() -> Option<f64> {
         .ok()?;
     Some(kb / 1024.0)
 }
+
+/// The tutorial's model size: bert-base (12 layers, hidden 768, 12 heads, intermediate 3072).
+pub const BERT_BASE: (usize, usize, usize, usize) = (12, 768, 12, 3072);
+
+/// `template` resized to `(layers, hidden, heads, intermediate)` with random weights (normal,
+/// std `initializer_range`; LayerNorm weights 1, biases 0): for timing a model size with no
+/// checkpoint at hand. Names come from `template`'s layer 0, so any supported family works.
+pub fn resized(
+    template: &CrossEncoder,
+    size: (usize, usize, usize, usize),
+) -> Result<CrossEncoder> {
+    use rand::{rngs::StdRng, SeedableRng};
+    use rand_distr::{Distribution, Normal};
+    let (layers, hidden, heads, inter) = size;
+    let old = &template.config;
+    let resize = |d: usize| {
+        if d == old.hidden_size {
+            hidden
+        } else if d == old.intermediate_size {
+            inter
+        } else {
+            d
+        }
+    };
+    let mut rng = StdRng::seed_from_u64(0);
+    let normal = Normal::new(0.0f32, old.initializer_range as f32)?;
+    let mut params = template.params.clone();
+    params.tensors.clear();
+    for (name, t) in &template.params.tensors {
+        let names: Vec<String> = match name.split_once(".layer.0.") {
+            Some((pre, post)) => (0..layers)
+                .map(|i| format!("{pre}.layer.{i}.{post}"))
+                .collect(),
+            None if name.contains(".layer.") => continue,
+            None => vec![name.clone()],
+        };
+        let dims: Vec<usize> = t.dims().iter().map(|&d| resize(d)).collect();
+        for n in names {
+            let value = if n.ends_with(".bias") {
+                Tensor::zeros(dims.as_slice(), candle_core::DType::F32, &Device::Cpu)?
+            } else if n.contains("LayerNorm") || n.contains("layer_norm") {
+                Tensor::ones(dims.as_slice(), candle_core::DType::F32, &Device::Cpu)?
+            } else {
+                let v = (0..dims.iter().product())
+                    .map(|_| normal.sample(&mut rng))
+                    .collect();
+                Tensor::from_vec(v, dims.as_slice(), &Device::Cpu)?
+            };
+            params.tensors.insert(n, value);
+        }
+    }
+    let mut config = old.clone();
+    config.num_hidden_layers = layers;
+    config.hidden_size = hidden;
+    config.embedding_size = hidden;
+    config.num_attention_heads = heads;
+    config.intermediate_size = inter;
+    Ok(CrossEncoder {
+        model: crate::model::SequenceClassifier::new(&config, &params, &Device::Cpu)?,
+        config,
+        params,
+        tokenizer: template.tokenizer.clone(),
+        activation: template.activation,
+        source_dir: template.source_dir.clone(),
+        new_head_params: Vec::new(),
+        batch_size: template.batch_size,
+        max_batch_tokens: template.max_batch_tokens,
+        device: Device::Cpu,
+    })
+}

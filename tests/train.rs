@@ -542,3 +542,28 @@ fn bench_reports_and_appends_a_row() {
         "{text}"
     );
 }
+
+#[test]
+fn bench_resizes_a_template_to_another_model_size() -> anyhow::Result<()> {
+    let tiny = CrossEncoder::load(
+        shared("golden/tiny-bert").to_str().unwrap(),
+        &Device::Cpu,
+        &LoadOptions::default(),
+    )?;
+    let (layers, hidden, heads, inter) = (3, 48, 4, 96);
+    let big = crossenc::bench::resized(&tiny, (layers, hidden, heads, inter))?;
+    assert_eq!(big.config.num_hidden_layers, layers);
+    let q = "bert.encoder.layer.2.attention.self.query.weight";
+    assert_eq!(big.params.tensors[q].dims(), &[hidden, hidden]);
+    let ffn = "bert.encoder.layer.2.intermediate.dense.weight";
+    assert_eq!(big.params.tensors[ffn].dims(), &[inter, hidden]);
+    assert!(!big
+        .params
+        .tensors
+        .contains_key("bert.encoder.layer.3.output.dense.weight"));
+    // Every parameter of the bigger model exists and it scores pairs.
+    let scores = big.predict(&[("a cat sits", "a cat is sitting"), ("x", "y")])?;
+    assert_eq!(scores.values.len(), 2);
+    assert!(scores.values.iter().all(|v| v.is_finite()));
+    Ok(())
+}

@@ -30,6 +30,10 @@ pub struct BenchArgs {
     /// The Python with torch and sentence-transformers for --reference.
     #[arg(long, default_value = "python3")]
     python: String,
+    /// Also time a bert-base-sized encoder (12 layers, hidden 768) with random weights and
+    /// --model's tokenizer, for the tutorial's figure (5.52 s per step of 16 on its CPU).
+    #[arg(long)]
+    bert_base: bool,
     /// Append a row to this Markdown file.
     #[arg(long)]
     append: Option<PathBuf>,
@@ -75,6 +79,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "train_share_of_peak": train_b.gflops / peak, "inference_share_of_peak": infer.gflops / peak,
         "peak_rss_mb": rss,
     });
+    if args.bert_base {
+        let mut big = bench::resized(&ce, bench::BERT_BASE)?;
+        let steps = args.steps.min(10);
+        let train_big = bench::train_steps(&mut big, &train, args.batch_size, steps)?;
+        let infer_big = bench::inference(&big, &test[..test.len().min(256)], 1)?;
+        report["bert_base"] = json!({ "train": train_big, "inference": infer_big });
+    }
     if let Some(dir) = &args.reference {
         let r = reference(&args, dir, threads)?;
         report["ratio_train"] =
@@ -86,6 +97,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(&report)?);
     if let Some(path) = &args.append {
         append_row(path, &report)?;
+        if let Some(big) = report.get("bert_base") {
+            let mut row = big.clone();
+            for key in ["cpu", "threads", "commit"] {
+                row[key] = report[key].clone();
+            }
+            row["model"] = json!("bert-base size, random weights");
+            append_row(path, &row)?;
+        }
     }
     Ok(())
 }
