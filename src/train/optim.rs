@@ -1,8 +1,9 @@
 //! AdamW with decoupled weight decay (`torch.optim.AdamW`), parameter groups that exempt biases
 //! and LayerNorm weights from decay, and global gradient-norm clipping.
 //!
-//! The update runs on plain slices (in parallel across parameters) rather than as tensor ops:
-//! a dozen element-wise tensor ops per parameter would allocate a dozen temporaries each step.
+//! The update runs as one in-place op per parameter on its storage, in parallel chunks, rather
+//! than as tensor ops: a dozen element-wise tensor ops per parameter would allocate a dozen
+//! temporaries each step.
 
 use anyhow::{Context, Result};
 use candle_core::{backprop::GradStore, CpuStorage, InplaceOp1, Layout, Var};
@@ -132,7 +133,7 @@ impl InplaceOp1 for Update<'_> {
         "adamw"
     }
 
-    fn cpu_fwd(&self, s: &mut candle_core::CpuStorage, l: &Layout) -> candle_core::Result<()> {
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
         let CpuStorage::F32(data) = s else {
             candle_core::bail!("adamw: only f32 parameters are supported")
         };
