@@ -1,4 +1,7 @@
-//! One training step on tiny-bert against PyTorch: loss, every gradient, the clipped AdamW step.
+//! Training on tiny-bert against PyTorch: one step (loss, every gradient, the clipped AdamW step)
+//! from the shared golden files, and ten steps of `crossenc train` (AdamW's moments after the
+//! first step, warm-up and decay, clipping) from `tests/fixtures/train-steps`, which
+//! `scripts/golden_train_steps.py` wrote with PyTorch.
 
 mod common;
 
@@ -125,5 +128,121 @@ fn one_step_matches_pytorch() {
     assert!(
         max_abs_diff(&after, &f32s(&g["logits"])) > 1e-4,
         "prediction did not see the update"
+    );
+}
+
+#[test]
+fn ten_steps_of_crossenc_train_match_pytorch() {
+    let g = read_json(&repo().join("tests/fixtures/train-steps/golden.json"));
+    let step = read_json(&shared("golden/train-step/golden.json"));
+    let tmp = tempfile::tempdir().unwrap();
+    // tiny-bert with dropout off, as PyTorch ran it (model.eval()).
+    let model = tmp.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for f in std::fs::read_dir(shared("golden/tiny-bert")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
+    }
+    let mut cfg = read_json(&model.join("config.json"));
+    cfg["hidden_dropout_prob"] = 0.0.into();
+    cfg["attention_probs_dropout_prob"] = 0.0.into();
+    std::fs::write(model.join("config.json"), cfg.to_string()).unwrap();
+    // The golden batch: 8 pairs and their labels, one batch per epoch, so every step sees it.
+    let data = tmp.path().join("pairs.jsonl");
+    let rows: Vec<String> = golden_pairs(&step)
+        .iter()
+        .zip(f32s(&step["labels"]))
+        .map(|((a, b), y)| serde_json::json!({"first": a, "second": b, "label": y}).to_string())
+        .collect();
+    std::fs::write(&data, rows.join("\n") + "\n").unwrap();
+    let out = tmp.path().join("out");
+    let arg = |k: &str| g[k].to_string();
+    let (steps, batch, warmup, lr, clip, wd, max_len) = (
+        arg("steps"),
+        arg("batch_size"),
+        arg("warmup_steps"),
+        arg("lr"),
+        arg("max_grad_norm"),
+        arg("weight_decay"),
+        arg("max_length"),
+    );
+    stdout(&crossenc(&[
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--train",
+        data.to_str().unwrap(),
+        "--epochs",
+        &steps,
+        "--batch-size",
+        &batch,
+        "--warmup-steps",
+        &warmup,
+        "--lr",
+        &lr,
+        "--max-grad-norm",
+        &clip,
+        "--weight-decay",
+        &wd,
+        "--max-length",
+        &max_len,
+        "--log-steps",
+        "1",
+        "--quiet",
+    ]));
+
+    let logged: Vec<f32> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|r| r.get("loss").map(|v| v.as_f64().unwrap() as f32))
+        .collect();
+    let want = f32s(&g["losses"]);
+    assert_eq!(logged.len(), want.len(), "one logged loss per step");
+    let d = max_abs_diff(&logged, &want);
+    assert!(d < 1e-5, "losses differ by {d}: {logged:?} vs {want:?}");
+    assert!(want[9] < want[0] - 0.2, "the fixture must move the model");
+
+    let got = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+    let want = candle_core::safetensors::load(
+        repo().join("tests/fixtures/train-steps/params_after.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let before =
+        candle_core::safetensors::load(shared("golden/tiny-bert/model.safetensors"), &Device::Cpu)
+            .unwrap();
+    assert_eq!(got.len(), want.len(), "parameter count");
+    let flat = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mut worst = (0f32, String::new());
+    for (name, w) in &want {
+        let (g_, w_) = (flat(&got[name]), flat(w));
+        let d = max_abs_diff(&g_, &w_);
+        if name.ends_with("attention.self.key.bias") {
+            // Its true gradient is 0 (see above): Adam turns the rounding noise into steps of up
+            // to the learning rate, on both sides.
+            let sum_lr = f32s(&g["lrs"]).iter().sum::<f32>();
+            assert!(d <= 2.0 * sum_lr, "{name}: {d}");
+            continue;
+        }
+        assert!(
+            max_abs_diff(&w_, &flat(&before[name])) > 0.0,
+            "{name}: PyTorch did not move it"
+        );
+        if d > worst.0 {
+            worst = (d, name.clone());
+        }
+    }
+    eprintln!(
+        "largest weight difference after ten steps: {} in {}",
+        worst.0, worst.1
+    );
+    assert!(
+        worst.0 < 1e-4,
+        "weights differ by {} in {}",
+        worst.0,
+        worst.1
     );
 }
