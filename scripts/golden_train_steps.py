@@ -1,5 +1,5 @@
 """Writes tests/fixtures/train-steps/: ten training steps on tiny-bert computed by PyTorch, for
-tests/train_steps.rs. The shared golden files hold one step; this adds what only several steps
+tests/train_step.rs. The shared golden files hold one step; this adds what only several steps
 exercise: AdamW's moments and bias correction after the first step, the linear warm-up and decay,
 and clipping at every step.
 
@@ -12,7 +12,8 @@ the project's tests only read what it writes.
 import json, os, sys
 import torch
 from safetensors.torch import save_file
-from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+from transformers import AutoModelForSequenceClassification
+from reference_train import train_steps
 
 golden, out = sys.argv[1:3]
 step_golden = json.load(open(os.path.join(golden, "train-step", "golden.json")))
@@ -24,26 +25,11 @@ model = AutoModelForSequenceClassification.from_pretrained(os.path.join(golden, 
 # token_type_ids is null for tiny-bert: its tokenizer gives none, and the model uses zeros.
 batch = {k: torch.tensor(ids[k]) for k in ("input_ids", "attention_mask", "token_type_ids") if ids[k] is not None}
 labels = torch.tensor(step_golden["labels"])
-no_decay = ["bias", "LayerNorm.bias", "LayerNorm.weight"]
-named = list(model.named_parameters())
-opt = torch.optim.AdamW([
-    {"params": [p for n, p in named if not any(nd in n for nd in no_decay)], "weight_decay": settings["weight_decay"]},
-    {"params": [p for n, p in named if any(nd in n for nd in no_decay)], "weight_decay": 0.0},
-], lr=settings["lr"])
-schedule = get_linear_schedule_with_warmup(opt, settings["warmup_steps"], settings["steps"])
-losses, lrs = [], []
-for _ in range(settings["steps"]):
-    lrs.append(schedule.get_last_lr()[0])
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(**batch).logits.view(-1), labels)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), settings["max_grad_norm"])
-    opt.step()
-    schedule.step()
-    opt.zero_grad()
-    losses.append(loss.item())
+losses, lrs = train_steps(model, batch, labels, settings["steps"], settings["warmup_steps"], settings["lr"],
+                         settings["weight_decay"], settings["max_grad_norm"])
 
 os.makedirs(out, exist_ok=True)
-save_file({n: p.detach().contiguous() for n, p in named}, os.path.join(out, "params_after.safetensors"))
+save_file({n: p.detach().contiguous() for n, p in model.named_parameters()}, os.path.join(out, "params_after.safetensors"))
 json.dump({**settings, "model": "tiny-bert", "dropout": "off (model.eval())", "losses": losses, "lrs": lrs,
            "torch": torch.__version__, "generated_by": "scripts/golden_train_steps.py"},
           open(os.path.join(out, "golden.json"), "w"), indent=1)

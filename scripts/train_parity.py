@@ -14,7 +14,7 @@ import csv, json, os, subprocess, sys
 import torch
 from safetensors.torch import load_file
 from sentence_transformers import CrossEncoder
-from transformers import get_linear_schedule_with_warmup
+from reference_train import train_steps
 
 crossenc, base, stsb, work = sys.argv[1:5]
 steps = int(sys.argv[5]) if len(sys.argv) > 5 else 30
@@ -33,30 +33,13 @@ start = os.path.join(work, "start")
 ce.save(start)
 ce = CrossEncoder(start, max_length=512)
 model = ce.model
-for m in model.modules():
-    if isinstance(m, torch.nn.Dropout):
-        m.p = 0.0
 
 enc = ce.tokenizer([r[0] for r in batch], [r[1] for r in batch], padding=True, truncation=True,
                    max_length=512, return_tensors="pt")
 labels = torch.tensor([float(r[2]) / 5 for r in batch])
-no_decay = ["bias", "LayerNorm.bias", "LayerNorm.weight"]
 named = list(model.named_parameters())
-opt = torch.optim.AdamW([
-    {"params": [p for n, p in named if not any(nd in n for nd in no_decay)], "weight_decay": 0.01},
-    {"params": [p for n, p in named if any(nd in n for nd in no_decay)], "weight_decay": 0.0},
-], lr=lr)
-schedule = get_linear_schedule_with_warmup(opt, warmup, steps)
 model.train()
-torch_losses = []
-for _ in range(steps):
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(**enc).logits.view(-1), labels)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    schedule.step()
-    opt.zero_grad()
-    torch_losses.append(loss.item())
+torch_losses, _ = train_steps(model, enc, labels, steps, warmup, lr, weight_decay=0.01, max_grad_norm=1.0)
 
 out = os.path.join(work, "crossenc")
 subprocess.run([crossenc, "train", "--model", start, "--output", out, "--train", data,
