@@ -9,8 +9,7 @@ use tokenizers::Encoding;
 
 use crate::data::Example;
 use crate::model::config::Config;
-use crate::ops::Dropout;
-use crate::train::optim::{clip_grad_norm, AdamWConfig};
+use crate::train::optim::AdamWConfig;
 use crate::train::{epoch_batches, Batching, LossKind, Trainable};
 use crate::CrossEncoder;
 
@@ -60,7 +59,7 @@ pub fn train_steps(
     let encodings = ce.tokenizer.encode_pairs(&pairs)?;
     let lengths: Vec<usize> = encodings.iter().map(Encoding::len).collect();
     let batches = epoch_batches(&lengths, batch_size, Batching::Grouped, 42, 0);
-    let mut t = Trainable::new(ce, AdamWConfig::default())?;
+    let mut t = Trainable::new(ce, AdamWConfig::default());
     let (mut real, mut padded, mut flops, mut pairs_done) = (0usize, 0usize, 0f64, 0usize);
     let mut start = Instant::now();
     for (k, idx) in batches.iter().cycle().take(steps + 1).enumerate() {
@@ -72,10 +71,8 @@ pub fn train_steps(
             .iter()
             .map(|&i| data[i].label.clamp(0.0, 1.0) as f32)
             .collect();
-        let mut dropout = Dropout::seeded(rand::SeedableRng::seed_from_u64(k as u64));
-        let (_, mut grads) = t.loss_and_grads(ce, &enc, &labels, LossKind::Bce, &mut dropout)?;
-        clip_grad_norm(&mut grads, 1.0);
-        t.opt.step(&grads, 1e-9)?;
+        t.accumulate(ce, &enc, &labels, LossKind::Bce, Some(k as u64), 1.0)?;
+        t.step(ce, 1e-9, 1.0);
         if k >= 1 {
             let longest = enc.iter().map(|e| e.len()).max().unwrap_or(0);
             real += enc.iter().map(|e| e.len()).sum::<usize>();
@@ -180,9 +177,9 @@ pub fn resized(
     };
     let mut rng = StdRng::seed_from_u64(0);
     let normal = Normal::new(0.0f32, old.initializer_range as f32)?;
-    let mut params = template.params.clone();
-    params.tensors.clear();
-    for (name, t) in &template.params.tensors {
+    let mut params = crate::model::checkpoint::Params::default();
+    for e in template.model.weights.entries() {
+        let name = &e.name;
         let names: Vec<String> = match name.split_once(".layer.0.") {
             Some((pre, post)) => (0..layers)
                 .map(|i| format!("{pre}.layer.{i}.{post}"))
@@ -190,7 +187,7 @@ pub fn resized(
             None if name.contains(".layer.") => continue,
             None => vec![name.clone()],
         };
-        let dims: Vec<usize> = t.dims().iter().map(|&d| resize(d)).collect();
+        let dims: Vec<usize> = e.shape.iter().map(|&d| resize(d)).collect();
         for n in names {
             let value = if n.ends_with(".bias") {
                 Tensor::zeros(dims.as_slice(), candle_core::DType::F32, &Device::Cpu)?
@@ -212,15 +209,13 @@ pub fn resized(
     config.num_attention_heads = heads;
     config.intermediate_size = inter;
     Ok(CrossEncoder {
-        model: crate::model::SequenceClassifier::new(&config, &params, &Device::Cpu)?,
+        model: crate::model::SequenceClassifier::new(&config, &params)?,
         config,
-        params,
         tokenizer: template.tokenizer.clone(),
         activation: template.activation,
         source_dir: template.source_dir.clone(),
         new_head_params: Vec::new(),
         batch_size: template.batch_size,
         max_batch_tokens: template.max_batch_tokens,
-        device: Device::Cpu,
     })
 }

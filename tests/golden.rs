@@ -2,10 +2,8 @@
 
 mod common;
 
-use candle_core::Device;
 use common::*;
-use crossenc::model::tokenize::Batch;
-use crossenc::ops::Dropout;
+use crossenc::model::tokenize::Tokens;
 use crossenc::{CrossEncoder, LoadOptions};
 
 fn load(dir: &std::path::Path, max_length: usize) -> CrossEncoder {
@@ -13,12 +11,32 @@ fn load(dir: &std::path::Path, max_length: usize) -> CrossEncoder {
         max_length: Some(max_length),
         ..Default::default()
     };
-    CrossEncoder::load(dir.to_str().unwrap(), &Device::Cpu, &opts).unwrap()
+    CrossEncoder::load(dir.to_str().unwrap(), &opts).unwrap()
 }
 
-fn batch_of(ce: &CrossEncoder, pairs: &[(String, String)]) -> Batch {
+fn batch_of(ce: &CrossEncoder, pairs: &[(String, String)]) -> Tokens {
     let enc = ce.tokenizer.encode_pairs(pairs).unwrap();
-    ce.tokenizer.batch(&enc.iter().collect::<Vec<_>>())
+    ce.tokenizer.pack(&enc.iter().collect::<Vec<_>>())
+}
+
+/// Asserts that the packed `got` holds the unpadded rows of the reference's padded `[rows,
+/// width]` `want`, whose attention mask marks the real tokens.
+fn assert_packed(got: &[u32], tokens: &Tokens, want: &[u32], mask: &[u32], what: &str) {
+    let width = want.len() / tokens.sequences();
+    for s in 0..tokens.sequences() {
+        let row = &mask[s * width..(s + 1) * width];
+        let len = row.iter().filter(|&&m| m == 1).count();
+        assert!(
+            row[..len].iter().all(|&m| m == 1),
+            "{what}: mask not left-aligned"
+        );
+        assert_eq!(tokens.sequence(s).len(), len, "{what}: length of pair {s}");
+        assert_eq!(
+            &got[tokens.sequence(s)],
+            &want[s * width..][..len],
+            "{what}: pair {s}"
+        );
+    }
 }
 
 fn check_tiny(name: &str) {
@@ -31,25 +49,28 @@ fn check_tiny(name: &str) {
     );
     let pairs = golden_pairs(&g);
     let batch = batch_of(&ce, &pairs);
-    assert_eq!(batch.input_ids, u32s(&g["input_ids"]), "{name}: input_ids");
-    assert_eq!(
-        batch.attention_mask,
-        u32s(&g["attention_mask"]),
-        "{name}: attention_mask"
+    let mask = u32s(&g["attention_mask"]);
+    assert_packed(
+        &batch.input_ids,
+        &batch,
+        &u32s(&g["input_ids"]),
+        &mask,
+        name,
     );
     match &g["token_type_ids"] {
         serde_json::Value::Null => assert!(
             batch.token_type_ids.is_none(),
             "{name}: no token types expected"
         ),
-        t => assert_eq!(
-            batch.token_type_ids.as_deref(),
-            Some(u32s(t).as_slice()),
-            "{name}: token_type_ids"
+        t => assert_packed(
+            batch.token_type_ids.as_ref().unwrap(),
+            &batch,
+            &u32s(t),
+            &mask,
+            name,
         ),
     }
-    let logits = ce.model.forward(&batch, &mut Dropout::off()).unwrap();
-    let logits = logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let logits = ce.model.forward(&batch).unwrap();
     let d = max_abs_diff(&logits, &f32s(&g["logits"]));
     assert!(d < 1e-4, "{name}: logits differ by {d}");
 
@@ -117,19 +138,22 @@ fn minilm_hidden_state_and_pooler() {
     );
     let pairs = golden_pairs(&g);
     let batch = batch_of(&ce, &pairs);
-    assert_eq!(batch.input_ids, u32s(&g["input_ids"]));
-    assert_eq!(batch.attention_mask, u32s(&g["attention_mask"]));
-    assert_eq!(batch.token_type_ids, Some(u32s(&g["token_type_ids"])));
-    let hidden = ce.model.encode(&batch, &mut Dropout::off()).unwrap();
-    let cls = crossenc::model::encoder::first_token(&hidden).unwrap();
-    let got = cls.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let d = max_abs_diff(&got, &f32s(&g["cls_hidden"]));
-    assert!(d < 1e-4, "[CLS] hidden state differs by {d}");
-    let pooled = ce.model.head().pooler(&cls).unwrap().unwrap();
-    let d = max_abs_diff(
-        &pooled.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-        &f32s(&g["pooled"]),
+    let mask = u32s(&g["attention_mask"]);
+    assert_packed(
+        &batch.input_ids,
+        &batch,
+        &u32s(&g["input_ids"]),
+        &mask,
+        "ids",
     );
+    let types = batch.token_type_ids.as_ref().unwrap();
+    assert_packed(types, &batch, &u32s(&g["token_type_ids"]), &mask, "types");
+    let hidden = ce.model.encode(&batch).unwrap();
+    let cls = crossenc::model::first_tokens(&hidden, &batch, ce.config.hidden_size);
+    let d = max_abs_diff(&cls, &f32s(&g["cls_hidden"]));
+    assert!(d < 1e-4, "[CLS] hidden state differs by {d}");
+    let pooled = ce.model.pooler(&cls).unwrap();
+    let d = max_abs_diff(&pooled, &f32s(&g["pooled"]));
     assert!(d < 1e-4, "pooler output differs by {d}");
 }
 
@@ -137,9 +161,7 @@ fn minilm_hidden_state_and_pooler() {
 fn minilm_bi_encoder_embeddings() {
     let Some(dir) = minilm() else { return };
     let g = read_json(&shared("golden/minilm-l6-embeddings.json"));
-    let bi =
-        crossenc::model::bi_encoder::BiEncoder::load(dir.to_str().unwrap(), &Device::Cpu, None)
-            .unwrap();
+    let bi = crossenc::model::bi_encoder::BiEncoder::load(dir.to_str().unwrap(), None).unwrap();
     // max_seq_length comes from the folder's sentence_bert_config.json.
     assert_eq!(
         bi.tokenizer.max_length,

@@ -59,7 +59,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let load = || {
         CrossEncoder::load(
             &args.model,
-            &candle_core::Device::Cpu,
             &LoadOptions {
                 labels: Some(crate::model::config::generic_labels(1)),
                 ..Default::default()

@@ -76,7 +76,7 @@ impl ModelArgs {
             seed: self.seed,
             activation: None,
         };
-        let mut ce = CrossEncoder::load(&self.model, &candle_core::Device::Cpu, &opts)?;
+        let mut ce = CrossEncoder::load(&self.model, &opts)?;
         anyhow::ensure!(self.batch_size > 0, "--batch-size must be at least 1");
         ce.batch_size = self.batch_size;
         if !ce.new_head_params.is_empty() {

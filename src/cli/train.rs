@@ -204,7 +204,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         seed: args.seed,
         activation: None,
     };
-    let mut ce = CrossEncoder::load(&args.model, &candle_core::Device::Cpu, &opts)?;
+    let mut ce = CrossEncoder::load(&args.model, &opts)?;
     // What predict (ours and sentence-transformers') applies to the trained head: raw values
     // for MSE regression, class probabilities for cross-entropy, a probability otherwise.
     ce.activation = match loss {

@@ -2,16 +2,16 @@
 //! encoder, pooled to one vector and L2-normalised, so that a dot product is the cosine.
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use serde_json::Value;
 use std::path::Path;
 
 use super::checkpoint::Params;
 use super::config::Config;
 use super::tokenize::PairTokenizer;
-use super::Transformer;
+use super::weights::Weights;
+use super::{first_tokens, Transformer};
 use crate::hub;
-use crate::ops::Dropout;
 
 /// How token vectors become one text vector (`1_Pooling/config.json`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +25,7 @@ pub enum Pooling {
 pub struct BiEncoder {
     pub config: Config,
     pub tokenizer: PairTokenizer,
+    weights: Weights,
     transformer: Transformer,
     pub pooling: Pooling,
     pub batch_size: usize,
@@ -33,13 +34,17 @@ pub struct BiEncoder {
 impl BiEncoder {
     /// Loads a sentence-transformers folder or hub id (any HF encoder: mean pooling when the
     /// folder names none). `max_length` overrides `sentence_bert_config.json`'s `max_seq_length`.
-    pub fn load(id_or_path: &str, device: &Device, max_length: Option<usize>) -> Result<Self> {
+    pub fn load(id_or_path: &str, max_length: Option<usize>) -> Result<Self> {
         let dir = hub::resolve_model(id_or_path)?;
         let config = Config::from_file(&dir.join("config.json"))?;
         let tokenizer = PairTokenizer::from_dir(&dir, &config, max_length)?;
-        let params = Params::load(&dir, &config, device)?;
+        let weights = Weights::pack(
+            &Params::load(&dir, &config)?,
+            &Transformer::packing(&config),
+        )?;
         Ok(BiEncoder {
-            transformer: Transformer::new(&config, &params, device)?,
+            transformer: Transformer::new(&config, &weights)?,
+            weights,
             pooling: read_pooling(&dir)?,
             config,
             tokenizer,
@@ -48,53 +53,44 @@ impl BiEncoder {
     }
 
     /// Normalised embeddings `[texts, hidden]`, in input order. Batches hold texts of similar
-    /// length, so that little of each pass is padding.
+    /// length.
     pub fn embed<S: AsRef<str>>(&self, texts: &[S]) -> Result<Tensor> {
+        let h = self.config.hidden_size;
         let encodings = self.tokenizer.encode_texts(texts)?;
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(encodings[i].len()));
-        let mut parts = Vec::new();
+        let mut out = vec![0f32; texts.len() * h];
         for chunk in order.chunks(self.batch_size.max(1)) {
-            let batch = self
+            let tokens = self
                 .tokenizer
-                .batch(&chunk.iter().map(|&i| &encodings[i]).collect::<Vec<_>>());
-            let hidden = self.transformer.forward(&batch, &mut Dropout::off())?;
+                .pack(&chunk.iter().map(|&i| &encodings[i]).collect::<Vec<_>>());
+            let hidden = self.transformer.forward(&self.weights.data, &tokens)?;
             let pooled = match self.pooling {
-                Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
-                Pooling::Mean => {
-                    let mask = Tensor::from_slice(
-                        &batch.attention_mask,
-                        (batch.size, batch.seq_len, 1),
-                        hidden.device(),
-                    )?
-                    .to_dtype(DType::F32)?;
-                    // sentence-transformers clamps the token count at 1e-9 (an empty mask).
-                    let count = mask.sum(1)?.clamp(1e-9, f64::INFINITY)?;
-                    hidden.broadcast_mul(&mask)?.sum(1)?.broadcast_div(&count)?
-                }
+                Pooling::Cls => first_tokens(&hidden, &tokens, h),
+                Pooling::Mean => (0..tokens.sequences())
+                    .flat_map(|s| {
+                        let rows = tokens.sequence(s);
+                        // sentence-transformers clamps the token count at 1e-9 (no tokens).
+                        let count = (rows.len() as f32).max(1e-9);
+                        let mut sum = vec![0f32; h];
+                        for t in rows {
+                            sum.iter_mut()
+                                .zip(&hidden[t * h..(t + 1) * h])
+                                .for_each(|(a, b)| *a += b);
+                        }
+                        sum.into_iter().map(move |v| v / count)
+                    })
+                    .collect(),
             };
-            let norm = pooled
-                .sqr()?
-                .sum_keepdim(D::Minus1)?
-                .sqrt()?
-                .clamp(1e-12, f64::INFINITY)?;
-            parts.push(pooled.broadcast_div(&norm)?);
+            for (row, &i) in pooled.chunks_exact(h).zip(chunk) {
+                let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+                out[i * h..(i + 1) * h]
+                    .iter_mut()
+                    .zip(row)
+                    .for_each(|(o, v)| *o = v / norm);
+            }
         }
-        if parts.is_empty() {
-            return Ok(Tensor::zeros(
-                (0, self.config.hidden_size),
-                DType::F32,
-                &Device::Cpu,
-            )?);
-        }
-        // Back to input order.
-        let sorted = Tensor::cat(&parts, 0)?;
-        let mut position = vec![0u32; order.len()];
-        for (rank, &i) in order.iter().enumerate() {
-            position[i] = rank as u32;
-        }
-        let index = Tensor::from_slice(&position, position.len(), sorted.device())?;
-        Ok(sorted.index_select(&index, 0)?)
+        Ok(Tensor::from_vec(out, (texts.len(), h), &Device::Cpu)?)
     }
 }
 

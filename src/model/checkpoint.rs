@@ -17,26 +17,9 @@ pub struct Params {
 }
 
 impl Params {
-    /// The tensor `name`, checked against the expected shape.
-    pub fn get(&self, name: &str, dims: &[usize]) -> Result<Tensor> {
-        let t = self
-            .tensors
-            .get(name)
-            .with_context(|| format!("missing weight \"{name}\" in {}", self.source.display()))?;
-        if t.dims() != dims {
-            bail!(
-                "weight \"{name}\" in {} has shape {:?}, config.json implies {:?}",
-                self.source.display(),
-                t.dims(),
-                dims
-            );
-        }
-        Ok(t.clone())
-    }
-
     /// Reads the weights of a model folder and maps them onto sequence-classification names.
-    pub fn load(dir: &Path, cfg: &Config, device: &Device) -> Result<Self> {
-        let (source, raw) = read_weight_file(dir, device)?;
+    pub fn load(dir: &Path, cfg: &Config) -> Result<Self> {
+        let (source, raw) = read_weight_file(dir)?;
         let prefix = cfg.family.base_prefix();
         // A bare encoder (`BertModel`, all-MiniLM-L6-v2) stores `embeddings.*` without the
         // base-model prefix; its head is created later.
@@ -59,17 +42,6 @@ impl Params {
         }
         Ok(Params { tensors, source })
     }
-
-    /// Writes every parameter to `path` as safetensors (contiguous f32, HF names).
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let contiguous: std::collections::HashMap<String, Tensor> = self
-            .tensors
-            .iter()
-            .map(|(k, t)| Ok((k.clone(), t.contiguous()?)))
-            .collect::<Result<_>>()?;
-        candle_core::safetensors::save(&contiguous, path)
-            .with_context(|| format!("cannot write {}", path.display()))
-    }
 }
 
 /// Old TF-converted checkpoints name LayerNorm parameters `gamma`/`beta`.
@@ -83,10 +55,10 @@ fn legacy_layer_norm_name(name: &str) -> String {
     }
 }
 
-fn read_weight_file(dir: &Path, device: &Device) -> Result<(PathBuf, Vec<(String, Tensor)>)> {
+fn read_weight_file(dir: &Path) -> Result<(PathBuf, Vec<(String, Tensor)>)> {
     let st = dir.join("model.safetensors");
     if st.exists() {
-        let map = candle_core::safetensors::load(&st, device).with_context(|| {
+        let map = candle_core::safetensors::load(&st, &Device::Cpu).with_context(|| {
             format!(
                 "cannot read {} (corrupt or not a safetensors file?)",
                 st.display()
@@ -102,10 +74,6 @@ fn read_weight_file(dir: &Path, device: &Device) -> Result<(PathBuf, Vec<(String
                 bin.display()
             )
         })?;
-        let tensors = tensors
-            .into_iter()
-            .map(|(k, t)| Ok((k, t.to_device(device)?)))
-            .collect::<Result<_>>()?;
         return Ok((bin, tensors));
     }
     bail!(

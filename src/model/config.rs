@@ -4,6 +4,7 @@
 //! are mapped onto them when read. The original JSON is kept so that saving writes back every
 //! key we do not model (a user's custom fields survive a fine-tune).
 
+use crate::ops::Act;
 use anyhow::{bail, Context, Result};
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -71,25 +72,15 @@ impl Family {
     }
 }
 
-/// Hidden activation (`hidden_act`, or DistilBERT's `activation`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HiddenAct {
-    /// The exact erf form, transformers' `gelu`.
-    Gelu,
-    /// The tanh approximation: `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`.
-    GeluTanh,
-    Relu,
-}
-
-impl HiddenAct {
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "gelu" => HiddenAct::Gelu,
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => HiddenAct::GeluTanh,
-            "relu" => HiddenAct::Relu,
-            _ => return None,
-        })
-    }
+/// Hidden activation (`hidden_act`, or DistilBERT's `activation`): `gelu` is the exact erf
+/// form; `gelu_new`, `gelu_pytorch_tanh` and `gelu_fast` the tanh approximation.
+fn parse_act(s: &str) -> Option<Act> {
+    Some(match s {
+        "gelu" => Act::Gelu,
+        "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Act::GeluTanh,
+        "relu" => Act::Relu,
+        _ => return None,
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -102,7 +93,7 @@ pub struct Config {
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub intermediate_size: usize,
-    pub hidden_act: HiddenAct,
+    pub hidden_act: Act,
     pub hidden_dropout_prob: f64,
     pub attention_probs_dropout_prob: f64,
     /// Dropout before the classifier: `classifier_dropout` (or DistilBERT's
@@ -149,7 +140,7 @@ impl Config {
             |bert: &'static str, distil_name: &'static str| if distil { distil_name } else { bert };
         let hidden_size = r.usize(key("hidden_size", "dim"))?;
         let act_name = r.str(key("hidden_act", "activation"))?;
-        let hidden_act = HiddenAct::parse(act_name).with_context(|| {
+        let hidden_act = parse_act(act_name).with_context(|| {
             format!("unsupported activation \"{act_name}\" (known: gelu, gelu_new, gelu_pytorch_tanh, relu)")
         })?;
         let hidden_dropout_prob = r.f64(key("hidden_dropout_prob", "dropout"))?;

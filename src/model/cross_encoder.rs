@@ -1,17 +1,15 @@
 //! `CrossEncoder`: load, predict, rank and save, as sentence-transformers' `CrossEncoder`.
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use tokenizers::Encoding;
 
 use super::checkpoint::Params;
 use super::config::Config;
-use super::tokenize::{Batch, PairTokenizer};
+use super::tokenize::{PairTokenizer, Tokens};
 use super::{head, SequenceClassifier};
 use crate::hub;
-use crate::ops::Dropout;
 
 /// The function sentence-transformers applies to the logits in `predict`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,13 +51,22 @@ impl Activation {
         }
     }
 
-    pub fn apply(self, logits: &Tensor) -> candle_core::Result<Tensor> {
+    /// Applies the activation to `logits` in place, row by row (`num_labels` values a row).
+    pub fn apply(self, logits: &mut [f32], num_labels: usize) {
         match self {
-            Activation::Sigmoid => candle_nn::ops::sigmoid(logits),
-            Activation::Identity => Ok(logits.clone()),
-            Activation::Tanh => logits.tanh(),
-            // Prediction only: candle-nn's fused kernel (it records no backward).
-            Activation::Softmax => candle_nn::ops::softmax_last_dim(logits),
+            Activation::Sigmoid => logits
+                .iter_mut()
+                .for_each(|x| *x = 1.0 / (1.0 + (-*x).exp())),
+            Activation::Identity => {}
+            Activation::Tanh => logits.iter_mut().for_each(|x| *x = x.tanh()),
+            Activation::Softmax => {
+                for row in logits.chunks_exact_mut(num_labels.max(1)) {
+                    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                    row.iter_mut().for_each(|x| *x = (*x - max).exp());
+                    let sum: f32 = row.iter().sum();
+                    row.iter_mut().for_each(|x| *x /= sum);
+                }
+            }
         }
     }
 }
@@ -112,7 +119,7 @@ impl Default for LoadOptions {
 pub struct CrossEncoder {
     pub config: Config,
     pub tokenizer: PairTokenizer,
-    pub params: Params,
+    /// The engine, which owns the weights.
     pub model: SequenceClassifier,
     pub activation: Activation,
     /// The folder the model was read from (tokenizer files are copied from it on save).
@@ -120,18 +127,17 @@ pub struct CrossEncoder {
     /// Head parameters created at load time (empty for a complete cross-encoder).
     pub new_head_params: Vec<String>,
     pub batch_size: usize,
-    /// Most padded tokens in one forward pass.
+    /// Most tokens in one forward pass, counted as if padded to the batch's longest pair.
     pub max_batch_tokens: usize,
-    pub device: Device,
 }
 
 impl CrossEncoder {
     /// Loads a model folder or hub id with its own settings.
-    pub fn from_pretrained(id_or_path: &str, device: &Device) -> Result<Self> {
-        Self::load(id_or_path, device, &LoadOptions::default())
+    pub fn from_pretrained(id_or_path: &str) -> Result<Self> {
+        Self::load(id_or_path, &LoadOptions::default())
     }
 
-    pub fn load(id_or_path: &str, device: &Device, opts: &LoadOptions) -> Result<Self> {
+    pub fn load(id_or_path: &str, opts: &LoadOptions) -> Result<Self> {
         let dir = hub::resolve_model(id_or_path)?;
         let mut config = Config::from_file(&dir.join("config.json"))?;
         if let Some(labels) = &opts.labels {
@@ -145,26 +151,24 @@ impl CrossEncoder {
             None => read_activation(&dir, &config)?,
         };
         let tokenizer = PairTokenizer::from_dir(&dir, &config, opts.max_length)?;
-        let mut params = Params::load(&dir, &config, device)?;
-        let new_head_params = head::init_missing(&config, &mut params, opts.seed, device)?;
-        let model = SequenceClassifier::new(&config, &params, device)?;
+        let mut params = Params::load(&dir, &config)?;
+        let new_head_params = head::init_missing(&config, &mut params, opts.seed)?;
+        let model = SequenceClassifier::new(&config, &params)?;
         Ok(CrossEncoder {
             config,
             tokenizer,
-            params,
             model,
             activation,
             source_dir: dir,
             new_head_params,
             batch_size: 32,
             max_batch_tokens: usize::MAX,
-            device: device.clone(),
         })
     }
 
-    /// Rebuilds the module tree after `params` changed (training swaps in trainable tensors).
-    pub fn rebuild(&mut self) -> Result<()> {
-        self.model = SequenceClassifier::new(&self.config, &self.params, &self.device)?;
+    /// Replaces the weights with those of the model folder `dir` (same config).
+    pub fn reload_weights(&mut self, dir: &Path) -> Result<()> {
+        self.model = SequenceClassifier::new(&self.config, &Params::load(dir, &self.config)?)?;
         Ok(())
     }
 
@@ -204,7 +208,7 @@ impl CrossEncoder {
             let (chunk, tail) = rest.split_at(n);
             rest = tail;
             let batch_enc: Vec<_> = chunk.iter().map(|&i| &encodings[i]).collect();
-            let out = self.forward_batch(&self.tokenizer.batch(&batch_enc), activate)?;
+            let out = self.forward_tokens(&self.tokenizer.pack(&batch_enc), activate)?;
             for (row, &i) in out.chunks_exact(num_labels).zip(chunk) {
                 values[i * num_labels..(i + 1) * num_labels].copy_from_slice(row);
             }
@@ -212,15 +216,13 @@ impl CrossEncoder {
         Ok(Scores { num_labels, values })
     }
 
-    /// One padded batch through the model, dropout off; flat `[batch * num_labels]`.
-    pub fn forward_batch(&self, batch: &Batch, activate: bool) -> Result<Vec<f32>> {
-        let logits = self.model.forward(batch, &mut Dropout::off())?;
-        let out = if activate {
-            self.activation.apply(&logits)?
-        } else {
-            logits
-        };
-        Ok(out.flatten_all()?.to_vec1::<f32>()?)
+    /// One packed batch through the model, dropout off; flat `[batch * num_labels]`.
+    pub fn forward_tokens(&self, tokens: &Tokens, activate: bool) -> Result<Vec<f32>> {
+        let mut out = self.model.forward(tokens)?;
+        if activate {
+            self.activation.apply(&mut out, self.num_labels());
+        }
+        Ok(out)
     }
 
     /// Scores `query` against each document and returns `(index, score)` sorted by score,
@@ -283,7 +285,7 @@ impl CrossEncoder {
             serde_json::to_string_pretty(&self.tokenizer_config()?)?.as_bytes(),
         )?;
         let tmp = tmp_path(&dir.join("model.safetensors"));
-        self.params.save(&tmp)?;
+        self.model.weights.save(&tmp)?;
         std::fs::rename(&tmp, dir.join("model.safetensors"))
             .with_context(|| format!("cannot write {}", dir.join("model.safetensors").display()))?;
         Ok(())

@@ -1,50 +1,60 @@
-//! Word + position (+ token-type) embeddings. The family differences of the encoder input live
-//! here: RoBERTa's position ids, DistilBERT's missing token types, ELECTRA's projection.
+//! Word + position (+ token-type) embeddings, LayerNorm and dropout, forward and backward. The
+//! family differences of the encoder input live here: RoBERTa's position ids, DistilBERT's
+//! missing token types, ELECTRA's projection.
 
-use anyhow::Result;
-use candle_core::{Device, Tensor};
-use candle_nn::{Embedding, Module};
+use anyhow::{bail, Result};
+use std::ops::Range;
 
 use super::config::{Config, Family};
-use super::tokenize::Batch;
-use super::{linear, LayerNorm, Linear};
-use crate::model::checkpoint::Params;
-use crate::ops::Dropout;
+use super::encoder::Scratch;
+use super::tokenize::Tokens;
+use super::weights::Weights;
+use super::{fit, LayerNorm, Linear};
+use crate::ops::linear::InputGrad;
+use crate::ops::{dropout, Dropout};
 
 pub struct Embeddings {
-    word_embeddings: Embedding,
-    position_embeddings: Embedding,
-    token_type_embeddings: Option<Embedding>,
+    word_embeddings: Range<usize>,
+    position_embeddings: Range<usize>,
+    token_type_embeddings: Option<Range<usize>>,
     layer_norm: LayerNorm,
     /// ELECTRA's `embeddings_project`, when `embedding_size != hidden_size`.
     embeddings_project: Option<Linear>,
     family: Family,
     pad_token_id: u32,
     dropout: f64,
+    /// Rows of the three tables, to check ids against.
+    vocab: usize,
+    positions: usize,
+    types: usize,
+    /// Embedding width (`embedding_size`).
+    e: usize,
+}
+
+/// What the embeddings' backward needs.
+#[derive(Default)]
+pub struct EmbeddingActs {
+    positions: Vec<u32>,
+    /// Sum of the three embeddings (LayerNorm's input) and its row stats, `[n, e]`.
+    z: Vec<f32>,
+    stats: Vec<f32>,
+    /// LayerNorm's output after dropout: the projection's input (ELECTRA only).
+    y: Vec<f32>,
 }
 
 impl Embeddings {
-    pub fn new(cfg: &Config, p: &Params) -> Result<Self> {
+    pub fn new(cfg: &Config, w: &Weights) -> Result<Self> {
         let base = cfg.family.base_prefix();
         let pre = format!("{base}.embeddings");
         let e = cfg.embedding_size;
-        let table = |name: &str, rows: usize| -> Result<Embedding> {
-            Ok(Embedding::new(
-                p.get(&format!("{pre}.{name}.weight"), &[rows, e])?,
-                e,
-            ))
-        };
+        let table = |name: &str, rows: usize| w.slot(&format!("{pre}.{name}.weight"), &[rows, e]);
         let token_type_embeddings = match cfg.type_vocab_size {
             0 => None,
             n => Some(table("token_type_embeddings", n)?),
         };
         let embeddings_project = if cfg.family == Family::Electra && e != cfg.hidden_size {
-            Some(linear(
-                p,
-                &format!("{base}.embeddings_project"),
-                e,
-                cfg.hidden_size,
-            )?)
+            let name = format!("{base}.embeddings_project");
+            Some(Linear::new(w, &name, e, cfg.hidden_size)?)
         } else {
             None
         };
@@ -52,47 +62,31 @@ impl Embeddings {
             word_embeddings: table("word_embeddings", cfg.vocab_size)?,
             position_embeddings: table("position_embeddings", cfg.max_position_embeddings)?,
             token_type_embeddings,
-            layer_norm: LayerNorm::new(p, &format!("{pre}.LayerNorm"), e, cfg.layer_norm_eps)?,
+            layer_norm: LayerNorm::new(w, &format!("{pre}.LayerNorm"), e, cfg.layer_norm_eps)?,
             embeddings_project,
             family: cfg.family,
             pad_token_id: cfg.pad_token_id,
             dropout: cfg.hidden_dropout_prob,
+            vocab: cfg.vocab_size,
+            positions: cfg.max_position_embeddings,
+            types: cfg.type_vocab_size,
+            e,
         })
     }
 
-    pub fn forward(&self, batch: &Batch, device: &Device, dropout: &mut Dropout) -> Result<Tensor> {
-        let shape = (batch.size, batch.seq_len);
-        let ids = Tensor::from_slice(&batch.input_ids, shape, device)?;
-        let positions = Tensor::from_vec(self.position_ids(batch), shape, device)?;
-        let mut x = self
-            .word_embeddings
-            .forward(&ids)?
-            .add(&self.position_embeddings.forward(&positions)?)?;
-        if let Some(tt) = &self.token_type_embeddings {
-            let types = match &batch.token_type_ids {
-                Some(t) => Tensor::from_slice(t, shape, device)?,
-                None => Tensor::zeros(shape, candle_core::DType::U32, device)?,
-            };
-            x = x.add(&tt.forward(&types)?)?;
-        }
-        let x = dropout.apply(&self.layer_norm.forward(&x)?, self.dropout)?;
-        Ok(match &self.embeddings_project {
-            Some(proj) => proj.forward(&x)?,
-            None => x,
-        })
-    }
-
-    /// BERT-style: 0..seq_len. RoBERTa-style: count non-pad tokens from `padding_idx + 1`,
-    /// padding keeps `padding_idx` (transformers' `create_position_ids_from_input_ids`).
-    fn position_ids(&self, batch: &Batch) -> Vec<u32> {
+    /// BERT-style: 0..len per sequence. RoBERTa-style: count non-pad tokens from
+    /// `padding_idx + 1`, a pad token keeps `padding_idx` (transformers'
+    /// `create_position_ids_from_input_ids`).
+    fn position_ids(&self, tokens: &Tokens, out: &mut Vec<u32>) {
+        out.clear();
         let offset = self.family.position_offset(self.pad_token_id) as u32;
-        let mut out = Vec::with_capacity(batch.input_ids.len());
-        for row in batch.input_ids.chunks(batch.seq_len.max(1)) {
+        for s in 0..tokens.sequences() {
+            let ids = &tokens.input_ids[tokens.sequence(s)];
             if offset == 0 {
-                out.extend(0..row.len() as u32);
+                out.extend(0..ids.len() as u32);
             } else {
                 let mut count = 0;
-                out.extend(row.iter().map(|&id| {
+                out.extend(ids.iter().map(|&id| {
                     if id == self.pad_token_id {
                         self.pad_token_id
                     } else {
@@ -102,6 +96,132 @@ impl Embeddings {
                 }));
             }
         }
-        out
+    }
+
+    /// Checks that every id has a row in its table, so that a tokenizer that does not match
+    /// the weights is an error instead of an out-of-bounds read.
+    fn check(&self, tokens: &Tokens, positions: &[u32]) -> Result<()> {
+        if (0..tokens.sequences()).any(|s| tokens.sequence(s).is_empty()) {
+            bail!("the tokenizer produced an empty sequence (no special tokens?)");
+        }
+        let over = |ids: &[u32], rows: usize| ids.iter().copied().find(|&i| i as usize >= rows);
+        if let Some(id) = over(&tokens.input_ids, self.vocab) {
+            bail!(
+                "token id {id} is outside the model's vocabulary (vocab_size {}): the tokenizer does not match config.json",
+                self.vocab
+            );
+        }
+        if let Some(p) = over(positions, self.positions) {
+            bail!(
+                "position {p} is outside the model's position table (max_position_embeddings {}): lower --max-length",
+                self.positions
+            );
+        }
+        if let Some(types) = &tokens.token_type_ids {
+            if let Some(t) = over(types, self.types.max(1)) {
+                bail!(
+                    "token type {t} is outside the model's type_vocab_size ({})",
+                    self.types
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The embedded tokens (`[n, hidden]`) into `out`, keeping what the backward needs.
+    pub fn forward(
+        &self,
+        w: &[f32],
+        tokens: &Tokens,
+        out: &mut Vec<f32>,
+        acts: &mut EmbeddingActs,
+        seed: Option<u64>,
+    ) -> Result<()> {
+        let (n, e) = (tokens.len(), self.e);
+        let mut positions = std::mem::take(&mut acts.positions);
+        self.position_ids(tokens, &mut positions);
+        self.check(tokens, &positions)?;
+        acts.positions = positions;
+        fit(&mut acts.z, n * e);
+        fit(&mut acts.stats, 2 * n);
+        let (word, pos) = (
+            &w[self.word_embeddings.clone()],
+            &w[self.position_embeddings.clone()],
+        );
+        let types = self.token_type_embeddings.clone().map(|r| &w[r]);
+        for (t, z) in acts.z.chunks_exact_mut(e).enumerate() {
+            let (id, p) = (tokens.input_ids[t] as usize, acts.positions[t] as usize);
+            let (wr, pr) = (&word[id * e..][..e], &pos[p * e..][..e]);
+            z.iter_mut()
+                .zip(wr.iter().zip(pr))
+                .for_each(|(z, (a, b))| *z = a + b);
+            if let Some(table) = types {
+                let tt = tokens.token_type_ids.as_ref().map_or(0, |v| v[t] as usize);
+                z.iter_mut()
+                    .zip(&table[tt * e..][..e])
+                    .for_each(|(z, c)| *z += c);
+            }
+        }
+        let drop = Dropout::site(seed, 0, self.dropout);
+        match &self.embeddings_project {
+            Some(proj) => {
+                fit(&mut acts.y, n * e);
+                self.layer_norm
+                    .forward(w, &acts.z, &mut acts.y, &mut acts.stats);
+                dropout::apply(drop, &mut acts.y);
+                fit(out, n * proj.out_dim);
+                proj.forward(w, &acts.y, out);
+            }
+            None => {
+                fit(out, n * e);
+                self.layer_norm.forward(w, &acts.z, out, &mut acts.stats);
+                dropout::apply(drop, out);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the tables', LayerNorm's and projection's gradients into `g` from dL/d(output)
+    /// (`dy`, used as scratch).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        w: &[f32],
+        g: &mut [f32],
+        tokens: &Tokens,
+        acts: &EmbeddingActs,
+        dy: &mut [f32],
+        s: &mut Scratch,
+        seed: Option<u64>,
+    ) {
+        let (n, e) = (tokens.len(), self.e);
+        let drop = Dropout::site(seed, 0, self.dropout);
+        let dnorm: &mut [f32] = match &self.embeddings_project {
+            Some(proj) => {
+                fit(&mut s.dh2, n * e);
+                proj.backward(w, g, dy, &acts.y, InputGrad::Write(&mut s.dh2));
+                &mut s.dh2
+            }
+            None => dy,
+        };
+        dropout::apply(drop, dnorm);
+        fit(&mut s.dh1, n * e);
+        self.layer_norm
+            .backward(w, g, dnorm, &acts.z, &acts.stats, &mut s.dh1);
+        let mut scatter = |table: &Range<usize>, row: usize, d: &[f32]| {
+            let start = table.start + row * e;
+            g[start..start + e]
+                .iter_mut()
+                .zip(d)
+                .for_each(|(a, b)| *a += b);
+        };
+        for (t, d) in s.dh1.chunks_exact(e).enumerate() {
+            scatter(&self.word_embeddings, tokens.input_ids[t] as usize, d);
+            scatter(&self.position_embeddings, acts.positions[t] as usize, d);
+            if let Some(table) = &self.token_type_embeddings {
+                let tt = tokens.token_type_ids.as_ref().map_or(0, |v| v[t] as usize);
+                scatter(table, tt, d);
+            }
+        }
     }
 }

@@ -1,15 +1,14 @@
-//! The post-LayerNorm transformer encoder shared by BERT, RoBERTa, XLM-RoBERTa, DistilBERT and
-//! ELECTRA. Only the parameter names differ between families (DistilBERT's `q_lin`, `ffn.lin1`,
-//! ...); the computation is transformers' `BertLayer`.
+//! The post-LayerNorm transformer layer shared by BERT, RoBERTa, XLM-RoBERTa, DistilBERT and
+//! ELECTRA: transformers' `BertLayer`, forward and backward on facing pages. Only the parameter
+//! names differ between families (DistilBERT's `q_lin`, `ffn.lin1`, ...).
 
 use anyhow::Result;
-use candle_core::Tensor;
-use candle_nn::Module;
 
-use super::config::{Config, Family, HiddenAct};
-use super::{linear, LayerNorm, Linear};
-use crate::model::checkpoint::Params;
-use crate::ops::{self, Dropout};
+use super::config::{Config, Family};
+use super::weights::Weights;
+use super::{fit, LayerNorm, Linear};
+use crate::ops::linear::InputGrad;
+use crate::ops::{attention, dropout, Act, Dropout};
 
 /// Where one layer's parameters live, relative to the layer's prefix.
 struct LayerNames {
@@ -59,100 +58,177 @@ impl LayerNames {
     }
 }
 
+/// Layer `i`'s query, key and value modules, which the engine runs as one `[3h, h]` product.
+pub fn fused_qkv_names(cfg: &Config, i: usize) -> [String; 3] {
+    let n = LayerNames::new(cfg.family, i);
+    [n.name(n.query), n.name(n.key), n.name(n.value)]
+}
+
 pub struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    qkv: Linear,
     attention_output: Linear,
     attention_norm: LayerNorm,
     intermediate: Linear,
     output: Linear,
     output_norm: LayerNorm,
     heads: usize,
-    act: HiddenAct,
+    act: Act,
     hidden_dropout: f64,
     attention_dropout: f64,
     /// DistilBERT applies no dropout after the attention output projection.
     attention_output_dropout: bool,
+    /// The layer's index, which numbers its dropout sites.
+    index: usize,
+}
+
+/// A layer's input and the activations its backward needs (`n` tokens, hidden `h`,
+/// intermediate `m`).
+#[derive(Default)]
+pub struct LayerActs {
+    /// Input, `[n, h]`.
+    pub x: Vec<f32>,
+    /// Fused Q, K, V projections, `[n, 3h]`.
+    qkv: Vec<f32>,
+    /// Attention context (before the output projection), `[n, h]`.
+    ctx: Vec<f32>,
+    /// Input of the attention LayerNorm (dropped projection + residual) and its row stats.
+    z1: Vec<f32>,
+    st1: Vec<f32>,
+    /// Output of the attention block, `[n, h]`.
+    y1: Vec<f32>,
+    /// Intermediate pre-activation and activation, `[n, m]`.
+    u: Vec<f32>,
+    a: Vec<f32>,
+    /// Input of the output LayerNorm and its row stats.
+    z2: Vec<f32>,
+    st2: Vec<f32>,
+}
+
+/// Gradient buffers of one layer's backward, shared by all layers.
+#[derive(Default)]
+pub struct Scratch {
+    pub dh1: Vec<f32>,
+    pub dh2: Vec<f32>,
+    di: Vec<f32>,
+    d3: Vec<f32>,
+}
+
+/// `z += r` element-wise (a residual connection).
+fn add(z: &mut [f32], r: &[f32]) {
+    z.iter_mut().zip(r).for_each(|(a, b)| *a += b);
 }
 
 impl Layer {
-    fn new(cfg: &Config, p: &Params, i: usize) -> Result<Self> {
+    pub fn new(cfg: &Config, w: &Weights, i: usize) -> Result<Self> {
         let n = LayerNames::new(cfg.family, i);
         let (h, m, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
         Ok(Layer {
-            query: linear(p, &n.name(n.query), h, h)?,
-            key: linear(p, &n.name(n.key), h, h)?,
-            value: linear(p, &n.name(n.value), h, h)?,
-            attention_output: linear(p, &n.name(n.attention_output), h, h)?,
-            attention_norm: LayerNorm::new(p, &n.name(n.attention_norm), h, eps)?,
-            intermediate: linear(p, &n.name(n.intermediate), h, m)?,
-            output: linear(p, &n.name(n.output), m, h)?,
-            output_norm: LayerNorm::new(p, &n.name(n.output_norm), h, eps)?,
+            qkv: Linear::fused(w, &fused_qkv_names(cfg, i), h, h)?,
+            attention_output: Linear::new(w, &n.name(n.attention_output), h, h)?,
+            attention_norm: LayerNorm::new(w, &n.name(n.attention_norm), h, eps)?,
+            intermediate: Linear::new(w, &n.name(n.intermediate), h, m)?,
+            output: Linear::new(w, &n.name(n.output), m, h)?,
+            output_norm: LayerNorm::new(w, &n.name(n.output_norm), h, eps)?,
             heads: cfg.num_attention_heads,
             act: cfg.hidden_act,
             hidden_dropout: cfg.hidden_dropout_prob,
             attention_dropout: cfg.attention_probs_dropout_prob,
             attention_output_dropout: cfg.family != Family::DistilBert,
+            index: i,
         })
     }
 
-    /// `x`: `[batch, seq, hidden]`; `mask`: `batch * seq` flags, 0 on padding.
-    fn forward(&self, x: &Tensor, mask: &[u32], dropout: &mut Dropout) -> Result<Tensor> {
-        let (q, k, v) = (
-            self.query.forward(x)?,
-            self.key.forward(x)?,
-            self.value.forward(x)?,
-        );
-        let context = ops::attention(
-            &q,
-            &k,
-            &v,
-            mask,
-            self.heads,
-            dropout.seed(self.attention_dropout),
-        )?;
-        let mut attn = self.attention_output.forward(&context)?;
-        if self.attention_output_dropout {
-            attn = dropout.apply(&attn, self.hidden_dropout)?;
+    /// The dropout sites of this layer: attention probabilities, attention output, FFN output.
+    fn dropouts(&self, seed: Option<u64>) -> [Option<Dropout>; 3] {
+        let site = |k: u64, p: f64| Dropout::site(seed, 1 + 3 * self.index as u64 + k, p);
+        [
+            site(0, self.attention_dropout),
+            site(1, self.hidden_dropout).filter(|_| self.attention_output_dropout),
+            site(2, self.hidden_dropout),
+        ]
+    }
+
+    /// `acts.x` (`[n, h]`) through the layer into `out`, keeping the activations in `acts`.
+    pub fn forward(
+        &self,
+        w: &[f32],
+        offsets: &[usize],
+        acts: &mut LayerActs,
+        out: &mut Vec<f32>,
+        seed: Option<u64>,
+    ) {
+        let h = self.attention_output.out_dim;
+        let n = acts.x.len() / h;
+        let m = self.intermediate.out_dim;
+        let [drop_p, drop_attn, drop_ffn] = self.dropouts(seed);
+        for (v, len) in [
+            (&mut acts.qkv, 3 * n * h),
+            (&mut acts.ctx, n * h),
+            (&mut acts.z1, n * h),
+            (&mut acts.st1, 2 * n),
+            (&mut acts.y1, n * h),
+            (&mut acts.u, n * m),
+            (&mut acts.a, n * m),
+            (&mut acts.z2, n * h),
+            (&mut acts.st2, 2 * n),
+            (out, n * h),
+        ] {
+            fit(v, len);
         }
-        let attn = self.attention_norm.forward(&attn.add(x)?)?;
-        let inter = activation(&self.intermediate.forward(&attn)?, self.act)?;
-        let out = dropout.apply(&self.output.forward(&inter)?, self.hidden_dropout)?;
-        Ok(self.output_norm.forward(&out.add(&attn)?)?)
-    }
-}
-
-pub fn activation(x: &Tensor, act: HiddenAct) -> Result<Tensor> {
-    Ok(match act {
-        HiddenAct::Gelu => ops::gelu(x)?,
-        HiddenAct::GeluTanh => x.gelu()?,
-        HiddenAct::Relu => x.relu()?,
-    })
-}
-
-pub struct Encoder {
-    layers: Vec<Layer>,
-}
-
-impl Encoder {
-    pub fn new(cfg: &Config, p: &Params) -> Result<Self> {
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Layer::new(cfg, p, i))
-            .collect::<Result<_>>()?;
-        Ok(Encoder { layers })
+        self.qkv.forward(w, &acts.x, &mut acts.qkv);
+        attention::forward(&mut acts.ctx, &acts.qkv, offsets, self.heads, drop_p);
+        self.attention_output.forward(w, &acts.ctx, &mut acts.z1);
+        dropout::apply(drop_attn, &mut acts.z1);
+        add(&mut acts.z1, &acts.x);
+        let (y1, st1) = (&mut acts.y1, &mut acts.st1);
+        self.attention_norm.forward(w, &acts.z1, y1, st1);
+        self.intermediate.forward(w, &acts.y1, &mut acts.u);
+        self.act.forward(&mut acts.a, &acts.u);
+        self.output.forward(w, &acts.a, &mut acts.z2);
+        dropout::apply(drop_ffn, &mut acts.z2);
+        add(&mut acts.z2, &acts.y1);
+        self.output_norm.forward(w, &acts.z2, out, &mut acts.st2);
     }
 
-    pub fn forward(&self, x: &Tensor, mask: &[u32], dropout: &mut Dropout) -> Result<Tensor> {
-        let mut x = x.clone();
-        for layer in &self.layers {
-            x = layer.forward(&x, mask, dropout)?;
-        }
-        Ok(x)
+    /// Backward: `dy` holds dL/d(output) on entry and dL/d(input) on return; the parameter
+    /// gradients are added into `g`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        w: &[f32],
+        g: &mut [f32],
+        offsets: &[usize],
+        acts: &LayerActs,
+        dy: &mut [f32],
+        s: &mut Scratch,
+        seed: Option<u64>,
+    ) {
+        let h = self.attention_output.out_dim;
+        let n = acts.x.len() / h;
+        let m = self.intermediate.out_dim;
+        let [drop_p, drop_attn, drop_ffn] = self.dropouts(seed);
+        fit(&mut s.dh1, n * h);
+        fit(&mut s.dh2, n * h);
+        fit(&mut s.di, n * m);
+        fit(&mut s.d3, 3 * n * h);
+        // Output LayerNorm; its input's gradient goes to the residual and the FFN.
+        self.output_norm
+            .backward(w, g, dy, &acts.z2, &acts.st2, &mut s.dh1);
+        s.dh2.copy_from_slice(&s.dh1);
+        dropout::apply(drop_ffn, &mut s.dh1);
+        self.output
+            .backward(w, g, &s.dh1, &acts.a, InputGrad::Write(&mut s.di));
+        self.act.backward(&mut s.di, &acts.u, &acts.a);
+        self.intermediate
+            .backward(w, g, &s.di, &acts.y1, InputGrad::Add(&mut s.dh2));
+        // Attention LayerNorm; its input's gradient goes to the residual and the attention.
+        self.attention_norm
+            .backward(w, g, &s.dh2, &acts.z1, &acts.st1, &mut s.dh1);
+        dy.copy_from_slice(&s.dh1);
+        dropout::apply(drop_attn, &mut s.dh1);
+        self.attention_output
+            .backward(w, g, &s.dh1, &acts.ctx, InputGrad::Write(&mut s.dh2));
+        attention::backward(&mut s.d3, &s.dh2, &acts.qkv, offsets, self.heads, drop_p);
+        self.qkv.backward(w, g, &s.d3, &acts.x, InputGrad::Add(dy));
     }
-}
-
-/// The first token's hidden state (`[CLS]` / `<s>`), `[batch, hidden]`.
-pub fn first_token(hidden: &Tensor) -> Result<Tensor> {
-    Ok(hidden.narrow(1, 0, 1)?.squeeze(1)?)
 }

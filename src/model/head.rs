@@ -1,43 +1,50 @@
-//! Classification heads, one per family, applied to the first token's hidden state.
+//! Classification heads, one per family, applied to the first token's hidden state, forward
+//! and backward. Every family's head has one shape: [dropout] -> dense -> activation ->
+//! dropout -> output projection.
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
-use candle_nn::Module;
 use rand::{rngs::StdRng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 
 use super::checkpoint::Params;
 use super::config::{Config, Family};
-use super::{linear, Linear};
-use crate::ops::Dropout;
-
-enum Kind {
-    /// `BertForSequenceClassification`: pooler (dense + tanh), dropout, `classifier`.
-    Bert { pooler: Linear },
-    /// `RobertaClassificationHead` / `ElectraClassificationHead`: dropout, dense, tanh or GELU,
-    /// dropout, `out_proj`.
-    Dense { dense: Linear, gelu: bool },
-    /// DistilBERT: `pre_classifier`, ReLU, dropout, `classifier`.
-    PreClassifier { pre_classifier: Linear },
-}
+use super::weights::Weights;
+use super::{fit, Linear};
+use crate::ops::linear::InputGrad;
+use crate::ops::{dropout, Act, Dropout};
 
 pub struct Head {
-    kind: Kind,
+    /// `BertPooler.dense`, the `dense` of `RobertaClassificationHead` /
+    /// `ElectraClassificationHead`, or DistilBERT's `pre_classifier`.
+    dense: Linear,
+    /// tanh (BERT's pooler, RoBERTa), GELU (ELECTRA) or ReLU (DistilBERT).
+    act: Act,
+    /// RoBERTa's and ELECTRA's heads drop their input too.
+    input_dropout: bool,
     out: Linear,
     dropout: f64,
+}
+
+/// Dropout sites of the head, numbered after every layer's.
+const SITE: u64 = 1 << 20;
+
+/// What the head's backward needs (`b` sequences).
+#[derive(Default)]
+pub struct HeadActs {
+    /// The dense layer's input (the first token's state, dropped for RoBERTa/ELECTRA).
+    x: Vec<f32>,
+    /// Pre-activation, activation, and the dropped activation (the projection's input).
+    t: Vec<f32>,
+    a: Vec<f32>,
+    d: Vec<f32>,
 }
 
 /// The names and shapes of the head's parameters (the pooler counts as head: a bare encoder
 /// may come without one).
 pub fn head_params(cfg: &Config) -> Vec<(String, Vec<usize>)> {
     let (h, l) = (cfg.hidden_size, cfg.num_labels());
-    let (hidden, out) = match cfg.family {
-        Family::Bert => ("bert.pooler.dense", "classifier"),
-        Family::Roberta | Family::XlmRoberta | Family::Electra => {
-            ("classifier.dense", "classifier.out_proj")
-        }
-        Family::DistilBert => ("pre_classifier", "classifier"),
-    };
+    let (hidden, out) = head_names(cfg.family);
     vec![
         (format!("{hidden}.weight"), vec![h, h]),
         (format!("{hidden}.bias"), vec![h]),
@@ -46,15 +53,20 @@ pub fn head_params(cfg: &Config) -> Vec<(String, Vec<usize>)> {
     ]
 }
 
+fn head_names(family: Family) -> (&'static str, &'static str) {
+    match family {
+        Family::Bert => ("bert.pooler.dense", "classifier"),
+        Family::Roberta | Family::XlmRoberta | Family::Electra => {
+            ("classifier.dense", "classifier.out_proj")
+        }
+        Family::DistilBert => ("pre_classifier", "classifier"),
+    }
+}
+
 /// Creates the head parameters that the checkpoint lacks (or whose label count differs from
 /// the config), initialised as transformers does: normal(0, `initializer_range`) weights, zero
 /// biases. Returns the names it created.
-pub fn init_missing(
-    cfg: &Config,
-    params: &mut Params,
-    seed: u64,
-    device: &Device,
-) -> Result<Vec<String>> {
+pub fn init_missing(cfg: &Config, params: &mut Params, seed: u64) -> Result<Vec<String>> {
     let mut rng = StdRng::seed_from_u64(seed);
     let normal = Normal::new(0.0f32, cfg.initializer_range as f32)?;
     let mut created = Vec::new();
@@ -67,11 +79,11 @@ pub fn init_missing(
             continue;
         }
         let t = if name.ends_with(".bias") {
-            Tensor::zeros(shape.as_slice(), DType::F32, device)?
+            Tensor::zeros(shape.as_slice(), DType::F32, &Device::Cpu)?
         } else {
             let n = shape.iter().product();
             let v: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
-            Tensor::from_vec(v, shape.as_slice(), device)?
+            Tensor::from_vec(v, shape.as_slice(), &Device::Cpu)?
         };
         params.tensors.insert(name.clone(), t);
         created.push(name);
@@ -80,58 +92,86 @@ pub fn init_missing(
 }
 
 impl Head {
-    pub fn new(cfg: &Config, p: &Params) -> Result<Self> {
-        let names = head_params(cfg);
+    pub fn new(cfg: &Config, w: &Weights) -> Result<Self> {
         let (h, l) = (cfg.hidden_size, cfg.num_labels());
-        let stem = |i: usize| names[i].0.trim_end_matches(".weight").to_string();
-        let hidden = linear(p, &stem(0), h, h)?;
-        let out = linear(p, &stem(2), h, l)?;
-        let kind = match cfg.family {
-            Family::Bert => Kind::Bert { pooler: hidden },
-            Family::Roberta | Family::XlmRoberta => Kind::Dense {
-                dense: hidden,
-                gelu: false,
-            },
-            Family::Electra => Kind::Dense {
-                dense: hidden,
-                gelu: true,
-            },
-            Family::DistilBert => Kind::PreClassifier {
-                pre_classifier: hidden,
-            },
+        let (hidden, out) = head_names(cfg.family);
+        let (act, input_dropout) = match cfg.family {
+            Family::Bert => (Act::Tanh, false),
+            Family::Roberta | Family::XlmRoberta => (Act::Tanh, true),
+            Family::Electra => (Act::Gelu, true),
+            Family::DistilBert => (Act::Relu, false),
         };
         Ok(Head {
-            kind,
-            out,
+            dense: Linear::new(w, hidden, h, h)?,
+            act,
+            input_dropout,
+            out: Linear::new(w, out, h, l)?,
             dropout: cfg.classifier_dropout,
         })
     }
 
-    /// BERT's pooler output (`tanh(dense(h_cls))`); `None` for families without a pooler.
-    pub fn pooler(&self, cls: &Tensor) -> Result<Option<Tensor>> {
-        match &self.kind {
-            Kind::Bert { pooler } => Ok(Some(pooler.forward(cls)?.tanh()?)),
-            _ => Ok(None),
-        }
+    fn dropouts(&self, seed: Option<u64>) -> [Option<Dropout>; 2] {
+        let input = Dropout::site(seed, SITE, self.dropout).filter(|_| self.input_dropout);
+        [input, Dropout::site(seed, SITE + 1, self.dropout)]
     }
 
-    /// Logits `[batch, num_labels]` from the first token's hidden state `[batch, hidden]`.
-    pub fn forward(&self, cls: &Tensor, dropout: &mut Dropout) -> Result<Tensor> {
-        let x = match &self.kind {
-            Kind::Bert { pooler } => dropout.apply(&pooler.forward(cls)?.tanh()?, self.dropout)?,
-            Kind::Dense { dense, gelu } => {
-                let x = dense.forward(&dropout.apply(cls, self.dropout)?)?;
-                let x = if *gelu {
-                    crate::ops::gelu(&x)?
-                } else {
-                    x.tanh()?
-                };
-                dropout.apply(&x, self.dropout)?
-            }
-            Kind::PreClassifier { pre_classifier } => {
-                dropout.apply(&pre_classifier.forward(cls)?.relu()?, self.dropout)?
-            }
-        };
-        Ok(self.out.forward(&x)?)
+    /// BERT's pooler output (`tanh(dense(h_cls))`); `None` for families without a pooler.
+    pub fn pooler(&self, w: &[f32], cls: &[f32]) -> Option<Vec<f32>> {
+        if self.input_dropout || self.act != Act::Tanh {
+            return None;
+        }
+        let mut t = vec![0f32; cls.len()];
+        self.dense.forward(w, cls, &mut t);
+        let mut a = vec![0f32; cls.len()];
+        self.act.forward(&mut a, &t);
+        Some(a)
+    }
+
+    /// Logits `[b, num_labels]` from the first token's hidden state `[b, hidden]`.
+    pub fn forward(
+        &self,
+        w: &[f32],
+        cls: &[f32],
+        acts: &mut HeadActs,
+        seed: Option<u64>,
+    ) -> Vec<f32> {
+        let [drop_in, drop_out] = self.dropouts(seed);
+        let b = cls.len() / self.dense.in_dim;
+        acts.x.clear();
+        acts.x.extend_from_slice(cls);
+        dropout::apply(drop_in, &mut acts.x);
+        for v in [&mut acts.t, &mut acts.a] {
+            fit(v, b * self.dense.out_dim);
+        }
+        self.dense.forward(w, &acts.x, &mut acts.t);
+        self.act.forward(&mut acts.a, &acts.t);
+        acts.d.clear();
+        acts.d.extend_from_slice(&acts.a);
+        dropout::apply(drop_out, &mut acts.d);
+        let mut logits = vec![0f32; b * self.out.out_dim];
+        self.out.forward(w, &acts.d, &mut logits);
+        logits
+    }
+
+    /// Adds the head's gradients into `g` from dL/dlogits; returns dL/d(first-token state).
+    pub fn backward(
+        &self,
+        w: &[f32],
+        g: &mut [f32],
+        acts: &HeadActs,
+        dlogits: &[f32],
+        seed: Option<u64>,
+    ) -> Vec<f32> {
+        let [drop_in, drop_out] = self.dropouts(seed);
+        let mut dd = vec![0f32; acts.d.len()];
+        self.out
+            .backward(w, g, dlogits, &acts.d, InputGrad::Write(&mut dd));
+        dropout::apply(drop_out, &mut dd);
+        self.act.backward(&mut dd, &acts.t, &acts.a);
+        let mut dx = vec![0f32; acts.x.len()];
+        self.dense
+            .backward(w, g, &dd, &acts.x, InputGrad::Write(&mut dx));
+        dropout::apply(drop_in, &mut dx);
+        dx
     }
 }

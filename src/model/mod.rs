@@ -1,4 +1,19 @@
 //! Cross-encoder models: config, tokenizer, encoder per family, heads, checkpoints, hub.
+//!
+//! The encoder is an explicit engine, as llm.c writes one: every module has a `forward` that
+//! writes into buffers it is handed (the activations that its `backward` needs are kept in a
+//! [`Tape`], allocated once and reused from step to step) and a `backward` beside it that adds
+//! its parameter gradients into one flat buffer laid out as [`weights::Weights`]. There is no
+//! autograd graph and no per-op allocation on the hot path; inference runs the same forward
+//! keeping only one layer's buffers.
+//!
+//! How a family plugs in: its config maps onto [`config::Config`], its parameter names onto
+//! [`weights::Weights`] slots (HF names verbatim), and its layer is a struct with `forward` and
+//! `backward` over the kernels of [`crate::ops`]. A layer whose backward is not written yet can
+//! still train exactly through a slower path: run its forward from candle's differentiable
+//! primitives on `Var`s made from its input and weights, then call `backward()` on
+//! `sum(output * dL/doutput)` and add the gradients it returns into the flat buffer (the ops'
+//! tests do exactly this to check the hand-written kernels).
 
 pub mod bi_encoder;
 pub mod checkpoint;
@@ -7,113 +22,291 @@ pub mod cross_encoder;
 pub mod embeddings;
 pub mod encoder;
 pub mod head;
-
 pub mod tokenize;
+pub mod weights;
 
 use anyhow::Result;
-use candle_core::{Device, Tensor};
+use std::ops::Range;
 
 use checkpoint::Params;
 use config::Config;
-use embeddings::Embeddings;
-use encoder::Encoder;
-use head::Head;
-use tokenize::Batch;
+use embeddings::{EmbeddingActs, Embeddings};
+use encoder::{Layer, LayerActs, Scratch};
+use head::{Head, HeadActs};
+use tokenize::Tokens;
+use weights::{two_mut, Weights};
 
-use crate::ops::{self, Dropout};
+use crate::ops::{layer_norm, linear};
 
-/// `torch.nn.LayerNorm` over the last dimension, built from differentiable ops.
+/// `torch.nn.LayerNorm`'s parameters: where its weight and bias live in the flat buffer.
+#[derive(Debug, Clone)]
 pub struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
+    weight: Range<usize>,
+    bias: Range<usize>,
+    eps: f32,
 }
 
 impl LayerNorm {
-    pub fn new(p: &Params, name: &str, size: usize, eps: f64) -> Result<Self> {
+    pub fn new(w: &Weights, name: &str, size: usize, eps: f64) -> Result<Self> {
         Ok(LayerNorm {
-            weight: p.get(&format!("{name}.weight"), &[size])?,
-            bias: p.get(&format!("{name}.bias"), &[size])?,
-            eps,
+            weight: w.slot(&format!("{name}.weight"), &[size])?,
+            bias: w.slot(&format!("{name}.bias"), &[size])?,
+            eps: eps as f32,
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+    pub fn forward(&self, w: &[f32], x: &[f32], y: &mut [f32], stats: &mut [f32]) {
+        let (weight, bias) = (&w[self.weight.clone()], &w[self.bias.clone()]);
+        layer_norm::forward(y, stats, x, weight, bias, self.eps);
+    }
+
+    /// dL/dx into `dx`; the parameter gradients added into `g`.
+    pub fn backward(
+        &self,
+        w: &[f32],
+        g: &mut [f32],
+        dy: &[f32],
+        x: &[f32],
+        stats: &[f32],
+        dx: &mut [f32],
+    ) {
+        let (dw, db) = two_mut(g, self.weight.clone(), self.bias.clone());
+        layer_norm::backward(dx, dw, db, dy, x, stats, &w[self.weight.clone()]);
     }
 }
 
-/// `torch.nn.Linear`, applied by the fused [`ops::linear`].
+/// `torch.nn.Linear(in_dim, out_dim)`'s parameters in the flat buffer.
+#[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
-    bias: Tensor,
+    weight: Range<usize>,
+    bias: Range<usize>,
+    pub in_dim: usize,
+    pub out_dim: usize,
 }
 
-impl candle_nn::Module for Linear {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        ops::linear(x, &self.weight, &self.bias)
+impl Linear {
+    /// `{name}.weight` (`[out, in]`) and `{name}.bias`.
+    pub fn new(w: &Weights, name: &str, in_dim: usize, out_dim: usize) -> Result<Self> {
+        Ok(Linear {
+            weight: w.slot(&format!("{name}.weight"), &[out_dim, in_dim])?,
+            bias: w.slot(&format!("{name}.bias"), &[out_dim])?,
+            in_dim,
+            out_dim,
+        })
+    }
+
+    /// Several `[out, in]` layers packed side by side (`names` without `.weight`/`.bias`) as
+    /// one `[n * out, in]` layer: a layer's query, key and value.
+    pub fn fused(w: &Weights, names: &[String], in_dim: usize, out_dim: usize) -> Result<Self> {
+        let with = |suffix: &str| -> Vec<String> {
+            names.iter().map(|n| format!("{n}.{suffix}")).collect()
+        };
+        Ok(Linear {
+            weight: w.slots(&with("weight"), &[out_dim, in_dim])?,
+            bias: w.slots(&with("bias"), &[out_dim])?,
+            in_dim,
+            out_dim: out_dim * names.len(),
+        })
+    }
+
+    pub fn forward(&self, w: &[f32], x: &[f32], y: &mut [f32]) {
+        let (weight, bias) = (&w[self.weight.clone()], &w[self.bias.clone()]);
+        linear::forward(y, x, weight, Some(bias), self.in_dim);
+    }
+
+    pub fn backward(&self, w: &[f32], g: &mut [f32], dy: &[f32], x: &[f32], dx: linear::InputGrad) {
+        let (dw, db) = two_mut(g, self.weight.clone(), self.bias.clone());
+        linear::backward(
+            dx,
+            dw,
+            Some(db),
+            dy,
+            x,
+            &w[self.weight.clone()],
+            self.in_dim,
+        );
     }
 }
 
-/// A `torch.nn.Linear(in, out)` read from `{name}.weight` (`[out, in]`) and `{name}.bias`.
-pub fn linear(p: &Params, name: &str, in_dim: usize, out_dim: usize) -> Result<Linear> {
-    Ok(Linear {
-        weight: p.get(&format!("{name}.weight"), &[out_dim, in_dim])?,
-        bias: p.get(&format!("{name}.bias"), &[out_dim])?,
-    })
+/// Grows (or shrinks) a buffer to `n` floats, keeping its allocation: every kernel overwrites
+/// what it writes, so the old contents need no clearing.
+fn fit(v: &mut Vec<f32>, n: usize) {
+    v.resize(n, 0.0);
 }
 
-/// Embeddings and the transformer layers: transformers' `BertModel` without the pooler, for any
-/// supported family.
+/// Embeddings and the transformer layers: transformers' `BertModel` without the pooler, for
+/// any supported family.
 pub struct Transformer {
     embeddings: Embeddings,
-    encoder: Encoder,
-    device: Device,
+    layers: Vec<Layer>,
+    hidden: usize,
+}
+
+/// What a training forward pass keeps for the backward pass, reused from step to step.
+#[derive(Default)]
+pub struct Tape {
+    embeddings: EmbeddingActs,
+    /// One per layer: its input and the activations its backward needs.
+    layers: Vec<LayerActs>,
+    /// The last layer's output.
+    hidden: Vec<f32>,
+    head: HeadActs,
+    scratch: Scratch,
+    /// The dropout seed of the pass (`None`: dropout off).
+    seed: Option<u64>,
+    /// The batch's sequence offsets and tokens.
+    tokens: Tokens,
 }
 
 impl Transformer {
-    pub fn new(cfg: &Config, p: &Params, device: &Device) -> Result<Self> {
+    /// The names that must sit side by side in the flat buffer (each layer's Q, K, V).
+    pub fn packing(cfg: &Config) -> Vec<String> {
+        let mut names = Vec::new();
+        for i in 0..cfg.num_hidden_layers {
+            let qkv = encoder::fused_qkv_names(cfg, i);
+            for suffix in ["weight", "bias"] {
+                names.extend(qkv.iter().map(|n| format!("{n}.{suffix}")));
+            }
+        }
+        names
+    }
+
+    pub fn new(cfg: &Config, w: &Weights) -> Result<Self> {
         Ok(Transformer {
-            embeddings: Embeddings::new(cfg, p)?,
-            encoder: Encoder::new(cfg, p)?,
-            device: device.clone(),
+            embeddings: Embeddings::new(cfg, w)?,
+            layers: (0..cfg.num_hidden_layers)
+                .map(|i| Layer::new(cfg, w, i))
+                .collect::<Result<_>>()?,
+            hidden: cfg.hidden_size,
         })
     }
 
-    /// The last hidden state `[batch, seq, hidden]`.
-    pub fn forward(&self, batch: &Batch, dropout: &mut Dropout) -> Result<Tensor> {
-        let x = self.embeddings.forward(batch, &self.device, dropout)?;
-        self.encoder.forward(&x, &batch.attention_mask, dropout)
+    /// The last hidden state `[tokens, hidden]`, dropout off, keeping one layer's buffers.
+    pub fn forward(&self, w: &[f32], tokens: &Tokens) -> Result<Vec<f32>> {
+        let mut acts = LayerActs::default();
+        let mut emb = EmbeddingActs::default();
+        fit(&mut acts.x, tokens.len() * self.hidden);
+        self.embeddings
+            .forward(w, tokens, &mut acts.x, &mut emb, None)?;
+        let mut out = Vec::new();
+        for layer in &self.layers {
+            layer.forward(w, &tokens.offsets, &mut acts, &mut out, None);
+            std::mem::swap(&mut acts.x, &mut out);
+        }
+        Ok(acts.x)
+    }
+
+    /// The training forward: every activation the backward needs goes into `tape`.
+    fn forward_train(&self, w: &[f32], tape: &mut Tape) -> Result<()> {
+        let n = tape.tokens.len();
+        tape.layers.resize_with(self.layers.len(), Default::default);
+        let first = match tape.layers.first_mut() {
+            Some(l) => &mut l.x,
+            None => &mut tape.hidden,
+        };
+        fit(first, n * self.hidden);
+        self.embeddings
+            .forward(w, &tape.tokens, first, &mut tape.embeddings, tape.seed)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (done, rest) = tape.layers.split_at_mut(i + 1);
+            let out = match rest.first_mut() {
+                Some(next) => &mut next.x,
+                None => &mut tape.hidden,
+            };
+            layer.forward(w, &tape.tokens.offsets, &mut done[i], out, tape.seed);
+        }
+        Ok(())
+    }
+
+    /// From dL/dhidden (`dy`, used as scratch), adds every parameter's gradient into `g`.
+    fn backward(&self, w: &[f32], g: &mut [f32], tape: &mut Tape, dy: &mut [f32]) {
+        let (offsets, seed) = (&tape.tokens.offsets, tape.seed);
+        for (layer, acts) in self.layers.iter().zip(&tape.layers).rev() {
+            layer.backward(w, g, offsets, acts, dy, &mut tape.scratch, seed);
+        }
+        let (tokens, acts) = (&tape.tokens, &tape.embeddings);
+        self.embeddings
+            .backward(w, g, tokens, acts, dy, &mut tape.scratch, seed);
     }
 }
 
 /// An encoder with a sequence-classification head: transformers'
-/// `*ForSequenceClassification`, for any supported family.
+/// `*ForSequenceClassification`, for any supported family. It owns the weights.
 pub struct SequenceClassifier {
+    pub weights: Weights,
     transformer: Transformer,
     head: Head,
 }
 
 impl SequenceClassifier {
-    pub fn new(cfg: &Config, p: &Params, device: &Device) -> Result<Self> {
+    pub fn new(cfg: &Config, params: &Params) -> Result<Self> {
+        let weights = Weights::pack(params, &Transformer::packing(cfg))?;
         Ok(SequenceClassifier {
-            transformer: Transformer::new(cfg, p, device)?,
-            head: Head::new(cfg, p)?,
+            transformer: Transformer::new(cfg, &weights)?,
+            head: Head::new(cfg, &weights)?,
+            weights,
         })
     }
 
-    /// The last hidden state `[batch, seq, hidden]`.
-    pub fn encode(&self, batch: &Batch, dropout: &mut Dropout) -> Result<Tensor> {
-        self.transformer.forward(batch, dropout)
+    /// The last hidden state `[tokens, hidden]`, dropout off.
+    pub fn encode(&self, tokens: &Tokens) -> Result<Vec<f32>> {
+        self.transformer.forward(&self.weights.data, tokens)
     }
 
-    /// Raw logits `[batch, num_labels]`.
-    pub fn forward(&self, batch: &Batch, dropout: &mut Dropout) -> Result<Tensor> {
-        let hidden = self.encode(batch, dropout)?;
-        self.head.forward(&encoder::first_token(&hidden)?, dropout)
+    /// Raw logits `[sequences, num_labels]`, dropout off.
+    pub fn forward(&self, tokens: &Tokens) -> Result<Vec<f32>> {
+        let hidden = self.encode(tokens)?;
+        let cls = first_tokens(&hidden, tokens, self.transformer.hidden);
+        Ok(self
+            .head
+            .forward(&self.weights.data, &cls, &mut HeadActs::default(), None))
     }
 
-    pub fn head(&self) -> &Head {
-        &self.head
+    /// Raw logits of a training pass over `tokens` with dropout seed `seed`, keeping in `tape`
+    /// what [`SequenceClassifier::backward`] needs.
+    pub fn forward_train(
+        &self,
+        tokens: Tokens,
+        tape: &mut Tape,
+        seed: Option<u64>,
+    ) -> Result<Vec<f32>> {
+        tape.tokens = tokens;
+        tape.seed = seed;
+        let w = &self.weights.data;
+        self.transformer.forward_train(w, tape)?;
+        let cls = first_tokens(&tape.hidden, &tape.tokens, self.transformer.hidden);
+        Ok(self.head.forward(w, &cls, &mut tape.head, seed))
     }
+
+    /// Adds the gradient of every parameter into `g` (the layout of `self.weights`), from
+    /// dL/dlogits of the last [`SequenceClassifier::forward_train`].
+    pub fn backward(&self, tape: &mut Tape, dlogits: &[f32], g: &mut [f32]) {
+        let w = &self.weights.data;
+        let h = self.transformer.hidden;
+        let dcls = self.head.backward(w, g, &tape.head, dlogits, tape.seed);
+        let mut dy = std::mem::take(&mut tape.hidden);
+        dy.fill(0.0);
+        for (s, row) in dcls.chunks_exact(h).enumerate() {
+            let t = tape.tokens.offsets[s];
+            dy[t * h..(t + 1) * h].copy_from_slice(row);
+        }
+        self.transformer.backward(w, g, tape, &mut dy);
+        tape.hidden = dy;
+    }
+
+    /// BERT's pooler output (`tanh(dense(h_cls))`) of first-token states `[sequences, hidden]`;
+    /// `None` for families without a pooler.
+    pub fn pooler(&self, cls: &[f32]) -> Option<Vec<f32>> {
+        self.head.pooler(&self.weights.data, cls)
+    }
+}
+
+/// Each sequence's first token (`[CLS]` / `<s>`) row of `hidden`, `[sequences, h]`.
+pub fn first_tokens(hidden: &[f32], tokens: &Tokens, h: usize) -> Vec<f32> {
+    let mut cls = Vec::with_capacity(tokens.sequences() * h);
+    for s in 0..tokens.sequences() {
+        let t = tokens.offsets[s];
+        cls.extend_from_slice(&hidden[t * h..(t + 1) * h]);
+    }
+    cls
 }

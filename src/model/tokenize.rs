@@ -1,4 +1,4 @@
-//! Pair encoding, truncation and padding, as the reference tokenizes for a cross-encoder.
+//! Pair encoding, truncation and packing, as the reference tokenizes for a cross-encoder.
 
 use anyhow::{anyhow, Context, Result};
 use serde_json::Value;
@@ -9,52 +9,59 @@ use tokenizers::{
 
 use super::config::Config;
 
-/// A padded batch on the host: row-major `[size, seq_len]`.
-#[derive(Debug, Clone)]
-pub struct Batch {
+/// A packed batch on the host: the tokens of every sequence back to back, no padding.
+/// Sequence `s` holds tokens `offsets[s]..offsets[s + 1]`.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
     pub input_ids: Vec<u32>,
     /// `None` when the tokenizer does not return token types; the model then uses zeros.
     pub token_type_ids: Option<Vec<u32>>,
-    pub attention_mask: Vec<u32>,
-    pub size: usize,
-    pub seq_len: usize,
+    pub offsets: Vec<usize>,
 }
 
-impl Batch {
-    /// Pads `encodings` to the longest of them (never to `max_length`).
-    pub fn pad(encodings: &[&Encoding], pad_id: u32, with_type_ids: bool) -> Batch {
-        let seq_len = encodings.iter().map(|e| e.len()).max().unwrap_or(0);
-        let n = encodings.len() * seq_len;
-        let (mut ids, mut types, mut mask) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
+impl Tokens {
+    pub fn pack(encodings: &[&Encoding], with_type_ids: bool) -> Tokens {
+        let n: usize = encodings.iter().map(|e| e.len()).sum();
+        let (mut ids, mut types) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut offsets = Vec::with_capacity(encodings.len() + 1);
+        offsets.push(0);
         for e in encodings {
-            let pad = seq_len - e.len();
             ids.extend_from_slice(e.get_ids());
-            ids.extend(std::iter::repeat_n(pad_id, pad));
             types.extend_from_slice(e.get_type_ids());
-            types.extend(std::iter::repeat_n(0, pad));
-            mask.extend(std::iter::repeat_n(1, e.len()));
-            mask.extend(std::iter::repeat_n(0, pad));
+            offsets.push(ids.len());
         }
-        Batch {
+        Tokens {
             input_ids: ids,
             token_type_ids: with_type_ids.then_some(types),
-            attention_mask: mask,
-            size: encodings.len(),
-            seq_len,
+            offsets,
         }
+    }
+
+    /// Tokens in the batch.
+    pub fn len(&self) -> usize {
+        self.input_ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.input_ids.is_empty()
+    }
+
+    /// Sequences in the batch.
+    pub fn sequences(&self) -> usize {
+        self.offsets.len().saturating_sub(1)
+    }
+
+    /// The `[0, len)` token range of sequence `s`.
+    pub fn sequence(&self, s: usize) -> std::ops::Range<usize> {
+        self.offsets[s]..self.offsets[s + 1]
     }
 }
 
 /// The model's tokenizer, set up for pairs: longest-first truncation at `max_length`, no padding
-/// (batches pad themselves to their longest pair).
+/// (batches are packed: see [`Tokens`]).
 #[derive(Clone)]
 pub struct PairTokenizer {
     tokenizer: Tokenizer,
-    pub pad_id: u32,
     pub max_length: usize,
     /// Whether the HF tokenizer returns `token_type_ids` (its `model_input_names`).
     pub with_type_ids: bool,
@@ -69,7 +76,6 @@ impl PairTokenizer {
             .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", path.display()))?;
         let tok_cfg = read_json_opt(&dir.join("tokenizer_config.json"))?;
         let st_cfg = read_json_opt(&dir.join("sentence_bert_config.json"))?;
-        let pad_id = pad_token_id(&tokenizer, tok_cfg.as_ref(), cfg);
         let folder_max = st_cfg
             .as_ref()
             .and_then(|c| c.get("max_seq_length"))
@@ -96,7 +102,6 @@ impl PairTokenizer {
         tokenizer.with_padding(None);
         Ok(PairTokenizer {
             tokenizer,
-            pad_id,
             max_length,
             with_type_ids: returns_type_ids(tok_cfg.as_ref(), cfg),
         })
@@ -128,8 +133,8 @@ impl PairTokenizer {
             .map_err(|e| anyhow!("tokenization failed: {e}"))
     }
 
-    pub fn batch(&self, encodings: &[&Encoding]) -> Batch {
-        Batch::pad(encodings, self.pad_id, self.with_type_ids)
+    pub fn pack(&self, encodings: &[&Encoding]) -> Tokens {
+        Tokens::pack(encodings, self.with_type_ids)
     }
 }
 
@@ -142,21 +147,6 @@ fn read_json_opt(path: &Path) -> Result<Option<Value>> {
     let v = serde_json::from_str(&text)
         .with_context(|| format!("{} is not valid JSON", path.display()))?;
     Ok(Some(v))
-}
-
-/// The pad id: `tokenizer_config.json`'s `pad_token` looked up in the vocabulary, else
-/// config.json's `pad_token_id` (tokenizer.json files saved without padding carry neither).
-fn pad_token_id(tokenizer: &Tokenizer, tok_cfg: Option<&Value>, cfg: &Config) -> u32 {
-    let pad_token = tok_cfg
-        .and_then(|c| c.get("pad_token"))
-        .and_then(|p| match p {
-            Value::String(s) => Some(s.as_str()),
-            Value::Object(o) => o.get("content").and_then(Value::as_str),
-            _ => None,
-        });
-    pad_token
-        .and_then(|t| tokenizer.token_to_id(t))
-        .unwrap_or(cfg.pad_token_id)
 }
 
 /// transformers passes `token_type_ids` only when the tokenizer lists it in

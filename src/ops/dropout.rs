@@ -1,39 +1,16 @@
-//! Inverted dropout with masks from a counter-based hash: cheap, parallel, and reproducible
-//! from the run's seed.
+//! Inverted dropout with masks from a counter-based hash: each element's keep decision is a
+//! hash of (site key, element index), so the backward pass regenerates the forward's mask
+//! instead of storing it, any thread can compute any part of it, and a run is reproducible
+//! from its seed and step.
 
-use candle_core::{Result, Tensor};
-use rand::rngs::StdRng;
-use rand::RngCore;
 use rayon::prelude::*;
 
-/// Dropout state of a forward pass: off (evaluation, prediction) or on with a seeded
-/// generator, so that a training run is reproducible from its seed.
-pub struct Dropout(Option<StdRng>);
-
-impl Dropout {
-    pub fn off() -> Self {
-        Dropout(None)
-    }
-
-    pub fn seeded(rng: StdRng) -> Self {
-        Dropout(Some(rng))
-    }
-
-    /// A fresh seed for an op that draws its own mask (fused attention); `None` when off.
-    pub fn seed(&mut self, p: f64) -> Option<(f32, u64)> {
-        match &mut self.0 {
-            Some(rng) if p > 0.0 => Some((p as f32, rng.next_u64())),
-            _ => None,
-        }
-    }
-
-    /// Zeroes each element with probability `p` and scales the rest by `1 / (1 - p)`.
-    pub fn apply(&mut self, x: &Tensor, p: f64) -> Result<Tensor> {
-        match &mut self.0 {
-            Some(rng) if p > 0.0 => x.mul(&mask(x, p, rng.next_u64())?),
-            _ => Ok(x.clone()),
-        }
-    }
+/// One dropout site (a layer's attention probabilities, its FFN output, ...) of one pass.
+#[derive(Debug, Clone, Copy)]
+pub struct Dropout {
+    p: f32,
+    scale: f32,
+    key: u64,
 }
 
 /// splitmix64: a well-mixed 64-bit hash of a counter.
@@ -44,45 +21,69 @@ pub(crate) fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// A keep mask shaped like `x`: `1 / (1 - p)` with probability `1 - p`, else 0.
-fn mask(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
-    let scale = (1.0 / (1.0 - p)) as f32;
-    let threshold = (p * u32::MAX as f64) as u32;
-    let key = mix(seed);
-    let mut m = vec![0f32; x.elem_count()];
-    m.par_chunks_mut(4096).enumerate().for_each(|(c, chunk)| {
-        for (i, v) in chunk.iter_mut().enumerate() {
-            let r = (mix(key ^ (c * 4096 + i) as u64) >> 32) as u32;
-            *v = if r >= threshold { scale } else { 0.0 };
+const CHUNK: usize = 4096;
+
+impl Dropout {
+    /// Site number `site` of a pass whose dropout seed is `seed` (`None`: dropout off), with
+    /// drop probability `p`; `None` when nothing is dropped.
+    pub fn site(seed: Option<u64>, site: u64, p: f64) -> Option<Self> {
+        let seed = seed?;
+        (p > 0.0).then(|| Dropout {
+            p: p as f32,
+            scale: (1.0 / (1.0 - p)) as f32,
+            key: mix(seed ^ mix(site)),
+        })
+    }
+
+    /// The factor of element `idx`: `1 / (1 - p)` with probability `1 - p`, else 0.
+    #[inline]
+    pub fn factor(&self, idx: u64) -> f32 {
+        let r = (mix(self.key ^ idx) >> 40) as f32 * (1.0 / (1u64 << 24) as f32);
+        if r >= self.p {
+            self.scale
+        } else {
+            0.0
         }
-    });
-    Tensor::from_vec(m, x.shape(), x.device())?.to_dtype(x.dtype())
+    }
+
+    /// Multiplies element `i` of `x` by `factor(i)`: the forward pass on activations, and the
+    /// backward pass on their gradients.
+    pub fn apply(&self, x: &mut [f32]) {
+        x.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
+            let base = (c * CHUNK) as u64;
+            for (i, v) in chunk.iter_mut().enumerate() {
+                *v *= self.factor(base + i as u64);
+            }
+        });
+    }
+}
+
+/// Applies `d` to `x` if there is a site.
+pub fn apply(d: Option<Dropout>, x: &mut [f32]) {
+    if let Some(d) = d {
+        d.apply(x)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device};
-    use rand::SeedableRng;
 
     #[test]
-    fn is_seeded_and_scaled() -> Result<()> {
-        let x = Tensor::ones(10_000, DType::F32, &Device::Cpu)?;
-        let run = |seed| {
-            Dropout::seeded(StdRng::seed_from_u64(seed))
-                .apply(&x, 0.25)?
-                .to_vec1::<f32>()
+    fn is_seeded_and_scaled() {
+        let run = |seed, site| {
+            let mut x = vec![1f32; 10_000];
+            apply(Dropout::site(Some(seed), site, 0.25), &mut x);
+            x
         };
-        let (a, b, c) = (run(7)?, run(7)?, run(8)?);
+        let (a, b) = (run(7, 0), run(7, 0));
         assert_eq!(a, b);
-        assert_ne!(a, c);
+        assert_ne!(a, run(8, 0));
+        assert_ne!(a, run(7, 1));
         let zeros = a.iter().filter(|v| **v == 0.0).count();
         assert!((2300..2700).contains(&zeros), "{zeros} zeros");
         assert!(a.iter().all(|v| *v == 0.0 || (*v - 4. / 3.).abs() < 1e-6));
-        assert_eq!(
-            Dropout::off().apply(&x, 0.5)?.to_vec1::<f32>()?,
-            vec![1.0; 10_000]
-        );
-        Ok(())
+        assert!(Dropout::site(None, 0, 0.5).is_none());
+        assert!(Dropout::site(Some(1), 0, 0.0).is_none());
     }
 }

@@ -1,148 +1,85 @@
 //! Layer normalisation over the last dimension (`torch.nn.LayerNorm`), forward and backward.
+//! The forward pass saves each row's mean and reciprocal standard deviation for the backward.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{f32_data, ROW_BLOCK};
+use super::ROW_BLOCK;
 
-/// `(x - mean) / sqrt(var + eps) * weight + bias` over the last dimension.
-pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op3(weight, bias, LayerNorm { eps: eps as f32 })
-}
-
-struct LayerNorm {
-    eps: f32,
-}
-
-/// Mean and reciprocal standard deviation of one row.
-fn moments(row: &[f32], eps: f32) -> (f32, f32) {
-    let n = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / n;
-    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-    (mean, 1.0 / (var + eps).sqrt())
-}
-
-impl CustomOp3 for LayerNorm {
-    fn name(&self) -> &'static str {
-        "layer-norm"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (x, w, b) = (
-            f32_data(s1, l1, "layer-norm")?,
-            f32_data(s2, l2, "layer-norm")?,
-            f32_data(s3, l3, "layer-norm")?,
-        );
-        let h = w.len();
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(h * ROW_BLOCK)
-            .zip(x.par_chunks(h * ROW_BLOCK))
-            .for_each(|(yb, xb)| {
-                for (yr, xr) in yb.chunks_mut(h).zip(xb.chunks(h)) {
-                    let (mean, rstd) = moments(xr, self.eps);
-                    for i in 0..h {
-                        yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
-                    }
+/// `y = (x - mean) / sqrt(var + eps) * w + b` per row of `x` (`[rows, w.len()]`); `stats`
+/// (`[rows, 2]`) receives each row's mean and `1 / sqrt(var + eps)`.
+pub fn forward(y: &mut [f32], stats: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
+    let h = w.len();
+    y.par_chunks_mut(h * ROW_BLOCK)
+        .zip(stats.par_chunks_mut(2 * ROW_BLOCK))
+        .zip(x.par_chunks(h * ROW_BLOCK))
+        .for_each(|((yb, sb), xb)| {
+            for ((yr, s), xr) in yb.chunks_mut(h).zip(sb.chunks_mut(2)).zip(xb.chunks(h)) {
+                let n = h as f32;
+                let mean = xr.iter().sum::<f32>() / n;
+                let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+                let rstd = 1.0 / (var + eps).sqrt();
+                for i in 0..h {
+                    yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
                 }
-            });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _b: &Tensor,
-        _y: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let h = w.elem_count();
-        let rows = x.elem_count() / h;
-        let packed =
-            x.apply_op3_no_bwd(w, &dy.contiguous()?, &LayerNormBackward { eps: self.eps })?;
-        let dx = packed.narrow(0, 0, rows)?.reshape(x.shape())?;
-        let dw = packed.narrow(0, rows, 1)?.reshape(h)?;
-        let db = packed.narrow(0, rows + 1, 1)?.reshape(h)?;
-        Ok((Some(dx), Some(dw), Some(db)))
-    }
+                s[0] = mean;
+                s[1] = rstd;
+            }
+        });
 }
 
-/// Gradients of layer norm, packed as `[rows + 2, h]`: dx rows, then dweight, then dbias.
-struct LayerNormBackward {
-    eps: f32,
-}
-
-impl CustomOp3 for LayerNormBackward {
-    fn name(&self) -> &'static str {
-        "layer-norm-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (x, w, dy) = (
-            f32_data(s1, l1, "layer-norm-backward")?,
-            f32_data(s2, l2, "layer-norm-backward")?,
-            f32_data(s3, l3, "layer-norm-backward")?,
-        );
-        let h = w.len();
-        let rows = x.len() / h;
-        let mut out = vec![0f32; (rows + 2) * h];
-        let (dx, dwdb) = out.split_at_mut(rows * h);
-        // Each block of rows writes its dx and returns its partial dweight/dbias sums.
-        let partials: Vec<Vec<f32>> = dx
-            .par_chunks_mut(h * ROW_BLOCK)
-            .zip(x.par_chunks(h * ROW_BLOCK))
-            .zip(dy.par_chunks(h * ROW_BLOCK))
-            .map(|((dxb, xb), dyb)| {
-                let mut acc = vec![0f32; 2 * h];
-                for ((dxr, xr), dyr) in dxb.chunks_mut(h).zip(xb.chunks(h)).zip(dyb.chunks(h)) {
-                    let (mean, rstd) = moments(xr, self.eps);
-                    let (mut sum_g, mut sum_gx) = (0f32, 0f32);
-                    for i in 0..h {
-                        let xhat = (xr[i] - mean) * rstd;
-                        let g = dyr[i] * w[i];
-                        sum_g += g;
-                        sum_gx += g * xhat;
-                        acc[i] += dyr[i] * xhat;
-                        acc[h + i] += dyr[i];
-                    }
-                    let (mean_g, mean_gx) = (sum_g / h as f32, sum_gx / h as f32);
-                    for i in 0..h {
-                        let xhat = (xr[i] - mean) * rstd;
-                        dxr[i] = rstd * (dyr[i] * w[i] - mean_g - xhat * mean_gx);
-                    }
+/// Writes dL/dx into `dx` and adds dL/dw, dL/db into `dw`, `db`, from `dy` and the forward's
+/// input and `stats`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    dx: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    stats: &[f32],
+    w: &[f32],
+) {
+    let h = w.len();
+    // Each block of rows writes its dx and returns its partial dw/db sums, added in order.
+    let partials: Vec<Vec<f32>> = dx
+        .par_chunks_mut(h * ROW_BLOCK)
+        .zip(x.par_chunks(h * ROW_BLOCK))
+        .zip(dy.par_chunks(h * ROW_BLOCK))
+        .zip(stats.par_chunks(2 * ROW_BLOCK))
+        .map(|(((dxb, xb), dyb), sb)| {
+            let mut acc = vec![0f32; 2 * h];
+            let rows = dxb.chunks_mut(h).zip(xb.chunks(h)).zip(dyb.chunks(h));
+            for (((dxr, xr), dyr), s) in rows.zip(sb.chunks(2)) {
+                let (mean, rstd) = (s[0], s[1]);
+                let (mut sum_g, mut sum_gx) = (0f32, 0f32);
+                for i in 0..h {
+                    let xhat = (xr[i] - mean) * rstd;
+                    let g = dyr[i] * w[i];
+                    sum_g += g;
+                    sum_gx += g * xhat;
+                    acc[i] += dyr[i] * xhat;
+                    acc[h + i] += dyr[i];
                 }
-                acc
-            })
-            .collect();
-        for p in partials {
-            dwdb.iter_mut().zip(p).for_each(|(a, b)| *a += b);
-        }
-        Ok((CpuStorage::F32(out), Shape::from((rows + 2, h))))
+                let (mean_g, mean_gx) = (sum_g / h as f32, sum_gx / h as f32);
+                for i in 0..h {
+                    let xhat = (xr[i] - mean) * rstd;
+                    dxr[i] = rstd * (dyr[i] * w[i] - mean_g - xhat * mean_gx);
+                }
+            }
+            acc
+        })
+        .collect();
+    for p in partials {
+        dw.iter_mut().zip(&p[..h]).for_each(|(a, b)| *a += b);
+        db.iter_mut().zip(&p[h..]).for_each(|(a, b)| *a += b);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::testing::{max_diff, rel_diff};
-    use candle_core::{Device, Var, D};
+    use crate::ops::testing::*;
+    use candle_core::{Result, Tensor, D};
 
     /// The same computation from differentiable candle primitives.
     fn composed(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
@@ -156,21 +93,25 @@ mod tests {
     }
 
     #[test]
-    fn matches_composed_values_and_gradients() -> Result<()> {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&(Tensor::randn(0f32, 2.0, (3, 37, 24), &dev)? + 1.0)?)?;
-        let w = Var::from_tensor(&Tensor::randn(1f32, 0.5, 24, &dev)?)?;
-        let b = Var::from_tensor(&Tensor::randn(0f32, 0.5, 24, &dev)?)?;
-        let probe = Tensor::randn(0f32, 1.0, (3, 37, 24), &dev)?;
-        let fused = layer_norm(&x, &w, &b, 1e-12)?;
-        let reference = composed(&x, &w, &b, 1e-12)?;
-        assert!(max_diff(&fused, &reference)? < 1e-5);
-        let gf = fused.mul(&probe)?.sum_all()?.backward()?;
-        let gr = reference.mul(&probe)?.sum_all()?.backward()?;
-        for v in [&x, &w, &b] {
-            let d = rel_diff(gf.get(v).unwrap(), gr.get(v).unwrap())?;
+    fn matches_composed_values_and_gradients() {
+        let (rows, h) = (3 * 37, 24);
+        let x: Vec<f32> = randn(rows * h, 2.0, 1).iter().map(|v| v + 1.0).collect();
+        let w: Vec<f32> = randn(h, 0.5, 2).iter().map(|v| v + 1.0).collect();
+        let b = randn(h, 0.5, 3);
+        let probe = randn(rows * h, 1.0, 4);
+        let (xv, wv, bv) = (var(&x, &[rows, h]), var(&w, &[h]), var(&b, &[h]));
+        let (want, g) = reference(composed(&xv, &wv, &bv, 1e-12), &probe, &[&xv, &wv, &bv]);
+        let (mut y, mut stats) = (vec![0f32; rows * h], vec![0f32; 2 * rows]);
+        forward(&mut y, &mut stats, &x, &w, &b, 1e-12);
+        assert!(max_diff(&y, &want) < 1e-5);
+        let (mut dx, mut dw, mut db) = (vec![0f32; rows * h], vec![1f32; h], vec![1f32; h]);
+        backward(&mut dx, &mut dw, &mut db, &probe, &x, &stats, &w);
+        // dw and db started at 1: the kernel adds to them.
+        let dw: Vec<f32> = dw.iter().map(|v| v - 1.0).collect();
+        let db: Vec<f32> = db.iter().map(|v| v - 1.0).collect();
+        for (got, want) in [(&dx, &g[0]), (&dw, &g[1]), (&db, &g[2])] {
+            let d = rel_diff(got, want);
             assert!(d < 1e-4, "gradient differs by {d} (relative)");
         }
-        Ok(())
     }
 }

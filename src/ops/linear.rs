@@ -1,134 +1,131 @@
-//! `torch.nn.Linear` (`x · Wᵀ + b`) as one op: the bias is the matrix product's starting value
-//! and its gradient is a column sum, instead of candle's broadcast add, whose backward reduces
-//! over rows one scalar (and one integer division) at a time.
+//! `torch.nn.Linear` (`y = x · Wᵀ + b`) over row-major slices: the bias is the product's
+//! starting value, the backward is two products and a column sum.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
-
-use super::f32_data;
+use super::add_column_sums;
 use super::matmul::{matmul, Product, View};
 
-/// `x`: `[..., in]`; `weight`: `[out, in]`; `bias`: `[out]`.
-pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    let mut dims = x.dims().to_vec();
-    let in_dim = *dims.last().unwrap_or(&0);
-    let rows = x.elem_count() / in_dim.max(1);
-    let y =
-        x.contiguous()?
-            .reshape((rows, in_dim))?
-            .apply_op3(&weight.contiguous()?, bias, Linear)?;
-    if let Some(last) = dims.last_mut() {
-        *last = weight.dim(0)?;
+const PARALLEL: Product = Product {
+    scale: 1.0,
+    accumulate: false,
+    parallel: true,
+};
+
+/// `y` (`[rows, out]`) = `x` (`[rows, in]`) · `w`ᵀ (`w`: `[out, in]`) + `b`.
+pub fn forward(y: &mut [f32], x: &[f32], w: &[f32], b: Option<&[f32]>, in_dim: usize) {
+    let out_dim = w.len() / in_dim;
+    let rows = x.len() / in_dim;
+    if rows == 0 {
+        return;
     }
-    y.reshape(dims)
-}
-
-struct Linear;
-
-impl CustomOp3 for Linear {
-    fn name(&self) -> &'static str {
-        "linear"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (x, w, b) = (
-            f32_data(s1, l1, "linear")?,
-            f32_data(s2, l2, "linear")?,
-            f32_data(s3, l3, "linear")?,
-        );
-        let (rows, in_dim) = l1.shape().dims2()?;
-        let (out_dim, w_in) = l2.shape().dims2()?;
-        if w_in != in_dim || b.len() != out_dim {
-            candle_core::bail!(
-                "linear: input [{rows}, {in_dim}], weight [{out_dim}, {w_in}], bias [{}]",
-                b.len()
-            )
-        }
-        let mut y = Vec::with_capacity(rows * out_dim);
-        for _ in 0..rows {
-            y.extend_from_slice(b);
-        }
-        if rows > 0 {
-            let how = Product {
+    let how = match b {
+        Some(b) => {
+            y.chunks_exact_mut(out_dim)
+                .for_each(|r| r.copy_from_slice(b));
+            Product {
                 accumulate: true,
-                parallel: true,
-                ..Product::SERIAL
-            };
-            let (xv, wt) = (
-                View::rows(x, rows, in_dim, in_dim),
-                View::rows(w, out_dim, in_dim, in_dim).t(),
-            );
-            matmul(&mut y, out_dim, xv, wt, how);
+                ..PARALLEL
+            }
         }
-        Ok((CpuStorage::F32(y), Shape::from((rows, out_dim))))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _b: &Tensor,
-        _y: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        let dx = dy.matmul(w)?;
-        let dw = dy.t()?.matmul(x)?;
-        let db = dy.apply_op1_no_bwd(&ColumnSum)?;
-        Ok((Some(dx), Some(dw), Some(db)))
-    }
+        None => PARALLEL,
+    };
+    let xv = View::rows(x, rows, in_dim, in_dim);
+    let wt = View::rows(w, out_dim, in_dim, in_dim).t();
+    matmul(&mut y[..rows * out_dim], out_dim, xv, wt, how);
 }
 
-/// Sums a `[rows, cols]` matrix over its rows, in row order.
-struct ColumnSum;
+/// Where the input gradient goes: nowhere, into a buffer, or added to one (a residual branch).
+pub enum InputGrad<'a> {
+    Skip,
+    Write(&'a mut [f32]),
+    Add(&'a mut [f32]),
+}
 
-impl CustomOp1 for ColumnSum {
-    fn name(&self) -> &'static str {
-        "column-sum"
+/// From `dy` (`[rows, out]`): the input gradient `dy · w` as `dx` says, and `dyᵀ · x` and the
+/// column sums of `dy` added into `dw` and `db`.
+pub fn backward(
+    dx: InputGrad,
+    dw: &mut [f32],
+    db: Option<&mut [f32]>,
+    dy: &[f32],
+    x: &[f32],
+    w: &[f32],
+    in_dim: usize,
+) {
+    let out_dim = w.len() / in_dim;
+    let rows = x.len() / in_dim;
+    if rows == 0 {
+        return;
     }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_data(s, l, "column-sum")?;
-        let (_, cols) = l.shape().dims2()?;
-        let mut sum = vec![0f32; cols];
-        for row in x.chunks_exact(cols) {
-            sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
-        }
-        Ok((CpuStorage::F32(sum), Shape::from(cols)))
+    let dyv = View::rows(dy, rows, out_dim, out_dim);
+    let (dx, accumulate) = match dx {
+        InputGrad::Skip => (None, false),
+        InputGrad::Write(d) => (Some(d), false),
+        InputGrad::Add(d) => (Some(d), true),
+    };
+    if let Some(dx) = dx {
+        let wv = View::rows(w, out_dim, in_dim, in_dim);
+        let how = Product {
+            accumulate,
+            ..PARALLEL
+        };
+        matmul(dx, in_dim, dyv, wv, how);
+    }
+    let acc = Product {
+        accumulate: true,
+        ..PARALLEL
+    };
+    matmul(
+        dw,
+        in_dim,
+        dyv.t(),
+        View::rows(x, rows, in_dim, in_dim),
+        acc,
+    );
+    if let Some(db) = db {
+        add_column_sums(db, dy);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::testing::{max_diff, rel_diff};
-    use candle_core::{Device, Var};
+    use crate::ops::testing::*;
 
     #[test]
-    fn matches_composed_values_and_gradients() -> Result<()> {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 5, 7), &dev)?)?;
-        let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 7), &dev)?)?;
-        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 3, &dev)?)?;
-        let probe = Tensor::randn(0f32, 1.0, (2, 5, 3), &dev)?;
-        let fused = linear(&x, &w, &b)?;
-        let composed = candle_nn::Linear::new(w.as_tensor().clone(), Some(b.as_tensor().clone()));
-        let reference = candle_nn::Module::forward(&composed, x.as_tensor())?;
-        assert_eq!(fused.dims(), &[2, 5, 3]);
-        assert!(max_diff(&fused, &reference)? < 1e-5);
-        let gf = fused.mul(&probe)?.sum_all()?.backward()?;
-        let gr = reference.mul(&probe)?.sum_all()?.backward()?;
-        for v in [&x, &w, &b] {
-            let d = rel_diff(gf.get(v).unwrap(), gr.get(v).unwrap())?;
-            assert!(d < 1e-5, "gradient differs by {d} (relative)");
+    fn matches_composed_values_and_gradients() {
+        let (rows, i, o) = (10, 7, 3);
+        let (x, w, b) = (
+            randn(rows * i, 1.0, 1),
+            randn(o * i, 1.0, 2),
+            randn(o, 1.0, 3),
+        );
+        let probe = randn(rows * o, 1.0, 4);
+        let (xv, wv, bv) = (var(&x, &[rows, i]), var(&w, &[o, i]), var(&b, &[o]));
+        let composed = candle_nn::Module::forward(
+            &candle_nn::Linear::new(wv.as_tensor().clone(), Some(bv.as_tensor().clone())),
+            xv.as_tensor(),
+        );
+        let (want, g) = reference(composed, &probe, &[&xv, &wv, &bv]);
+        let mut y = vec![f32::NAN; rows * o];
+        forward(&mut y, &x, &w, Some(&b), i);
+        assert!(max_diff(&y, &want) < 1e-5);
+        let (mut dx, mut dw, mut db) = (vec![0f32; rows * i], vec![0f32; o * i], vec![0f32; o]);
+        backward(
+            InputGrad::Write(&mut dx),
+            &mut dw,
+            Some(&mut db),
+            &probe,
+            &x,
+            &w,
+            i,
+        );
+        for (got, want) in [(&dx, &g[0]), (&dw, &g[1]), (&db, &g[2])] {
+            assert!(rel_diff(got, want) < 1e-5);
         }
-        Ok(())
+        // Add: the input gradient lands on top of what the buffer held.
+        let mut dx2 = vec![1f32; rows * i];
+        backward(InputGrad::Add(&mut dx2), &mut dw, None, &probe, &x, &w, i);
+        let shifted: Vec<f32> = g[0].iter().map(|v| v + 1.0).collect();
+        assert!(max_diff(&dx2, &shifted) < 1e-5);
     }
 }

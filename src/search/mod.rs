@@ -32,7 +32,7 @@ impl Retriever {
         if spec == "bm25" {
             return Ok(Retriever::Bm25(Bm25::new(docs)));
         }
-        let model = BiEncoder::load(spec, &candle_core::Device::Cpu, None)?;
+        let model = BiEncoder::load(spec, None)?;
         progress.set_length(docs.len() as u64);
         let index = DenseIndex::new(&model, docs, &|done| progress.set_position(done as u64))?;
         progress.finish_and_clear();

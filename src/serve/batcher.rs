@@ -109,11 +109,7 @@ fn activate(ce: &CrossEncoder, logits: &[f32], num_labels: usize, raw: bool) -> 
             values: logits.to_vec(),
         });
     }
-    let t = candle_core::Tensor::from_slice(
-        logits,
-        (logits.len() / num_labels.max(1), num_labels),
-        &ce.device,
-    )?;
-    let values = ce.activation.apply(&t)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut values = logits.to_vec();
+    ce.activation.apply(&mut values, num_labels);
     Ok(Scores { num_labels, values })
 }

@@ -8,7 +8,7 @@ pub mod schedule;
 pub mod state;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::{rngs::StdRng, SeedableRng};
@@ -20,9 +20,7 @@ use tokenizers::Encoding;
 
 use crate::data::Example;
 use crate::eval::{self, Metrics, Task};
-use crate::model::checkpoint::Params;
-use crate::model::SequenceClassifier;
-use crate::ops::Dropout;
+use crate::model::Tape;
 use crate::CrossEncoder;
 use optim::{AdamW, AdamWConfig};
 use schedule::LinearSchedule;
@@ -145,64 +143,93 @@ pub struct Summary {
     pub seconds: f64,
 }
 
-/// Parameters as trainable variables, the model built on them, and the optimizer over them.
+/// What training adds to a model: the flat gradient buffer, AdamW's state, and the tape of
+/// saved activations, all allocated once and reused every step.
 pub struct Trainable {
-    pub model: SequenceClassifier,
     pub opt: AdamW,
+    /// The gradient accumulated since the last step, laid out as the model's weights.
+    pub grads: Vec<f32>,
+    tape: Tape,
 }
 
 impl Trainable {
-    /// Makes every parameter of `ce` a variable. `ce`'s own model keeps reading the same
-    /// storage (detached), so evaluating and saving through `ce` sees the updated weights.
-    pub fn new(ce: &mut CrossEncoder, adamw: AdamWConfig) -> Result<Self> {
-        let mut vars = Vec::with_capacity(ce.params.tensors.len());
-        let mut tracked = Params {
-            tensors: Default::default(),
-            source: ce.params.source.clone(),
-        };
-        for (name, t) in ce.params.tensors.iter_mut() {
-            let var = Var::from_tensor(t)?;
-            *t = var.as_tensor().detach();
-            tracked
-                .tensors
-                .insert(name.clone(), var.as_tensor().clone());
-            vars.push((name.clone(), var));
+    pub fn new(ce: &CrossEncoder, adamw: AdamWConfig) -> Self {
+        let w = &ce.model.weights;
+        Trainable {
+            opt: AdamW::new(w.entries(), adamw),
+            grads: vec![0f32; w.len()],
+            tape: Tape::default(),
         }
-        ce.rebuild()?;
-        let model = SequenceClassifier::new(&ce.config, &tracked, &ce.device)?;
-        Ok(Trainable {
-            model,
-            opt: AdamW::new(vars, adamw),
-        })
     }
 
-    /// Loss of one batch and the gradients of every parameter (names in `opt.names` order).
-    pub fn loss_and_grads(
-        &self,
+    /// Runs one batch forward and backward and adds `weight` times the gradient of its loss
+    /// into `grads`; returns the loss. `dropout`: the pass's dropout seed (`None`: off).
+    pub fn accumulate(
+        &mut self,
         ce: &CrossEncoder,
         batch: &[&Encoding],
         labels: &[f32],
         objective: impl Into<Objective>,
-        dropout: &mut Dropout,
-    ) -> Result<(f32, Vec<Vec<f32>>)> {
-        let loss = batch_loss(&self.model, ce, batch, labels, objective.into(), dropout)?;
-        let grads = loss.backward()?;
-        Ok((loss.to_scalar::<f32>()?, self.opt.gradients(&grads)?))
+        dropout: Option<u64>,
+        weight: f32,
+    ) -> Result<f32> {
+        let tokens = ce.tokenizer.pack(batch);
+        let logits = ce.model.forward_train(tokens, &mut self.tape, dropout)?;
+        let (loss, mut dlogits) = loss_and_grad(&logits, labels, objective.into())?;
+        dlogits.iter_mut().for_each(|g| *g *= weight);
+        ce.model.backward(&mut self.tape, &dlogits, &mut self.grads);
+        Ok(loss)
+    }
+
+    /// Clips the accumulated gradient to global norm `max_norm`, applies one AdamW step with
+    /// learning rate `lr` to `ce`'s weights and clears the gradient. Returns the norm before
+    /// clipping.
+    pub fn step(&mut self, ce: &mut CrossEncoder, lr: f64, max_norm: f64) -> f64 {
+        let (norm, coef) = optim::clip_coefficient(&self.grads, max_norm);
+        self.opt
+            .step(&mut ce.model.weights.data, &self.grads, lr, coef);
+        self.grads.fill(0.0);
+        norm
+    }
+
+    /// The accumulated gradient of each parameter, by HF name.
+    pub fn named_grads<'a>(&'a self, ce: &'a CrossEncoder) -> Vec<(&'a str, &'a [f32])> {
+        ce.model
+            .weights
+            .entries()
+            .iter()
+            .map(|e| (e.name.as_str(), &self.grads[e.range.clone()]))
+            .collect()
     }
 }
 
-/// The loss of `model` on one batch, as a scalar tensor. Listwise losses see the batch as
-/// `[lists, list_size]`.
-fn batch_loss(
-    model: &SequenceClassifier,
-    ce: &CrossEncoder,
-    batch: &[&Encoding],
+/// The loss of a batch's logits (`[batch, num_labels]`) and its gradient with respect to them.
+/// Listwise losses see the batch as `[lists, list_size]`. The losses are tiny next to the
+/// encoder, so they stay composed from candle's differentiable ops.
+pub fn loss_and_grad(
+    logits: &[f32],
     labels: &[f32],
     objective: Objective,
-    dropout: &mut Dropout,
-) -> Result<Tensor> {
-    let logits = model.forward(&ce.tokenizer.batch(batch), dropout)?;
-    let labels = Tensor::from_slice(labels, labels.len(), &ce.device)?;
+) -> Result<(f32, Vec<f32>)> {
+    let n = labels.len();
+    let x = Var::from_tensor(&Tensor::from_slice(
+        logits,
+        (n, logits.len() / n.max(1)),
+        &Device::Cpu,
+    )?)?;
+    let loss = objective_loss(x.as_tensor(), labels, objective)?;
+    let grads = loss.backward()?;
+    let g = grads
+        .get(x.as_tensor())
+        .map(|g| g.flatten_all()?.to_vec1::<f32>())
+        .transpose()?
+        .unwrap_or_else(|| vec![0f32; logits.len()]);
+    Ok((loss.to_scalar::<f32>()?, g))
+}
+
+/// The loss of `logits` (`[batch, num_labels]`) as a scalar tensor.
+fn objective_loss(logits: &Tensor, labels: &[f32], objective: Objective) -> Result<Tensor> {
+    let labels = Tensor::from_slice(labels, labels.len(), &Device::Cpu)?;
     let lists = (
         labels.elem_count() / objective.list_size,
         objective.list_size,
@@ -210,7 +237,7 @@ fn batch_loss(
     Ok(match objective.loss {
         LossKind::Bce => loss::bce_with_logits(&logits.squeeze(1)?, &labels)?,
         LossKind::Mse => loss::mse(&logits.squeeze(1)?, &labels)?,
-        LossKind::CrossEntropy => loss::cross_entropy(&logits, &labels)?,
+        LossKind::CrossEntropy => loss::cross_entropy(logits, &labels)?,
         LossKind::Mnrl => loss::multiple_negatives_ranking(&logits.reshape(lists)?, MNRL_SCALE)?,
         LossKind::Listnet => loss::listnet(&logits.reshape(lists)?, &labels.reshape(lists)?)?,
     })
@@ -237,26 +264,29 @@ pub fn mean_loss(
     let mut total = 0.0;
     for (enc, ex) in encodings.chunks(chunk).zip(examples.chunks(chunk)) {
         let labels: Vec<f32> = ex.iter().map(|e| e.label as f32).collect();
-        let l = batch_loss(
-            &ce.model,
-            ce,
-            &enc.iter().collect::<Vec<_>>(),
-            &labels,
-            objective,
-            &mut Dropout::off(),
-        )?;
+        let logits = ce
+            .model
+            .forward(&ce.tokenizer.pack(&enc.iter().collect::<Vec<_>>()))?;
+        let n = labels.len();
+        let logits = Tensor::from_vec(logits, (n, ce.num_labels()), &Device::Cpu)?;
+        let l = objective_loss(&logits, &labels, objective)?;
         total += l.to_scalar::<f32>()? as f64 * ex.len() as f64;
     }
     Ok(total / examples.len().max(1) as f64)
 }
 
-/// A generator for a (seed, stream) pair: streams are epochs (shuffling) and steps (dropout).
+/// A generator for a (seed, stream) pair: streams are epochs (shuffling).
 fn rng_for(seed: u64, stream: u64) -> StdRng {
-    // splitmix64 of the pair, so neighbouring streams are unrelated.
+    StdRng::seed_from_u64(stream_seed(seed, stream))
+}
+
+/// splitmix64 of a (seed, stream) pair, so neighbouring streams are unrelated: the shuffling
+/// seed of an epoch, the dropout seed of a step.
+fn stream_seed(seed: u64, stream: u64) -> u64 {
     let mut z = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    StdRng::seed_from_u64(z ^ (z >> 31))
+    z ^ (z >> 31)
 }
 
 /// How an epoch is cut into batches.
@@ -391,7 +421,7 @@ pub fn train(
     };
     let last_step = cfg.max_steps.unwrap_or(total_steps).min(total_steps);
 
-    let mut t = Trainable::new(ce, cfg.adamw)?;
+    let mut t = Trainable::new(ce, cfg.adamw);
     let mut st = TrainerState {
         step: 0,
         total_steps,
@@ -402,7 +432,7 @@ pub fn train(
     };
     let mut resumed_from = None;
     if resume {
-        if let Some(saved) = state::restore_latest(output, &mut t.opt)? {
+        if let Some(saved) = state::restore_latest(output, &mut ce.model.weights, &mut t.opt)? {
             if (saved.seed, saved.total_steps, saved.train_examples)
                 != (st.seed, st.total_steps, st.train_examples)
             {
@@ -457,48 +487,29 @@ pub fn train(
         let batches = &epoch_cache.as_ref().expect("set above").1;
         let micro = &batches
             [in_epoch * cfg.grad_accum..((in_epoch + 1) * cfg.grad_accum).min(batches.len())];
-        let mut dropout = if cfg.dropout {
-            Dropout::seeded(rng_for(cfg.seed, st.step as u64))
-        } else {
-            Dropout::off()
-        };
-        let mut grads: Option<Vec<Vec<f32>>> = None;
+        let step_seed = cfg.dropout.then(|| stream_seed(cfg.seed, st.step as u64));
         let mut step_loss = 0.0;
         let objective = Objective {
             loss: cfg.loss,
             list_size: g,
         };
-        for idx in micro {
+        for (k, idx) in micro.iter().enumerate() {
             let pairs: Vec<usize> = idx.iter().flat_map(|&i| i * g..(i + 1) * g).collect();
             let enc: Vec<&Encoding> = pairs.iter().map(|&i| &encodings[i]).collect();
             let lab: Vec<f32> = pairs.iter().map(|&i| labels[i]).collect();
-            let (l, g) = t.loss_and_grads(ce, &enc, &lab, objective, &mut dropout)?;
+            let w = 1.0 / micro.len() as f32;
+            let seed = step_seed.map(|s| stream_seed(s, k as u64));
+            let l = t.accumulate(ce, &enc, &lab, objective, seed, w)?;
             if !l.is_finite() {
                 bail!(
                     "the loss became {l} at step {}: lower --lr or check the labels",
                     st.step
                 );
             }
-            let w = 1.0 / micro.len() as f32;
             step_loss += (l * w) as f64;
-            match &mut grads {
-                None => {
-                    grads = Some(
-                        g.into_iter()
-                            .map(|v| v.into_iter().map(|x| x * w).collect())
-                            .collect(),
-                    )
-                }
-                Some(acc) => acc
-                    .iter_mut()
-                    .zip(g)
-                    .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(x, y)| *x += y * w)),
-            }
         }
-        let mut grads = grads.expect("a step has at least one batch");
-        optim::clip_grad_norm(&mut grads, cfg.max_grad_norm);
         let lr = schedule.lr(st.step);
-        t.opt.step(&grads, lr)?;
+        t.step(ce, lr, cfg.max_grad_norm);
         st.step += 1;
         loss_sum += step_loss;
         loss_n += 1;
@@ -545,7 +556,7 @@ pub fn train(
             last_metrics = Some(m);
         }
         if cfg.save_steps.is_some_and(|n| st.step.is_multiple_of(n)) && st.step < last_step {
-            state::save(output, &st, &t.opt, cfg.keep_checkpoints)?;
+            state::save(output, &st, &ce.model.weights, &t.opt, cfg.keep_checkpoints)?;
         }
     }
     if let Some(pb) = &bar {
@@ -567,9 +578,7 @@ pub fn train(
             cfg.metric,
             best.as_ref().map_or(0, |b| b.0)
         ));
-        let reloaded = Params::load(output, &ce.config, &ce.device)?;
-        ce.params = reloaded;
-        ce.rebuild()?;
+        ce.reload_weights(output)?;
     }
     plot::write_training_svg(output)?;
     Ok(Summary {

@@ -4,13 +4,13 @@
 //! the step number and the seed are the whole RNG and data-order state: a resumed run replays
 //! exactly what the uninterrupted run would have done.
 
-use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use anyhow::{Context, Result};
+use candle_core::Device;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::optim::AdamW;
+use crate::model::weights::Weights;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrainerState {
@@ -29,7 +29,13 @@ pub fn checkpoints_dir(output: &Path) -> PathBuf {
 
 /// Writes `checkpoint-{step}` atomically (a temporary folder renamed into place) and keeps the
 /// newest `keep` checkpoints.
-pub fn save(output: &Path, state: &TrainerState, opt: &AdamW, keep: usize) -> Result<PathBuf> {
+pub fn save(
+    output: &Path,
+    state: &TrainerState,
+    weights: &Weights,
+    opt: &AdamW,
+    keep: usize,
+) -> Result<PathBuf> {
     let root = checkpoints_dir(output);
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     let dir = root.join(format!("checkpoint-{}", state.step));
@@ -40,21 +46,9 @@ pub fn save(output: &Path, state: &TrainerState, opt: &AdamW, keep: usize) -> Re
     ));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
-    let mut weights = HashMap::new();
-    let mut moments = HashMap::new();
-    for (i, (name, var)) in opt.names.iter().zip(&opt.vars).enumerate() {
-        weights.insert(name.clone(), var.as_tensor().contiguous()?);
-        let shape = var.shape();
-        moments.insert(
-            format!("m.{name}"),
-            Tensor::from_slice(&opt.m[i], shape, &Device::Cpu)?,
-        );
-        moments.insert(
-            format!("v.{name}"),
-            Tensor::from_slice(&opt.v[i], shape, &Device::Cpu)?,
-        );
-    }
-    candle_core::safetensors::save(&weights, tmp.join("model.safetensors"))?;
+    let mut moments = weights.tensors(&opt.m, "m.")?;
+    moments.extend(weights.tensors(&opt.v, "v.")?);
+    weights.save(&tmp.join("model.safetensors"))?;
     candle_core::safetensors::save(&moments, tmp.join("optimizer.safetensors"))?;
     std::fs::write(
         tmp.join("trainer_state.json"),
@@ -94,44 +88,31 @@ pub fn list(output: &Path) -> Result<Vec<(usize, PathBuf)>> {
 }
 
 /// Restores weights and moments from the newest checkpoint; `None` when there is none.
-pub fn restore_latest(output: &Path, opt: &mut AdamW) -> Result<Option<TrainerState>> {
+pub fn restore_latest(
+    output: &Path,
+    weights: &mut Weights,
+    opt: &mut AdamW,
+) -> Result<Option<TrainerState>> {
     let Some((_, dir)) = list(output)?.pop() else {
         return Ok(None);
     };
     let state_path = dir.join("trainer_state.json");
     let state: TrainerState = serde_json::from_str(&std::fs::read_to_string(&state_path)?)
         .with_context(|| format!("{} is not a valid trainer state", state_path.display()))?;
-    let weights = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)
-        .with_context(|| format!("cannot read {}", dir.join("model.safetensors").display()))?;
-    let moments = candle_core::safetensors::load(dir.join("optimizer.safetensors"), &Device::Cpu)
-        .with_context(|| {
-        format!(
-            "cannot read {}",
-            dir.join("optimizer.safetensors").display()
-        )
-    })?;
-    for (i, (name, var)) in opt.names.iter().zip(&opt.vars).enumerate() {
-        let get = |map: &HashMap<String, Tensor>, key: &str| -> Result<Tensor> {
-            match map.get(key) {
-                Some(t) if t.shape() == var.shape() => Ok(t.clone()),
-                Some(_) => bail!(
-                    "{}: \"{key}\" has another shape than the model's",
-                    dir.display()
-                ),
-                None => bail!(
-                    "{}: \"{key}\" is missing (a checkpoint of another model?)",
-                    dir.display()
-                ),
-            }
-        };
-        var.set(&get(&weights, name)?)?;
-        opt.m[i] = get(&moments, &format!("m.{name}"))?
-            .flatten_all()?
-            .to_vec1()?;
-        opt.v[i] = get(&moments, &format!("v.{name}"))?
-            .flatten_all()?
-            .to_vec1()?;
-    }
+    let read = |name: &str| {
+        let path = dir.join(name);
+        candle_core::safetensors::load(&path, &Device::Cpu)
+            .with_context(|| format!("cannot read {}", path.display()))
+            .map(|map| (map, path))
+    };
+    let (saved, path) = read("model.safetensors")?;
+    let mut data = std::mem::take(&mut weights.data);
+    let restored = weights.read_into(&mut data, &saved, "", &path);
+    weights.data = data;
+    restored?;
+    let (moments, path) = read("optimizer.safetensors")?;
+    weights.read_into(&mut opt.m, &moments, "m.", &path)?;
+    weights.read_into(&mut opt.v, &moments, "v.", &path)?;
     opt.steps = state.step;
     Ok(Some(state))
 }

@@ -1,0 +1,173 @@
+//! Every parameter of a model in one flat `f32` buffer, under its HF name.
+//!
+//! One buffer means the gradient, AdamW's moments (and an all-reduce) are flat buffers of the
+//! same layout, updated in one pass. Tensors that the engine uses as one matrix are laid out
+//! next to each other: a layer's query, key and value weights form the `[3h, h]` matrix of one
+//! fused product (and their biases one `[3h]` vector), with no copy at load or save, since each
+//! name still maps to its own slice.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use super::checkpoint::Params;
+
+/// One named tensor's place in the flat buffer.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub range: Range<usize>,
+}
+
+#[derive(Clone)]
+pub struct Weights {
+    pub data: Vec<f32>,
+    entries: Vec<Entry>,
+    index: HashMap<String, usize>,
+    /// Where the weights came from, for error messages.
+    pub source: PathBuf,
+}
+
+impl Weights {
+    /// Packs `params`: the names in `first` in that order (so that neighbours stay neighbours),
+    /// then the rest in name order. Names in `first` that `params` lacks are skipped here and
+    /// reported by [`Weights::slot`].
+    pub fn pack(params: &Params, first: &[String]) -> Result<Self> {
+        let mut order: Vec<&String> = first
+            .iter()
+            .filter(|n| params.tensors.contains_key(*n))
+            .collect();
+        let firsts: std::collections::HashSet<&String> = order.iter().copied().collect();
+        order.extend(params.tensors.keys().filter(|n| !firsts.contains(n)));
+        let total = order.iter().map(|n| params.tensors[*n].elem_count()).sum();
+        let mut data = Vec::with_capacity(total);
+        let mut entries = Vec::with_capacity(order.len());
+        for name in order {
+            let t = &params.tensors[name];
+            let start = data.len();
+            data.extend(t.flatten_all()?.to_vec1::<f32>()?);
+            entries.push(Entry {
+                name: name.clone(),
+                shape: t.dims().to_vec(),
+                range: start..data.len(),
+            });
+        }
+        let index = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.name.clone(), i))
+            .collect();
+        Ok(Weights {
+            data,
+            entries,
+            index,
+            source: params.source.clone(),
+        })
+    }
+
+    /// The range of tensor `name`, checked against the shape the config implies.
+    pub fn slot(&self, name: &str, dims: &[usize]) -> Result<Range<usize>> {
+        let e = self
+            .index
+            .get(name)
+            .map(|&i| &self.entries[i])
+            .with_context(|| format!("missing weight \"{name}\" in {}", self.source.display()))?;
+        if e.shape != dims {
+            bail!(
+                "weight \"{name}\" in {} has shape {:?}, config.json implies {dims:?}",
+                self.source.display(),
+                e.shape
+            );
+        }
+        Ok(e.range.clone())
+    }
+
+    /// The tensors `names`, each of shape `dims`, as one range (they were packed side by side).
+    pub fn slots(&self, names: &[String], dims: &[usize]) -> Result<Range<usize>> {
+        let ranges = names
+            .iter()
+            .map(|n| self.slot(n, dims))
+            .collect::<Result<Vec<_>>>()?;
+        if ranges.windows(2).any(|w| w[0].end != w[1].start) {
+            bail!("weights {names:?} are not adjacent in the packed buffer");
+        }
+        Ok(ranges[0].start..ranges[ranges.len() - 1].end)
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&[f32]> {
+        let &i = self.index.get(name)?;
+        Some(&self.data[self.entries[i].range.clone()])
+    }
+
+    /// `flat` (the weights, a gradient or a moment: this layout) as named candle tensors.
+    pub fn tensors(&self, flat: &[f32], prefix: &str) -> Result<HashMap<String, Tensor>> {
+        self.entries
+            .iter()
+            .map(|e| {
+                let t =
+                    Tensor::from_slice(&flat[e.range.clone()], e.shape.as_slice(), &Device::Cpu)?;
+                Ok((format!("{prefix}{}", e.name), t))
+            })
+            .collect()
+    }
+
+    /// Fills `flat` (this layout) from named tensors, as [`Weights::tensors`] wrote them.
+    pub fn read_into(
+        &self,
+        flat: &mut [f32],
+        map: &HashMap<String, Tensor>,
+        prefix: &str,
+        file: &Path,
+    ) -> Result<()> {
+        for e in &self.entries {
+            let key = format!("{prefix}{}", e.name);
+            match map.get(&key) {
+                Some(t) if t.dims() == e.shape.as_slice() => {
+                    flat[e.range.clone()].copy_from_slice(&t.flatten_all()?.to_vec1::<f32>()?)
+                }
+                Some(_) => bail!(
+                    "{}: \"{key}\" has another shape than the model's",
+                    file.display()
+                ),
+                None => bail!(
+                    "{}: \"{key}\" is missing (a checkpoint of another model?)",
+                    file.display()
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes every parameter to `path` as safetensors (f32, HF names).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        candle_core::safetensors::save(&self.tensors(&self.data, "")?, path)
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+/// Two disjoint ranges of one buffer, both mutable (a weight's and a bias's gradient).
+pub fn two_mut(x: &mut [f32], a: Range<usize>, b: Range<usize>) -> (&mut [f32], &mut [f32]) {
+    assert!(a.end <= b.start || b.end <= a.start, "overlapping ranges");
+    if a.start < b.start {
+        let (lo, hi) = x.split_at_mut(b.start);
+        (&mut lo[a], &mut hi[..b.end - b.start])
+    } else {
+        let (lo, hi) = x.split_at_mut(a.start);
+        (&mut hi[..a.end - a.start], &mut lo[b])
+    }
+}
