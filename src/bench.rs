@@ -3,6 +3,7 @@
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 use serde::Serialize;
 use std::time::Instant;
 use tokenizers::Encoding;
@@ -21,11 +22,15 @@ pub struct TrainBench {
     pub pairs_per_s: f64,
     /// Real (unpadded) tokens per second.
     pub tokens_per_s: f64,
-    /// Padded tokens over real tokens in the timed batches.
+    /// Tokens a padded batch would hold over real tokens (the engine packs: it computes none
+    /// of the padding).
     pub padding_ratio: f64,
     /// Seconds one epoch of the data would take at this rate.
     pub s_per_epoch: f64,
+    /// Useful FLOP/s (real tokens only; backward counted as twice the forward).
     pub gflops: f64,
+    /// Useful FLOPs of an average step.
+    pub flops_per_step: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -64,6 +69,7 @@ pub fn train_steps(
     let mut start = Instant::now();
     for (k, idx) in batches.iter().cycle().take(steps + 1).enumerate() {
         if k == 1 {
+            crate::ops::profile::take();
             start = Instant::now();
         }
         let enc: Vec<&Encoding> = idx.iter().map(|&i| &encodings[i]).collect();
@@ -77,7 +83,10 @@ pub fn train_steps(
             let longest = enc.iter().map(|e| e.len()).max().unwrap_or(0);
             real += enc.iter().map(|e| e.len()).sum::<usize>();
             padded += longest * enc.len();
-            flops += 3.0 * enc.len() as f64 * forward_flops(&ce.config, longest);
+            flops += enc
+                .iter()
+                .map(|e| 3.0 * forward_flops(&ce.config, e.len()))
+                .sum::<f64>();
             pairs_done += enc.len();
         }
     }
@@ -91,6 +100,7 @@ pub fn train_steps(
         padding_ratio: padded as f64 / real.max(1) as f64,
         s_per_epoch: data.len() as f64 / (pairs_done as f64 / secs),
         gflops: flops / secs / 1e9,
+        flops_per_step: flops / steps as f64,
     })
 }
 
@@ -104,17 +114,12 @@ pub fn inference(ce: &CrossEncoder, data: &[Example], repeats: usize) -> Result<
         ce.predict(&pairs)?;
         best = best.min(start.elapsed().as_secs_f64());
     }
-    // FLOPs as the sorted batches pad them.
-    let mut lengths: Vec<usize> = ce
+    // Useful FLOPs: the engine packs batches, so each pair costs its own length.
+    let flops: f64 = ce
         .tokenizer
         .encode_pairs(&pairs)?
         .iter()
-        .map(Encoding::len)
-        .collect();
-    lengths.sort_unstable_by(|a, b| b.cmp(a));
-    let flops: f64 = lengths
-        .chunks(ce.batch_size.max(1))
-        .map(|c| c.len() as f64 * forward_flops(&ce.config, c[0]))
+        .map(|e| forward_flops(&ce.config, e.len()))
         .sum();
     Ok(InferBench {
         pairs: pairs.len(),
@@ -124,18 +129,51 @@ pub fn inference(ce: &CrossEncoder, data: &[Example], repeats: usize) -> Result<
     })
 }
 
-/// GFLOP/s of candle's f32 matmul on an FFN-shaped product (`[m, k] x [k, n]`), best of 10.
-pub fn matmul_peak(m: usize, k: usize, n: usize) -> Result<f64> {
-    let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
-    let b = Tensor::randn(0f32, 1.0, (k, n), &Device::Cpu)?;
-    a.matmul(&b)?;
+/// GFLOP/s of the engine's linear layer (`[rows, k] x [k, n]`, the gemm behind every dense
+/// layer) on this machine, best of 10.
+pub fn matmul_peak(rows: usize, k: usize, n: usize) -> f64 {
+    let x = vec![0.5f32; rows * k];
+    let w = vec![0.25f32; n * k];
+    let mut y = vec![0f32; rows * n];
+    crate::ops::linear::forward(&mut y, &x, &w, None, k);
     let mut best = f64::INFINITY;
     for _ in 0..10 {
         let start = Instant::now();
-        a.matmul(&b)?;
+        crate::ops::linear::forward(&mut y, &x, &w, None, k);
         best = best.min(start.elapsed().as_secs_f64());
     }
-    Ok(2.0 * (m * k * n) as f64 / best / 1e9)
+    2.0 * (rows * k * n) as f64 / best / 1e9
+}
+
+/// Memory bandwidth in GB/s: a parallel copy of 256 MB (bytes read plus bytes written), best
+/// of 5 after one warm-up.
+pub fn memory_bandwidth() -> f64 {
+    const N: usize = 64 << 20;
+    let src = vec![1f32; N];
+    let mut dst = vec![0f32; N];
+    let mut best = f64::INFINITY;
+    for i in 0..6 {
+        let start = Instant::now();
+        dst.par_chunks_mut(1 << 16)
+            .zip(src.par_chunks(1 << 16))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+        if i > 0 {
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+    }
+    std::hint::black_box(&dst);
+    2.0 * (N * 4) as f64 / best / 1e9
+}
+
+/// Bytes of memory traffic per parameter per training step that no engine avoids: AdamW
+/// reads and writes the weight and both moments and reads the gradient (28), and the gradient
+/// is cleared (4).
+pub const STEP_BYTES_PER_PARAM: f64 = 32.0;
+
+/// A training step's floor in seconds: its useful FLOPs at the matmul peak plus its
+/// unavoidable memory traffic at the measured bandwidth.
+pub fn step_floor(flops: f64, params: usize, peak_gflops: f64, bandwidth_gbs: f64) -> f64 {
+    flops / (peak_gflops * 1e9) + STEP_BYTES_PER_PARAM * params as f64 / (bandwidth_gbs * 1e9)
 }
 
 /// Peak resident memory of this process in MB (Linux `VmHWM`).

@@ -68,13 +68,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut ce = load()?;
     ce.batch_size = args.eval_batch_size;
     let infer = bench::inference(&ce, &test, 3)?;
+    crate::ops::profile::enable(true);
     let train_b = bench::train_steps(&mut ce, &train, args.batch_size, args.steps)?;
+    let profile = crate::ops::profile::take();
+    crate::ops::profile::enable(false);
     let (h, i) = (ce.config.hidden_size, ce.config.intermediate_size);
-    let peak = bench::matmul_peak(1024, h, i)?;
+    let peak = bench::matmul_peak(512, h, i);
+    let bandwidth = bench::memory_bandwidth();
+    let params = ce.model.weights.len();
+    let floor = bench::step_floor(train_b.flops_per_step, params, peak, bandwidth);
     let rss = bench::peak_rss_mb();
     let mut report = json!({
         "model": args.model, "threads": threads, "cpu": cpu_name(), "commit": commit(),
         "train": train_b, "inference": infer, "matmul_peak_gflops": peak,
+        "memory_bandwidth_gbs": bandwidth, "params": params, "step_floor_s": floor,
+        "step_over_floor": train_b.s_per_step / floor,
         "train_share_of_peak": train_b.gflops / peak, "inference_share_of_peak": infer.gflops / peak,
         "peak_rss_mb": rss,
     });
@@ -87,13 +95,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if let Some(dir) = &args.reference {
         let r = reference(&args, dir, threads)?;
-        report["ratio_train"] =
-            json!(train_b.pairs_per_s / r["train_pairs_per_s"].as_f64().unwrap_or(f64::NAN));
-        report["ratio_inference"] =
-            json!(infer.pairs_per_s / r["pairs_per_s"].as_f64().unwrap_or(f64::NAN));
+        let get = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        report["ratio_train"] = json!(train_b.pairs_per_s / get("train_pairs_per_s"));
+        report["ratio_inference"] = json!(infer.pairs_per_s / get("pairs_per_s"));
+        report["ratio_inference_ort_fp32"] = json!(infer.pairs_per_s / get("ort_fp32_pairs_per_s"));
+        report["ratio_inference_ort_int8"] = json!(infer.pairs_per_s / get("ort_int8_pairs_per_s"));
         report["reference"] = r;
     }
     println!("{}", serde_json::to_string_pretty(&report)?);
+    print_profile(&profile, args.steps);
     if let Some(path) = &args.append {
         append_row(path, &report)?;
         if let Some(big) = report.get("bert_base") {
@@ -108,8 +118,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Per-op time of the timed training steps, ms per step, largest first.
+fn print_profile(rows: &[(&'static str, f64, usize)], steps: usize) {
+    let total: f64 = rows.iter().map(|r| r.1).sum();
+    let mut rows = rows.to_vec();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    println!("\n| op (training step) | ms / step | share |\n| --- | --- | --- |");
+    for (name, secs, _) in rows {
+        let ms = secs * 1e3 / steps.max(1) as f64;
+        println!("| {name} | {ms:.2} | {:.1}% |", 100.0 * secs / total);
+    }
+    println!("| total | {:.2} | |", total * 1e3 / steps.max(1) as f64);
+}
+
 fn reference(args: &BenchArgs, dir: &std::path::Path, threads: usize) -> Result<Value> {
-    let run = |script: &str, extra: &[String]| -> Result<Value> {
+    // Each script prints JSON objects, one a line, among other output.
+    let run = |script: &str, extra: &[String]| -> Result<Vec<Value>> {
         let out = Command::new(&args.python)
             .arg(dir.join(script))
             .arg(&args.model)
@@ -121,26 +145,38 @@ fn reference(args: &BenchArgs, dir: &std::path::Path, threads: usize) -> Result<
         if !out.status.success() {
             bail!("{script} failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        let text = String::from_utf8_lossy(&out.stdout);
-        // The report is the last JSON object; the trainer prints a dict line before it.
-        let start = text
-            .rfind("\n{")
-            .map(|i| i + 1)
-            .or_else(|| text.find('{'))
-            .context("no JSON in the reference's output")?;
-        serde_json::from_str(&text[start..])
-            .with_context(|| format!("cannot parse the reference's report: {}", &text[start..]))
+        let values: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if values.is_empty() {
+            bail!("no JSON report in the output of {script}");
+        }
+        Ok(values)
     };
     let tmp = std::env::temp_dir().join(format!("crossenc-bench-ref-{}", std::process::id()));
     let pairs = (args.steps * args.batch_size).to_string();
-    let mut train = run(
+    let train = run(
         "st_stsb.py",
         &[tmp.to_string_lossy().into_owned(), "1".into(), pairs],
-    )?;
+    );
     let _ = std::fs::remove_dir_all(&tmp);
+    let mut train = train?.pop().unwrap_or_default();
     let predict = run("st_predict_bench.py", &[args.eval_batch_size.to_string()])?;
+    let predict = predict.last().cloned().unwrap_or_default();
     train["pairs_per_s"] = predict["pairs_per_s"].clone();
     train["predict"] = predict;
+    std::fs::create_dir_all(&tmp)?;
+    let ort = run("ort_bench.py", &[tmp.to_string_lossy().into_owned()]);
+    let _ = std::fs::remove_dir_all(&tmp);
+    for r in ort? {
+        let key = match r["runtime"].as_str() {
+            Some(s) if s.contains("int8") => "ort_int8_pairs_per_s",
+            _ => "ort_fp32_pairs_per_s",
+        };
+        train[key] = r["pairs_per_s"].clone();
+    }
     Ok(train)
 }
 
@@ -177,8 +213,8 @@ fn append_row(path: &std::path::Path, r: &Value) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))?;
     if new {
         writeln!(f, "# Benchmarks\n\nRows appended by `crossenc bench`. Train: pairs/s over timed steps of batch 16 (length-grouped, dropout on); inference: STS-B test, batch 32, sorted by length.\n")?;
-        writeln!(f, "| date | cpu, threads | commit | model | train pairs/s | s/step | tokens/s | padding | s/epoch | train GFLOP/s | infer pairs/s | infer GFLOP/s | matmul peak | peak RSS MB | ref train pairs/s | ref infer pairs/s | train x | infer x |")?;
-        writeln!(f, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")?;
+        writeln!(f, "| date | cpu, threads | commit | model | train pairs/s | s/step | step floor s | tokens/s | padding | s/epoch | train GFLOP/s | infer pairs/s | infer GFLOP/s | matmul peak | GB/s | peak RSS MB | ref train pairs/s | ref infer pairs/s | ORT fp32 | ORT int8 | train x | infer x |")?;
+        writeln!(f, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")?;
     }
     let g = |p: &str| {
         r.pointer(p)
@@ -192,13 +228,14 @@ fn append_row(path: &std::path::Path, r: &Value) -> Result<()> {
         .unwrap_or_default();
     writeln!(
         f,
-        "| {date} | {}, {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {date} | {}, {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         r["cpu"].as_str().unwrap_or(""),
         r["threads"],
         r["commit"].as_str().unwrap_or(""),
         r["model"].as_str().unwrap_or(""),
         g("/train/pairs_per_s"),
         g("/train/s_per_step"),
+        g("/step_floor_s"),
         g("/train/tokens_per_s"),
         g("/train/padding_ratio"),
         g("/train/s_per_epoch"),
@@ -206,9 +243,12 @@ fn append_row(path: &std::path::Path, r: &Value) -> Result<()> {
         g("/inference/pairs_per_s"),
         g("/inference/gflops"),
         g("/matmul_peak_gflops"),
+        g("/memory_bandwidth_gbs"),
         g("/peak_rss_mb"),
         g("/reference/train_pairs_per_s"),
         g("/reference/pairs_per_s"),
+        g("/reference/ort_fp32_pairs_per_s"),
+        g("/reference/ort_int8_pairs_per_s"),
         g("/ratio_train"),
         g("/ratio_inference"),
     )?;

@@ -8,6 +8,7 @@ use super::config::{Config, Family};
 use super::weights::Weights;
 use super::{fit, LayerNorm, Linear};
 use crate::ops::linear::InputGrad;
+use crate::ops::profile::timed;
 use crate::ops::{attention, dropout, Act, Dropout};
 
 /// Where one layer's parameters live, relative to the layer's prefix.
@@ -175,19 +176,33 @@ impl Layer {
         ] {
             fit(v, len);
         }
-        self.qkv.forward(w, &acts.x, &mut acts.qkv);
-        attention::forward(&mut acts.ctx, &acts.qkv, offsets, self.heads, drop_p);
-        self.attention_output.forward(w, &acts.ctx, &mut acts.z1);
-        dropout::apply(drop_attn, &mut acts.z1);
-        add(&mut acts.z1, &acts.x);
-        let (y1, st1) = (&mut acts.y1, &mut acts.st1);
-        self.attention_norm.forward(w, &acts.z1, y1, st1);
-        self.intermediate.forward(w, &acts.y1, &mut acts.u);
-        self.act.forward(&mut acts.a, &acts.u);
-        self.output.forward(w, &acts.a, &mut acts.z2);
-        dropout::apply(drop_ffn, &mut acts.z2);
-        add(&mut acts.z2, &acts.y1);
-        self.output_norm.forward(w, &acts.z2, out, &mut acts.st2);
+        timed("fwd qkv", || self.qkv.forward(w, &acts.x, &mut acts.qkv));
+        timed("fwd attention", || {
+            attention::forward(&mut acts.ctx, &acts.qkv, offsets, self.heads, drop_p)
+        });
+        timed("fwd attention output", || {
+            self.attention_output.forward(w, &acts.ctx, &mut acts.z1)
+        });
+        timed("fwd dropout + residual", || {
+            dropout::apply(drop_attn, &mut acts.z1);
+            add(&mut acts.z1, &acts.x);
+        });
+        timed("fwd layer norm", || {
+            let (y1, st1) = (&mut acts.y1, &mut acts.st1);
+            self.attention_norm.forward(w, &acts.z1, y1, st1)
+        });
+        timed("fwd intermediate", || {
+            self.intermediate.forward(w, &acts.y1, &mut acts.u)
+        });
+        timed("fwd activation", || self.act.forward(&mut acts.a, &acts.u));
+        timed("fwd output", || self.output.forward(w, &acts.a, &mut acts.z2));
+        timed("fwd dropout + residual", || {
+            dropout::apply(drop_ffn, &mut acts.z2);
+            add(&mut acts.z2, &acts.y1);
+        });
+        timed("fwd layer norm", || {
+            self.output_norm.forward(w, &acts.z2, out, &mut acts.st2)
+        });
     }
 
     /// Backward: `dy` holds dL/d(output) on entry and dL/d(input) on return; the parameter
@@ -212,23 +227,43 @@ impl Layer {
         fit(&mut s.di, n * m);
         fit(&mut s.d3, 3 * n * h);
         // Output LayerNorm; its input's gradient goes to the residual and the FFN.
-        self.output_norm
-            .backward(w, g, dy, &acts.z2, &acts.st2, &mut s.dh1);
-        s.dh2.copy_from_slice(&s.dh1);
-        dropout::apply(drop_ffn, &mut s.dh1);
-        self.output
-            .backward(w, g, &s.dh1, &acts.a, InputGrad::Write(&mut s.di));
-        self.act.backward(&mut s.di, &acts.u, &acts.a);
-        self.intermediate
-            .backward(w, g, &s.di, &acts.y1, InputGrad::Add(&mut s.dh2));
+        timed("bwd layer norm", || {
+            self.output_norm
+                .backward(w, g, dy, &acts.z2, &acts.st2, &mut s.dh1)
+        });
+        timed("bwd dropout + residual", || {
+            s.dh2.copy_from_slice(&s.dh1);
+            dropout::apply(drop_ffn, &mut s.dh1);
+        });
+        timed("bwd output", || {
+            let dx = InputGrad::Write(&mut s.di);
+            self.output.backward(w, g, &s.dh1, &acts.a, dx)
+        });
+        timed("bwd activation", || {
+            self.act.backward(&mut s.di, &acts.u, &acts.a)
+        });
+        timed("bwd intermediate", || {
+            let dx = InputGrad::Add(&mut s.dh2);
+            self.intermediate.backward(w, g, &s.di, &acts.y1, dx)
+        });
         // Attention LayerNorm; its input's gradient goes to the residual and the attention.
-        self.attention_norm
-            .backward(w, g, &s.dh2, &acts.z1, &acts.st1, &mut s.dh1);
-        dy.copy_from_slice(&s.dh1);
-        dropout::apply(drop_attn, &mut s.dh1);
-        self.attention_output
-            .backward(w, g, &s.dh1, &acts.ctx, InputGrad::Write(&mut s.dh2));
-        attention::backward(&mut s.d3, &s.dh2, &acts.qkv, offsets, self.heads, drop_p);
-        self.qkv.backward(w, g, &s.d3, &acts.x, InputGrad::Add(dy));
+        timed("bwd layer norm", || {
+            self.attention_norm
+                .backward(w, g, &s.dh2, &acts.z1, &acts.st1, &mut s.dh1)
+        });
+        timed("bwd dropout + residual", || {
+            dy.copy_from_slice(&s.dh1);
+            dropout::apply(drop_attn, &mut s.dh1);
+        });
+        timed("bwd attention output", || {
+            let dx = InputGrad::Write(&mut s.dh2);
+            self.attention_output.backward(w, g, &s.dh1, &acts.ctx, dx)
+        });
+        timed("bwd attention", || {
+            attention::backward(&mut s.d3, &s.dh2, &acts.qkv, offsets, self.heads, drop_p)
+        });
+        timed("bwd qkv", || {
+            self.qkv.backward(w, g, &s.d3, &acts.x, InputGrad::Add(dy))
+        });
     }
 }

@@ -36,6 +36,7 @@ use head::{Head, HeadActs};
 use tokenize::Tokens;
 use weights::{two_mut, Weights};
 
+use crate::ops::profile::timed;
 use crate::ops::{layer_norm, linear};
 
 /// `torch.nn.LayerNorm`'s parameters: where its weight and bias live in the flat buffer.
@@ -205,8 +206,10 @@ impl Transformer {
             None => &mut tape.hidden,
         };
         fit(first, n * self.hidden);
-        self.embeddings
-            .forward(w, &tape.tokens, first, &mut tape.embeddings, tape.seed)?;
+        timed("fwd embeddings", || {
+            self.embeddings
+                .forward(w, &tape.tokens, first, &mut tape.embeddings, tape.seed)
+        })?;
         for (i, layer) in self.layers.iter().enumerate() {
             let (done, rest) = tape.layers.split_at_mut(i + 1);
             let out = match rest.first_mut() {
@@ -225,8 +228,10 @@ impl Transformer {
             layer.backward(w, g, offsets, acts, dy, &mut tape.scratch, seed);
         }
         let (tokens, acts) = (&tape.tokens, &tape.embeddings);
-        self.embeddings
-            .backward(w, g, tokens, acts, dy, &mut tape.scratch, seed);
+        timed("bwd embeddings", || {
+            self.embeddings
+                .backward(w, g, tokens, acts, dy, &mut tape.scratch, seed)
+        });
     }
 }
 
@@ -275,7 +280,9 @@ impl SequenceClassifier {
         let w = &self.weights.data;
         self.transformer.forward_train(w, tape)?;
         let cls = first_tokens(&tape.hidden, &tape.tokens, self.transformer.hidden);
-        Ok(self.head.forward(w, &cls, &mut tape.head, seed))
+        Ok(timed("fwd head", || {
+            self.head.forward(w, &cls, &mut tape.head, seed)
+        }))
     }
 
     /// Adds the gradient of every parameter into `g` (the layout of `self.weights`), from
@@ -283,7 +290,9 @@ impl SequenceClassifier {
     pub fn backward(&self, tape: &mut Tape, dlogits: &[f32], g: &mut [f32]) {
         let w = &self.weights.data;
         let h = self.transformer.hidden;
-        let dcls = self.head.backward(w, g, &tape.head, dlogits, tape.seed);
+        let dcls = timed("bwd head", || {
+            self.head.backward(w, g, &tape.head, dlogits, tape.seed)
+        });
         let mut dy = std::mem::take(&mut tape.hidden);
         dy.fill(0.0);
         for (s, row) in dcls.chunks_exact(h).enumerate() {

@@ -1,8 +1,9 @@
 //! Element-wise activations, forward and backward: GELU (exact erf form, transformers' `gelu`),
 //! GELU's tanh approximation (`gelu_new`), ReLU and tanh.
 
+use multiversion::multiversion;
 use rayon::prelude::*;
-use std::f32::consts::{FRAC_1_SQRT_2, FRAC_2_SQRT_PI};
+use std::f32::consts::{FRAC_1_SQRT_2, FRAC_2_SQRT_PI, LOG2_E};
 
 const CHUNK: usize = 4096;
 
@@ -33,6 +34,45 @@ fn erf(x: f32) -> f32 {
     x * p / q
 }
 
+/// `e^x` within 2 ulp of libm's `expf` on [-87, 88] (smaller inputs give e^-87, about 1.6e-38,
+/// larger ones e^88): a degree-6 polynomial on
+/// `[-ln 2 / 2, ln 2 / 2]` scaled by `2^k` through the exponent bits (Cephes' `expf`). Unlike
+/// libm's, it has no branches or calls, so loops over it vectorise.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    // Round to nearest with the 1.5 * 2^23 trick (no SSE4.1 `roundps` needed).
+    const MAGIC: f32 = 12_582_912.0;
+    let k = (x * LOG2_E + MAGIC) - MAGIC;
+    // x - k ln 2, with ln 2 split in two so that k * the first part is exact.
+    let r = x - k * 0.693_359_4 - k * -2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5e-1;
+    let e = p * r * r + r + 1.0;
+    let scale = f32::from_bits((((k as i32) + 127) << 23) as u32);
+    e * scale
+}
+
+/// `y[i] = f(x[i])`, compiled for AVX-512 and AVX2 too.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma", "x86_64+avx2+fma"))]
+fn map(y: &mut [f32], x: &[f32], f: impl Fn(f32) -> f32) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = f(v);
+    }
+}
+
+/// `d[i] *= f(x[i], y[i])`, compiled for AVX-512 and AVX2 too.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma", "x86_64+avx2+fma"))]
+fn scale_by(d: &mut [f32], x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32) {
+    for ((g, &a), &b) in d.iter_mut().zip(x).zip(y) {
+        *g *= f(a, b);
+    }
+}
+
 /// `sqrt(2 / pi)` and the cubic coefficient of the tanh approximation.
 const TANH_K: f32 = FRAC_2_SQRT_PI * FRAC_1_SQRT_2;
 const TANH_C: f32 = 0.044_715;
@@ -42,9 +82,9 @@ impl Act {
     fn f(self, x: f32) -> f32 {
         match self {
             Act::Gelu => 0.5 * x * (1.0 + erf(x * FRAC_1_SQRT_2)),
-            Act::GeluTanh => 0.5 * x * (1.0 + (TANH_K * (x + TANH_C * x * x * x)).tanh()),
+            Act::GeluTanh => 0.5 * x * (1.0 + tanh(TANH_K * (x + TANH_C * x * x * x))),
             Act::Relu => x.max(0.0),
-            Act::Tanh => x.tanh(),
+            Act::Tanh => tanh(x),
         }
     }
 
@@ -54,11 +94,11 @@ impl Act {
         match self {
             Act::Gelu => {
                 let cdf = 0.5 * (1.0 + erf(x * FRAC_1_SQRT_2));
-                let pdf = (-0.5 * x * x).exp() * (0.5 * TANH_K);
+                let pdf = exp(-0.5 * x * x) * (0.5 * TANH_K);
                 cdf + x * pdf
             }
             Act::GeluTanh => {
-                let t = (TANH_K * (x + TANH_C * x * x * x)).tanh();
+                let t = tanh(TANH_K * (x + TANH_C * x * x * x));
                 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * TANH_K * (1.0 + 3.0 * TANH_C * x * x)
             }
             Act::Relu => (x > 0.0) as u8 as f32,
@@ -70,8 +110,11 @@ impl Act {
     pub fn forward(self, y: &mut [f32], x: &[f32]) {
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
-            .for_each(|(yc, xc)| {
-                yc.iter_mut().zip(xc).for_each(|(o, &v)| *o = self.f(v));
+            .for_each(|(yc, xc)| match self {
+                Act::Gelu => map(yc, xc, |v| Act::Gelu.f(v)),
+                Act::GeluTanh => map(yc, xc, |v| Act::GeluTanh.f(v)),
+                Act::Relu => map(yc, xc, |v| Act::Relu.f(v)),
+                Act::Tanh => map(yc, xc, |v| Act::Tanh.f(v)),
             });
     }
 
@@ -80,12 +123,19 @@ impl Act {
         d.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .zip(y.par_chunks(CHUNK))
-            .for_each(|((dc, xc), yc)| {
-                for ((g, &x), &y) in dc.iter_mut().zip(xc).zip(yc) {
-                    *g *= self.df(x, y);
-                }
+            .for_each(|((dc, xc), yc)| match self {
+                Act::Gelu => scale_by(dc, xc, yc, |a, b| Act::Gelu.df(a, b)),
+                Act::GeluTanh => scale_by(dc, xc, yc, |a, b| Act::GeluTanh.df(a, b)),
+                Act::Relu => scale_by(dc, xc, yc, |a, b| Act::Relu.df(a, b)),
+                Act::Tanh => scale_by(dc, xc, yc, |a, b| Act::Tanh.df(a, b)),
             });
     }
+}
+
+/// tanh from [`exp`]: `1 - 2 / (e^{2x} + 1)`, exact to a few ulp, saturating at ±1.
+#[inline(always)]
+pub fn tanh(x: f32) -> f32 {
+    1.0 - 2.0 / (exp(2.0 * x) + 1.0)
 }
 
 #[cfg(test)]
@@ -104,6 +154,18 @@ mod tests {
                 erf(x)
             );
         }
+    }
+
+    #[test]
+    fn fast_exp_and_tanh_are_within_a_few_ulp_of_libm() {
+        for i in -87_000..=88_000 {
+            let x = i as f32 / 1000.0;
+            let (got, want) = (exp(x), x.exp());
+            assert!((got - want).abs() <= 3e-7 * want, "exp({x}): {got} vs {want}");
+            let (got, want) = (tanh(x), x.tanh());
+            assert!((got - want).abs() <= 2e-7, "tanh({x}): {got} vs {want}");
+        }
+        assert!(exp(-1000.0) < 1.7e-38);
     }
 
     #[test]

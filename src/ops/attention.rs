@@ -5,10 +5,34 @@
 //! no transposes or copies. The probabilities are recomputed in the backward pass (as flash
 //! attention does) instead of being stored.
 
+use multiversion::multiversion;
 use rayon::prelude::*;
 
+use super::activation::exp;
 use super::matmul::{matmul, Product, View};
 use super::Dropout;
+
+/// Softmax of each `len`-wide row of `p`, in place; compiled for AVX-512 and AVX2 too.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma", "x86_64+avx2+fma"))]
+fn softmax_rows(p: &mut [f32], len: usize) {
+    for row in p.chunks_exact_mut(len) {
+        let max = super::max(row);
+        row.iter_mut().for_each(|x| *x = exp(*x - max));
+        let inv = 1.0 / super::sum(row);
+        row.iter_mut().for_each(|x| *x *= inv);
+    }
+}
+
+/// `dS = P (dP - rowsum(P dP)) * scale` per row, in place of `dp`.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma", "x86_64+avx2+fma"))]
+fn softmax_backward_rows(dp: &mut [f32], p: &[f32], len: usize, scale: f32) {
+    for (pr, gr) in p.chunks_exact(len).zip(dp.chunks_exact_mut(len)) {
+        let dot = super::dot(pr, gr);
+        gr.iter_mut()
+            .zip(pr)
+            .for_each(|(g, x)| *g = x * (*g - dot) * scale);
+    }
+}
 
 /// Shape of one call, shared by both passes.
 #[derive(Clone, Copy)]
@@ -49,16 +73,7 @@ impl Dims {
         };
         let k = self.qkv(qkv, len, 1, head).t();
         matmul(p, len, self.qkv(qkv, len, 0, head), k, scaled);
-        for row in p.chunks_exact_mut(len) {
-            let max = row.iter().fold(f32::NEG_INFINITY, |a, &s| a.max(s));
-            let mut sum = 0.0;
-            for x in row.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
-            row.iter_mut().for_each(|x| *x *= inv);
-        }
+        softmax_rows(p, len);
     }
 
     fn drop(&self, dropout: Option<Dropout>, s: usize, head: usize, p: &mut [f32]) {
@@ -153,13 +168,8 @@ pub fn backward(
                 let vt = dm.qkv(x, len, 2, head).t();
                 matmul(&mut dp, len, dout_h, vt, Product::SERIAL);
                 dm.drop(dropout, s, head, &mut dp);
-                // dS = P (dP - sum(P dP)) * scale, in place of dP; then dQ and dK.
-                for (pr, gr) in p.chunks_exact(len).zip(dp.chunks_exact_mut(len)) {
-                    let dot: f32 = pr.iter().zip(gr.iter()).map(|(x, g)| x * g).sum();
-                    gr.iter_mut()
-                        .zip(pr)
-                        .for_each(|(g, x)| *g = x * (*g - dot) * dm.scale);
-                }
+                // dS in place of dP; then dQ and dK.
+                softmax_backward_rows(&mut dp, &p, len, dm.scale);
                 let ds = View::rows(&dp, len, len, len);
                 let (q, k) = (dm.qkv(x, len, 0, head), dm.qkv(x, len, 1, head));
                 matmul(&mut dx[c..], 3 * h, ds, k, Product::SERIAL);

@@ -1,6 +1,7 @@
 //! Layer normalisation over the last dimension (`torch.nn.LayerNorm`), forward and backward.
 //! The forward pass saves each row's mean and reciprocal standard deviation for the backward.
 
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::ROW_BLOCK;
@@ -12,19 +13,25 @@ pub fn forward(y: &mut [f32], stats: &mut [f32], x: &[f32], w: &[f32], b: &[f32]
     y.par_chunks_mut(h * ROW_BLOCK)
         .zip(stats.par_chunks_mut(2 * ROW_BLOCK))
         .zip(x.par_chunks(h * ROW_BLOCK))
-        .for_each(|((yb, sb), xb)| {
-            for ((yr, s), xr) in yb.chunks_mut(h).zip(sb.chunks_mut(2)).zip(xb.chunks(h)) {
-                let n = h as f32;
-                let mean = xr.iter().sum::<f32>() / n;
-                let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-                let rstd = 1.0 / (var + eps).sqrt();
-                for i in 0..h {
-                    yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
-                }
-                s[0] = mean;
-                s[1] = rstd;
-            }
-        });
+        .for_each(|((yb, sb), xb)| forward_rows(yb, sb, xb, w, b, eps));
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma", "x86_64+avx2+fma"))]
+fn forward_rows(y: &mut [f32], stats: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
+    let h = w.len();
+    for ((yr, s), xr) in y.chunks_mut(h).zip(stats.chunks_mut(2)).zip(x.chunks(h)) {
+        let n = h as f32;
+        let mean = super::sum(xr) / n;
+        let var: f32 = super::lanes(xr, 0.0, |a, v| a + (v - mean) * (v - mean))
+            .iter()
+            .sum();
+        let rstd = 1.0 / (var / n + eps).sqrt();
+        for i in 0..h {
+            yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
+        }
+        s[0] = mean;
+        s[1] = rstd;
+    }
 }
 
 /// Writes dL/dx into `dx` and adds dL/dw, dL/db into `dw`, `db`, from `dy` and the forward's
@@ -48,30 +55,43 @@ pub fn backward(
         .zip(stats.par_chunks(2 * ROW_BLOCK))
         .map(|(((dxb, xb), dyb), sb)| {
             let mut acc = vec![0f32; 2 * h];
-            let rows = dxb.chunks_mut(h).zip(xb.chunks(h)).zip(dyb.chunks(h));
-            for (((dxr, xr), dyr), s) in rows.zip(sb.chunks(2)) {
-                let (mean, rstd) = (s[0], s[1]);
-                let (mut sum_g, mut sum_gx) = (0f32, 0f32);
-                for i in 0..h {
-                    let xhat = (xr[i] - mean) * rstd;
-                    let g = dyr[i] * w[i];
-                    sum_g += g;
-                    sum_gx += g * xhat;
-                    acc[i] += dyr[i] * xhat;
-                    acc[h + i] += dyr[i];
-                }
-                let (mean_g, mean_gx) = (sum_g / h as f32, sum_gx / h as f32);
-                for i in 0..h {
-                    let xhat = (xr[i] - mean) * rstd;
-                    dxr[i] = rstd * (dyr[i] * w[i] - mean_g - xhat * mean_gx);
-                }
-            }
+            backward_rows(dxb, &mut acc, xb, dyb, sb, w);
             acc
         })
         .collect();
     for p in partials {
         dw.iter_mut().zip(&p[..h]).for_each(|(a, b)| *a += b);
         db.iter_mut().zip(&p[h..]).for_each(|(a, b)| *a += b);
+    }
+}
+
+/// One block of rows: dx written, dw and db sums added into `acc` (`[2, h]`).
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma", "x86_64+avx2+fma"))]
+fn backward_rows(dx: &mut [f32], acc: &mut [f32], x: &[f32], dy: &[f32], stats: &[f32], w: &[f32]) {
+    let h = w.len();
+    let rows = dx.chunks_mut(h).zip(x.chunks(h)).zip(dy.chunks(h));
+    for (((dxr, xr), dyr), s) in rows.zip(stats.chunks(2)) {
+        let (mean, rstd) = (s[0], s[1]);
+        let (dw, db) = acc.split_at_mut(h);
+        let (mut g, mut gx) = ([0f32; super::LANES], [0f32; super::LANES]);
+        let l = super::LANES;
+        let blocks = xr.chunks(l).zip(dyr.chunks(l)).zip(w.chunks(l));
+        for (((xc, dyc), wc), (dwc, dbc)) in blocks.zip(dw.chunks_mut(l).zip(db.chunks_mut(l))) {
+            for j in 0..xc.len() {
+                let xhat = (xc[j] - mean) * rstd;
+                let gj = dyc[j] * wc[j];
+                g[j] += gj;
+                gx[j] += gj * xhat;
+                dwc[j] += dyc[j] * xhat;
+                dbc[j] += dyc[j];
+            }
+        }
+        let (sum_g, sum_gx) = (super::sum(&g), super::sum(&gx));
+        let (mean_g, mean_gx) = (sum_g / h as f32, sum_gx / h as f32);
+        for i in 0..h {
+            let xhat = (xr[i] - mean) * rstd;
+            dxr[i] = rstd * (dyr[i] * w[i] - mean_g - xhat * mean_gx);
+        }
     }
 }
 

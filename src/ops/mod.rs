@@ -14,6 +14,7 @@ pub mod dropout;
 pub mod layer_norm;
 pub mod linear;
 pub mod matmul;
+pub mod profile;
 
 pub use activation::Act;
 pub use dropout::Dropout;
@@ -22,10 +23,79 @@ pub use dropout::Dropout;
 /// rows add up in the same order on every run.
 const ROW_BLOCK: usize = 16;
 
+/// Lanes of the reductions below: independent partial results that the compiler keeps in
+/// vector registers (a single running sum is a chain of dependent adds that cannot vectorise).
+const LANES: usize = 16;
+
+/// Applies `f` lane-wise over `x` into `LANES` accumulators starting at `init`, the tail
+/// into lane 0..; returns the lanes.
+#[inline(always)]
+pub(crate) fn lanes(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> [f32; LANES] {
+    let mut acc = [init; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            acc[i] = f(acc[i], c[i]);
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
+        *a = f(*a, v);
+    }
+    acc
+}
+
+/// Sum of `x` in a fixed order (lane-wise, then the lanes in order).
+#[inline(always)]
+pub fn sum(x: &[f32]) -> f32 {
+    lanes(x, 0.0, |a, v| a + v).iter().sum()
+}
+
+/// Largest element of `x` (`-inf` when empty).
+#[inline(always)]
+pub fn max(x: &[f32]) -> f32 {
+    lanes(x, f32::NEG_INFINITY, f32::max)
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+}
+
+/// Dot product of `a` and `b` in a fixed order.
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    for (i, (x, y)) in ra.iter().zip(rb).enumerate() {
+        acc[i] += x * y;
+    }
+    acc.iter().sum()
+}
+
 /// Adds every row of a `[rows, cols]` matrix into `sum` (`[cols]`), in row order.
 pub fn add_column_sums(sum: &mut [f32], x: &[f32]) {
     for row in x.chunks_exact(sum.len()) {
         sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reductions_match_plain_loops() {
+        for n in [0, 1, 15, 16, 17, 100, 385] {
+            let x: Vec<f32> = (0..n).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();
+            let y: Vec<f32> = (0..n).map(|i| ((i * 13) % 7) as f32 * 0.5).collect();
+            // Small integers and halves: every order of summation gives the exact result.
+            assert_eq!(super::sum(&x), x.iter().sum::<f32>(), "{n}");
+            let plain_dot: f32 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
+            assert_eq!(super::dot(&x, &y), plain_dot, "{n}");
+            let plain_max = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            assert_eq!(super::max(&x), plain_max, "{n}");
+        }
     }
 }
 

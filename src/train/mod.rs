@@ -21,6 +21,7 @@ use tokenizers::Encoding;
 use crate::data::Example;
 use crate::eval::{self, Metrics, Task};
 use crate::model::Tape;
+use crate::ops::profile::timed;
 use crate::CrossEncoder;
 use optim::{AdamW, AdamWConfig};
 use schedule::LinearSchedule;
@@ -175,7 +176,9 @@ impl Trainable {
     ) -> Result<f32> {
         let tokens = ce.tokenizer.pack(batch);
         let logits = ce.model.forward_train(tokens, &mut self.tape, dropout)?;
-        let (loss, mut dlogits) = loss_and_grad(&logits, labels, objective.into())?;
+        let (loss, mut dlogits) = timed("loss", || {
+            loss_and_grad(&logits, labels, objective.into())
+        })?;
         dlogits.iter_mut().for_each(|g| *g *= weight);
         ce.model.backward(&mut self.tape, &dlogits, &mut self.grads);
         Ok(loss)
@@ -185,10 +188,13 @@ impl Trainable {
     /// learning rate `lr` to `ce`'s weights and clears the gradient. Returns the norm before
     /// clipping.
     pub fn step(&mut self, ce: &mut CrossEncoder, lr: f64, max_norm: f64) -> f64 {
-        let (norm, coef) = optim::clip_coefficient(&self.grads, max_norm);
-        self.opt
-            .step(&mut ce.model.weights.data, &self.grads, lr, coef);
-        self.grads.fill(0.0);
+        let norm = timed("optimizer (clip + AdamW)", || {
+            let (norm, coef) = optim::clip_coefficient(&self.grads, max_norm);
+            self.opt
+                .step(&mut ce.model.weights.data, &self.grads, lr, coef);
+            norm
+        });
+        timed("zero gradients", || self.grads.fill(0.0));
         norm
     }
 

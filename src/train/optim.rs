@@ -6,6 +6,7 @@
 //! update reads it (the same arithmetic as scaling the gradients first), so the step reads the
 //! parameters, gradients and both moments once and writes the parameters and moments once.
 
+use multiversion::multiversion;
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -87,15 +88,43 @@ impl AdamW {
                 .zip(self.v[range.clone()].par_chunks_mut(CHUNK))
                 .zip(grads[range.clone()].par_chunks(CHUNK))
                 .for_each(|(((p, m), v), g)| {
-                    for (((p, m), v), g) in p.iter_mut().zip(m).zip(v).zip(g) {
-                        let g = g * grad_scale;
-                        *m = b1 * *m + (1.0 - b1) * g;
-                        *v = b2 * *v + (1.0 - b2) * g * g;
-                        let denom = v.sqrt() * inv_bc2_sqrt + eps;
-                        *p = *p * shrink - step_size * *m / denom;
-                    }
+                    let k = Constants {
+                        b1,
+                        b2,
+                        eps,
+                        step_size,
+                        inv_bc2_sqrt,
+                        shrink,
+                        grad_scale,
+                    };
+                    update(p, m, v, g, k)
                 });
         }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Constants {
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    step_size: f32,
+    inv_bc2_sqrt: f32,
+    /// `1 - lr * weight_decay`, or 1 for parameters without decay.
+    shrink: f32,
+    grad_scale: f32,
+}
+
+/// The AdamW update of one chunk, as `torch.optim.AdamW` computes it; compiled for AVX-512
+/// and AVX2 too.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma", "x86_64+avx2+fma"))]
+fn update(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], k: Constants) {
+    for (((p, m), v), g) in p.iter_mut().zip(m).zip(v).zip(g) {
+        let g = g * k.grad_scale;
+        *m = k.b1 * *m + (1.0 - k.b1) * g;
+        *v = k.b2 * *v + (1.0 - k.b2) * g * g;
+        let denom = v.sqrt() * k.inv_bc2_sqrt + k.eps;
+        *p = *p * k.shrink - k.step_size * *m / denom;
     }
 }
 
