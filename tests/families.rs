@@ -18,7 +18,7 @@ fn check_family(name: &str, arch: &str) {
     let enc = ce.tokenizer.encode_pairs(&pairs).unwrap();
     let batch: Vec<_> = enc.iter().collect();
     let before = t
-        .accumulate(&ce, &batch, &labels, LossKind::Bce, None, 1.0)
+        .accumulate(&mut ce, &batch, &labels, LossKind::Bce, None, 1.0)
         .unwrap();
     let on_disk =
         candle_core::safetensors::load(dir.join("model.safetensors"), &candle_core::Device::Cpu)
@@ -38,10 +38,11 @@ fn check_family(name: &str, arch: &str) {
     }
     t.step(&mut ce, 1e-3, 1.0);
     let after = t
-        .accumulate(&ce, &batch, &labels, LossKind::Bce, None, 1.0)
+        .accumulate(&mut ce, &batch, &labels, LossKind::Bce, None, 1.0)
         .unwrap();
     assert!(after < before, "{name}: loss {before} -> {after}");
 
+    t.flush(&mut ce);
     let out = tempfile::tempdir().unwrap();
     ce.save(out.path()).unwrap();
     let cfg = read_json(&out.path().join("config.json"));

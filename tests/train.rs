@@ -519,7 +519,11 @@ fn bench_reports_and_appends_a_row() {
         "/train/padding_ratio",
         "/inference/pairs_per_s",
         "/matmul_peak_gflops",
+        "/memory_bandwidth_gbs",
+        "/step_floor_s",
         "/peak_rss_mb",
+        "/profile_train_ms_per_step/fwd qkv",
+        "/profile_inference_ms/fwd attention",
     ] {
         assert!(
             report

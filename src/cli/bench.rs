@@ -67,8 +67,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let mut ce = load()?;
     ce.batch_size = args.eval_batch_size;
-    let infer = bench::inference(&ce, &test, 3)?;
     crate::ops::profile::enable(true);
+    let infer = bench::inference(&ce, &test, 3)?;
+    // Warm-up and three passes over the test set: a third of the table is one pass.
+    let infer_profile: Vec<_> = crate::ops::profile::take()
+        .into_iter()
+        .map(|(name, secs, calls)| (name, secs / 3.0, calls))
+        .collect();
     let train_b = bench::train_steps(&mut ce, &train, args.batch_size, args.steps)?;
     let profile = crate::ops::profile::take();
     crate::ops::profile::enable(false);
@@ -102,8 +107,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
         report["ratio_inference_ort_int8"] = json!(infer.pairs_per_s / get("ort_int8_pairs_per_s"));
         report["reference"] = r;
     }
+    let ms = |rows: &[(&str, f64, usize)], per: usize| -> Value {
+        rows.iter()
+            .map(|(name, secs, _)| (name.to_string(), json!(secs * 1e3 / per.max(1) as f64)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    report["profile_train_ms_per_step"] = ms(&profile, args.steps);
+    report["profile_inference_ms"] = ms(&infer_profile, 1);
     println!("{}", serde_json::to_string_pretty(&report)?);
-    print_profile(&profile, args.steps);
+    print_profile("training step", &profile, args.steps);
+    print_profile("scoring STS-B test", &infer_profile, 1);
     if let Some(path) = &args.append {
         append_row(path, &report)?;
         if let Some(big) = report.get("bert_base") {
@@ -118,21 +132,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Per-op time of the timed training steps, ms per step, largest first.
-fn print_profile(rows: &[(&'static str, f64, usize)], steps: usize) {
+/// Per-op time, ms per step (per pass), largest first, as a Markdown table on stderr.
+fn print_profile(what: &str, rows: &[(&'static str, f64, usize)], steps: usize) {
     let total: f64 = rows.iter().map(|r| r.1).sum();
     let mut rows = rows.to_vec();
     rows.sort_by(|a, b| b.1.total_cmp(&a.1));
-    println!("\n| op (training step) | ms / step | share |\n| --- | --- | --- |");
+    eprintln!("\n| op ({what}) | ms | share |\n| --- | --- | --- |");
     for (name, secs, _) in rows {
         let ms = secs * 1e3 / steps.max(1) as f64;
-        println!("| {name} | {ms:.2} | {:.1}% |", 100.0 * secs / total);
+        eprintln!("| {name} | {ms:.2} | {:.1}% |", 100.0 * secs / total);
     }
-    println!("| total | {:.2} | |", total * 1e3 / steps.max(1) as f64);
+    eprintln!("| total | {:.2} | |", total * 1e3 / steps.max(1) as f64);
 }
 
 fn reference(args: &BenchArgs, dir: &std::path::Path, threads: usize) -> Result<Value> {
-    // Each script prints JSON objects, one a line, among other output.
     let run = |script: &str, extra: &[String]| -> Result<Vec<Value>> {
         let out = Command::new(&args.python)
             .arg(dir.join(script))
@@ -145,10 +158,15 @@ fn reference(args: &BenchArgs, dir: &std::path::Path, threads: usize) -> Result<
         if !out.status.success() {
             bail!("{script} failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        let values: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with('{'))
-            .filter_map(|l| serde_json::from_str(l).ok())
+        // A report starts a line with `{` and may span several lines.
+        let text = String::from_utf8_lossy(&out.stdout);
+        let starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1));
+        let values: Vec<Value> = starts
+            .filter(|&i| text[i..].starts_with('{'))
+            .filter_map(|i| {
+                let mut de = serde_json::Deserializer::from_str(&text[i..]).into_iter::<Value>();
+                de.next().and_then(|v| v.ok())
+            })
             .collect();
         if values.is_empty() {
             bail!("no JSON report in the output of {script}");
@@ -204,17 +222,23 @@ fn commit() -> String {
         )
 }
 
+const HEADER: &str = "| date | cpu, threads | commit | model | train pairs/s | s/step | step floor s | tokens/s | padding | s/epoch | train GFLOP/s | infer pairs/s | infer GFLOP/s | matmul peak | GB/s | peak RSS MB | ref train pairs/s | ref infer pairs/s | ORT fp32 | ORT int8 | train x | infer x |";
+
+/// Appends a row to the Markdown table in `path`, starting a new table when the file has none
+/// with today's columns.
 fn append_row(path: &std::path::Path, r: &Value) -> Result<()> {
-    let new = !path.exists();
+    let old = std::fs::read_to_string(path).unwrap_or_default();
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    if new {
-        writeln!(f, "# Benchmarks\n\nRows appended by `crossenc bench`. Train: pairs/s over timed steps of batch 16 (length-grouped, dropout on); inference: STS-B test, batch 32, sorted by length.\n")?;
-        writeln!(f, "| date | cpu, threads | commit | model | train pairs/s | s/step | step floor s | tokens/s | padding | s/epoch | train GFLOP/s | infer pairs/s | infer GFLOP/s | matmul peak | GB/s | peak RSS MB | ref train pairs/s | ref infer pairs/s | ORT fp32 | ORT int8 | train x | infer x |")?;
-        writeln!(f, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")?;
+    if old.is_empty() {
+        writeln!(f, "# Benchmarks\n\nRows appended by `crossenc bench`. Train: pairs/s over timed steps of batch 16 (length-grouped, dropout on); inference: STS-B test, batch 32, sorted by length.")?;
+    }
+    if !old.lines().any(|l| l == HEADER) {
+        let columns = HEADER.matches('|').count() - 1;
+        writeln!(f, "\n{HEADER}\n{}|", "| --- ".repeat(columns))?;
     }
     let g = |p: &str| {
         r.pointer(p)

@@ -10,6 +10,7 @@ use super::config::Config;
 use super::tokenize::{PairTokenizer, Tokens};
 use super::{head, SequenceClassifier};
 use crate::hub;
+use crate::ops::profile::timed;
 
 /// The function sentence-transformers applies to the logits in `predict`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,7 +188,8 @@ impl CrossEncoder {
     }
 
     fn score<S: AsRef<str>>(&self, pairs: &[(S, S)], activate: bool) -> Result<Scores> {
-        self.score_encodings(&self.tokenizer.encode_pairs(pairs)?, activate)
+        let encodings = timed("tokenize", || self.tokenizer.encode_pairs(pairs))?;
+        self.score_encodings(&encodings, activate)
     }
 
     /// Scores tokenized pairs, in input order. Batches hold pairs of similar length (longest

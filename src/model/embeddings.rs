@@ -74,6 +74,11 @@ impl Embeddings {
         })
     }
 
+    /// The word-embedding table's range in the flat buffer and its row width.
+    pub fn word_table(&self) -> (Range<usize>, usize) {
+        (self.word_embeddings.clone(), self.e)
+    }
+
     /// BERT-style: 0..len per sequence. RoBERTa-style: count non-pad tokens from
     /// `padding_idx + 1`, a pad token keeps `padding_idx` (transformers'
     /// `create_position_ids_from_input_ids`).

@@ -195,7 +195,9 @@ impl Layer {
             self.intermediate.forward(w, &acts.y1, &mut acts.u)
         });
         timed("fwd activation", || self.act.forward(&mut acts.a, &acts.u));
-        timed("fwd output", || self.output.forward(w, &acts.a, &mut acts.z2));
+        timed("fwd output", || {
+            self.output.forward(w, &acts.a, &mut acts.z2)
+        });
         timed("fwd dropout + residual", || {
             dropout::apply(drop_ffn, &mut acts.z2);
             add(&mut acts.z2, &acts.y1);

@@ -187,8 +187,10 @@ impl Transformer {
         let mut acts = LayerActs::default();
         let mut emb = EmbeddingActs::default();
         fit(&mut acts.x, tokens.len() * self.hidden);
-        self.embeddings
-            .forward(w, tokens, &mut acts.x, &mut emb, None)?;
+        timed("fwd embeddings", || {
+            self.embeddings
+                .forward(w, tokens, &mut acts.x, &mut emb, None)
+        })?;
         let mut out = Vec::new();
         for layer in &self.layers {
             layer.forward(w, &tokens.offsets, &mut acts, &mut out, None);
@@ -262,9 +264,10 @@ impl SequenceClassifier {
     pub fn forward(&self, tokens: &Tokens) -> Result<Vec<f32>> {
         let hidden = self.encode(tokens)?;
         let cls = first_tokens(&hidden, tokens, self.transformer.hidden);
-        Ok(self
-            .head
-            .forward(&self.weights.data, &cls, &mut HeadActs::default(), None))
+        Ok(timed("fwd head", || {
+            self.head
+                .forward(&self.weights.data, &cls, &mut HeadActs::default(), None)
+        }))
     }
 
     /// Raw logits of a training pass over `tokens` with dropout seed `seed`, keeping in `tape`
@@ -301,6 +304,12 @@ impl SequenceClassifier {
         }
         self.transformer.backward(w, g, tape, &mut dy);
         tape.hidden = dy;
+    }
+
+    /// The word-embedding table's range in the flat buffer and its row width: a batch reads
+    /// (and its gradient touches) only the rows of its token ids.
+    pub fn word_table(&self) -> (Range<usize>, usize) {
+        self.transformer.embeddings.word_table()
     }
 
     /// BERT's pooler output (`tanh(dense(h_cls))`) of first-token states `[sequences, hidden]`;

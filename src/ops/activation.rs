@@ -58,7 +58,10 @@ pub fn exp(x: f32) -> f32 {
 }
 
 /// `y[i] = f(x[i])`, compiled for AVX-512 and AVX2 too.
-#[multiversion(targets("x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma", "x86_64+avx2+fma"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma",
+    "x86_64+avx2+fma"
+))]
 fn map(y: &mut [f32], x: &[f32], f: impl Fn(f32) -> f32) {
     for (o, &v) in y.iter_mut().zip(x) {
         *o = f(v);
@@ -66,7 +69,10 @@ fn map(y: &mut [f32], x: &[f32], f: impl Fn(f32) -> f32) {
 }
 
 /// `d[i] *= f(x[i], y[i])`, compiled for AVX-512 and AVX2 too.
-#[multiversion(targets("x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma", "x86_64+avx2+fma"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma",
+    "x86_64+avx2+fma"
+))]
 fn scale_by(d: &mut [f32], x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32) {
     for ((g, &a), &b) in d.iter_mut().zip(x).zip(y) {
         *g *= f(a, b);
@@ -161,7 +167,10 @@ mod tests {
         for i in -87_000..=88_000 {
             let x = i as f32 / 1000.0;
             let (got, want) = (exp(x), x.exp());
-            assert!((got - want).abs() <= 3e-7 * want, "exp({x}): {got} vs {want}");
+            assert!(
+                (got - want).abs() <= 3e-7 * want,
+                "exp({x}): {got} vs {want}"
+            );
             let (got, want) = (tanh(x), x.tanh());
             assert!((got - want).abs() <= 2e-7, "tanh({x}): {got} vs {want}");
         }

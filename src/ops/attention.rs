@@ -13,7 +13,10 @@ use super::matmul::{matmul, Product, View};
 use super::Dropout;
 
 /// Softmax of each `len`-wide row of `p`, in place; compiled for AVX-512 and AVX2 too.
-#[multiversion(targets("x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma", "x86_64+avx2+fma"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma",
+    "x86_64+avx2+fma"
+))]
 fn softmax_rows(p: &mut [f32], len: usize) {
     for row in p.chunks_exact_mut(len) {
         let max = super::max(row);
@@ -24,7 +27,10 @@ fn softmax_rows(p: &mut [f32], len: usize) {
 }
 
 /// `dS = P (dP - rowsum(P dP)) * scale` per row, in place of `dp`.
-#[multiversion(targets("x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma", "x86_64+avx2+fma"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma",
+    "x86_64+avx2+fma"
+))]
 fn softmax_backward_rows(dp: &mut [f32], p: &[f32], len: usize, scale: f32) {
     for (pr, gr) in p.chunks_exact(len).zip(dp.chunks_exact_mut(len)) {
         let dot = super::dot(pr, gr);

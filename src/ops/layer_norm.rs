@@ -16,7 +16,10 @@ pub fn forward(y: &mut [f32], stats: &mut [f32], x: &[f32], w: &[f32], b: &[f32]
         .for_each(|((yb, sb), xb)| forward_rows(yb, sb, xb, w, b, eps));
 }
 
-#[multiversion(targets("x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma", "x86_64+avx2+fma"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma",
+    "x86_64+avx2+fma"
+))]
 fn forward_rows(y: &mut [f32], stats: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
     let h = w.len();
     for ((yr, s), xr) in y.chunks_mut(h).zip(stats.chunks_mut(2)).zip(x.chunks(h)) {
@@ -66,7 +69,10 @@ pub fn backward(
 }
 
 /// One block of rows: dx written, dw and db sums added into `acc` (`[2, h]`).
-#[multiversion(targets("x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma", "x86_64+avx2+fma"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma",
+    "x86_64+avx2+fma"
+))]
 fn backward_rows(dx: &mut [f32], acc: &mut [f32], x: &[f32], dy: &[f32], stats: &[f32], w: &[f32]) {
     let h = w.len();
     let rows = dx.chunks_mut(h).zip(x.chunks(h)).zip(dy.chunks(h));

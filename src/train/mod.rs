@@ -154,20 +154,32 @@ pub struct Trainable {
 }
 
 impl Trainable {
+    /// AdamW updates the word-embedding table lazily (see [`optim`]): call
+    /// [`Trainable::flush`] before reading the weights as a whole.
     pub fn new(ce: &CrossEncoder, adamw: AdamWConfig) -> Self {
         let w = &ce.model.weights;
+        let mut opt = AdamW::new(w.entries(), adamw);
+        let (table, width) = ce.model.word_table();
+        opt.lazy_rows(table, width);
         Trainable {
-            opt: AdamW::new(w.entries(), adamw),
+            opt,
             grads: vec![0f32; w.len()],
             tape: Tape::default(),
         }
+    }
+
+    /// Brings every weight up to date with the steps taken (the lazily updated rows).
+    pub fn flush(&mut self, ce: &mut CrossEncoder) {
+        timed("optimizer (lazy rows)", || {
+            self.opt.flush(&mut ce.model.weights.data)
+        });
     }
 
     /// Runs one batch forward and backward and adds `weight` times the gradient of its loss
     /// into `grads`; returns the loss. `dropout`: the pass's dropout seed (`None`: off).
     pub fn accumulate(
         &mut self,
-        ce: &CrossEncoder,
+        ce: &mut CrossEncoder,
         batch: &[&Encoding],
         labels: &[f32],
         objective: impl Into<Objective>,
@@ -175,10 +187,13 @@ impl Trainable {
         weight: f32,
     ) -> Result<f32> {
         let tokens = ce.tokenizer.pack(batch);
+        timed("optimizer (lazy rows)", || {
+            self.opt
+                .touch(&mut ce.model.weights.data, &tokens.input_ids)
+        });
         let logits = ce.model.forward_train(tokens, &mut self.tape, dropout)?;
-        let (loss, mut dlogits) = timed("loss", || {
-            loss_and_grad(&logits, labels, objective.into())
-        })?;
+        let (loss, mut dlogits) =
+            timed("loss", || loss_and_grad(&logits, labels, objective.into()))?;
         dlogits.iter_mut().for_each(|g| *g *= weight);
         ce.model.backward(&mut self.tape, &dlogits, &mut self.grads);
         Ok(loss)
@@ -541,6 +556,10 @@ pub fn train(
         let eval_now = epoch_end
             || st.step == last_step
             || cfg.eval_steps.is_some_and(|n| st.step.is_multiple_of(n));
+        let save_now = cfg.save_steps.is_some_and(|n| st.step.is_multiple_of(n));
+        if (eval_now && dev.is_some()) || save_now || st.step == last_step {
+            t.flush(ce);
+        }
         if let (true, Some(dev)) = (eval_now, dev) {
             let m = eval::pair_metrics(ce, cfg.task, dev)?;
             let value = *m.get(&cfg.metric).with_context(|| {
@@ -561,7 +580,7 @@ pub fn train(
             }
             last_metrics = Some(m);
         }
-        if cfg.save_steps.is_some_and(|n| st.step.is_multiple_of(n)) && st.step < last_step {
+        if save_now && st.step < last_step {
             state::save(output, &st, &ce.model.weights, &t.opt, cfg.keep_checkpoints)?;
         }
     }

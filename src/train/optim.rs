@@ -5,6 +5,14 @@
 //! Clipping is fused into the update: the clip coefficient scales each gradient element as the
 //! update reads it (the same arithmetic as scaling the gradients first), so the step reads the
 //! parameters, gradients and both moments once and writes the parameters and moments once.
+//!
+//! The word-embedding table can be updated lazily: it is half of a small model's parameters,
+//! and a batch touches a few hundred of its rows. An untouched row's gradient is exactly zero,
+//! yet AdamW still moves it (its moments decay, weight decay shrinks it), so a row that is not
+//! touched is left as it is and the steps it missed are replayed, with each step's own
+//! constants, when it is next touched or when [`AdamW::flush`] brings every row up to date.
+//! The replay runs the same arithmetic on the same values in the same order, so the result is
+//! bit-identical to the eager update, for a fraction of the memory traffic.
 
 use multiversion::multiversion;
 use rayon::prelude::*;
@@ -40,6 +48,22 @@ pub struct AdamW {
     /// Updates applied so far (the bias-correction step count).
     pub steps: usize,
     pub cfg: AdamWConfig,
+    lazy: Option<LazyTable>,
+    /// The constants of every step since the last restore (`history[s - first_step]` for step
+    /// `s + 1`), for replaying the steps that a lazy row missed.
+    history: Vec<Constants>,
+    first_step: usize,
+}
+
+/// A table whose rows are updated only when touched (see the module docs).
+struct LazyTable {
+    range: Range<usize>,
+    width: usize,
+    decay: bool,
+    /// How many steps each row has received.
+    done: Vec<usize>,
+    /// Rows whose gradient the current step may touch.
+    touched: Vec<bool>,
 }
 
 /// Biases and LayerNorm parameters get no weight decay, as in the reference trainer.
@@ -62,7 +86,67 @@ impl AdamW {
                 .collect(),
             steps: 0,
             cfg,
+            lazy: None,
+            history: Vec::new(),
+            first_step: 0,
         }
+    }
+
+    /// Updates the parameter at `range` (a `[rows, width]` table) lazily from now on.
+    pub fn lazy_rows(&mut self, range: Range<usize>, width: usize) {
+        let Some(i) = self.groups.iter().position(|g| g.0 == range) else {
+            return;
+        };
+        let (range, decay) = self.groups.remove(i);
+        let rows = range.len() / width;
+        self.lazy = Some(LazyTable {
+            range,
+            width,
+            decay,
+            done: vec![self.steps; rows],
+            touched: vec![false; rows],
+        });
+    }
+
+    /// Brings `rows` of the lazy table up to date (a batch is about to read them) and marks
+    /// them as touched by the current step.
+    pub fn touch(&mut self, params: &mut [f32], rows: &[u32]) {
+        let Some(t) = &mut self.lazy else { return };
+        for &r in rows {
+            if let Some(flag) = t.touched.get_mut(r as usize) {
+                *flag = true;
+            }
+        }
+        let mask = t.touched.clone();
+        self.catch_up(params, |r| mask[r]);
+    }
+
+    /// Brings every row of the lazy table up to date: before the weights are read as a whole
+    /// (evaluation, saving, a checkpoint).
+    pub fn flush(&mut self, params: &mut [f32]) {
+        self.catch_up(params, |_| true);
+    }
+
+    /// Replays, on the rows that `which` selects, the steps they missed (zero gradient).
+    fn catch_up(&mut self, params: &mut [f32], which: impl Fn(usize) -> bool + Sync) {
+        let (steps, first) = (self.steps, self.first_step);
+        let Some(t) = &mut self.lazy else { return };
+        let history = &self.history;
+        let zeros = vec![0f32; t.width];
+        let w = t.width;
+        params[t.range.clone()]
+            .par_chunks_mut(w)
+            .zip(self.m[t.range.clone()].par_chunks_mut(w))
+            .zip(self.v[t.range.clone()].par_chunks_mut(w))
+            .zip(t.done.par_iter_mut())
+            .enumerate()
+            .filter(|(r, (_, done))| **done < steps && which(*r))
+            .for_each(|(_, (((p, m), v), done))| {
+                for k in &history[*done - first..steps - first] {
+                    update(p, m, v, &zeros, *k);
+                }
+                *done = steps;
+            });
     }
 
     /// One update of `params` with learning rate `lr` from `grads * grad_scale` (the clip
@@ -76,29 +160,56 @@ impl AdamW {
         let eps = c.eps as f32;
         let step_size = (lr / (1.0 - c.beta1.powi(t))) as f32;
         let inv_bc2_sqrt = (1.0 / (1.0 - c.beta2.powi(t)).sqrt()) as f32;
+        let k = Constants {
+            b1,
+            b2,
+            eps,
+            step_size,
+            inv_bc2_sqrt,
+            shrink: 1.0,
+            grad_scale,
+        };
+        let decayed = Constants {
+            shrink: (1.0 - lr * c.weight_decay) as f32,
+            ..k
+        };
         for (range, decay) in &self.groups {
-            let shrink = if *decay {
-                (1.0 - lr * c.weight_decay) as f32
-            } else {
-                1.0
-            };
+            let k = if *decay { decayed } else { k };
             params[range.clone()]
                 .par_chunks_mut(CHUNK)
                 .zip(self.m[range.clone()].par_chunks_mut(CHUNK))
                 .zip(self.v[range.clone()].par_chunks_mut(CHUNK))
                 .zip(grads[range.clone()].par_chunks(CHUNK))
-                .for_each(|(((p, m), v), g)| {
-                    let k = Constants {
-                        b1,
-                        b2,
-                        eps,
-                        step_size,
-                        inv_bc2_sqrt,
-                        shrink,
-                        grad_scale,
-                    };
-                    update(p, m, v, g, k)
+                .for_each(|(((p, m), v), g)| update(p, m, v, g, k));
+        }
+        if let Some(t) = &mut self.lazy {
+            let k = if t.decay { decayed } else { k };
+            self.history.push(k);
+            let (w, steps) = (t.width, self.steps);
+            params[t.range.clone()]
+                .par_chunks_mut(w)
+                .zip(self.m[t.range.clone()].par_chunks_mut(w))
+                .zip(self.v[t.range.clone()].par_chunks_mut(w))
+                .zip(grads[t.range.clone()].par_chunks(w))
+                .zip(t.done.par_iter_mut().zip(t.touched.par_iter_mut()))
+                .filter(|(_, (_, touched))| **touched)
+                .for_each(|((((p, m), v), g), (done, touched))| {
+                    debug_assert_eq!(*done, steps - 1, "a touched row is up to date");
+                    update(p, m, v, g, k);
+                    *done = steps;
+                    *touched = false;
                 });
+        }
+    }
+
+    /// After restoring weights and moments saved at step `steps` (all rows up to date).
+    pub fn restored(&mut self, steps: usize) {
+        self.steps = steps;
+        self.first_step = steps;
+        self.history.clear();
+        if let Some(t) = &mut self.lazy {
+            t.done.fill(steps);
+            t.touched.fill(false);
         }
     }
 }
@@ -117,7 +228,10 @@ struct Constants {
 
 /// The AdamW update of one chunk, as `torch.optim.AdamW` computes it; compiled for AVX-512
 /// and AVX2 too.
-#[multiversion(targets("x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma", "x86_64+avx2+fma"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma",
+    "x86_64+avx2+fma"
+))]
 fn update(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], k: Constants) {
     for (((p, m), v), g) in p.iter_mut().zip(m).zip(v).zip(g) {
         let g = g * k.grad_scale;
@@ -174,6 +288,46 @@ mod tests {
             (opt.m[0] - 0.1 * 0.5).abs() < 1e-7,
             "the moment saw the scaled gradient"
         );
+    }
+
+    #[test]
+    fn lazy_rows_are_bit_identical_to_the_eager_update() {
+        use rand::{Rng, SeedableRng};
+        let (rows, width) = (10, 4);
+        let entries = [entry("emb.weight", 0..40), entry("dense.weight", 40..46)];
+        let cfg = AdamWConfig::default();
+        let (mut eager, mut lazy) = (AdamW::new(&entries, cfg), AdamW::new(&entries, cfg));
+        lazy.lazy_rows(0..40, width);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let init: Vec<f32> = (0..46).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let (mut pe, mut pl) = (init.clone(), init);
+        for step in 0..12 {
+            let touched: Vec<u32> = (0..rows as u32).filter(|_| rng.random_bool(0.3)).collect();
+            let mut g = vec![0f32; 46];
+            for &r in &touched {
+                for x in &mut g[r as usize * width..][..width] {
+                    *x = rng.random_range(-1.0..1.0);
+                }
+            }
+            g[40..]
+                .iter_mut()
+                .for_each(|x| *x = rng.random_range(-1.0..1.0));
+            let (lr, scale) = (1e-2 / (1 + step) as f64, 0.5 + 0.05 * step as f32);
+            lazy.touch(&mut pl, &touched);
+            // The rows a batch reads are up to date before it reads them.
+            for &r in &touched {
+                let row = r as usize * width..(r as usize + 1) * width;
+                assert_eq!(pl[row.clone()], pe[row], "row {r} before step {step}");
+            }
+            eager.step(&mut pe, &g, lr, scale);
+            lazy.step(&mut pl, &g, lr, scale);
+        }
+        assert_ne!(pl, pe, "some rows were left behind until the flush");
+        lazy.flush(&mut pl);
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&pl), bits(&pe));
+        assert_eq!(bits(&lazy.m), bits(&eager.m));
+        assert_eq!(bits(&lazy.v), bits(&eager.v));
     }
 
     #[test]

@@ -28,7 +28,8 @@ pub fn checkpoints_dir(output: &Path) -> PathBuf {
 }
 
 /// Writes `checkpoint-{step}` atomically (a temporary folder renamed into place) and keeps the
-/// newest `keep` checkpoints.
+/// newest `keep` checkpoints. Every weight must be up to date (see
+/// [`super::Trainable::flush`]).
 pub fn save(
     output: &Path,
     state: &TrainerState,
@@ -113,6 +114,6 @@ pub fn restore_latest(
     let (moments, path) = read("optimizer.safetensors")?;
     weights.read_into(&mut opt.m, &moments, "m.", &path)?;
     weights.read_into(&mut opt.v, &moments, "v.", &path)?;
-    opt.steps = state.step;
+    opt.restored(state.step);
     Ok(Some(state))
 }
