@@ -84,10 +84,7 @@ impl Dims {
 
     fn drop(&self, dropout: Option<Dropout>, s: usize, head: usize, p: &mut [f32]) {
         if let Some(d) = dropout {
-            let base = self.dropout_base(s, head);
-            for (i, x) in p.iter_mut().enumerate() {
-                *x *= d.factor(base + i as u64);
-            }
+            d.apply_from(p, self.dropout_base(s, head));
         }
     }
 }

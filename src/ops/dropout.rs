@@ -3,6 +3,7 @@
 //! instead of storing it, any thread can compute any part of it, and a run is reproducible
 //! from its seed and step.
 
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 /// One dropout site (a layer's attention probabilities, its FFN output, ...) of one pass.
@@ -14,6 +15,7 @@ pub struct Dropout {
 }
 
 /// splitmix64: a well-mixed 64-bit hash of a counter.
+#[inline(always)]
 pub(crate) fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -36,7 +38,7 @@ impl Dropout {
     }
 
     /// The factor of element `idx`: `1 / (1 - p)` with probability `1 - p`, else 0.
-    #[inline]
+    #[inline(always)]
     pub fn factor(&self, idx: u64) -> f32 {
         let r = (mix(self.key ^ idx) >> 40) as f32 * (1.0 / (1u64 << 24) as f32);
         if r >= self.p {
@@ -49,12 +51,24 @@ impl Dropout {
     /// Multiplies element `i` of `x` by `factor(i)`: the forward pass on activations, and the
     /// backward pass on their gradients.
     pub fn apply(&self, x: &mut [f32]) {
-        x.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
-            let base = (c * CHUNK) as u64;
-            for (i, v) in chunk.iter_mut().enumerate() {
-                *v *= self.factor(base + i as u64);
+        x.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, chunk)| self.apply_from(chunk, (c * CHUNK) as u64));
+    }
+
+    /// Multiplies `x[i]` by `factor(base + i)`; compiled for AVX-512 (whose 64-bit multiplies
+    /// vectorise the hash) and AVX2 too.
+    pub fn apply_from(&self, x: &mut [f32], base: u64) {
+        #[multiversion(targets(
+            "x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma",
+            "x86_64+avx2+fma"
+        ))]
+        fn run(d: &Dropout, x: &mut [f32], base: u64) {
+            for (i, v) in x.iter_mut().enumerate() {
+                *v *= d.factor(base + i as u64);
             }
-        });
+        }
+        run(self, x, base)
     }
 }
 

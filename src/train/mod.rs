@@ -200,17 +200,16 @@ impl Trainable {
     }
 
     /// Clips the accumulated gradient to global norm `max_norm`, applies one AdamW step with
-    /// learning rate `lr` to `ce`'s weights and clears the gradient. Returns the norm before
+    /// learning rate `lr` to `ce`'s weights and clears the gradient (in the same pass). Returns the norm before
     /// clipping.
     pub fn step(&mut self, ce: &mut CrossEncoder, lr: f64, max_norm: f64) -> f64 {
-        let norm = timed("optimizer (clip + AdamW)", || {
-            let (norm, coef) = optim::clip_coefficient(&self.grads, max_norm);
+        timed("optimizer (clip + AdamW)", || {
+            let norm = self.opt.grad_norm(&self.grads);
+            let coef = optim::clip_coefficient(norm, max_norm);
             self.opt
-                .step(&mut ce.model.weights.data, &self.grads, lr, coef);
+                .step(&mut ce.model.weights.data, &mut self.grads, lr, coef);
             norm
-        });
-        timed("zero gradients", || self.grads.fill(0.0));
-        norm
+        })
     }
 
     /// The accumulated gradient of each parameter, by HF name.

@@ -150,8 +150,8 @@ impl AdamW {
     }
 
     /// One update of `params` with learning rate `lr` from `grads * grad_scale` (the clip
-    /// coefficient), in place.
-    pub fn step(&mut self, params: &mut [f32], grads: &[f32], lr: f64, grad_scale: f32) {
+    /// coefficient), in place; clears `grads` as it reads them, ready for the next step.
+    pub fn step(&mut self, params: &mut [f32], grads: &mut [f32], lr: f64, grad_scale: f32) {
         self.steps += 1;
         let c = self.cfg;
         let t = self.steps as i32;
@@ -179,8 +179,11 @@ impl AdamW {
                 .par_chunks_mut(CHUNK)
                 .zip(self.m[range.clone()].par_chunks_mut(CHUNK))
                 .zip(self.v[range.clone()].par_chunks_mut(CHUNK))
-                .zip(grads[range.clone()].par_chunks(CHUNK))
-                .for_each(|(((p, m), v), g)| update(p, m, v, g, k));
+                .zip(grads[range.clone()].par_chunks_mut(CHUNK))
+                .for_each(|(((p, m), v), g)| {
+                    update(p, m, v, g, k);
+                    g.fill(0.0);
+                });
         }
         if let Some(t) = &mut self.lazy {
             let k = if t.decay { decayed } else { k };
@@ -190,12 +193,13 @@ impl AdamW {
                 .par_chunks_mut(w)
                 .zip(self.m[t.range.clone()].par_chunks_mut(w))
                 .zip(self.v[t.range.clone()].par_chunks_mut(w))
-                .zip(grads[t.range.clone()].par_chunks(w))
+                .zip(grads[t.range.clone()].par_chunks_mut(w))
                 .zip(t.done.par_iter_mut().zip(t.touched.par_iter_mut()))
                 .filter(|(_, (_, touched))| **touched)
                 .for_each(|((((p, m), v), g), (done, touched))| {
                     debug_assert_eq!(*done, steps - 1, "a touched row is up to date");
                     update(p, m, v, g, k);
+                    g.fill(0.0);
                     *done = steps;
                     *touched = false;
                 });
@@ -242,18 +246,34 @@ fn update(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], k: Constants) 
     }
 }
 
-/// The global L2 norm of `grads` and the factor that scales it to at most `max_norm`
-/// (`clip_grad_norm_`'s coefficient; 1 when the norm is already below).
-pub fn clip_coefficient(grads: &[f32], max_norm: f64) -> (f64, f32) {
-    // Partial sums over fixed chunks in parallel, then a fixed-order total: the same bits on
-    // every run, which kill-and-resume reproducibility relies on.
-    let squares: Vec<f64> = grads
-        .par_chunks(CHUNK)
-        .map(|c| c.iter().map(|x| (*x as f64) * (*x as f64)).sum())
-        .collect();
-    let total = squares.iter().sum::<f64>().sqrt();
-    let coef = (max_norm / (total + 1e-6)).min(1.0) as f32;
-    (total, coef)
+impl AdamW {
+    /// The global L2 norm of `grads` (`clip_grad_norm_`'s), skipping the lazy table's
+    /// untouched rows, whose gradient is zero.
+    pub fn grad_norm(&self, grads: &[f32]) -> f64 {
+        // Partial sums over fixed chunks in parallel, then a fixed-order total: the same bits
+        // on every run, which kill-and-resume reproducibility relies on.
+        let squares = |c: &[f32]| c.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>();
+        let mut parts: Vec<f64> = Vec::new();
+        for (range, _) in &self.groups {
+            parts.par_extend(grads[range.clone()].par_chunks(CHUNK).map(squares));
+        }
+        if let Some(t) = &self.lazy {
+            parts.par_extend(
+                grads[t.range.clone()]
+                    .par_chunks(t.width)
+                    .zip(t.touched.par_iter())
+                    .filter(|(_, touched)| **touched)
+                    .map(|(g, _)| squares(g)),
+            );
+        }
+        parts.iter().sum::<f64>().sqrt()
+    }
+}
+
+/// The factor that scales a gradient of norm `norm` to at most `max_norm` (`clip_grad_norm_`'s
+/// coefficient; 1 when the norm is already below).
+pub fn clip_coefficient(norm: f64, max_norm: f64) -> f32 {
+    (max_norm / (norm + 1e-6)).min(1.0) as f32
 }
 
 #[cfg(test)]
@@ -278,7 +298,9 @@ mod tests {
         let mut opt = AdamW::new(&entries, cfg);
         let mut p = vec![1.0f32, -2.0, 0.5];
         // The gradient is scaled by 0.5 on the way in: the update only sees its sign here.
-        opt.step(&mut p, &[1.0, -0.5, 4.0], 0.01, 0.5);
+        let mut g = vec![1.0, -0.5, 4.0];
+        opt.step(&mut p, &mut g, 0.01, 0.5);
+        assert_eq!(g, vec![0.0; 3], "the step clears the gradient");
         // After one step m_hat = g and v_hat = g^2, so the update is lr * sign(g) (up to eps);
         // the weight also shrinks by lr * wd, the bias does not.
         assert!((p[0] - (1.0 * (1.0 - 0.001) - 0.01)).abs() < 1e-6, "{p:?}");
@@ -319,8 +341,13 @@ mod tests {
                 let row = r as usize * width..(r as usize + 1) * width;
                 assert_eq!(pl[row.clone()], pe[row], "row {r} before step {step}");
             }
-            eager.step(&mut pe, &g, lr, scale);
-            lazy.step(&mut pl, &g, lr, scale);
+            let (nl, ne) = (lazy.grad_norm(&g), eager.grad_norm(&g));
+            assert!(
+                (nl - ne).abs() <= 1e-12 * ne,
+                "untouched rows are zero: {nl} vs {ne}"
+            );
+            eager.step(&mut pe, &mut g.clone(), lr, scale);
+            lazy.step(&mut pl, &mut g, lr, scale);
         }
         assert_ne!(pl, pe, "some rows were left behind until the flush");
         lazy.flush(&mut pl);
@@ -332,9 +359,10 @@ mod tests {
 
     #[test]
     fn clipping_scales_to_the_max_norm() {
-        let (norm, coef) = clip_coefficient(&[3.0, 4.0], 1.0);
+        let opt = AdamW::new(&[entry("w", 0..2)], AdamWConfig::default());
+        let norm = opt.grad_norm(&[3.0, 4.0]);
         assert!((norm - 5.0).abs() < 1e-9);
-        assert!((coef - 0.2).abs() < 1e-6);
-        assert_eq!(clip_coefficient(&[0.3], 1.0).1, 1.0);
+        assert!((clip_coefficient(norm, 1.0) - 0.2).abs() < 1e-6);
+        assert_eq!(clip_coefficient(0.3, 1.0), 1.0);
     }
 }
