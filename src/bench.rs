@@ -135,11 +135,12 @@ pub fn matmul_peak(rows: usize, k: usize, n: usize) -> f64 {
     let x = vec![0.5f32; rows * k];
     let w = vec![0.25f32; n * k];
     let mut y = vec![0f32; rows * n];
-    crate::ops::linear::forward(&mut y, &x, &w, None, k);
+    let layout = crate::ops::linear::WeightLayout::OutIn;
+    crate::ops::linear::forward(&mut y, &x, &w, None, k, layout);
     let mut best = f64::INFINITY;
     for _ in 0..10 {
         let start = Instant::now();
-        crate::ops::linear::forward(&mut y, &x, &w, None, k);
+        crate::ops::linear::forward(&mut y, &x, &w, None, k, layout);
         best = best.min(start.elapsed().as_secs_f64());
     }
     2.0 * (rows * k * n) as f64 / best / 1e9

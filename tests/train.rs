@@ -553,9 +553,9 @@ fn bench_resizes_a_template_to_another_model_size() -> anyhow::Result<()> {
     assert_eq!(big.config.num_hidden_layers, layers);
     let w = &big.model.weights;
     let q = "bert.encoder.layer.2.attention.self.query.weight";
-    assert_eq!(w.get(q).map(<[f32]>::len), Some(hidden * hidden));
+    assert_eq!(w.get(q).map(|v| v.len()), Some(hidden * hidden));
     let ffn = "bert.encoder.layer.2.intermediate.dense.weight";
-    assert_eq!(w.get(ffn).map(<[f32]>::len), Some(inter * hidden));
+    assert_eq!(w.get(ffn).map(|v| v.len()), Some(inter * hidden));
     assert!(w.get("bert.encoder.layer.3.output.dense.weight").is_none());
     // Every parameter of the bigger model exists and it scores pairs.
     let scores = big.predict(&[("a cat sits", "a cat is sitting"), ("x", "y")])?;

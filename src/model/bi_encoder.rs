@@ -38,10 +38,7 @@ impl BiEncoder {
         let dir = hub::resolve_model(id_or_path)?;
         let config = Config::from_file(&dir.join("config.json"))?;
         let tokenizer = PairTokenizer::from_dir(&dir, &config, max_length)?;
-        let weights = Weights::pack(
-            &Params::load(&dir, &config)?,
-            &Transformer::packing(&config),
-        )?;
+        let weights = Transformer::pack(&config, &Params::load(&dir, &config)?)?;
         Ok(BiEncoder {
             transformer: Transformer::new(&config, &weights)?,
             weights,

@@ -65,6 +65,12 @@ pub fn fused_qkv_names(cfg: &Config, i: usize) -> [String; 3] {
     [n.name(n.query), n.name(n.key), n.name(n.value)]
 }
 
+/// Layer `i`'s FFN output module (`output.dense`, DistilBERT's `ffn.lin2`).
+pub fn ffn_output_name(cfg: &Config, i: usize) -> String {
+    let n = LayerNames::new(cfg.family, i);
+    n.name(n.output)
+}
+
 pub struct Layer {
     qkv: Linear,
     attention_output: Linear,

@@ -36,6 +36,7 @@ use head::{Head, HeadActs};
 use tokenize::Tokens;
 use weights::{two_mut, Weights};
 
+use crate::ops::linear::WeightLayout;
 use crate::ops::profile::timed;
 use crate::ops::{layer_norm, linear};
 
@@ -81,6 +82,8 @@ impl LayerNorm {
 pub struct Linear {
     weight: Range<usize>,
     bias: Range<usize>,
+    /// How the weight is stored (as [`Weights::pack`] laid it out).
+    layout: WeightLayout,
     pub in_dim: usize,
     pub out_dim: usize,
 }
@@ -88,9 +91,11 @@ pub struct Linear {
 impl Linear {
     /// `{name}.weight` (`[out, in]`) and `{name}.bias`.
     pub fn new(w: &Weights, name: &str, in_dim: usize, out_dim: usize) -> Result<Self> {
+        let weight = format!("{name}.weight");
         Ok(Linear {
-            weight: w.slot(&format!("{name}.weight"), &[out_dim, in_dim])?,
+            weight: w.slot(&weight, &[out_dim, in_dim])?,
             bias: w.slot(&format!("{name}.bias"), &[out_dim])?,
+            layout: w.layout(&weight),
             in_dim,
             out_dim,
         })
@@ -105,6 +110,7 @@ impl Linear {
         Ok(Linear {
             weight: w.slots(&with("weight"), &[out_dim, in_dim])?,
             bias: w.slots(&with("bias"), &[out_dim])?,
+            layout: WeightLayout::OutIn,
             in_dim,
             out_dim: out_dim * names.len(),
         })
@@ -112,20 +118,13 @@ impl Linear {
 
     pub fn forward(&self, w: &[f32], x: &[f32], y: &mut [f32]) {
         let (weight, bias) = (&w[self.weight.clone()], &w[self.bias.clone()]);
-        linear::forward(y, x, weight, Some(bias), self.in_dim);
+        linear::forward(y, x, weight, Some(bias), self.in_dim, self.layout);
     }
 
     pub fn backward(&self, w: &[f32], g: &mut [f32], dy: &[f32], x: &[f32], dx: linear::InputGrad) {
         let (dw, db) = two_mut(g, self.weight.clone(), self.bias.clone());
-        linear::backward(
-            dx,
-            dw,
-            Some(db),
-            dy,
-            x,
-            &w[self.weight.clone()],
-            self.in_dim,
-        );
+        let weight = &w[self.weight.clone()];
+        linear::backward(dx, dw, Some(db), dy, x, weight, self.in_dim, self.layout);
     }
 }
 
@@ -160,16 +159,19 @@ pub struct Tape {
 }
 
 impl Transformer {
-    /// The names that must sit side by side in the flat buffer (each layer's Q, K, V).
-    pub fn packing(cfg: &Config) -> Vec<String> {
-        let mut names = Vec::new();
+    /// Packs the weights as the engine reads them: each layer's Q, K, V side by side, and
+    /// the FFN output weights stored `[in, out]` (see [`crate::ops::linear`]).
+    pub fn pack(cfg: &Config, params: &Params) -> Result<Weights> {
+        let mut first = Vec::new();
+        let mut transposed = Vec::new();
         for i in 0..cfg.num_hidden_layers {
             let qkv = encoder::fused_qkv_names(cfg, i);
             for suffix in ["weight", "bias"] {
-                names.extend(qkv.iter().map(|n| format!("{n}.{suffix}")));
+                first.extend(qkv.iter().map(|n| format!("{n}.{suffix}")));
             }
+            transposed.push(format!("{}.weight", encoder::ffn_output_name(cfg, i)));
         }
-        names
+        Weights::pack(params, &first, &transposed)
     }
 
     pub fn new(cfg: &Config, w: &Weights) -> Result<Self> {
@@ -247,7 +249,7 @@ pub struct SequenceClassifier {
 
 impl SequenceClassifier {
     pub fn new(cfg: &Config, params: &Params) -> Result<Self> {
-        let weights = Weights::pack(params, &Transformer::packing(cfg))?;
+        let weights = Transformer::pack(cfg, params)?;
         Ok(SequenceClassifier {
             transformer: Transformer::new(cfg, &weights)?,
             head: Head::new(cfg, &weights)?,

@@ -4,7 +4,8 @@
 //! same layout, updated in one pass. Tensors that the engine uses as one matrix are laid out
 //! next to each other: a layer's query, key and value weights form the `[3h, h]` matrix of one
 //! fused product (and their biases one `[3h]` vector), with no copy at load or save, since each
-//! name still maps to its own slice.
+//! name still maps to its own slice. A 2-D weight whose products run faster from `[in, out]`
+//! (see [`crate::ops::linear`]) is stored transposed and transposed back on save.
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -13,13 +14,39 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use super::checkpoint::Params;
+use crate::ops::linear::WeightLayout;
 
 /// One named tensor's place in the flat buffer.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub name: String,
+    /// The shape under its HF name (`[out, in]` for a linear weight).
     pub shape: Vec<usize>,
     pub range: Range<usize>,
+    /// Stored as the transpose of `shape` (a `[in, out]` linear weight).
+    pub transposed: bool,
+}
+
+impl Entry {
+    /// This entry's values in `flat` (this layout), in HF's layout.
+    pub fn hf_values(&self, flat: &[f32]) -> Vec<f32> {
+        let data = &flat[self.range.clone()];
+        match self.transposed {
+            true => transpose(data, self.shape[1], self.shape[0]),
+            false => data.to_vec(),
+        }
+    }
+}
+
+/// The transpose of a row-major `[rows, cols]` matrix.
+fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; x.len()];
+    for (r, row) in x.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            t[c * rows + r] = v;
+        }
+    }
+    t
 }
 
 #[derive(Clone)]
@@ -33,9 +60,9 @@ pub struct Weights {
 
 impl Weights {
     /// Packs `params`: the names in `first` in that order (so that neighbours stay neighbours),
-    /// then the rest in name order. Names in `first` that `params` lacks are skipped here and
-    /// reported by [`Weights::slot`].
-    pub fn pack(params: &Params, first: &[String]) -> Result<Self> {
+    /// then the rest in name order; the 2-D weights named in `transposed` stored transposed.
+    /// Names that `params` lacks are skipped here and reported by [`Weights::slot`].
+    pub fn pack(params: &Params, first: &[String], transposed: &[String]) -> Result<Self> {
         let mut order: Vec<&String> = first
             .iter()
             .filter(|n| params.tensors.contains_key(*n))
@@ -48,11 +75,17 @@ impl Weights {
         for name in order {
             let t = &params.tensors[name];
             let start = data.len();
-            data.extend(t.flatten_all()?.to_vec1::<f32>()?);
+            let values = t.flatten_all()?.to_vec1::<f32>()?;
+            let flip = t.dims().len() == 2 && transposed.contains(name);
+            match flip {
+                true => data.extend(transpose(&values, t.dim(0)?, t.dim(1)?)),
+                false => data.extend(values),
+            }
             entries.push(Entry {
                 name: name.clone(),
                 shape: t.dims().to_vec(),
                 range: start..data.len(),
+                transposed: flip,
             });
         }
         let index = entries
@@ -97,6 +130,14 @@ impl Weights {
         Ok(ranges[0].start..ranges[ranges.len() - 1].end)
     }
 
+    /// How the 2-D weight `name` is stored.
+    pub fn layout(&self, name: &str) -> WeightLayout {
+        match self.index.get(name).map(|&i| self.entries[i].transposed) {
+            Some(true) => WeightLayout::InOut,
+            _ => WeightLayout::OutIn,
+        }
+    }
+
     pub fn entries(&self) -> &[Entry] {
         &self.entries
     }
@@ -109,9 +150,10 @@ impl Weights {
         self.data.is_empty()
     }
 
-    pub fn get(&self, name: &str) -> Option<&[f32]> {
+    /// The values of tensor `name` in HF's layout.
+    pub fn get(&self, name: &str) -> Option<Vec<f32>> {
         let &i = self.index.get(name)?;
-        Some(&self.data[self.entries[i].range.clone()])
+        Some(self.entries[i].hf_values(&self.data))
     }
 
     /// `flat` (the weights, a gradient or a moment: this layout) as named candle tensors.
@@ -119,8 +161,7 @@ impl Weights {
         self.entries
             .iter()
             .map(|e| {
-                let t =
-                    Tensor::from_slice(&flat[e.range.clone()], e.shape.as_slice(), &Device::Cpu)?;
+                let t = Tensor::from_vec(e.hf_values(flat), e.shape.as_slice(), &Device::Cpu)?;
                 Ok((format!("{prefix}{}", e.name), t))
             })
             .collect()
@@ -138,7 +179,12 @@ impl Weights {
             let key = format!("{prefix}{}", e.name);
             match map.get(&key) {
                 Some(t) if t.dims() == e.shape.as_slice() => {
-                    flat[e.range.clone()].copy_from_slice(&t.flatten_all()?.to_vec1::<f32>()?)
+                    let values = t.flatten_all()?.to_vec1::<f32>()?;
+                    let values = match e.transposed {
+                        true => transpose(&values, e.shape[0], e.shape[1]),
+                        false => values,
+                    };
+                    flat[e.range.clone()].copy_from_slice(&values)
                 }
                 Some(_) => bail!(
                     "{}: \"{key}\" has another shape than the model's",

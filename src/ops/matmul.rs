@@ -130,3 +130,4 @@ mod tests {
         assert_eq!(dst, want.iter().map(|x| 2.0 * x).collect::<Vec<_>>());
     }
 }
+

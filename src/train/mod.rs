@@ -212,13 +212,13 @@ impl Trainable {
         })
     }
 
-    /// The accumulated gradient of each parameter, by HF name.
-    pub fn named_grads<'a>(&'a self, ce: &'a CrossEncoder) -> Vec<(&'a str, &'a [f32])> {
+    /// The accumulated gradient of each parameter, by HF name, in HF's layout.
+    pub fn named_grads(&self, ce: &CrossEncoder) -> Vec<(String, Vec<f32>)> {
         ce.model
             .weights
             .entries()
             .iter()
-            .map(|e| (e.name.as_str(), &self.grads[e.range.clone()]))
+            .map(|e| (e.name.clone(), e.hf_values(&self.grads)))
             .collect()
     }
 }

@@ -272,7 +272,10 @@ impl AdamW {
 
 /// `sum(x^2)` in f64, over 8 independent lanes so that it vectorises; compiled for AVX-512 and
 /// AVX2 too.
-#[multiversion(targets("x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma", "x86_64+avx2+fma"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma",
+    "x86_64+avx2+fma"
+))]
 fn sum_of_squares(x: &[f32]) -> f64 {
     let mut acc = [0f64; 8];
     let mut chunks = x.chunks_exact(8);
@@ -302,6 +305,7 @@ mod tests {
             name: name.into(),
             shape: vec![range.len()],
             range,
+            transposed: false,
         }
     }
 
