@@ -96,7 +96,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let steps = args.steps.min(10);
         let train_big = bench::train_steps(&mut big, &train, args.batch_size, steps)?;
         let infer_big = bench::inference(&big, &test[..test.len().min(256)], 1)?;
-        report["bert_base"] = json!({ "train": train_big, "inference": infer_big });
+        report["bert_base"] = json!({
+            "train": train_big, "inference": infer_big,
+            "tutorial_s_per_step": bench::TUTORIAL_BERT_BASE_S_PER_STEP,
+        });
     }
     if let Some(dir) = &args.reference {
         let r = reference(&args, dir, threads)?;

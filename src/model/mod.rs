@@ -9,11 +9,15 @@
 //!
 //! How a family plugs in: its config maps onto [`config::Config`], its parameter names onto
 //! [`weights::Weights`] slots (HF names verbatim), and its layer is a struct with `forward` and
-//! `backward` over the kernels of [`crate::ops`]. A layer whose backward is not written yet can
-//! still train exactly through a slower path: run its forward from candle's differentiable
-//! primitives on `Var`s made from its input and weights, then call `backward()` on
-//! `sum(output * dL/doutput)` and add the gradients it returns into the flat buffer (the ops'
-//! tests do exactly this to check the hand-written kernels).
+//! `backward` over the kernels of [`crate::ops`], its parameters located by [`Weights::slot`].
+//! A layer whose backward is not written yet can still train exactly through
+//! [`crate::ops::composed`]: its forward written from candle's differentiable primitives, its
+//! backward by autograd on a recomputed forward, the gradients it returns added into the flat
+//! buffer at the weights' ranges. The layer reads and writes the same buffers as a hand-written
+//! one, so a kernel can replace it later, tested against it. Families differ from BERT where
+//! their config says so: DeBERTa-v2's disentangled attention is an attention op of its own,
+//! ModernBERT's rotary embeddings and GeGLU are ops beside `attention` and `activation`, and a
+//! causal LM's RMSNorm and grouped-query attention likewise.
 
 pub mod bi_encoder;
 pub mod checkpoint;

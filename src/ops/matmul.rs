@@ -130,4 +130,3 @@ mod tests {
         assert_eq!(dst, want.iter().map(|x| 2.0 * x).collect::<Vec<_>>());
     }
 }
-

@@ -10,6 +10,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod composed;
 pub mod dropout;
 pub mod layer_norm;
 pub mod linear;
