@@ -129,21 +129,24 @@ pub fn inference(ce: &CrossEncoder, data: &[Example], repeats: usize) -> Result<
     })
 }
 
-/// GFLOP/s of the engine's linear layer (`[rows, k] x [k, n]`, the gemm behind every dense
-/// layer) on this machine, best of 10.
-pub fn matmul_peak(rows: usize, k: usize, n: usize) -> f64 {
-    let x = vec![0.5f32; rows * k];
-    let w = vec![0.25f32; n * k];
-    let mut y = vec![0f32; rows * n];
-    let layout = crate::ops::linear::WeightLayout::OutIn;
-    crate::ops::linear::forward(&mut y, &x, &w, None, k, layout);
+/// GFLOP/s of the engine's linear layers on this machine: the best of 20 runs of the FFN's two
+/// products (`[rows, h] x [h, i]` from `[out, in]` weights, `[rows, i] x [i, h]` from `[in,
+/// out]`, as the engine stores them).
+pub fn matmul_peak(rows: usize, h: usize, i: usize) -> f64 {
+    use crate::ops::linear::{forward, WeightLayout};
     let mut best = f64::INFINITY;
-    for _ in 0..10 {
-        let start = Instant::now();
-        crate::ops::linear::forward(&mut y, &x, &w, None, k, layout);
-        best = best.min(start.elapsed().as_secs_f64());
+    for (k, n, layout) in [(h, i, WeightLayout::OutIn), (i, h, WeightLayout::InOut)] {
+        let x = vec![0.5f32; rows * k];
+        let w = vec![0.25f32; n * k];
+        let mut y = vec![0f32; rows * n];
+        forward(&mut y, &x, &w, None, k, layout);
+        for _ in 0..20 {
+            let start = Instant::now();
+            forward(&mut y, &x, &w, None, k, layout);
+            best = best.min(start.elapsed().as_secs_f64());
+        }
     }
-    2.0 * (rows * k * n) as f64 / best / 1e9
+    2.0 * (rows * h * i) as f64 / best / 1e9
 }
 
 /// Memory bandwidth in GB/s: a parallel copy of 256 MB (bytes read plus bytes written), best
