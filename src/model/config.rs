@@ -151,7 +151,7 @@ impl Config {
             };
         let pad_token_id = r.opt_usize("pad_token_id")?.unwrap_or(0) as u32;
         let id2label = read_labels(&raw)?;
-        Ok(Config {
+        let cfg = Config {
             family,
             vocab_size: r.usize("vocab_size")?,
             hidden_size,
@@ -175,7 +175,68 @@ impl Config {
             initializer_range: r.opt_f64("initializer_range")?.unwrap_or(0.02),
             id2label,
             raw,
-        })
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every value the engine relies on, naming the key and what it allows (the key
+    /// names are BERT's; DistilBERT's `dim`, `n_heads`, ... map onto them).
+    fn validate(&self) -> Result<()> {
+        let at_least_one = [
+            ("hidden_size", self.hidden_size),
+            ("embedding_size", self.embedding_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("vocab_size", self.vocab_size),
+        ];
+        for (key, v) in at_least_one {
+            if v == 0 {
+                bail!("\"{key}\" is 0: it must be at least 1");
+            }
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            bail!(
+                "\"num_attention_heads\" ({}) must divide \"hidden_size\" ({}): each head takes hidden_size / num_attention_heads columns",
+                self.num_attention_heads,
+                self.hidden_size
+            );
+        }
+        let offset = self.family.position_offset(self.pad_token_id);
+        if self.max_position_embeddings <= offset {
+            bail!(
+                "\"max_position_embeddings\" ({}) must exceed {offset} (the position offset of this family with pad_token_id {})",
+                self.max_position_embeddings,
+                self.pad_token_id
+            );
+        }
+        let probabilities = [
+            ("hidden_dropout_prob", self.hidden_dropout_prob),
+            (
+                "attention_probs_dropout_prob",
+                self.attention_probs_dropout_prob,
+            ),
+            ("classifier_dropout", self.classifier_dropout),
+        ];
+        for (key, p) in probabilities {
+            if !(0.0..1.0).contains(&p) {
+                bail!("\"{key}\" is {p}: a dropout probability must lie in [0, 1)");
+            }
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            bail!(
+                "\"layer_norm_eps\" is {}: it must be a positive number",
+                self.layer_norm_eps
+            );
+        }
+        if !(self.initializer_range.is_finite() && self.initializer_range >= 0.0) {
+            bail!(
+                "\"initializer_range\" is {}: it must be a non-negative number",
+                self.initializer_range
+            );
+        }
+        Ok(())
     }
 
     pub fn num_labels(&self) -> usize {

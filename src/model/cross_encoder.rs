@@ -8,7 +8,7 @@ use tokenizers::Encoding;
 use super::checkpoint::Params;
 use super::config::Config;
 use super::tokenize::{PairTokenizer, Tokens};
-use super::{head, SequenceClassifier};
+use super::{head, SequenceClassifier, Transformer};
 use crate::hub;
 use crate::ops::profile::timed;
 
@@ -153,6 +153,7 @@ impl CrossEncoder {
         };
         let tokenizer = PairTokenizer::from_dir(&dir, &config, opts.max_length)?;
         let mut params = Params::load(&dir, &config)?;
+        Transformer::check(&config, &params)?;
         let new_head_params = head::init_missing(&config, &mut params, opts.seed)?;
         let model = SequenceClassifier::new(&config, &params)?;
         Ok(CrossEncoder {

@@ -166,6 +166,7 @@ impl Transformer {
     /// Packs the weights as the engine reads them: each layer's Q, K, V side by side, and
     /// the FFN output weights stored `[in, out]` (see [`crate::ops::linear`]).
     pub fn pack(cfg: &Config, params: &Params) -> Result<Weights> {
+        Self::check(cfg, params)?;
         let mut first = Vec::new();
         let mut transposed = Vec::new();
         for i in 0..cfg.num_hidden_layers {
@@ -176,6 +177,38 @@ impl Transformer {
             transposed.push(format!("{}.weight", encoder::ffn_output_name(cfg, i)));
         }
         Weights::pack(params, &first, &transposed)
+    }
+
+    /// Checks that config.json describes these weights (their layer count and hidden size)
+    /// before anything is sized from the config.
+    pub fn check(cfg: &Config, params: &Params) -> Result<()> {
+        let layers = params
+            .tensors
+            .keys()
+            .filter_map(|name| {
+                let (_, rest) = name.split_once(".layer.")?;
+                rest.split('.').next()?.parse::<usize>().ok()
+            })
+            .max()
+            .map_or(0, |i| i + 1);
+        if layers != cfg.num_hidden_layers {
+            anyhow::bail!(
+                "{} holds {layers} layers but config.json says num_hidden_layers = {}",
+                params.source.display(),
+                cfg.num_hidden_layers
+            );
+        }
+        let query = format!("{}.weight", encoder::fused_qkv_names(cfg, 0)[0]);
+        let h = cfg.hidden_size;
+        match params.tensors.get(&query) {
+            Some(t) if t.dims() == [h, h] => Ok(()),
+            Some(t) => anyhow::bail!(
+                "config.json says hidden_size = {h}, but \"{query}\" in {} has shape {:?}",
+                params.source.display(),
+                t.dims()
+            ),
+            None => anyhow::bail!("missing weight \"{query}\" in {}", params.source.display()),
+        }
     }
 
     pub fn new(cfg: &Config, w: &Weights) -> Result<Self> {

@@ -1,10 +1,11 @@
 //! Pair encoding, truncation and packing, as the reference tokenizes for a cross-encoder.
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use std::path::Path;
 use tokenizers::{
-    EncodeInput, Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+    EncodeInput, Encoding, PostProcessor, Tokenizer, TruncationDirection, TruncationParams,
+    TruncationStrategy,
 };
 
 use super::config::Config;
@@ -91,6 +92,15 @@ impl PairTokenizer {
             .or(folder_max)
             .unwrap_or(usize::MAX)
             .min(cfg.max_positions());
+        let special = tokenizer
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(true));
+        if max_length <= special {
+            bail!(
+                "max length {max_length} leaves no room for text: a pair takes {special} special tokens (--max-length must be at least {})",
+                special + 1
+            );
+        }
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length,
