@@ -39,6 +39,24 @@ fn assert_packed(got: &[u32], tokens: &Tokens, want: &[u32], mask: &[u32], what:
     }
 }
 
+/// The golden pairs packed by `ce`, with their token ids and token types checked against the
+/// reference's padded ones.
+fn packed_golden_pairs(ce: &CrossEncoder, g: &serde_json::Value, what: &str) -> Tokens {
+    let batch = batch_of(ce, &golden_pairs(g));
+    let mask = u32s(&g["attention_mask"]);
+    let ids = u32s(&g["input_ids"]);
+    assert_packed(&batch.input_ids, &batch, &ids, &mask, what);
+    match (&g["token_type_ids"], &batch.token_type_ids) {
+        (serde_json::Value::Null, None) => {}
+        (serde_json::Value::Null, Some(_)) => panic!("{what}: no token types expected"),
+        (want, got) => {
+            let got = got.as_ref().expect("token types expected");
+            assert_packed(got, &batch, &u32s(want), &mask, what);
+        }
+    }
+    batch
+}
+
 fn check_tiny(name: &str) {
     let dir = shared(&format!("golden/{name}"));
     let g = read_json(&dir.join("golden.json"));
@@ -48,28 +66,7 @@ fn check_tiny(name: &str) {
         "{name}: head should come from the checkpoint"
     );
     let pairs = golden_pairs(&g);
-    let batch = batch_of(&ce, &pairs);
-    let mask = u32s(&g["attention_mask"]);
-    assert_packed(
-        &batch.input_ids,
-        &batch,
-        &u32s(&g["input_ids"]),
-        &mask,
-        name,
-    );
-    match &g["token_type_ids"] {
-        serde_json::Value::Null => assert!(
-            batch.token_type_ids.is_none(),
-            "{name}: no token types expected"
-        ),
-        t => assert_packed(
-            batch.token_type_ids.as_ref().unwrap(),
-            &batch,
-            &u32s(t),
-            &mask,
-            name,
-        ),
-    }
+    let batch = packed_golden_pairs(&ce, &g, name);
     let logits = ce.model.forward(&batch).unwrap();
     let d = max_abs_diff(&logits, &f32s(&g["logits"]));
     assert!(d < 1e-4, "{name}: logits differ by {d}");
@@ -136,18 +133,11 @@ fn minilm_hidden_state_and_pooler() {
             "classifier.bias".to_string()
         ]
     );
-    let pairs = golden_pairs(&g);
-    let batch = batch_of(&ce, &pairs);
-    let mask = u32s(&g["attention_mask"]);
-    assert_packed(
-        &batch.input_ids,
-        &batch,
-        &u32s(&g["input_ids"]),
-        &mask,
-        "ids",
+    let batch = packed_golden_pairs(&ce, &g, "minilm");
+    assert!(
+        batch.token_type_ids.is_some(),
+        "BERT's tokenizer returns token types"
     );
-    let types = batch.token_type_ids.as_ref().unwrap();
-    assert_packed(types, &batch, &u32s(&g["token_type_ids"]), &mask, "types");
     let hidden = ce.model.encode(&batch).unwrap();
     let cls = crossenc::model::first_tokens(&hidden, &batch, ce.config.hidden_size);
     let d = max_abs_diff(&cls, &f32s(&g["cls_hidden"]));
