@@ -323,3 +323,37 @@ fn bad_inputs_give_clear_errors() {
         &["nodocs.txt", "no documents"],
     );
 }
+
+#[test]
+fn a_header_like_first_row_of_text_is_kept_as_data_unless_the_data_says_otherwise() {
+    let (dir, _) = golden();
+    let d = dir.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("p.csv");
+    let p = p.to_str().unwrap();
+    // Every column is text and the first row looks like names: it is read as data, and stderr
+    // says what was assumed.
+    std::fs::write(
+        p,
+        "hello there,general kenobi\nthe cat sat,on the mat\nfoo,bar\n",
+    )
+    .unwrap();
+    let out = crossenc(&["predict", "-m", d, "-i", p]);
+    assert_eq!(score_lines(&stdout(&out)).len(), 3, "one score per row");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("first row was read as data") && err.contains("--header yes"),
+        "{err}"
+    );
+    let out = crossenc(&["predict", "-m", d, "-i", p, "--header", "yes"]);
+    assert_eq!(score_lines(&stdout(&out)).len(), 2);
+    // Columns asked for by name mark the first row as their header.
+    std::fs::write(p, "query,passage\nthe cat sat,on the mat\nfoo,bar\n").unwrap();
+    let out = crossenc(&["predict", "-m", d, "-i", p, "--text-cols", "query,passage"]);
+    assert_eq!(score_lines(&stdout(&out)).len(), 2);
+    // Text above a numeric column is that column's name.
+    std::fs::write(p, "a,b,score\nthe cat sat,on the mat,1\nfoo,bar,0.5\n").unwrap();
+    let out = crossenc(&["predict", "-m", d, "-i", p]);
+    assert_eq!(score_lines(&stdout(&out)).len(), 2);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("read as data"));
+}

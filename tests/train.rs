@@ -21,7 +21,7 @@ fn stsb(split: &str) -> String {
 
 /// The first `n` STS-B training pairs, labels scaled to [0, 1].
 fn stsb_examples(n: usize) -> Vec<data::Example> {
-    let table = Table::read(&stsb("train"), HeaderMode::Auto).unwrap();
+    let table = Table::read(&stsb("train"), HeaderMode::Auto, &[]).unwrap();
     let (mut ex, _) = data::read_examples(&table, &Columns::default(), false).unwrap();
     ex.truncate(n);
     ex.iter_mut().for_each(|e| e.label /= 5.0);
@@ -467,7 +467,7 @@ fn parquet_reads_like_the_same_rows_in_csv() {
     let ex = stsb_examples(40);
     let parquet = tmp.path().join("stsb.parquet");
     write_parquet(&parquet, &ex);
-    let table = Table::read(parquet.to_str().unwrap(), HeaderMode::Auto).unwrap();
+    let table = Table::read(parquet.to_str().unwrap(), HeaderMode::Auto, &[]).unwrap();
     assert_eq!(table.columns, vec!["sentence1", "sentence2", "score"]);
     let (read, skipped) = data::read_examples(&table, &Columns::default(), false).unwrap();
     assert_eq!(skipped, 0);

@@ -74,7 +74,10 @@ impl DataArgs {
     /// Labelled pairs of one split of `spec`, labels mapped by `--label-range` when given.
     pub fn read(&self, spec: &str, split: &str) -> Result<Vec<Example>> {
         let header: HeaderMode = self.header.into();
-        let table = Table::read_source(spec, split, header)?;
+        let table = Table::read_source(spec, split, header, &self.columns()?.names())?;
+        if let Some(note) = &table.note {
+            eprintln!("{note}");
+        }
         let (mut examples, skipped) =
             data::read_examples(&table, &self.columns()?, self.skip_bad_rows)?;
         if skipped > 0 {

@@ -42,7 +42,6 @@ impl From<Header> for HeaderMode {
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
-    let table = Table::read(&args.input, args.header.into())?;
     let cols = Columns {
         texts: args
             .text_cols
@@ -52,6 +51,10 @@ pub fn run(args: PredictArgs) -> Result<()> {
         label: None,
         label_names: None,
     };
+    let table = Table::read(&args.input, args.header.into(), &cols.names())?;
+    if let Some(note) = &table.note {
+        eprintln!("{note}");
+    }
     let pairs = data::read_pairs(&table, &cols)?;
     let ce = args.model.load()?;
     let scores = if args.raw {

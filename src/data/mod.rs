@@ -22,6 +22,16 @@ pub struct Columns {
 }
 
 impl Columns {
+    /// The columns named (not numbered) in the text and label choices.
+    pub fn names(&self) -> Vec<String> {
+        let (a, b) = self.texts.clone().unzip();
+        [a, b, self.label.clone()]
+            .into_iter()
+            .flatten()
+            .filter(|n| n.parse::<usize>().is_err())
+            .collect()
+    }
+
     /// Parses `--text-cols A,B`.
     pub fn parse_text_cols(spec: &str) -> Result<(String, String)> {
         match spec.split(',').map(str::trim).collect::<Vec<_>>().as_slice() {

@@ -10,7 +10,10 @@ use super::Columns;
 /// Whether the first CSV/TSV row is a header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HeaderMode {
-    /// A first row with no number and only short, label-like fields is a header.
+    /// The first row is a header when it looks like one (short fields, no numbers) and either
+    /// holds a column name the caller asks for or has text above a column that is numeric in
+    /// the rows below; a header-like first row without that evidence is read as data, and the
+    /// table's note says so.
     #[default]
     Auto,
     Yes,
@@ -30,6 +33,8 @@ pub struct Table {
     pub source: String,
     pub columns: Vec<String>,
     pub rows: Vec<Row>,
+    /// What the reader assumed that the user may want to override (shown on stderr).
+    pub note: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -41,9 +46,16 @@ enum Format {
 
 impl Table {
     /// Reads a local file or `hf://datasets/...` spec (all of the split's files, concatenated).
-    pub fn read_source(spec: &str, split: &str, header: HeaderMode) -> Result<Table> {
+    /// `names`: the columns the caller will ask for by name, which mark a first row that holds
+    /// them as a header.
+    pub fn read_source(
+        spec: &str,
+        split: &str,
+        header: HeaderMode,
+        names: &[String],
+    ) -> Result<Table> {
         let paths = super::resolve_source(spec, split)?;
-        let mut tables = paths.iter().map(|p| Table::read(p, header));
+        let mut tables = paths.iter().map(|p| Table::read(p, header, names));
         let mut table = tables.next().expect("resolve returns at least one file")?;
         for t in tables {
             let t = t?;
@@ -64,11 +76,11 @@ impl Table {
 
     /// Reads `path` (`-` for standard input); the format comes from the extension, or is
     /// sniffed from the content for standard input and unknown extensions.
-    pub fn read(path: &str, header: HeaderMode) -> Result<Table> {
+    pub fn read(path: &str, header: HeaderMode, names: &[String]) -> Result<Table> {
         let table = if path.to_ascii_lowercase().ends_with(".parquet") {
             parse_parquet(path)?
         } else {
-            read_text_table(path, header)?
+            read_text_table(path, header, names)?
         };
         if table.rows.is_empty() {
             bail!("{path}: no data rows");
@@ -91,7 +103,7 @@ pub fn read_text(path: &str) -> Result<String> {
     Ok(text)
 }
 
-fn read_text_table(path: &str, header: HeaderMode) -> Result<Table> {
+fn read_text_table(path: &str, header: HeaderMode, names: &[String]) -> Result<Table> {
     let text = read_text(path)?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let ext = Path::new(path)
@@ -107,8 +119,8 @@ fn read_text_table(path: &str, header: HeaderMode) -> Result<Table> {
     };
     match format {
         Format::Jsonl => parse_jsonl(path, text),
-        Format::Csv => parse_delimited(path, text, b',', true, header),
-        Format::Tsv => parse_delimited(path, text, b'\t', false, header),
+        Format::Csv => parse_delimited(path, text, b',', true, header, names),
+        Format::Tsv => parse_delimited(path, text, b'\t', false, header, names),
     }
 }
 
@@ -338,6 +350,7 @@ fn from_objects(path: &str, values: Vec<(usize, Value)>) -> Result<Table> {
         source: path.to_string(),
         columns,
         rows,
+        note: None,
     })
 }
 
@@ -347,6 +360,7 @@ fn parse_delimited(
     delimiter: u8,
     quoting: bool,
     header: HeaderMode,
+    names: &[String],
 ) -> Result<Table> {
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
@@ -365,10 +379,21 @@ fn parse_delimited(
         }
         records.push((line, rec.iter().map(str::to_string).collect::<Vec<_>>()));
     }
-    let has_header = match header {
-        HeaderMode::Yes => true,
-        HeaderMode::No => false,
-        HeaderMode::Auto => records.first().is_some_and(|(_, r)| looks_like_header(r)),
+    let mut note = None;
+    let has_header = match (header, records.first()) {
+        (HeaderMode::Yes, _) => true,
+        (HeaderMode::No, _) | (HeaderMode::Auto, None) => false,
+        (HeaderMode::Auto, Some((_, first))) => {
+            let header_like = looks_like_header(first);
+            let named = first.iter().any(|f| names.iter().any(|n| n == f.trim()));
+            let confirmed = header_like && (named || numeric_below(&records));
+            if header_like && !confirmed {
+                note = Some(format!(
+                    "{path}: the first row was read as data; if it names the columns, pass --header yes"
+                ));
+            }
+            confirmed
+        }
     };
     let columns: Vec<String> = if has_header {
         records.remove(0).1
@@ -389,7 +414,21 @@ fn parse_delimited(
         source: path.to_string(),
         columns,
         rows,
+        note,
     })
+}
+
+/// Whether some column holds a number in every one of the (up to 20) rows after the first:
+/// a label column, whose first-row text must then be its name.
+fn numeric_below(records: &[(usize, Vec<String>)]) -> bool {
+    let below: Vec<&Vec<String>> = records.iter().skip(1).take(20).map(|r| &r.1).collect();
+    let width = records.first().map_or(0, |r| r.1.len());
+    !below.is_empty()
+        && (0..width).any(|c| {
+            below
+                .iter()
+                .all(|r| r.get(c).is_some_and(|f| f.trim().parse::<f64>().is_ok()))
+        })
 }
 
 /// Column names are short and carry no number or sentence punctuation; data rows of pair
