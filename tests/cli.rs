@@ -357,3 +357,58 @@ fn a_header_like_first_row_of_text_is_kept_as_data_unless_the_data_says_otherwis
     assert_eq!(score_lines(&stdout(&out)).len(), 2);
     assert!(!String::from_utf8_lossy(&out.stderr).contains("read as data"));
 }
+
+#[test]
+fn line_numbers_are_the_file_lines_with_crlf_blank_lines_and_quoted_line_breaks() {
+    let (dir, _) = golden();
+    let d = dir.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // The short row starts on line 4 of either file.
+    for (name, end) in [("crlf.csv", "\r\n"), ("lf.csv", "\n")] {
+        let text = ["a,b,1", "", "c,d,2", "\"x", "y\",f", "g,h,3", ""].join(end);
+        let path = tmp.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = crossenc(&["eval", "-m", d, "--data", path.to_str().unwrap()]);
+        fails_with(
+            &out,
+            &[&format!("{name} line 4: expected 3 fields, found 2")],
+        );
+    }
+}
+
+#[test]
+fn rank_reports_each_document_s_line_despite_blank_lines() {
+    let (dir, _) = golden();
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = tmp.path().join("docs.txt");
+    std::fs::write(&docs, "\nParis is the capital.\n\n\nLondon is big.\n").unwrap();
+    let d = dir.to_str().unwrap();
+    let out = stdout(&crossenc(&[
+        "rank",
+        "-m",
+        d,
+        "-q",
+        "capital of France",
+        "-d",
+        docs.to_str().unwrap(),
+        "--json",
+    ]));
+    let mut lines: Vec<(u64, String)> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|r| {
+            (
+                r["line"].as_u64().unwrap(),
+                r["text"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        vec![
+            (2, "Paris is the capital.".into()),
+            (5, "London is big.".into())
+        ]
+    );
+}

@@ -18,26 +18,35 @@ pub struct RankArgs {
     /// Print only the best N.
     #[arg(long)]
     top_k: Option<usize>,
-    /// One JSON object per line: rank, index, score, text.
+    /// One JSON object per line: rank, index (0-based among the documents), line (1-based in
+    /// the file; blank lines are skipped), id, score, text. Without it: rank, line, score, text.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: RankArgs) -> Result<()> {
-    let docs: Vec<String> = crate::search::beir::read_corpus(&args.docs)?
+    let corpus = crate::search::beir::read_corpus(&args.docs)?;
+    let docs: Vec<String> = corpus
         .iter()
         .map(crate::search::beir::Doc::full_text)
         .collect();
     let ce = args.model.load()?;
     let ranked = ce.rank(&args.query, &docs, args.top_k)?;
     for (rank, (index, score)) in ranked.into_iter().enumerate() {
+        let doc = &corpus[index];
         if args.json {
-            println!(
-                "{}",
-                json!({ "rank": rank + 1, "index": index, "score": score, "text": docs[index] })
-            );
+            let row = json!({
+                "rank": rank + 1, "index": index, "line": doc.line, "id": doc.id,
+                "score": score, "text": docs[index],
+            });
+            println!("{row}");
         } else {
-            println!("{:>4}  {:>5}  {score:.4}  {}", rank + 1, index, docs[index]);
+            println!(
+                "{:>4}  {:>5}  {score:.4}  {}",
+                rank + 1,
+                doc.line,
+                docs[index]
+            );
         }
     }
     Ok(())

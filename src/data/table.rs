@@ -369,11 +369,22 @@ fn parse_delimited(
         .flexible(true)
         .from_reader(text.as_bytes());
     let mut records = Vec::new();
+    // Lines counted from the records' byte offsets: the csv crate's own line count runs one
+    // short after CRLF line ends (STS-B's files are CRLF), and there it reports a record as
+    // starting at the `\n` of the line end before it, so that byte is counted too.
+    let (mut seen, mut line) = (0usize, 1usize);
     for rec in reader.records() {
         let rec = rec.with_context(|| {
             format!("{path}: malformed {}", if quoting { "CSV" } else { "TSV" })
         })?;
-        let line = rec.position().map_or(0, |p| p.line() as usize);
+        if let Some(p) = rec.position() {
+            let upto = (p.byte() as usize + 1).min(text.len());
+            line += text.as_bytes()[seen.min(upto)..upto]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count();
+            seen = upto;
+        }
         if rec.len() == 1 && rec[0].trim().is_empty() {
             continue;
         }

@@ -11,6 +11,8 @@ use crate::data::read_text;
 #[derive(Debug, Clone)]
 pub struct Doc {
     pub id: String,
+    /// 1-based line of the corpus file it was read from.
+    pub line: usize,
     pub title: String,
     pub text: String,
 }
@@ -57,6 +59,7 @@ pub fn read_corpus(path: &str) -> Result<Vec<Doc>> {
             .into_iter()
             .map(|(n, l)| Doc {
                 id: n.to_string(),
+                line: n,
                 title: String::new(),
                 text: l.to_string(),
             })
@@ -68,6 +71,7 @@ pub fn read_corpus(path: &str) -> Result<Vec<Doc>> {
             let v = parse_line(path, n, l)?;
             Ok(Doc {
                 id: id_field(&v).unwrap_or_else(|| n.to_string()),
+                line: n,
                 title: v
                     .get("title")
                     .and_then(Value::as_str)
