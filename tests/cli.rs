@@ -322,6 +322,23 @@ fn bad_inputs_give_clear_errors() {
         &crossenc(&["rank", "-m", d, "-q", "x", "-d", &p("nodocs.txt", "\n\n")]),
         &["nodocs.txt", "no documents"],
     );
+    // --top-k 0 is refused alike by rank and search.
+    let docs = p("docs.txt", "a doc\n");
+    for cmd in [
+        vec!["rank", "-m", d, "-q", "x", "-d", &docs, "--top-k", "0"],
+        vec![
+            "search", "-m", d, "-q", "x", "--corpus", &docs, "--top-k", "0",
+        ],
+    ] {
+        fails_with(&crossenc(&cmd), &["--top-k", "0 is not in 1.."]);
+    }
+    // A file that is not UTF-8: the line of the first bad byte.
+    let latin1 = tmp.path().join("latin1.csv");
+    std::fs::write(&latin1, b"a,b\nc,\xe9t\xe9\n").unwrap();
+    fails_with(
+        &crossenc(&["predict", "-m", d, "-i", latin1.to_str().unwrap()]),
+        &["latin1.csv line 2: not UTF-8 text"],
+    );
 }
 
 #[test]

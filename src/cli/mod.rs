@@ -108,6 +108,11 @@ pub fn progress_bar(quiet: bool) -> indicatif::ProgressBar {
     bar
 }
 
+/// A count flag that must be at least 1 (`--top-k`).
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+}
+
 pub fn main() -> ExitCode {
     // candle's barrier pool runs element-wise ops on CANDLE_NUM_THREADS - 1 extra threads that
     // spin between ops; beside gemm's rayon workers they steal cores (measured: a training step

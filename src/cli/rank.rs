@@ -15,8 +15,8 @@ pub struct RankArgs {
     /// - for standard input.
     #[arg(long, short)]
     docs: String,
-    /// Print only the best N.
-    #[arg(long)]
+    /// Print only the best N (at least 1).
+    #[arg(long, value_parser = super::at_least_one())]
     top_k: Option<usize>,
     /// One JSON object per line: rank, index (0-based among the documents), line (1-based in
     /// the file; blank lines are skipped), id, score, text. Without it: rank, line, score, text.

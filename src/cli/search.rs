@@ -1,4 +1,4 @@
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 
@@ -19,8 +19,8 @@ pub struct SearchArgs {
     /// The query (repeat for several).
     #[arg(long, short, required = true)]
     query: Vec<String>,
-    /// Candidates the first stage passes to the cross-encoder.
-    #[arg(long, default_value_t = 100)]
+    /// Candidates the first stage passes to the cross-encoder (at least 1).
+    #[arg(long, default_value_t = 100, value_parser = super::at_least_one())]
     top_k: usize,
     /// Results printed per query.
     #[arg(long, default_value_t = 10)]
@@ -31,9 +31,6 @@ pub struct SearchArgs {
 }
 
 pub fn run(args: SearchArgs) -> Result<()> {
-    if args.top_k == 0 {
-        bail!("--top-k must be at least 1");
-    }
     let docs = beir::read_corpus(&args.corpus)?;
     let texts: Vec<String> = docs.iter().map(beir::Doc::full_text).collect();
     let ce = args.model.load()?;

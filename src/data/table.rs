@@ -98,7 +98,13 @@ pub fn read_text(path: &str) -> Result<String> {
             .context("cannot read standard input")?;
     } else {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
-        text = String::from_utf8(bytes).with_context(|| format!("{path} is not UTF-8 text"))?;
+        text = String::from_utf8(bytes).map_err(|e| {
+            let at = e.utf8_error().valid_up_to();
+            let line = 1 + e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count();
+            anyhow::anyhow!(
+                "{path} line {line}: not UTF-8 text (byte {at}); save the file as UTF-8"
+            )
+        })?;
     }
     Ok(text)
 }
