@@ -16,10 +16,15 @@ struct Server {
 
 impl Server {
     fn start(model: &std::path::Path, extra: &[&str]) -> Server {
+        Server::start_with_env(model, extra, &[])
+    }
+
+    fn start_with_env(model: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_crossenc"))
             .args(["serve", "--model", model.to_str().unwrap(), "--port", "0"])
             .args(extra)
             .env("HF_HUB_OFFLINE", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -191,13 +196,13 @@ fn bad_requests_get_json_errors_with_the_right_status() {
         ),
         413,
     );
-    check(
-        s.post(
-            "/rerank",
-            json!({ "query": "q", "texts": ["x".repeat(3000)] }),
-        ),
-        413,
+    let (status, body) = s.post(
+        "/rerank",
+        json!({ "query": "q", "texts": ["x".repeat(3000)] }),
     );
+    assert_eq!(status, 413, "{body}");
+    let error = body["error"].as_str().unwrap_or("");
+    assert!(error.contains("2000 bytes (--body-limit)"), "{body}");
     let long = "word ".repeat(200);
     check(
         s.post(
@@ -347,5 +352,68 @@ fn sigterm_finishes_in_flight_requests_then_exits() {
             .call()
             .is_err(),
         "still accepting after shutdown"
+    );
+}
+
+/// Waits up to `limit` for the server process to exit.
+fn exit_within(s: &mut Server, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn a_client_that_stalls_mid_request_cannot_hold_up_shutdown() {
+    use std::io::Write;
+    let mut s = Server::start(&shared("golden/tiny-bert"), &["--drain-seconds", "1"]);
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let mut stalled = std::net::TcpStream::connect(&addr).unwrap();
+    // Half a request header, then nothing.
+    stalled
+        .write_all(b"POST /predict HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    s.terminate();
+    let exit =
+        exit_within(&mut s, Duration::from_secs(10)).expect("still running 10 s after SIGTERM");
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[test]
+fn a_dead_inference_thread_fails_health_and_exits_non_zero() {
+    let mut s = Server::start_with_env(
+        &shared("golden/tiny-bert"),
+        &["--drain-seconds", "2"],
+        &[("CROSSENC_FAULT", "inference-panic")],
+    );
+    assert_eq!(s.get("/health").0, 200);
+    let (status, body) = s.post("/predict", json!({ "inputs": [["a", "b"]] }));
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("inference thread"),
+        "{body}"
+    );
+    // Unhealthy until it is gone: /health never answers 200 again.
+    if let Ok(r) = ureq::get(&format!("{}/health", s.url))
+        .timeout(Duration::from_secs(2))
+        .call()
+    {
+        panic!(
+            "health answered {} after the inference thread died",
+            r.status()
+        );
+    }
+    let exit = exit_within(&mut s, Duration::from_secs(10)).expect("still running");
+    assert!(
+        !exit.success(),
+        "an orchestrator must see the failure: {exit:?}"
     );
 }

@@ -25,6 +25,9 @@ pub struct ServeArgs {
     /// Largest request body in bytes; more is answered 413.
     #[arg(long, default_value_t = 2 * 1024 * 1024)]
     body_limit: usize,
+    /// Seconds that shutdown (SIGTERM, Ctrl-C) waits for open requests before closing them.
+    #[arg(long, default_value_t = 20)]
+    drain_seconds: u64,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -35,11 +38,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_client_batch_size: args.max_client_batch_size,
         max_queue: args.max_concurrent_requests,
         body_limit: args.body_limit,
+        drain: std::time::Duration::from_secs(args.drain_seconds),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let addr = format!("{}:{}", args.host, args.port);
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
@@ -47,6 +51,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
         println!("listening on http://{}", listener.local_addr()?);
         serve::serve(ce, cfg, listener, serve::shutdown_signal()).await?;
         println!("shut down");
-        Ok(())
-    })
+        Ok::<_, anyhow::Error>(())
+    });
+    // Connections closed at the drain deadline may still hold blocking work: don't wait.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }

@@ -58,8 +58,17 @@ impl Batcher {
     }
 }
 
+/// `CROSSENC_FAULT=inference-panic` makes the inference thread panic on its first batch: a
+/// fault injected by the tests of the server's dead-worker handling.
+fn injected_panic() -> bool {
+    std::env::var("CROSSENC_FAULT").is_ok_and(|v| v == "inference-panic")
+}
+
 fn run(ce: CrossEncoder, mut rx: mpsc::Receiver<Job>, metrics: Arc<Metrics>) {
     while let Some(first) = rx.blocking_recv() {
+        if injected_panic() {
+            panic!("CROSSENC_FAULT=inference-panic");
+        }
         let mut jobs = vec![first];
         let mut tokens: usize = jobs[0].encodings.iter().map(Encoding::len).sum();
         // Everything already waiting joins this pass, up to the token budget.

@@ -2,6 +2,11 @@
 //!
 //! Routes and field names follow HuggingFace text-embeddings-inference (`/rerank`, `/predict`,
 //! `/health`, `/info`, `/metrics`), so a search stack that calls TEI can call crossenc.
+//!
+//! Stopping: on the shutdown signal the server stops accepting, answers what is in flight, and
+//! after `drain` closes whatever is still open (a client that never finishes its request
+//! cannot hold it up). If the inference thread dies, `/health` answers 503 and the server shuts
+//! down the same way, returning an error, so that an orchestrator restarts it.
 
 mod batcher;
 mod metrics;
@@ -18,9 +23,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
-use tokio::sync::oneshot;
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, watch};
 
 use crate::model::tokenize::PairTokenizer;
 use crate::{CrossEncoder, Scores};
@@ -38,6 +44,8 @@ pub struct ServeConfig {
     pub max_queue: usize,
     /// Largest request body in bytes.
     pub body_limit: usize,
+    /// How long shutdown waits for open requests before closing them.
+    pub drain: Duration,
 }
 
 struct AppState {
@@ -46,6 +54,9 @@ struct AppState {
     metrics: Arc<Metrics>,
     info: serde_json::Value,
     max_client_batch_size: usize,
+    body_limit: usize,
+    /// False once the inference thread has died.
+    healthy: Arc<AtomicBool>,
 }
 
 /// An error answer: TEI's `{"error", "error_type"}` body with a status.
@@ -79,18 +90,19 @@ impl IntoResponse for ApiError {
 /// JSON or wrong types.
 struct JsonBody<T>(T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             let status = e.status();
-            let kind = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                "Validation"
+            if status == StatusCode::PAYLOAD_TOO_LARGE {
+                let limit = state.body_limit;
+                let message = format!("the request body is over {limit} bytes (--body-limit)");
+                ApiError::new(status, "Validation", message)
             } else {
-                "Empty"
-            };
-            ApiError::new(status, kind, e.body_text())
+                ApiError::new(status, "Empty", e.body_text())
+            }
         })?;
         serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
             ApiError::new(
@@ -157,17 +169,30 @@ pub async fn serve(
     let mut ce = ce;
     ce.max_batch_tokens = cfg.max_batch_tokens;
     let (batcher, inference) = Batcher::start(ce, cfg.max_queue, metrics.clone());
+    let healthy = Arc::new(AtomicBool::new(true));
+    // The inference thread ends when the last batcher handle is dropped (after the server) or
+    // when it dies; the second case marks the server unhealthy and stops it.
+    let (died_tx, mut died) = watch::channel(false);
+    let watched = healthy.clone();
+    let inference = tokio::task::spawn_blocking(move || {
+        let joined = inference.join();
+        watched.store(false, Ordering::SeqCst);
+        let _ = died_tx.send(true);
+        joined.is_ok()
+    });
     let state = Arc::new(AppState {
         batcher,
         tokenizer,
         metrics,
         info,
         max_client_batch_size: cfg.max_client_batch_size,
+        body_limit: cfg.body_limit,
+        healthy: healthy.clone(),
     });
     let app = Router::new()
         .route("/rerank", post(rerank))
         .route("/predict", post(predict))
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/health", get(health))
         .route(
             "/info",
             get(|State(s): State<Arc<AppState>>| async move { Json(s.info.clone()) }),
@@ -184,14 +209,48 @@ pub async fn serve(
         .layer(middleware::from_fn_with_state(state.clone(), record))
         .layer(DefaultBodyLimit::max(cfg.body_limit))
         .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    // In-flight requests have been answered; the inference thread ends with the last handle.
-    tokio::task::spawn_blocking(move || inference.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("the inference thread panicked"))?;
+    let (stopping_tx, mut stopping) = watch::channel(false);
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = died.changed() => {}
+        }
+        let _ = stopping_tx.send(true);
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(stop);
+    let deadline = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+        tokio::time::sleep(cfg.drain).await;
+    };
+    tokio::select! {
+        served = std::future::IntoFuture::into_future(server) => served?,
+        _ = deadline => eprintln!(
+            "requests still open {:?} after shutdown began: closing them",
+            cfg.drain
+        ),
+    }
+    if !healthy.load(Ordering::SeqCst) {
+        anyhow::bail!("the inference thread died (a panic while scoring): see the error above");
+    }
+    // Every request has been answered; the inference thread ends with the last handle. After
+    // the drain deadline, handles of closed connections may outlive this: don't wait for them.
+    if tokio::time::timeout(cfg.drain, inference)
+        .await
+        .is_ok_and(|r| matches!(r, Ok(false)))
+    {
+        anyhow::bail!("the inference thread died (a panic while scoring)");
+    }
     Ok(())
+}
+
+/// 200 while the inference thread runs, 503 once it has died.
+async fn health(State(s): State<Arc<AppState>>) -> Response {
+    if s.healthy.load(Ordering::SeqCst) {
+        Json(json!({"status": "ok"})).into_response()
+    } else {
+        let body = json!({"status": "unhealthy", "error": "the inference thread died"});
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
 }
 
 /// Counts every request by route and status, with its latency.
