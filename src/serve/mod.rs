@@ -170,15 +170,17 @@ pub async fn serve(
     ce.max_batch_tokens = cfg.max_batch_tokens;
     let (batcher, inference) = Batcher::start(ce, cfg.max_queue, metrics.clone());
     let healthy = Arc::new(AtomicBool::new(true));
-    // The inference thread ends when the last batcher handle is dropped (after the server) or
-    // when it dies; the second case marks the server unhealthy and stops it.
+    // The inference thread returns when the last batcher handle is dropped (after the server),
+    // or dies in a panic: that marks the server unhealthy and stops it.
     let (died_tx, mut died) = watch::channel(false);
     let watched = healthy.clone();
     let inference = tokio::task::spawn_blocking(move || {
-        let joined = inference.join();
-        watched.store(false, Ordering::SeqCst);
-        let _ = died_tx.send(true);
-        joined.is_ok()
+        let panicked = inference.join().is_err();
+        if panicked {
+            watched.store(false, Ordering::SeqCst);
+            let _ = died_tx.send(true);
+        }
+        panicked
     });
     let state = Arc::new(AppState {
         batcher,
@@ -236,7 +238,7 @@ pub async fn serve(
     // the drain deadline, handles of closed connections may outlive this: don't wait for them.
     if tokio::time::timeout(cfg.drain, inference)
         .await
-        .is_ok_and(|r| matches!(r, Ok(false)))
+        .is_ok_and(|r| matches!(r, Ok(true)))
     {
         anyhow::bail!("the inference thread died (a panic while scoring)");
     }
