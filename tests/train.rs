@@ -55,7 +55,7 @@ fn a_few_steps_on_stsb_lower_the_loss_and_the_saved_model_reloads() {
         Some(&examples[..64]),
         &cfg,
         out.path(),
-        false,
+        train::OutputMode::New,
     )
     .unwrap();
     assert_eq!(summary.steps, 48);
@@ -562,4 +562,123 @@ fn bench_resizes_a_template_to_another_model_size() -> anyhow::Result<()> {
     assert_eq!(scores.values.len(), 2);
     assert!(scores.values.iter().all(|v| v.is_finite()));
     Ok(())
+}
+
+#[test]
+fn an_output_folder_holds_one_run_and_is_never_mixed_or_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("train.csv");
+    let lines: Vec<String> = std::fs::read_to_string(stsb("train"))
+        .unwrap()
+        .lines()
+        .take(40)
+        .map(String::from)
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let model = shared("golden/tiny-bert");
+    let out = tmp.path().join("out");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--train",
+            data.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--label-range",
+            "0:5",
+            "--batch-size",
+            "8",
+            "--log-steps",
+            "1",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        crossenc(&args)
+    };
+    let log_lines = || {
+        std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    assert!(run(&["--lr", "1e-3"]).status.success());
+    let first = log_lines();
+    // Every file of the finished run is readable by others, the weights too.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.join("model.safetensors"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o644, 0o644, "mode {mode:o}");
+    }
+    // Training again into it is refused, and nothing of the first run is touched.
+    let before = std::fs::read(out.join("model.safetensors")).unwrap();
+    fails_with(
+        &run(&["--lr", "1e-3"]),
+        &["is not empty", "--overwrite", "--resume"],
+    );
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        before
+    );
+    assert_eq!(log_lines(), first);
+    // --resume without a checkpoint says so instead of starting fresh.
+    fails_with(&run(&["--resume"]), &["no checkpoint to resume from"]);
+    // --overwrite replaces the run: a file of the user's stays, the old log does not.
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+    std::fs::write(out.join("metrics.jsonl"), "{\"step\": 999}\n").unwrap();
+    assert!(run(&["--lr", "1e-3", "--overwrite"]).status.success());
+    assert_eq!(log_lines(), first, "only the new run's lines");
+    assert_eq!(
+        std::fs::read_to_string(out.join("notes.txt")).unwrap(),
+        "mine"
+    );
+}
+
+#[test]
+fn resuming_with_another_learning_rate_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("train.csv");
+    let lines: Vec<String> = std::fs::read_to_string(stsb("train"))
+        .unwrap()
+        .lines()
+        .take(80)
+        .map(String::from)
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let model = shared("golden/tiny-bert");
+    let out = tmp.path().join("out");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--train",
+            data.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--label-range",
+            "0:5",
+            "--batch-size",
+            "8",
+            "--save-steps",
+            "4",
+            "--max-steps",
+            "6",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        crossenc(&args)
+    };
+    assert!(run(&["--lr", "1e-3"]).status.success());
+    assert!(out.join("checkpoints/checkpoint-4").exists());
+    fails_with(
+        &run(&["--lr", "2e-3", "--resume"]),
+        &["other settings", "resume with the same command"],
+    );
+    assert!(run(&["--lr", "1e-3", "--resume"]).status.success());
 }

@@ -10,7 +10,7 @@ use crate::model::config::generic_labels;
 use crate::search::{self, beir, Retriever};
 use crate::train::card::Card;
 use crate::train::optim::AdamWConfig;
-use crate::train::{self, Batching, LossKind, Progress, TrainConfig};
+use crate::train::{self, Batching, LossKind, OutputMode, Progress, TrainConfig};
 use crate::{CrossEncoder, LoadOptions};
 
 /// STS-B on the hub, scores already in [0, 1]: the data of `crossenc train` with no --train.
@@ -95,8 +95,13 @@ pub struct TrainArgs {
     #[arg(long)]
     save_steps: Option<usize>,
     /// Continue from the newest checkpoint in --output.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite")]
     resume: bool,
+    /// Replace the run in a non-empty --output: its model, log, plot, card and checkpoints are
+    /// removed first (other files stay). Without it (or --resume) a non-empty --output is
+    /// refused.
+    #[arg(long)]
+    overwrite: bool,
     /// Log every N steps.
     #[arg(long, default_value_t = 20)]
     log_steps: usize,
@@ -264,7 +269,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         dev_set.as_deref(),
         &cfg,
         &args.output,
-        args.resume,
+        match (args.resume, args.overwrite) {
+            (true, _) => OutputMode::Resume,
+            (false, true) => OutputMode::Overwrite,
+            (false, false) => OutputMode::New,
+        },
     )?;
     let mut results = Vec::new();
     if let Some((step, m)) = &summary.best {

@@ -266,14 +266,7 @@ impl CrossEncoder {
             &dir.join("config_sentence_transformers.json"),
             serde_json::to_string_pretty(&st_config)?.as_bytes(),
         )?;
-        for name in [
-            "tokenizer.json",
-            "special_tokens_map.json",
-            "vocab.txt",
-            "sentencepiece.bpe.model",
-            "merges.txt",
-            "vocab.json",
-        ] {
+        for name in TOKENIZER_FILES {
             let src = self.source_dir.join(name);
             if src.exists()
                 && src.canonicalize()? != dir.join(name).canonicalize().unwrap_or_default()
@@ -315,6 +308,28 @@ impl CrossEncoder {
         obj.insert("model_input_names".into(), names.into());
         Ok(cfg)
     }
+}
+
+/// The tokenizer files that [`CrossEncoder::save`] copies from the source folder.
+pub const TOKENIZER_FILES: [&str; 6] = [
+    "tokenizer.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "sentencepiece.bpe.model",
+    "merges.txt",
+    "vocab.json",
+];
+
+/// Every file [`CrossEncoder::save`] writes.
+pub fn saved_files() -> impl Iterator<Item = &'static str> {
+    [
+        "config.json",
+        "config_sentence_transformers.json",
+        "tokenizer_config.json",
+        "model.safetensors",
+    ]
+    .into_iter()
+    .chain(TOKENIZER_FILES)
 }
 
 /// `activation_fn` from `config_sentence_transformers.json` or config.json's

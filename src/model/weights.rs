@@ -199,10 +199,18 @@ impl Weights {
         Ok(())
     }
 
-    /// Writes every parameter to `path` as safetensors (f32, HF names).
+    /// Writes every parameter to `path` as safetensors (f32, HF names), readable by all like
+    /// the other files of a model folder (the safetensors writer creates it owner-only).
     pub fn save(&self, path: &Path) -> Result<()> {
         candle_core::safetensors::save(&self.tensors(&self.data, "")?, path)
-            .with_context(|| format!("cannot write {}", path.display()))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+                .with_context(|| format!("cannot set the permissions of {}", path.display()))?;
+        }
+        Ok(())
     }
 }
 

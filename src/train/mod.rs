@@ -14,7 +14,7 @@ use rand::seq::SliceRandom;
 use rand::{rngs::StdRng, SeedableRng};
 use serde_json::json;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tokenizers::Encoding;
 
@@ -345,8 +345,62 @@ pub fn epoch_batches(
     batches
 }
 
+/// What [`train`] does with an output folder that already holds files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputMode {
+    /// A new run: a folder that holds anything is refused, so no earlier run is mixed in.
+    New,
+    /// Remove the files an earlier run wrote there (model, log, plot, card, checkpoints; nothing
+    /// else), then train from scratch.
+    Overwrite,
+    /// Continue from the newest checkpoint there; refused when there is none.
+    Resume,
+}
+
+/// The files and folders a training run writes into its output folder.
+fn run_files() -> impl Iterator<Item = &'static str> {
+    crate::model::cross_encoder::saved_files().chain([
+        "metrics.jsonl",
+        "training.svg",
+        "README.md",
+        "checkpoints",
+    ])
+}
+
+/// Applies `mode` to `output` before a run.
+fn prepare_output(output: &Path, mode: OutputMode) -> Result<()> {
+    let has_files = std::fs::read_dir(output).is_ok_and(|mut d| d.next().is_some());
+    match mode {
+        OutputMode::New if has_files => bail!(
+            "{} is not empty: pass --overwrite to replace the run in it, --resume to continue it, or choose a new --output",
+            output.display()
+        ),
+        OutputMode::Resume if state::list(output)?.is_empty() => bail!(
+            "{} holds no checkpoint to resume from (a run writes them with --save-steps): drop --resume to start over",
+            state::checkpoints_dir(output).display()
+        ),
+        OutputMode::Overwrite => {
+            for name in run_files() {
+                let path = output.join(name);
+                let removed = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                if let Err(e) = removed {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        return Err(e).with_context(|| format!("cannot remove {}", path.display()));
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    std::fs::create_dir_all(output).with_context(|| format!("cannot create {}", output.display()))
+}
+
 /// Appends JSON lines to `OUTPUT/metrics.jsonl`.
-struct MetricsLog(std::fs::File);
+struct MetricsLog(std::fs::File, PathBuf);
 
 impl MetricsLog {
     /// Opens the log; on resume, drops the entries past the checkpoint's step so that the file
@@ -366,17 +420,24 @@ impl MetricsLog {
                 .collect(),
             _ => Vec::new(),
         };
-        let mut f = std::fs::File::create(&path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        for l in kept {
-            writeln!(f, "{l}")?;
+        // The kept lines go to a new file renamed into place: a failed write (a full disk)
+        // leaves the old log whole.
+        let mut text = kept.join("\n");
+        if !text.is_empty() {
+            text.push('\n');
         }
-        Ok(MetricsLog(f))
+        crate::model::cross_encoder::write_atomic(&path, text.as_bytes())?;
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(MetricsLog(f, path))
     }
 
     fn write(&mut self, v: serde_json::Value) -> Result<()> {
-        writeln!(self.0, "{v}")?;
-        Ok(self.0.flush()?)
+        writeln!(self.0, "{v}")
+            .and_then(|_| self.0.flush())
+            .with_context(|| format!("cannot write {}", self.1.display()))
     }
 }
 
@@ -388,7 +449,7 @@ pub fn train(
     dev: Option<&[Example]>,
     cfg: &TrainConfig,
     output: &Path,
-    resume: bool,
+    mode: OutputMode,
 ) -> Result<Summary> {
     if cfg.batch_size == 0 || cfg.grad_accum == 0 || cfg.epochs == 0 {
         bail!("batch size, gradient accumulation and epochs must be at least 1");
@@ -415,8 +476,7 @@ pub fn train(
             g - 1
         );
     }
-    std::fs::create_dir_all(output)
-        .with_context(|| format!("cannot create {}", output.display()))?;
+    prepare_output(output, mode)?;
     let start = Instant::now();
     let pairs: Vec<(&str, &str)> = train.iter().map(|e| (e.a.as_str(), e.b.as_str())).collect();
     let encodings = ce.tokenizer.encode_pairs(&pairs)?;
@@ -449,23 +509,20 @@ pub fn train(
         train_examples: items,
         best_metric: None,
         best_step: None,
+        schedule: Some(state::Schedule {
+            lr: cfg.lr,
+            warmup_steps: warmup,
+            batch_size: cfg.batch_size,
+            grad_accum: cfg.grad_accum,
+        }),
     };
     let mut resumed_from = None;
-    if resume {
+    if mode == OutputMode::Resume {
         if let Some(saved) = state::restore_latest(output, &mut ce.model.weights, &mut t.opt)? {
-            if (saved.seed, saved.total_steps, saved.train_examples)
-                != (st.seed, st.total_steps, st.train_examples)
-            {
-                bail!(
-                    "the checkpoint in {} was made with other settings (seed {}, {} steps, {} examples; now seed {}, {} steps, {} examples): resume with the same command, or use a new --output",
-                    state::checkpoints_dir(output).display(), saved.seed, saved.total_steps, saved.train_examples, st.seed, st.total_steps, st.train_examples
-                );
-            }
+            saved.check_resumable(&st, output)?;
             resumed_from = Some(saved.step);
             st = saved;
         }
-    } else if !state::list(output)?.is_empty() {
-        bail!("{} already holds checkpoints: pass --resume to continue that run, or choose a new --output", output.display());
     }
     let mut log = MetricsLog::open(output, resumed_from)?;
     let bar = match cfg.progress {

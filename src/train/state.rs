@@ -4,7 +4,7 @@
 //! the step number and the seed are the whole RNG and data-order state: a resumed run replays
 //! exactly what the uninterrupted run would have done.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -21,6 +21,41 @@ pub struct TrainerState {
     pub train_examples: usize,
     pub best_metric: Option<f64>,
     pub best_step: Option<usize>,
+    /// The learning-rate schedule and batching (absent in checkpoints of older versions).
+    #[serde(default)]
+    pub schedule: Option<Schedule>,
+}
+
+/// What must not change between a checkpoint and the run that resumes it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Schedule {
+    pub lr: f64,
+    pub warmup_steps: usize,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+}
+
+impl TrainerState {
+    /// Refuses to resume this checkpoint with other settings than it was made with (`now`).
+    pub fn check_resumable(&self, now: &TrainerState, output: &Path) -> Result<()> {
+        let key = |s: &TrainerState| (s.seed, s.total_steps, s.train_examples);
+        let schedule_differs = self.schedule.is_some() && self.schedule != now.schedule;
+        if key(self) != key(now) || schedule_differs {
+            bail!(
+                "the checkpoint in {} was made with other settings (seed {}, {} steps, {} examples, {:?}; now seed {}, {} steps, {} examples, {:?}): resume with the same command, or use a new --output",
+                checkpoints_dir(output).display(),
+                self.seed,
+                self.total_steps,
+                self.train_examples,
+                self.schedule,
+                now.seed,
+                now.total_steps,
+                now.train_examples,
+                now.schedule
+            );
+        }
+        Ok(())
+    }
 }
 
 pub fn checkpoints_dir(output: &Path) -> PathBuf {
@@ -46,15 +81,12 @@ pub fn save(
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    let mut moments = weights.tensors(&opt.m, "m.")?;
-    moments.extend(weights.tensors(&opt.v, "v.")?);
-    weights.save(&tmp.join("model.safetensors"))?;
-    candle_core::safetensors::save(&moments, tmp.join("optimizer.safetensors"))?;
-    std::fs::write(
-        tmp.join("trainer_state.json"),
-        serde_json::to_string_pretty(state)?,
-    )?;
+    let written = write_checkpoint(&tmp, state, weights, opt);
+    if written.is_err() {
+        // A full disk, say: leave no half-written folder behind.
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    written?;
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&tmp, &dir).with_context(|| format!("cannot write {}", dir.display()))?;
     let mut all = list(output)?;
@@ -63,6 +95,25 @@ pub fn save(
         let _ = std::fs::remove_dir_all(old);
     }
     Ok(dir)
+}
+
+/// The files of a checkpoint, into `dir`.
+fn write_checkpoint(
+    dir: &Path,
+    state: &TrainerState,
+    weights: &Weights,
+    opt: &AdamW,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut moments = weights.tensors(&opt.m, "m.")?;
+    moments.extend(weights.tensors(&opt.v, "v.")?);
+    weights.save(&dir.join("model.safetensors"))?;
+    let path = dir.join("optimizer.safetensors");
+    candle_core::safetensors::save(&moments, &path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let path = dir.join("trainer_state.json");
+    std::fs::write(&path, serde_json::to_string_pretty(state)?)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Complete checkpoints, oldest first.
