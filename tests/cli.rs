@@ -429,3 +429,69 @@ fn rank_reports_each_document_s_line_despite_blank_lines() {
         ]
     );
 }
+
+#[test]
+fn every_command_applies_the_same_task_and_label_rules() {
+    let (dir, _) = golden();
+    let d = dir.to_str().unwrap();
+    let three = shared("golden/tiny-bert-3labels");
+    let three = three.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |name: &str, body: &str| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, body).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let eval = |model: &str, data: &str, extra: &[&str]| {
+        let mut args = vec!["eval", "-m", model, "--data", data];
+        args.extend_from_slice(extra);
+        crossenc(&args)
+    };
+    // Binary labels must be 0 or 1.
+    let two = p("two.csv", "a b,c d,1\ne f,g h,2\ni j,k l,0\n");
+    fails_with(
+        &eval(d, &two, &["--task", "binary"]),
+        &["two.csv line 2: label 2 is not 0 or 1"],
+    );
+    let half = p("half.csv", "a b,c d,1\ne f,g h,0.5\n");
+    fails_with(
+        &eval(d, &half, &["--task", "binary"]),
+        &["half.csv line 2: label 0.5"],
+    );
+    // Multiclass needs a model with an output per class.
+    let classes = p("classes.csv", "a b,c d,x\ne f,g h,y\ni j,k l,z\n");
+    fails_with(
+        &eval(
+            d,
+            &classes,
+            &[
+                "--task",
+                "multiclass",
+                "--labels",
+                "x,y,z",
+                "--label-col",
+                "2",
+            ],
+        ),
+        &[
+            "--task multiclass needs a model with an output per class",
+            "has 1",
+        ],
+    );
+    // Constant labels have no correlation.
+    let constant = p("constant.csv", "a b,c d,3\ne f,g h,3\n");
+    fails_with(
+        &eval(d, &constant, &[]),
+        &["constant.csv: every label is 3", "undefined"],
+    );
+    // A multi-label model cannot rank: rank and demo say so instead of using label 0.
+    let docs = p("docs.txt", "one\ntwo\n");
+    fails_with(
+        &crossenc(&["rank", "-m", three, "-q", "x", "-d", &docs]),
+        &["ranking orders documents by one score", "3 outputs"],
+    );
+    fails_with(
+        &crossenc(&["demo", "-m", three]),
+        &["ranking orders documents by one score"],
+    );
+}

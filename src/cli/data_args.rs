@@ -99,18 +99,6 @@ impl DataArgs {
     }
 }
 
-/// Binary classification needs labels 0 and 1: name the first other label.
-pub fn check_binary_labels(spec: &str, examples: &[Example]) -> Result<()> {
-    if let Some(e) = examples.iter().find(|e| e.label != 0.0 && e.label != 1.0) {
-        bail!(
-            "{spec} line {}: label {} is not 0 or 1, which --task binary needs (for more classes use --task multiclass --labels a,b,c)",
-            e.line,
-            e.label
-        );
-    }
-    Ok(())
-}
-
 /// BCE needs labels in [0, 1]: name the first label outside and the way out.
 pub fn check_unit_labels(spec: &str, examples: &[Example]) -> Result<()> {
     if let Some(e) = examples.iter().find(|e| !(0.0..=1.0).contains(&e.label)) {

@@ -41,6 +41,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let examples = args.columns.read(&args.data, &args.split)?;
     let ce = args.model.load()?;
+    eval::check_task(args.task, ce.num_labels(), &examples, &args.data)?;
     let m = eval::pair_metrics(&ce, args.task, &examples)?;
     if args.json {
         println!("{}", serde_json::to_string(&m)?);

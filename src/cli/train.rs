@@ -3,7 +3,7 @@ use clap::Args;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use super::data_args::{check_binary_labels, check_unit_labels, parse_span, DataArgs};
+use super::data_args::{check_unit_labels, parse_span, DataArgs};
 use crate::data::Example;
 use crate::eval::{self, Task};
 use crate::model::config::generic_labels;
@@ -196,8 +196,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .transpose()?;
         (train_set, dev_spec, dev_set, test_set, 1)
     };
-    if task == Task::Binary {
-        check_binary_labels(&args.train, &train_set)?;
+    // The task's label rules, on every set this run reads (constant labels are refused only
+    // where they are evaluated).
+    if task != Task::Regression {
+        eval::check_task(task, labels.len(), &train_set, &args.train)?;
+    }
+    let held_out = [
+        (dev_spec.as_deref(), dev_set.as_deref()),
+        (args.test.as_deref(), test_set.as_deref()),
+    ];
+    for (spec, set) in held_out {
+        if let (Some(spec), Some(set)) = (spec, set) {
+            eval::check_task(task, labels.len(), set, spec)?;
+        }
     }
     if loss == LossKind::Bce {
         check_unit_labels(&args.train, &train_set)?;

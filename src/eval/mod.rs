@@ -4,7 +4,7 @@ pub mod classification;
 pub mod correlation;
 pub mod ranking;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use std::collections::BTreeMap;
 
 use crate::data::Example;
@@ -38,8 +38,66 @@ impl Task {
     }
 }
 
-/// The metrics of `task` for `ce`'s scores on `examples` (pairwise tasks).
+impl Task {
+    /// The name the command line takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Regression => "regression",
+            Task::Binary => "binary",
+            Task::Multiclass => "multiclass",
+            Task::Rerank => "rerank",
+        }
+    }
+}
+
+/// The rules that every command applies to a task, the model's output count and labelled
+/// pairs read from `source`: an error names the line or the flag to change.
+pub fn check_task(task: Task, num_labels: usize, examples: &[Example], source: &str) -> Result<()> {
+    let t = task.name();
+    match task {
+        Task::Regression | Task::Binary | Task::Rerank if num_labels != 1 => bail!(
+            "--task {t} scores one output per pair, but the model has {num_labels}: use --task multiclass"
+        ),
+        Task::Multiclass if num_labels < 2 => bail!(
+            "--task multiclass needs a model with an output per class, but this one has {num_labels} (train one with --labels a,b,c)"
+        ),
+        _ => {}
+    }
+    let bad = |why: &str| -> Result<()> {
+        match examples
+            .iter()
+            .find(|e| !label_fits(task, num_labels, e.label))
+        {
+            Some(e) => bail!("{source} line {}: label {} {why}", e.line, e.label),
+            None => Ok(()),
+        }
+    };
+    match task {
+        Task::Binary => bad("is not 0 or 1, which --task binary needs (for more classes use --task multiclass --labels a,b,c)"),
+        Task::Multiclass => bad(&format!("is not a class index below the model's {num_labels} classes")),
+        Task::Regression => match examples.first() {
+            Some(first) if examples.iter().all(|e| e.label == first.label) => bail!(
+                "{source}: every label is {}: Pearson and Spearman are undefined for constant labels",
+                first.label
+            ),
+            _ => Ok(()),
+        },
+        Task::Rerank => Ok(()),
+    }
+}
+
+fn label_fits(task: Task, num_labels: usize, label: f64) -> bool {
+    match task {
+        Task::Binary => label == 0.0 || label == 1.0,
+        Task::Multiclass => label.fract() == 0.0 && (0.0..num_labels as f64).contains(&label),
+        Task::Regression | Task::Rerank => label.is_finite(),
+    }
+}
+
+/// The metrics of `task` for `ce`'s scores on `examples` (pairwise tasks), after
+/// [`check_task`].
 pub fn pair_metrics(ce: &CrossEncoder, task: Task, examples: &[Example]) -> Result<Metrics> {
+    check_task(task, ce.num_labels(), examples, "the evaluation data")?;
     let pairs: Vec<(&str, &str)> = examples
         .iter()
         .map(|e| (e.a.as_str(), e.b.as_str()))

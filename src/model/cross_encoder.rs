@@ -229,13 +229,21 @@ impl CrossEncoder {
     }
 
     /// Scores `query` against each document and returns `(index, score)` sorted by score,
-    /// highest first; at most `top_k` entries when given. Uses the first label's score.
+    /// highest first; at most `top_k` entries when given. Needs a one-output model.
     pub fn rank<S: AsRef<str>>(
         &self,
         query: &str,
         docs: &[S],
         top_k: Option<usize>,
     ) -> Result<Vec<(usize, f32)>> {
+        if self.num_labels() != 1 {
+            bail!(
+                "ranking orders documents by one score, but {} has {} outputs ({}): use predict for a score per label",
+                self.source_dir.display(),
+                self.num_labels(),
+                self.config.id2label.join(", ")
+            );
+        }
         let pairs: Vec<(&str, &str)> = docs.iter().map(|d| (query, d.as_ref())).collect();
         let scores = self.predict(&pairs)?;
         let mut ranked: Vec<(usize, f32)> = scores.rows().map(|r| r[0]).enumerate().collect();
