@@ -682,3 +682,76 @@ fn resuming_with_another_learning_rate_is_refused() {
     );
     assert!(run(&["--lr", "1e-3", "--resume"]).status.success());
 }
+
+#[test]
+fn skip_bad_rows_skips_every_kind_of_bad_row_and_each_is_named_without_it() {
+    let model = shared("golden/tiny-bert");
+    let m = model.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = [
+        r#"{"a": "a cat sits", "b": "a cat is sitting", "label": 4.5}"#,
+        r#"{"a": "a dog runs", "b": "a man sings", "label": 0.5}"#,
+        r#"{"a": "broken", "b": "#,
+        r#"["not", "an", "object"]"#,
+        r#"{"a": "too high", "b": "a score of 9", "label": 9}"#,
+        r#"{"a": "a bird flies", "b": "a plane flies", "label": 2.0}"#,
+    ];
+    let data = tmp.path().join("pairs.jsonl");
+    std::fs::write(&data, rows.join("\n") + "\n").unwrap();
+    let d = data.to_str().unwrap();
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "-m",
+            m,
+            "--data",
+            d,
+            "--label-range",
+            "0:5",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        crossenc(&args)
+    };
+    fails_with(
+        &eval(&[]),
+        &["pairs.jsonl line 3: invalid JSON", "--skip-bad-rows"],
+    );
+    let out = eval(&["--skip-bad-rows"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("skipped 3 bad rows"), "{err}");
+    // Without the invalid lines, the out-of-range label is named.
+    let fine: Vec<&str> = rows
+        .iter()
+        .copied()
+        .filter(|r| r.contains("label"))
+        .collect();
+    std::fs::write(&data, fine.join("\n") + "\n").unwrap();
+    fails_with(
+        &eval(&[]),
+        &["pairs.jsonl line 3: label 9 is outside --label-range 0:5"],
+    );
+}
+
+#[test]
+fn a_parquet_nan_label_is_reported_as_nan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rows = stsb_examples(4);
+    rows[2].label = f64::NAN;
+    let path = tmp.path().join("nan.parquet");
+    write_parquet(&path, &rows);
+    let model = shared("golden/tiny-bert");
+    let out = crossenc(&[
+        "eval",
+        "-m",
+        model.to_str().unwrap(),
+        "--data",
+        path.to_str().unwrap(),
+    ]);
+    fails_with(&out, &["nan.parquet line 3", "\"NaN\""]);
+}

@@ -80,20 +80,29 @@ impl DataArgs {
         }
         let (mut examples, skipped) =
             data::read_examples(&table, &self.columns()?, self.skip_bad_rows)?;
-        if skipped > 0 {
-            eprintln!("{spec}: skipped {skipped} bad rows");
-        }
+        let mut skipped = skipped;
         if let Some((lo, hi)) = self.label_range {
-            for e in &mut examples {
-                if e.label < lo || e.label > hi {
+            if let Some(e) = examples.iter().find(|e| e.label < lo || e.label > hi) {
+                if !self.skip_bad_rows {
                     bail!(
-                        "{spec} line {}: label {} is outside --label-range {lo}:{hi}",
+                        "{spec} line {}: label {} is outside --label-range {lo}:{hi} (pass --skip-bad-rows to skip such rows)",
                         e.line,
                         e.label
                     );
                 }
+            }
+            let before = examples.len();
+            examples.retain(|e| (lo..=hi).contains(&e.label));
+            skipped += before - examples.len();
+            if examples.is_empty() {
+                bail!("{spec}: no label within --label-range {lo}:{hi} ({skipped} rows skipped)");
+            }
+            for e in &mut examples {
                 e.label = (e.label - lo) / (hi - lo);
             }
+        }
+        if skipped > 0 {
+            eprintln!("{spec}: skipped {skipped} bad rows");
         }
         Ok(examples)
     }

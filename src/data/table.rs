@@ -25,6 +25,9 @@ pub struct Row {
     /// 1-based line in the file.
     pub line: usize,
     pub values: Vec<Value>,
+    /// Why the line could not be read as a row (invalid JSON, say): [`Table::check`] reports
+    /// it, or `--skip-bad-rows` skips it like any other bad row.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -154,6 +157,9 @@ impl Table {
 
     /// An error for a CSV/TSV row whose field count differs from the header's.
     pub fn check(&self, row: &Row) -> Result<()> {
+        if let Some(e) = &row.error {
+            bail!("{} line {}: {e}", self.source, row.line);
+        }
         if row.values.len() != self.columns.len() {
             bail!(
                 "{} line {}: expected {} fields, found {}",
@@ -300,6 +306,7 @@ fn sniff(text: &str) -> Format {
 /// Parquet through the record API: each row becomes a JSON object, then as JSONL.
 fn parse_parquet(path: &str) -> Result<Table> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::Field;
     let file = std::fs::File::open(path).with_context(|| format!("cannot read {path}"))?;
     let reader = SerializedFileReader::new(file)
         .with_context(|| format!("{path} is not a valid Parquet file"))?;
@@ -309,7 +316,20 @@ fn parse_parquet(path: &str) -> Result<Table> {
         .with_context(|| format!("cannot read rows of {path}"))?;
     for (i, row) in rows.enumerate() {
         let row = row.with_context(|| format!("{path} row {}: unreadable", i + 1))?;
-        objects.push((i + 1, row.to_json_value()));
+        // JSON has no NaN or infinity (to_json_value writes null): keep them as text, so that
+        // a bad label is reported as what it is.
+        let obj = row
+            .get_column_iter()
+            .map(|(name, field)| {
+                let v = match field {
+                    Field::Float(f) if !f.is_finite() => Value::String(f.to_string()),
+                    Field::Double(f) if !f.is_finite() => Value::String(f.to_string()),
+                    f => f.to_json_value(),
+                };
+                (name.clone(), v)
+            })
+            .collect();
+        objects.push((i + 1, Ok(Value::Object(obj))));
     }
     from_objects(path, objects)
 }
@@ -320,36 +340,53 @@ fn parse_jsonl(path: &str, text: &str) -> Result<Table> {
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(line)
-            .with_context(|| format!("{path} line {}: invalid JSON", i + 1))?;
+        let v = serde_json::from_str::<Value>(line).map_err(|e| format!("invalid JSON ({e})"));
         objects.push((i + 1, v));
     }
     from_objects(path, objects)
 }
 
-/// A table from JSON objects; the columns are the union of their keys in first-seen order.
-fn from_objects(path: &str, values: Vec<(usize, Value)>) -> Result<Table> {
+/// A table from JSON objects, one a line (or why the line is none); the columns are the union
+/// of their keys in first-seen order.
+fn from_objects(path: &str, values: Vec<(usize, Result<Value, String>)>) -> Result<Table> {
     let mut columns: Vec<String> = Vec::new();
     let mut objects = Vec::with_capacity(values.len());
     for (line, v) in values {
-        let Value::Object(obj) = v else {
-            bail!("{path} line {line}: expected a JSON object");
+        let obj = match v {
+            Ok(Value::Object(obj)) => Ok(obj),
+            Ok(_) => Err("expected a JSON object".to_string()),
+            Err(e) => Err(e),
         };
-        for k in obj.keys() {
-            if !columns.contains(k) {
-                columns.push(k.clone());
+        if let Ok(obj) = &obj {
+            for k in obj.keys() {
+                if !columns.contains(k) {
+                    columns.push(k.clone());
+                }
             }
         }
         objects.push((line, obj));
     }
+    if objects.iter().all(|(_, o)| o.is_err()) {
+        if let Some((line, Err(e))) = objects.first() {
+            bail!("{path} line {line}: {e}");
+        }
+    }
     let rows = objects
         .into_iter()
-        .map(|(line, mut obj)| Row {
-            line,
-            values: columns
-                .iter()
-                .map(|c| obj.remove(c).unwrap_or(Value::Null))
-                .collect(),
+        .map(|(line, obj)| match obj {
+            Ok(mut obj) => Row {
+                line,
+                values: columns
+                    .iter()
+                    .map(|c| obj.remove(c).unwrap_or(Value::Null))
+                    .collect(),
+                error: None,
+            },
+            Err(e) => Row {
+                line,
+                values: Vec::new(),
+                error: Some(e),
+            },
         })
         .collect();
     Ok(Table {
@@ -412,7 +449,7 @@ fn parse_delimited(
             confirmed
         }
     };
-    let columns: Vec<String> = if has_header {
+    let columns: Vec<String> = if has_header && !records.is_empty() {
         records.remove(0).1
     } else {
         (0..records.first().map_or(0, |r| r.1.len()))
@@ -425,6 +462,7 @@ fn parse_delimited(
         .map(|(line, fields)| Row {
             line,
             values: fields.into_iter().map(Value::String).collect(),
+            error: None,
         })
         .collect();
     Ok(Table {
