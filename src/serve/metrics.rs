@@ -75,7 +75,7 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn record_request(&self, route: &str, status: u16, seconds: f64) {
-        let mut m = self.inner.lock().expect("metrics lock");
+        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         *m.requests.entry((route.to_string(), status)).or_default() += 1;
         m.latency
             .entry(route.to_string())
@@ -84,14 +84,14 @@ impl Metrics {
     }
 
     pub fn record_batch(&self, requests: usize, pairs: usize) {
-        let mut m = self.inner.lock().expect("metrics lock");
+        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         m.batches += 1;
         m.batch_requests.observe(&BATCH_BUCKETS, requests as f64);
         m.batch_pairs.observe(&BATCH_BUCKETS, pairs as f64);
     }
 
     pub fn render(&self) -> String {
-        let m = self.inner.lock().expect("metrics lock");
+        let m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = String::new();
         out.push_str("# HELP crossenc_requests_total HTTP requests by route and status.\n# TYPE crossenc_requests_total counter\n");
         for ((route, status), n) in &m.requests {
