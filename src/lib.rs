@@ -1,7 +1,8 @@
 //! crossenc: fine-tune, evaluate and serve cross-encoders (BERT-family pair scorers) on CPU.
 //!
-//! The encoders are written from differentiable candle ops, so the same code predicts and
-//! trains; weights, configs and tokenizers are HuggingFace's formats both ways.
+//! The encoders run on crossenc's own engine (`model`: explicit forward and backward per module
+//! over the kernels of `ops`), so the same code predicts and trains; weights, configs and
+//! tokenizers are HuggingFace's formats both ways.
 
 pub mod bench;
 pub mod cli;
