@@ -755,3 +755,44 @@ fn a_parquet_nan_label_is_reported_as_nan() {
     ]);
     fails_with(&out, &["nan.parquet line 3", "\"NaN\""]);
 }
+
+#[test]
+fn a_write_that_fails_mid_run_names_the_file_and_leaves_no_half_written_checkpoint() {
+    // A real write failure without a full disk: a file-size limit (EFBIG once a file passes
+    // 200 KiB) with SIGXFSZ ignored, so the failing write returns an error as ENOSPC would.
+    // tiny-bert's weights (150 KB) fit, its checkpoint's optimizer moments (300 KB) do not.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("train.csv");
+    let lines: Vec<String> = std::fs::read_to_string(stsb("train"))
+        .unwrap()
+        .lines()
+        .take(48)
+        .map(String::from)
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let out = tmp.path().join("out");
+    let cmd = format!(
+        "trap '' XFSZ; ulimit -f 200; exec {} train --model {} --train {} --output {} \
+         --label-range 0:5 --batch-size 8 --save-steps 2 --log-steps 1 --quiet",
+        env!("CARGO_BIN_EXE_crossenc"),
+        shared("golden/tiny-bert").display(),
+        data.display(),
+        out.display()
+    );
+    let res = std::process::Command::new("bash")
+        .args(["-c", &cmd])
+        .output()
+        .unwrap();
+    fails_with(&res, &["optimizer.safetensors"]);
+    let leftovers: Vec<_> = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+    let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        log.lines().count(),
+        2,
+        "the steps before the failure stay logged: {log}"
+    );
+}
