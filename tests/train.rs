@@ -796,3 +796,53 @@ fn a_write_that_fails_mid_run_names_the_file_and_leaves_no_half_written_checkpoi
         "the steps before the failure stay logged: {log}"
     );
 }
+
+#[test]
+fn the_library_saves_the_activation_its_loss_implies() {
+    // A program that calls train::train with MSE gets a model that predicts raw values (it
+    // used to save Sigmoid: the CLI alone set the activation).
+    let examples = stsb_examples(32);
+    let mut ce = tiny_bert();
+    assert_eq!(ce.activation, crossenc::Activation::Sigmoid);
+    let cfg = TrainConfig {
+        loss: LossKind::Mse,
+        max_steps: Some(2),
+        progress: Progress::Quiet,
+        ..Default::default()
+    };
+    let out = tempfile::tempdir().unwrap();
+    train::train(
+        &mut ce,
+        &examples,
+        None,
+        &cfg,
+        out.path(),
+        train::OutputMode::New,
+    )
+    .unwrap();
+    let saved = read_json(&out.path().join("config_sentence_transformers.json"));
+    assert_eq!(saved["activation_fn"], "torch.nn.modules.linear.Identity");
+    let reloaded =
+        CrossEncoder::load(out.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
+    assert_eq!(reloaded.activation, crossenc::Activation::Identity);
+    // A listwise loss belongs to re-ranking, through the library too.
+    let cfg = TrainConfig {
+        loss: LossKind::Listnet,
+        progress: Progress::Quiet,
+        ..Default::default()
+    };
+    let other = tempfile::tempdir().unwrap();
+    let err = train::train(
+        &mut ce,
+        &examples,
+        None,
+        &cfg,
+        other.path(),
+        train::OutputMode::New,
+    )
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("does not fit --task regression"),
+        "{err:#}"
+    );
+}

@@ -155,14 +155,7 @@ fn rerank_lists(args: &TrainArgs) -> Result<Vec<Example>> {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let task = args.task;
-    let loss = args.loss.unwrap_or(match task {
-        Task::Regression | Task::Binary => LossKind::Bce,
-        Task::Multiclass => LossKind::CrossEntropy,
-        Task::Rerank => LossKind::Mnrl,
-    });
-    if (task == Task::Rerank) != loss.is_listwise() {
-        bail!("--loss {loss:?} does not fit --task {task:?} (listwise losses mnrl and listnet are for --task rerank)");
-    }
+    let loss = args.loss.unwrap_or(LossKind::default_for(task));
     let labels = match (task, &args.data.labels) {
         (Task::Multiclass, Some(names)) if names.len() >= 2 => names.clone(),
         (Task::Multiclass, _) => bail!("--task multiclass needs --labels with two or more class names, e.g. --labels contradiction,entailment,neutral"),
@@ -221,13 +214,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
         activation: None,
     };
     let mut ce = CrossEncoder::load(&args.model, &opts)?;
-    // What predict (ours and sentence-transformers') applies to the trained head: raw values
-    // for MSE regression, class probabilities for cross-entropy, a probability otherwise.
-    ce.activation = match loss {
-        LossKind::Mse => crate::Activation::Identity,
-        LossKind::CrossEntropy => crate::Activation::Softmax,
-        LossKind::Bce | LossKind::Mnrl | LossKind::Listnet => crate::Activation::Sigmoid,
-    };
     let cfg = TrainConfig {
         epochs: args.epochs,
         batch_size: args.batch_size,

@@ -47,6 +47,25 @@ impl LossKind {
     pub fn is_listwise(self) -> bool {
         matches!(self, LossKind::Mnrl | LossKind::Listnet)
     }
+
+    /// The loss a task trains with unless told otherwise (sentence-transformers' defaults).
+    pub fn default_for(task: Task) -> Self {
+        match task {
+            Task::Regression | Task::Binary => LossKind::Bce,
+            Task::Multiclass => LossKind::CrossEntropy,
+            Task::Rerank => LossKind::Mnrl,
+        }
+    }
+
+    /// What `predict` (ours and sentence-transformers') applies to a head trained with this
+    /// loss: raw values for MSE, class probabilities for cross-entropy, a probability otherwise.
+    pub fn activation(self) -> crate::Activation {
+        match self {
+            LossKind::Mse => crate::Activation::Identity,
+            LossKind::CrossEntropy => crate::Activation::Softmax,
+            LossKind::Bce | LossKind::Mnrl | LossKind::Listnet => crate::Activation::Sigmoid,
+        }
+    }
 }
 
 /// sentence-transformers' default scale of MultipleNegativesRankingLoss.
@@ -454,6 +473,13 @@ pub fn train(
     if cfg.batch_size == 0 || cfg.grad_accum == 0 || cfg.epochs == 0 {
         bail!("batch size, gradient accumulation and epochs must be at least 1");
     }
+    if (cfg.task == Task::Rerank) != cfg.loss.is_listwise() {
+        bail!(
+            "--loss {:?} does not fit --task {} (listwise losses mnrl and listnet are for --task rerank)",
+            cfg.loss,
+            cfg.task.name()
+        );
+    }
     let multiclass = cfg.loss == LossKind::CrossEntropy;
     if multiclass != (ce.num_labels() > 1) {
         bail!(
@@ -477,6 +503,8 @@ pub fn train(
         );
     }
     prepare_output(output, mode)?;
+    // The saved model predicts as the loss trained it to.
+    ce.activation = cfg.loss.activation();
     let start = Instant::now();
     let pairs: Vec<(&str, &str)> = train.iter().map(|e| (e.a.as_str(), e.b.as_str())).collect();
     let encodings = ce.tokenizer.encode_pairs(&pairs)?;
