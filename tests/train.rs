@@ -355,7 +355,7 @@ fn eval_prints_correlations_as_json() {
 }
 
 #[test]
-fn default_hub_dataset_trains_through_the_cache() {
+fn a_hub_dataset_trains_through_the_cache() {
     // A stand-in for sentence-transformers/stsb: Parquet-free JSONL shards named by split.
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("stsb");
@@ -387,6 +387,10 @@ fn default_hub_dataset_trains_through_the_cache() {
             out.to_str().unwrap(),
             "--batch-size",
             "8",
+            "--train",
+            "hf://datasets/sentence-transformers/stsb",
+            "--dev",
+            "hf://datasets/sentence-transformers/stsb",
         ])
         .env("HF_HOME", tmp.path().join("hf"))
         .env("HF_ENDPOINT", &server.endpoint)
@@ -845,4 +849,37 @@ fn the_library_saves_the_activation_its_loss_implies() {
         format!("{err:#}").contains("does not fit --task regression"),
         "{err:#}"
     );
+}
+
+#[test]
+fn the_default_run_trains_on_the_bundled_stsb_without_network() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let res = Command::new(env!("CARGO_BIN_EXE_crossenc"))
+        .args(["train", "-m", shared("golden/tiny-bert").to_str().unwrap()])
+        .args([
+            "-o",
+            out.to_str().unwrap(),
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "8",
+        ])
+        // No hub: an endpoint nothing listens on, and offline mode.
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env("HF_HOME", tmp.path().join("hf"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    // STS-B's splits as shipped, 0-5 scores mapped into [0, 1], the test split evaluated.
+    assert!(stdout.contains("5749 pairs, dev 1500"), "{stdout}");
+    assert!(stdout.contains("test: pearson"), "{stdout}");
+    assert!(out.join("model.safetensors").exists());
+    assert!(!tmp.path().join("hf").exists(), "nothing fetched");
 }

@@ -13,8 +13,9 @@ use crate::train::optim::AdamWConfig;
 use crate::train::{self, Batching, LossKind, OutputMode, Progress, TrainConfig};
 use crate::{CrossEncoder, LoadOptions};
 
-/// STS-B on the hub, scores already in [0, 1]: the data of `crossenc train` with no --train.
-pub const DEFAULT_TRAIN: &str = "hf://datasets/sentence-transformers/stsb";
+/// STS-B as crossenc ships it (scores 0-5, read with --label-range 0:5 unless told otherwise):
+/// the data of `crossenc train` with no --train, and its dev and test splits.
+pub const DEFAULT_TRAIN: &str = crate::data::bundled::STSB;
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -28,15 +29,17 @@ pub struct TrainArgs {
     /// classification of pairs, or re-ranking from BEIR data.
     #[arg(long, value_enum, default_value = "regression")]
     task: Task,
-    /// Training data: a CSV/TSV/JSONL/Parquet file or hf://datasets/OWNER/NAME[/PATH]; for
-    /// `--task rerank`, a folder in BEIR's layout (corpus.jsonl, queries.jsonl, qrels/).
+    /// Training data: a CSV/TSV/JSONL/Parquet file, hf://datasets/OWNER/NAME[/PATH], or
+    /// bundled:stsb (STS-B, shipped with crossenc: no network needed); for `--task rerank`, a
+    /// folder in BEIR's layout (corpus.jsonl, queries.jsonl, qrels/).
     #[arg(long, default_value = DEFAULT_TRAIN)]
     train: String,
-    /// Dev data for evaluation and model selection (default: the validation split of the
-    /// default hub dataset; none for other --train data).
+    /// Dev data for evaluation and model selection (default: bundled:stsb's dev split when
+    /// training on it; none for other --train data).
     #[arg(long)]
     dev: Option<String>,
-    /// Test data, evaluated once with the final model.
+    /// Test data, evaluated once with the final model (default: bundled:stsb's test split when
+    /// training on it).
     #[arg(long)]
     test: Option<String>,
     #[command(flatten)]
@@ -153,7 +156,12 @@ fn rerank_lists(args: &TrainArgs) -> Result<Vec<Example>> {
     Ok(lists)
 }
 
-pub fn run(args: TrainArgs) -> Result<()> {
+pub fn run(mut args: TrainArgs) -> Result<()> {
+    if args.train == DEFAULT_TRAIN && args.task != Task::Rerank {
+        // The bundled STS-B: its scores are 0-5, its test split comes along.
+        args.data.label_range.get_or_insert((0.0, 5.0));
+        args.test.get_or_insert_with(|| DEFAULT_TRAIN.to_string());
+    }
     let task = args.task;
     let loss = args.loss.unwrap_or(LossKind::default_for(task));
     let labels = match (task, &args.data.labels) {

@@ -1,6 +1,7 @@
 //! Readers for pair data: CSV/TSV (with or without a header) and JSONL, one shared reader for
 //! `predict`, `eval` and `train`. Every error names the file, and the line where there is one.
 
+pub mod bundled;
 mod hub;
 mod table;
 

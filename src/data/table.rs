@@ -57,6 +57,13 @@ impl Table {
         header: HeaderMode,
         names: &[String],
     ) -> Result<Table> {
+        if spec == super::bundled::STSB {
+            let (file, text) = super::bundled::stsb(split).with_context(|| {
+                format!("{spec} has the splits train, validation and test, not \"{split}\"")
+            })?;
+            let source = format!("{spec} ({file})");
+            return parse_delimited(&source, text, b',', true, HeaderMode::No, names);
+        }
         let paths = super::resolve_source(spec, split)?;
         let mut tables = paths.iter().map(|p| Table::read(p, header, names));
         let mut table = tables.next().expect("resolve returns at least one file")?;
