@@ -9,7 +9,7 @@ use common::*;
 use crossenc::data::{self, Columns, HeaderMode, Table};
 use crossenc::train::{self, LossKind, Progress, TrainConfig};
 use crossenc::{CrossEncoder, LoadOptions};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 fn stsb(split: &str) -> String {
@@ -568,38 +568,49 @@ fn bench_resizes_a_template_to_another_model_size() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn an_output_folder_holds_one_run_and_is_never_mixed_or_lost() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("train.csv");
+/// The first `n` pairs of STS-B's train split, as a CSV file in `dir`.
+fn stsb_head(dir: &Path, n: usize) -> PathBuf {
     let lines: Vec<String> = std::fs::read_to_string(stsb("train"))
         .unwrap()
         .lines()
-        .take(40)
+        .take(n)
         .map(String::from)
         .collect();
-    std::fs::write(&data, lines.join("\n")).unwrap();
+    let path = dir.join("train.csv");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+/// `crossenc train` of tiny-bert on `data` into `out` (0-5 labels, batch 8, quiet), then `extra`.
+fn tiny_train(data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     let model = shared("golden/tiny-bert");
+    let mut args = vec![
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--train",
+        data.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--label-range",
+        "0:5",
+        "--batch-size",
+        "8",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    crossenc(&args)
+}
+
+#[test]
+fn an_output_folder_holds_one_run_and_is_never_mixed_or_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = stsb_head(tmp.path(), 40);
     let out = tmp.path().join("out");
     let run = |extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "--model",
-            model.to_str().unwrap(),
-            "--train",
-            data.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-            "--label-range",
-            "0:5",
-            "--batch-size",
-            "8",
-            "--log-steps",
-            "1",
-            "--quiet",
-        ];
+        let mut args = vec!["--log-steps", "1"];
         args.extend_from_slice(extra);
-        crossenc(&args)
+        tiny_train(&data, &out, &args)
     };
     let log_lines = || {
         std::fs::read_to_string(out.join("metrics.jsonl"))
@@ -646,37 +657,12 @@ fn an_output_folder_holds_one_run_and_is_never_mixed_or_lost() {
 #[test]
 fn resuming_with_another_learning_rate_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("train.csv");
-    let lines: Vec<String> = std::fs::read_to_string(stsb("train"))
-        .unwrap()
-        .lines()
-        .take(80)
-        .map(String::from)
-        .collect();
-    std::fs::write(&data, lines.join("\n")).unwrap();
-    let model = shared("golden/tiny-bert");
+    let data = stsb_head(tmp.path(), 80);
     let out = tmp.path().join("out");
     let run = |extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "--model",
-            model.to_str().unwrap(),
-            "--train",
-            data.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-            "--label-range",
-            "0:5",
-            "--batch-size",
-            "8",
-            "--save-steps",
-            "4",
-            "--max-steps",
-            "6",
-            "--quiet",
-        ];
+        let mut args = vec!["--save-steps", "4", "--max-steps", "6"];
         args.extend_from_slice(extra);
-        crossenc(&args)
+        tiny_train(&data, &out, &args)
     };
     assert!(run(&["--lr", "1e-3"]).status.success());
     assert!(out.join("checkpoints/checkpoint-4").exists());
@@ -766,14 +752,7 @@ fn a_write_that_fails_mid_run_names_the_file_and_leaves_no_half_written_checkpoi
     // 200 KiB) with SIGXFSZ ignored, so the failing write returns an error as ENOSPC would.
     // tiny-bert's weights (150 KB) fit, its checkpoint's optimizer moments (300 KB) do not.
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("train.csv");
-    let lines: Vec<String> = std::fs::read_to_string(stsb("train"))
-        .unwrap()
-        .lines()
-        .take(48)
-        .map(String::from)
-        .collect();
-    std::fs::write(&data, lines.join("\n")).unwrap();
+    let data = stsb_head(tmp.path(), 48);
     let out = tmp.path().join("out");
     let cmd = format!(
         "trap '' XFSZ; ulimit -f 200; exec {} train --model {} --train {} --output {} \
