@@ -143,10 +143,8 @@ impl Embeddings {
         seed: Option<u64>,
     ) -> Result<()> {
         let (n, e) = (tokens.len(), self.e);
-        let mut positions = std::mem::take(&mut acts.positions);
-        self.position_ids(tokens, &mut positions);
-        self.check(tokens, &positions)?;
-        acts.positions = positions;
+        self.position_ids(tokens, &mut acts.positions);
+        self.check(tokens, &acts.positions)?;
         fit(&mut acts.z, n * e);
         fit(&mut acts.stats, 2 * n);
         let (word, pos) = (

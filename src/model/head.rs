@@ -22,6 +22,8 @@ pub struct Head {
     act: Act,
     /// RoBERTa's and ELECTRA's heads drop their input too.
     input_dropout: bool,
+    /// The dense layer and tanh are BERT's pooler (`BertModel.pooler`).
+    pooler: bool,
     out: Linear,
     dropout: f64,
 }
@@ -105,6 +107,7 @@ impl Head {
             dense: Linear::new(w, hidden, h, h)?,
             act,
             input_dropout,
+            pooler: cfg.family == Family::Bert,
             out: Linear::new(w, out, h, l)?,
             dropout: cfg.classifier_dropout,
         })
@@ -117,7 +120,7 @@ impl Head {
 
     /// BERT's pooler output (`tanh(dense(h_cls))`); `None` for families without a pooler.
     pub fn pooler(&self, w: &[f32], cls: &[f32]) -> Option<Vec<f32>> {
-        if self.input_dropout || self.act != Act::Tanh {
+        if !self.pooler {
             return None;
         }
         let mut t = vec![0f32; cls.len()];

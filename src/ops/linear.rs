@@ -65,9 +65,8 @@ pub fn forward(
     matmul(&mut y[..rows * out_dim], out_dim, xv, wt, how);
 }
 
-/// Where the input gradient goes: nowhere, into a buffer, or added to one (a residual branch).
+/// Where the input gradient goes: into a buffer, or added to one (a residual branch).
 pub enum InputGrad<'a> {
-    Skip,
     Write(&'a mut [f32]),
     Add(&'a mut [f32]),
 }
@@ -92,18 +91,15 @@ pub fn backward(
     }
     let dyv = View::rows(dy, rows, out_dim, out_dim);
     let (dx, accumulate) = match dx {
-        InputGrad::Skip => (None, false),
-        InputGrad::Write(d) => (Some(d), false),
-        InputGrad::Add(d) => (Some(d), true),
+        InputGrad::Write(d) => (d, false),
+        InputGrad::Add(d) => (d, true),
     };
-    if let Some(dx) = dx {
-        let wv = layout.transposed(w, in_dim, out_dim).t();
-        let how = Product {
-            accumulate,
-            ..PARALLEL
-        };
-        matmul(dx, in_dim, dyv, wv, how);
-    }
+    let wv = layout.transposed(w, in_dim, out_dim).t();
+    let how = Product {
+        accumulate,
+        ..PARALLEL
+    };
+    matmul(dx, in_dim, dyv, wv, how);
     let acc = Product {
         accumulate: true,
         ..PARALLEL

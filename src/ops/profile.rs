@@ -15,12 +15,12 @@ pub fn enable(on: bool) {
 }
 
 /// Adds the time until it is dropped to `name`'s row.
-pub struct Span {
+struct Span {
     name: &'static str,
     start: Option<Instant>,
 }
 
-pub fn span(name: &'static str) -> Span {
+fn span(name: &'static str) -> Span {
     let start = ON.load(Ordering::Relaxed).then(Instant::now);
     Span { name, start }
 }

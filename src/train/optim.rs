@@ -117,18 +117,17 @@ impl AdamW {
                 *flag = true;
             }
         }
-        let mask = t.touched.clone();
-        self.catch_up(params, |r| mask[r]);
+        self.catch_up(params, true);
     }
 
     /// Brings every row of the lazy table up to date: before the weights are read as a whole
     /// (evaluation, saving, a checkpoint).
     pub fn flush(&mut self, params: &mut [f32]) {
-        self.catch_up(params, |_| true);
+        self.catch_up(params, false);
     }
 
-    /// Replays, on the rows that `which` selects, the steps they missed (zero gradient).
-    fn catch_up(&mut self, params: &mut [f32], which: impl Fn(usize) -> bool + Sync) {
+    /// Replays the steps they missed (zero gradient) on every row, or on the touched rows only.
+    fn catch_up(&mut self, params: &mut [f32], only_touched: bool) {
         let (steps, first) = (self.steps, self.first_step);
         let Some(t) = &mut self.lazy else { return };
         let history = &self.history;
@@ -138,10 +137,9 @@ impl AdamW {
             .par_chunks_mut(w)
             .zip(self.m[t.range.clone()].par_chunks_mut(w))
             .zip(self.v[t.range.clone()].par_chunks_mut(w))
-            .zip(t.done.par_iter_mut())
-            .enumerate()
-            .filter(|(r, (_, done))| **done < steps && which(*r))
-            .for_each(|(_, (((p, m), v), done))| {
+            .zip(t.done.par_iter_mut().zip(t.touched.par_iter()))
+            .filter(|(_, (done, touched))| **done < steps && (**touched || !only_touched))
+            .for_each(|(((p, m), v), (done, _))| {
                 for k in &history[*done - first..steps - first] {
                     update(p, m, v, &zeros, *k);
                 }
