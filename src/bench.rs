@@ -64,7 +64,7 @@ pub fn train_steps(
     let encodings = ce.tokenizer.encode_pairs(&pairs)?;
     let lengths: Vec<usize> = encodings.iter().map(Encoding::len).collect();
     let batches = epoch_batches(&lengths, batch_size, Batching::Grouped, 42, 0);
-    let mut t = Trainable::new(ce, AdamWConfig::default());
+    let mut t = Trainable::new(ce, AdamWConfig::default())?;
     let (mut real, mut padded, mut flops, mut pairs_done) = (0usize, 0usize, 0f64, 0usize);
     let mut start = Instant::now();
     for (k, idx) in batches.iter().cycle().take(steps + 1).enumerate() {

@@ -15,4 +15,4 @@ pub mod search;
 pub mod serve;
 pub mod train;
 
-pub use model::cross_encoder::{Activation, CrossEncoder, LoadOptions, Scores};
+pub use model::cross_encoder::{Activation, CrossEncoder, LoadOptions, Quantization, Scores};

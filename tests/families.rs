@@ -14,7 +14,7 @@ fn check_family(name: &str, arch: &str) {
     let pairs = golden_pairs(&g);
     let labels = [1.0f32, 0.0, 0.9, 0.2, 0.5, 0.1, 0.3, 0.52];
     let mut ce = CrossEncoder::load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
-    let mut t = Trainable::new(&ce, AdamWConfig::default());
+    let mut t = Trainable::new(&ce, AdamWConfig::default()).unwrap();
     let enc = ce.tokenizer.encode_pairs(&pairs).unwrap();
     let batch: Vec<_> = enc.iter().collect();
     let before = t

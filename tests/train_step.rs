@@ -28,7 +28,7 @@ fn one_step_matches_pytorch() {
         eps: o["eps"].as_f64().unwrap(),
         weight_decay: o["weight_decay"].as_f64().unwrap(),
     };
-    let mut t = Trainable::new(&ce, adamw);
+    let mut t = Trainable::new(&ce, adamw).unwrap();
     let pairs = golden_pairs(&g);
     let enc = ce.tokenizer.encode_pairs(&pairs).unwrap();
     let labels = f32s(&g["labels"]);

@@ -83,6 +83,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let params = ce.model.weights.len();
     let floor = bench::step_floor(train_b.flops_per_step, params, peak, bandwidth);
     let rss = bench::peak_rss_mb();
+    // int8 scoring on a second copy, after the training figures (and their peak RSS).
+    let mut int8 = load()?;
+    int8.batch_size = args.eval_batch_size;
+    let started = std::time::Instant::now();
+    int8.model.quantize();
+    let quantize_s = started.elapsed().as_secs_f64();
+    crate::ops::profile::enable(true);
+    let infer_int8 = bench::inference(&int8, &test, 3)?;
+    let int8_profile: Vec<_> = crate::ops::profile::take()
+        .into_iter()
+        .map(|(name, secs, calls)| (name, secs / 3.0, calls))
+        .collect();
+    crate::ops::profile::enable(false);
+    drop(int8);
     let mut report = json!({
         "model": args.model, "threads": threads, "cpu": cpu_name(), "commit": commit(),
         "train": train_b, "inference": infer, "matmul_peak_gflops": peak,
@@ -90,6 +104,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "step_over_floor": train_b.s_per_step / floor,
         "train_share_of_peak": train_b.gflops / peak, "inference_share_of_peak": infer.gflops / peak,
         "peak_rss_mb": rss,
+        "inference_int8": infer_int8, "int8_kernel": crate::ops::int8::kernel(),
+        "quantize_s": quantize_s, "ratio_int8_f32": infer_int8.pairs_per_s / infer.pairs_per_s,
     });
     if args.bert_base {
         let mut big = bench::resized(&ce, bench::BERT_BASE)?;
@@ -108,6 +124,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         report["ratio_inference"] = json!(infer.pairs_per_s / get("pairs_per_s"));
         report["ratio_inference_ort_fp32"] = json!(infer.pairs_per_s / get("ort_fp32_pairs_per_s"));
         report["ratio_inference_ort_int8"] = json!(infer.pairs_per_s / get("ort_int8_pairs_per_s"));
+        report["ratio_int8_ort_int8"] = json!(infer_int8.pairs_per_s / get("ort_int8_pairs_per_s"));
         report["reference"] = r;
     }
     let ms = |rows: &[(&str, f64, usize)], per: usize| -> Value {
@@ -118,9 +135,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     report["profile_train_ms_per_step"] = ms(&profile, args.steps);
     report["profile_inference_ms"] = ms(&infer_profile, 1);
+    report["profile_inference_int8_ms"] = ms(&int8_profile, 1);
     println!("{}", serde_json::to_string_pretty(&report)?);
     print_profile("training step", &profile, args.steps);
     print_profile("scoring STS-B test", &infer_profile, 1);
+    print_profile("scoring STS-B test, int8", &int8_profile, 1);
     if let Some(path) = &args.append {
         append_row(path, &report)?;
         if let Some(big) = report.get("bert_base") {
@@ -225,7 +244,7 @@ fn commit() -> String {
         )
 }
 
-const HEADER: &str = "| date | cpu, threads | commit | model | train pairs/s | s/step | step floor s | tokens/s | padding | s/epoch | train GFLOP/s | infer pairs/s | infer GFLOP/s | matmul peak | GB/s | peak RSS MB | ref train pairs/s | ref infer pairs/s | ORT fp32 | ORT int8 | train x | infer x |";
+const HEADER: &str = "| date | cpu, threads | commit | model | train pairs/s | s/step | step floor s | tokens/s | padding | s/epoch | train GFLOP/s | infer pairs/s | infer GFLOP/s | matmul peak | GB/s | peak RSS MB | ref train pairs/s | ref infer pairs/s | ORT fp32 | ORT int8 | train x | infer x | int8 pairs/s | int8 x ORT int8 |";
 
 /// Appends a row to the Markdown table in `path`, starting a new table when the file has none
 /// with today's columns.
@@ -255,7 +274,7 @@ fn append_row(path: &std::path::Path, r: &Value) -> Result<()> {
         .unwrap_or_default();
     writeln!(
         f,
-        "| {date} | {}, {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {date} | {}, {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         r["cpu"].as_str().unwrap_or(""),
         r["threads"],
         r["commit"].as_str().unwrap_or(""),
@@ -278,6 +297,8 @@ fn append_row(path: &std::path::Path, r: &Value) -> Result<()> {
         g("/reference/ort_int8_pairs_per_s"),
         g("/ratio_train"),
         g("/ratio_inference"),
+        g("/inference_int8/pairs_per_s"),
+        g("/ratio_int8_ort_int8"),
     )?;
     Ok(())
 }

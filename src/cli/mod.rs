@@ -14,7 +14,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use std::process::ExitCode;
 
-use crate::{CrossEncoder, LoadOptions};
+use crate::{CrossEncoder, LoadOptions, Quantization};
 
 #[derive(Parser)]
 #[command(
@@ -66,6 +66,10 @@ pub struct ModelArgs {
     /// Seed of a newly created head.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Score with int8 linear layers: about twice as fast on CPUs with VNNI, at a small cost
+    /// in accuracy (see the README).
+    #[arg(long, value_name = "int8")]
+    pub quantize: Option<Quantization>,
 }
 
 impl ModelArgs {
@@ -75,6 +79,7 @@ impl ModelArgs {
             labels: self.num_labels.map(crate::model::config::generic_labels),
             seed: self.seed,
             activation: None,
+            quantize: self.quantize,
         };
         let mut ce = CrossEncoder::load(&self.model, &opts)?;
         anyhow::ensure!(self.batch_size > 0, "--batch-size must be at least 1");

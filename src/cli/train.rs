@@ -220,6 +220,7 @@ pub fn run(mut args: TrainArgs) -> Result<()> {
         labels: Some(labels),
         seed: args.seed,
         activation: None,
+        quantize: None,
     };
     let mut ce = CrossEncoder::load(&args.model, &opts)?;
     let cfg = TrainConfig {

@@ -72,6 +72,31 @@ impl Activation {
     }
 }
 
+/// How the encoder's linear layers compute when scoring (`--quantize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantization {
+    /// Dynamic int8: weights per output channel, inputs per token (see [`crate::ops::int8`]).
+    Int8,
+}
+
+impl std::str::FromStr for Quantization {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "int8" => Ok(Quantization::Int8),
+            _ => Err(format!("unknown quantization \"{s}\" (supported: int8)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Quantization {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            Quantization::Int8 => "int8",
+        })
+    }
+}
+
 /// Scores of a batch of pairs: `num_labels` values per pair, row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scores {
@@ -104,6 +129,8 @@ pub struct LoadOptions {
     /// Seed of a newly created head.
     pub seed: u64,
     pub activation: Option<Activation>,
+    /// Score with quantized linear layers (the model can then not be trained).
+    pub quantize: Option<Quantization>,
 }
 
 impl Default for LoadOptions {
@@ -113,6 +140,7 @@ impl Default for LoadOptions {
             labels: None,
             seed: 42,
             activation: None,
+            quantize: None,
         }
     }
 }
@@ -155,7 +183,10 @@ impl CrossEncoder {
         let mut params = Params::load(&dir, &config)?;
         Transformer::check(&config, &params)?;
         let new_head_params = head::init_missing(&config, &mut params, opts.seed)?;
-        let model = SequenceClassifier::new(&config, &params)?;
+        let mut model = SequenceClassifier::new(&config, &params)?;
+        if opts.quantize.is_some() {
+            timed("quantize", || model.quantize());
+        }
         Ok(CrossEncoder {
             config,
             tokenizer,
@@ -168,10 +199,20 @@ impl CrossEncoder {
         })
     }
 
-    /// Replaces the weights with those of the model folder `dir` (same config).
+    /// Replaces the weights with those of the model folder `dir` (same config), quantized
+    /// as the old ones were.
     pub fn reload_weights(&mut self, dir: &Path) -> Result<()> {
+        let quantized = self.model.is_quantized();
         self.model = SequenceClassifier::new(&self.config, &Params::load(dir, &self.config)?)?;
+        if quantized {
+            self.model.quantize();
+        }
         Ok(())
+    }
+
+    /// How the linear layers compute: `None` for f32.
+    pub fn quantization(&self) -> Option<Quantization> {
+        self.model.is_quantized().then_some(Quantization::Int8)
     }
 
     pub fn num_labels(&self) -> usize {

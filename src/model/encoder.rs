@@ -145,6 +145,18 @@ impl Layer {
         })
     }
 
+    /// Runs the layer's four products in int8 from now on.
+    pub fn quantize(&mut self, w: &[f32]) {
+        for linear in [
+            &mut self.qkv,
+            &mut self.attention_output,
+            &mut self.intermediate,
+            &mut self.output,
+        ] {
+            linear.quantize(w);
+        }
+    }
+
     /// The dropout sites of this layer: attention probabilities, attention output, FFN output.
     fn dropouts(&self, seed: Option<u64>) -> [Option<Dropout>; 3] {
         let site = |k: u64, p: f64| Dropout::site(seed, 1 + 3 * self.index as u64 + k, p);

@@ -40,6 +40,7 @@ use head::{Head, HeadActs};
 use tokenize::Tokens;
 use weights::{two_mut, Weights};
 
+use crate::ops::int8::QuantizedWeight;
 use crate::ops::linear::WeightLayout;
 use crate::ops::profile::timed;
 use crate::ops::{layer_norm, linear};
@@ -90,6 +91,8 @@ pub struct Linear {
     layout: WeightLayout,
     pub in_dim: usize,
     pub out_dim: usize,
+    /// The weight quantized for int8 scoring; the forward uses it when present.
+    int8: Option<QuantizedWeight>,
 }
 
 impl Linear {
@@ -102,6 +105,7 @@ impl Linear {
             layout: w.layout(&weight),
             in_dim,
             out_dim,
+            int8: None,
         })
     }
 
@@ -117,15 +121,29 @@ impl Linear {
             layout: WeightLayout::OutIn,
             in_dim,
             out_dim: out_dim * names.len(),
+            int8: None,
         })
     }
 
+    /// From now on the forward runs in int8 on the weight as `w` holds it now.
+    pub fn quantize(&mut self, w: &[f32]) {
+        let weight = &w[self.weight.clone()];
+        self.int8 = Some(QuantizedWeight::new(weight, self.in_dim, self.layout));
+    }
+
     pub fn forward(&self, w: &[f32], x: &[f32], y: &mut [f32]) {
-        let (weight, bias) = (&w[self.weight.clone()], &w[self.bias.clone()]);
-        linear::forward(y, x, weight, Some(bias), self.in_dim, self.layout);
+        let bias = &w[self.bias.clone()];
+        match &self.int8 {
+            Some(q) => q.forward(y, x, bias),
+            None => {
+                let weight = &w[self.weight.clone()];
+                linear::forward(y, x, weight, Some(bias), self.in_dim, self.layout)
+            }
+        }
     }
 
     pub fn backward(&self, w: &[f32], g: &mut [f32], dy: &[f32], x: &[f32], dx: linear::InputGrad) {
+        debug_assert!(self.int8.is_none(), "a quantized model is not trained");
         let (dw, db) = two_mut(g, self.weight.clone(), self.bias.clone());
         let weight = &w[self.weight.clone()];
         linear::backward(dx, dw, Some(db), dy, x, weight, self.in_dim, self.layout);
@@ -221,6 +239,12 @@ impl Transformer {
         })
     }
 
+    /// Runs every layer's linear products in int8 from now on (embeddings, LayerNorm,
+    /// attention and the head stay f32).
+    fn quantize(&mut self, w: &[f32]) {
+        self.layers.iter_mut().for_each(|l| l.quantize(w));
+    }
+
     /// The last hidden state `[tokens, hidden]`, dropout off, keeping one layer's buffers.
     pub fn forward(&self, w: &[f32], tokens: &Tokens) -> Result<Vec<f32>> {
         let mut acts = LayerActs::default();
@@ -282,6 +306,7 @@ pub struct SequenceClassifier {
     pub weights: Weights,
     transformer: Transformer,
     head: Head,
+    quantized: bool,
 }
 
 impl SequenceClassifier {
@@ -291,7 +316,19 @@ impl SequenceClassifier {
             transformer: Transformer::new(cfg, &weights)?,
             head: Head::new(cfg, &weights)?,
             weights,
+            quantized: false,
         })
+    }
+
+    /// Scores with int8 linear layers from now on (see [`crate::ops::int8`]); the f32
+    /// weights stay, for saving.
+    pub fn quantize(&mut self) {
+        self.transformer.quantize(&self.weights.data);
+        self.quantized = true;
+    }
+
+    pub fn is_quantized(&self) -> bool {
+        self.quantized
     }
 
     /// The last hidden state `[tokens, hidden]`, dropout off.

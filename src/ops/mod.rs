@@ -12,6 +12,7 @@ pub mod activation;
 pub mod attention;
 pub mod composed;
 pub mod dropout;
+pub mod int8;
 pub mod layer_norm;
 pub mod linear;
 pub mod matmul;
@@ -59,6 +60,14 @@ pub fn max(x: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, |a, &b| a.max(b))
 }
 
+/// Smallest element of `x` (`inf` when empty).
+#[inline(always)]
+pub fn min(x: &[f32]) -> f32 {
+    lanes(x, f32::INFINITY, f32::min)
+        .iter()
+        .fold(f32::INFINITY, |a, &b| a.min(b))
+}
+
 /// Dot product of `a` and `b` in a fixed order.
 #[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -96,6 +105,8 @@ mod tests {
             assert_eq!(super::dot(&x, &y), plain_dot, "{n}");
             let plain_max = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
             assert_eq!(super::max(&x), plain_max, "{n}");
+            let plain_min = x.iter().fold(f32::INFINITY, |a, &b| a.min(b));
+            assert_eq!(super::min(&x), plain_min, "{n}");
         }
     }
 }

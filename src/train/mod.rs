@@ -175,16 +175,21 @@ pub struct Trainable {
 impl Trainable {
     /// AdamW updates the word-embedding table lazily (see [`optim`]): call
     /// [`Trainable::flush`] before reading the weights as a whole.
-    pub fn new(ce: &CrossEncoder, adamw: AdamWConfig) -> Self {
+    /// Fails on a quantized model: its int8 forward is for scoring only.
+    pub fn new(ce: &CrossEncoder, adamw: AdamWConfig) -> Result<Self> {
+        anyhow::ensure!(
+            !ce.model.is_quantized(),
+            "a model quantized for scoring cannot be trained; load it without --quantize"
+        );
         let w = &ce.model.weights;
         let mut opt = AdamW::new(w.entries(), adamw);
         let (table, width) = ce.model.word_table();
         opt.lazy_rows(table, width);
-        Trainable {
+        Ok(Trainable {
             opt,
             grads: vec![0f32; w.len()],
             tape: Tape::default(),
-        }
+        })
     }
 
     /// Brings every weight up to date with the steps taken (the lazily updated rows).
@@ -529,7 +534,7 @@ pub fn train(
     };
     let last_step = cfg.max_steps.unwrap_or(total_steps).min(total_steps);
 
-    let mut t = Trainable::new(ce, cfg.adamw);
+    let mut t = Trainable::new(ce, cfg.adamw)?;
     let mut st = TrainerState {
         step: 0,
         total_steps,

@@ -1,0 +1,372 @@
+//! Dynamic int8 quantization of linear layers, for scoring: ONNX Runtime's `quantize_dynamic`
+//! with finer scales. Weights are quantized once, symmetric int8 per output channel; each call
+//! quantizes its input per row (per token) to u8 with a zero point, so one outlier token does
+//! not cost the others their precision. The product accumulates in i32 and is turned back into
+//! f32 in place (`acc · row scale · channel scale + bias`); everything else stays f32.
+//!
+//! The products run on `rten-gemm`'s u8 x i8 kernels, the best for the CPU chosen at run
+//! time: AVX-512 with VNNI (`vpdpbusd`), AVX-512BW or AVX2 (`vpmaddubsw` + `vpmaddwd`), or a
+//! generic one. Where the kernel sums two u8 x i8 products in 16 bits (`vpmaddubsw`), weights
+//! keep 7 bits so that the sum cannot saturate (`2 · 255 · 63 < 2^15`), as ONNX Runtime's
+//! `reduce_range` does; the tests hold every kernel to the exact integer result of a plain loop.
+
+use multiversion::multiversion;
+use rayon::prelude::*;
+use rten_gemm::{GemmExecutor, GemmInputA, GemmInputB, GemmOptions, PackedBMatrix};
+use rten_tensor::NdTensorView;
+use std::cell::RefCell;
+
+use super::linear::WeightLayout;
+use super::ROW_BLOCK;
+
+thread_local! {
+    /// rten's executor is not `Sync`; every thread's picks the same kernel, so weights packed
+    /// on one thread run on any.
+    static EXECUTOR: GemmExecutor<u8, i8, i32> = GemmExecutor::default();
+}
+
+fn with_executor<R>(f: impl FnOnce(&GemmExecutor<u8, i8, i32>) -> R) -> R {
+    EXECUTOR.with(f)
+}
+
+/// The int8 kernel this CPU runs, for `/info` and `bench`: rten's name, and the instruction
+/// that does its multiply-adds.
+pub fn kernel() -> String {
+    with_executor(|e| {
+        let name = e.kernel_name();
+        let instruction = if !e.may_saturate() {
+            "vpdpbusd"
+        } else if name.contains("x86") {
+            "vpmaddubsw"
+        } else {
+            "generic"
+        };
+        format!("{name} ({instruction})")
+    })
+}
+
+/// The largest weight magnitude the kernel takes without saturating.
+fn weight_limit() -> f32 {
+    if with_executor(|e| e.may_saturate()) {
+        63.0
+    } else {
+        127.0
+    }
+}
+
+/// A linear layer's weight as int8 `[in, out]`, packed for the kernel, with one scale per
+/// output channel and its column sums (for the inputs' zero points).
+#[derive(Clone)]
+pub struct QuantizedWeight {
+    packed: PackedBMatrix<i8>,
+    scales: Vec<f32>,
+    col_sums: Vec<i32>,
+    in_dim: usize,
+    out_dim: usize,
+}
+
+impl std::fmt::Debug for QuantizedWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "QuantizedWeight([{}, {}])", self.in_dim, self.out_dim)
+    }
+}
+
+impl QuantizedWeight {
+    /// Quantizes `w` (`[out, in]` or `[in, out]` as `layout` says).
+    pub fn new(w: &[f32], in_dim: usize, layout: WeightLayout) -> Self {
+        let out_dim = w.len() / in_dim;
+        let (q, scales) = quantize_weight(w, in_dim, layout);
+        let mut col_sums = vec![0i32; out_dim];
+        for row in q.chunks_exact(out_dim) {
+            col_sums
+                .iter_mut()
+                .zip(row)
+                .for_each(|(c, &v)| *c += v as i32);
+        }
+        let q = NdTensorView::from_data([in_dim, out_dim], &q[..]);
+        QuantizedWeight {
+            packed: with_executor(|e| e.prepack_b(q)),
+            scales,
+            col_sums,
+            in_dim,
+            out_dim,
+        }
+    }
+
+    /// `y` (`[rows, out]`) = `x` (`[rows, in]`) · `w`ᵀ + `bias`, the product in int8.
+    pub fn forward(&self, y: &mut [f32], x: &[f32], bias: &[f32]) {
+        let (k, n) = (self.in_dim, self.out_dim);
+        let rows = x.len() / k;
+        if rows == 0 {
+            return;
+        }
+        let y = &mut y[..rows * n];
+        INPUT.with_borrow_mut(|input| {
+            input.quantize(x, k);
+            product(as_i32(y), &input.values, &self.packed);
+            y.par_chunks_mut(n * ROW_BLOCK)
+                .zip(input.scale.par_chunks(ROW_BLOCK))
+                .zip(input.zero.par_chunks(ROW_BLOCK))
+                .for_each(|((yb, sb), zb)| self.dequantize_rows(yb, sb, zb, bias));
+        });
+    }
+}
+
+/// `w` (`[out, in]` or `[in, out]` as `layout` says) as int8 `[in, out]` and one scale per
+/// output channel: each channel's largest magnitude maps to the kernel's limit.
+fn quantize_weight(w: &[f32], in_dim: usize, layout: WeightLayout) -> (Vec<i8>, Vec<f32>) {
+    let out_dim = w.len() / in_dim;
+    let at = |k: usize, j: usize| match layout {
+        WeightLayout::OutIn => w[j * in_dim + k],
+        WeightLayout::InOut => w[k * out_dim + j],
+    };
+    let limit = weight_limit();
+    let scales: Vec<f32> = (0..out_dim)
+        .map(|j| {
+            let largest = (0..in_dim).fold(0f32, |m, k| m.max(at(k, j).abs()));
+            if largest > 0.0 {
+                largest / limit
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    let mut q = vec![0i8; in_dim * out_dim];
+    for k in 0..in_dim {
+        for j in 0..out_dim {
+            q[k * out_dim + j] = (at(k, j) / scales[j]).round().clamp(-limit, limit) as i8;
+        }
+    }
+    (q, scales)
+}
+
+/// The i32 accumulators are written into the f32 output buffer and converted in place.
+fn as_i32(y: &mut [f32]) -> &mut [i32] {
+    // SAFETY: i32 and f32 have the same size and alignment, and every bit pattern is valid
+    // for both; the exclusive borrow of `y` carries over to the result.
+    unsafe { std::slice::from_raw_parts_mut(y.as_mut_ptr().cast::<i32>(), y.len()) }
+}
+
+/// `acc[i, j] = Σ_k a[i, k] · b[k, j]`: `a` u8 `[rows, k]`, `b` packed int8. The inputs'
+/// zero points are applied afterwards, as `- zero[i] · Σ_k b[k, j]`: rten-gemm 0.27's own
+/// per-row zero points are wrong past the kernel's first row panel (its A packing indexes them
+/// by the row within the panel).
+fn product(acc: &mut [i32], a: &[u8], b: &PackedBMatrix<i8>) {
+    let k = b.rows();
+    let a = GemmInputA::Unpacked(NdTensorView::from_data([a.len() / k, k], a));
+    with_executor(|e| e.gemm(acc, a, GemmInputB::Packed(b), GemmOptions::default()))
+        .expect("int8 product shapes are checked by the caller");
+}
+
+/// A quantized input: u8 values `[rows, k]`, and each row's scale and zero point.
+#[derive(Default)]
+struct Input {
+    values: Vec<u8>,
+    scale: Vec<f32>,
+    zero: Vec<u8>,
+}
+
+thread_local! {
+    /// Reused from call to call, so scoring allocates nothing per layer.
+    static INPUT: RefCell<Input> = RefCell::default();
+}
+
+impl Input {
+    /// Quantizes the rows of `x` (`[rows, k]`), each over its own range (0 included).
+    fn quantize(&mut self, x: &[f32], k: usize) {
+        let rows = x.len() / k;
+        self.values.resize(rows * k, 0);
+        self.scale.resize(rows, 0.0);
+        self.zero.resize(rows, 0);
+        self.values
+            .par_chunks_mut(k * ROW_BLOCK)
+            .zip(self.scale.par_chunks_mut(ROW_BLOCK))
+            .zip(self.zero.par_chunks_mut(ROW_BLOCK))
+            .zip(x.par_chunks(k * ROW_BLOCK))
+            .for_each(|(((q, s), z), xb)| quantize_rows(q, s, z, xb, k));
+    }
+}
+
+/// `x` clamped to [0, 255] and rounded to the nearest integer (ties to even): adding 1.5 · 2^23
+/// leaves the integer in the low mantissa bits. Bit operations only, so loops over it vectorise
+/// (a float-to-u8 cast does not).
+#[inline(always)]
+fn round_to_u8(x: f32) -> u8 {
+    const MAGIC: f32 = 12_582_912.0;
+    (x.clamp(0.0, 255.0) + MAGIC).to_bits() as u8
+}
+
+#[multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn quantize_rows(q: &mut [u8], scale: &mut [f32], zero: &mut [u8], x: &[f32], k: usize) {
+    for (((qr, s), z), xr) in q
+        .chunks_mut(k)
+        .zip(scale.iter_mut())
+        .zip(zero.iter_mut())
+        .zip(x.chunks(k))
+    {
+        let (lo, hi) = (super::min(xr).min(0.0), super::max(xr).max(0.0));
+        let step = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
+        let inv = 1.0 / step;
+        let zp = round_to_u8(-lo * inv);
+        for (o, &v) in qr.iter_mut().zip(xr) {
+            *o = round_to_u8(v * inv + zp as f32);
+        }
+        *s = step;
+        *z = zp;
+    }
+}
+
+impl QuantizedWeight {
+    /// `y[i, j] = (acc[i, j] - zero[i] · col_sums[j]) · scale[i] · scales[j] + bias[j]`, `acc`
+    /// read from `y`'s bits; the integer part is exact.
+    fn dequantize_rows(&self, y: &mut [f32], scale: &[f32], zero: &[u8], bias: &[f32]) {
+        dequantize_rows(y, scale, zero, &self.scales, &self.col_sums, bias)
+    }
+}
+
+#[multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn dequantize_rows(
+    y: &mut [f32],
+    scale: &[f32],
+    zero: &[u8],
+    col_scale: &[f32],
+    col_sums: &[i32],
+    bias: &[f32],
+) {
+    for ((yr, &s), &z) in y.chunks_mut(bias.len()).zip(scale).zip(zero) {
+        let z = z as i32;
+        for (((v, &c), &sum), &b) in yr.iter_mut().zip(col_scale).zip(col_sums).zip(bias) {
+            *v = ((v.to_bits() as i32) - z * sum) as f32 * (s * c) + b;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::{randn, rel_diff};
+    use rand::{Rng, SeedableRng};
+
+    /// The plain loop every kernel must equal exactly: `a` u8 `[m, k]` · `b` i8 `[k, n]`.
+    fn reference(a: &[u8], b: &[i8], k: usize) -> Vec<i32> {
+        let n = b.len() / k;
+        let mut acc = vec![0i32; a.len() / k * n];
+        for (i, row) in acc.chunks_exact_mut(n).enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = (0..k)
+                    .map(|t| a[i * k + t] as i32 * b[t * n + j] as i32)
+                    .sum();
+            }
+        }
+        acc
+    }
+
+    fn kernel_product(a: &[u8], b: &[i8], k: usize) -> Vec<i32> {
+        let n = b.len() / k;
+        let packed = with_executor(|e| e.prepack_b(NdTensorView::from_data([k, n], b)));
+        let mut acc = vec![i32::MIN; a.len() / k * n];
+        product(&mut acc, a, &packed);
+        acc
+    }
+
+    #[test]
+    fn the_kernel_equals_the_plain_loop_exactly() {
+        let limit = weight_limit() as i8;
+        let lowest = if with_executor(|e| e.may_saturate()) {
+            -limit
+        } else {
+            i8::MIN
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        // Odd shapes, rows not a multiple of any tile, and MiniLM's.
+        for (m, k, n) in [
+            (1, 1, 1),
+            (17, 33, 5),
+            (3, 384, 1152),
+            (33, 1536, 384),
+            (9, 7, 70),
+        ] {
+            let a: Vec<u8> = (0..m * k).map(|_| rng.random()).collect();
+            let b: Vec<i8> = (0..k * n)
+                .map(|_| rng.random_range(lowest..=limit))
+                .collect();
+            let want = reference(&a, &b, k);
+            assert_eq!(kernel_product(&a, &b, k), want, "{m}x{k}x{n}");
+            // Extremes: every product at its largest magnitude, of either sign.
+            for (av, bv) in [(255, limit), (255, lowest), (0, limit), (1, lowest)] {
+                let (a, b) = (vec![av; m * k], vec![bv; k * n]);
+                let want = reference(&a, &b, k);
+                assert_eq!(kernel_product(&a, &b, k), want, "{m}x{k}x{n} {av} {bv}");
+            }
+        }
+    }
+
+    /// The whole layer against its definition on the same quantized values: only the final
+    /// float multiply-add may round differently.
+    #[test]
+    fn the_layer_applies_zero_points_and_scales() {
+        let (rows, i, o) = (37, 96, 40);
+        let x = randn(rows * i, 1.0, 5);
+        let w = randn(o * i, 0.1, 6);
+        let b = randn(o, 0.1, 7);
+        let mut y = vec![f32::NAN; rows * o];
+        QuantizedWeight::new(&w, i, WeightLayout::OutIn).forward(&mut y, &x, &b);
+        let (q, scales) = quantize_weight(&w, i, WeightLayout::OutIn);
+        let mut input = Input::default();
+        input.quantize(&x, i);
+        for r in 0..rows {
+            for j in 0..o {
+                let z = input.zero[r] as i32;
+                let acc: i32 = (0..i)
+                    .map(|t| (input.values[r * i + t] as i32 - z) * q[t * o + j] as i32)
+                    .sum();
+                let want = acc as f32 * (input.scale[r] * scales[j]) + b[j];
+                let got = y[r * o + j];
+                assert!((got - want).abs() <= 1e-6 * want.abs().max(1.0), "{r} {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn quantized_linear_is_close_to_f32() {
+        let (rows, i, o) = (37, 96, 40);
+        let x = randn(rows * i, 1.0, 1);
+        let w = randn(o * i, 0.1, 2);
+        let b = randn(o, 0.1, 3);
+        let mut want = vec![0f32; rows * o];
+        crate::ops::linear::forward(&mut want, &x, &w, Some(&b), i, WeightLayout::OutIn);
+        let wt: Vec<f32> = (0..i * o).map(|k| w[(k % o) * i + k / o]).collect();
+        for (weight, layout) in [(&w, WeightLayout::OutIn), (&wt, WeightLayout::InOut)] {
+            let mut y = vec![f32::NAN; rows * o];
+            QuantizedWeight::new(weight, i, layout).forward(&mut y, &x, &b);
+            let err = rel_diff(&y, &want);
+            assert!(err < 0.02, "{layout:?}: {err}");
+            assert!(err > 0.0, "int8 cannot be exact on random weights");
+        }
+    }
+
+    #[test]
+    fn input_rows_round_trip_within_half_a_step() {
+        let k = 50;
+        let mut x = randn(3 * k, 2.0, 4);
+        x[..k].iter_mut().for_each(|v| *v = v.abs() + 1.0); // all positive: zero point 0
+        x[k..2 * k].fill(0.0); // a zero row
+        let mut input = Input::default();
+        input.quantize(&x, k);
+        for r in 0..3 {
+            let (s, z) = (input.scale[r], input.zero[r] as f32);
+            for t in 0..k {
+                let back = (input.values[r * k + t] as f32 - z) * s;
+                assert!((back - x[r * k + t]).abs() <= s * 0.5 + 1e-6, "row {r}");
+            }
+        }
+        assert_eq!(input.zero[0], 0);
+        assert!(input.values[k..2 * k].iter().all(|&v| v == input.zero[1]));
+    }
+}
