@@ -495,3 +495,41 @@ fn every_command_applies_the_same_task_and_label_rules() {
         &["ranking orders documents by one score"],
     );
 }
+
+#[test]
+fn quantize_int8_scores_near_f32_in_predict_and_rank() {
+    let (dir, g) = golden();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("pairs.jsonl");
+    write_pairs_jsonl(&input, &g);
+    let model = dir.to_str().unwrap();
+    let out = crossenc(&[
+        "predict",
+        "-m",
+        model,
+        "-i",
+        input.to_str().unwrap(),
+        "--quantize",
+        "int8",
+    ]);
+    let d = max_abs_diff(&score_lines(&stdout(&out)), &f32s(&g["predict_scores"]));
+    assert!(d > 0.0 && d < 0.15, "int8 predict differs from f32 by {d}");
+    let docs = tmp.path().join("docs.txt");
+    std::fs::write(&docs, "Paris is the capital.\nLondon is a city.\n").unwrap();
+    let ranked = stdout(&crossenc(&[
+        "rank",
+        "-m",
+        model,
+        "-q",
+        "capital of France?",
+        "-d",
+        docs.to_str().unwrap(),
+        "--quantize",
+        "int8",
+    ]));
+    assert_eq!(ranked.lines().count(), 2);
+    let bad = crossenc(&["predict", "-m", model, "-i", "x", "--quantize", "int4"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("supported: int8"), "{err}");
+}

@@ -123,8 +123,14 @@ fn int8_scores_are_as_close_to_f32_as_onnx_runtime_int8() {
             ce.batch_size = bs;
             errors.push(max_abs_diff(&ce.predict(&pairs).unwrap().values, &want));
         }
+        let ce = CrossEncoder::load(dir.to_str().unwrap(), &opts).unwrap();
+        let refused = crossenc::train::Trainable::new(&ce, Default::default());
+        assert!(refused.is_err(), "{name}: a quantized model must not train");
         // Each pair is quantized on its own (per token): the batch does not change its scores.
-        assert_eq!(errors[0], errors[1], "{name}: int8 scores depend on the batch");
+        assert_eq!(
+            errors[0], errors[1],
+            "{name}: int8 scores depend on the batch"
+        );
         let (d, ort_d) = (errors[0], ort[name].as_f64().unwrap() as f32);
         eprintln!("{name}: int8 differs from f32 by {d:.4} (ONNX Runtime int8: {ort_d:.4})");
         assert!(d > 0.0, "{name}: int8 scores equal f32's: not quantized?");
@@ -132,7 +138,10 @@ fn int8_scores_are_as_close_to_f32_as_onnx_runtime_int8() {
         ours += d;
         theirs += ort_d;
     }
-    assert!(ours <= theirs, "mean error {ours} vs ONNX Runtime's {theirs} (x6)");
+    assert!(
+        ours <= theirs,
+        "mean error {ours} vs ONNX Runtime's {theirs} (x6)"
+    );
 }
 
 /// int8 on a real pretrained encoder: every pair's [CLS] state keeps its direction.
@@ -150,12 +159,19 @@ fn int8_minilm_hidden_state_keeps_its_direction() {
     let hidden = ce.model.encode(&batch).unwrap();
     let cls = crossenc::model::first_tokens(&hidden, &batch, ce.config.hidden_size);
     let h = ce.config.hidden_size;
-    for (i, (got, want)) in cls.chunks(h).zip(f32s(&g["cls_hidden"]).chunks(h)).enumerate() {
+    for (i, (got, want)) in cls
+        .chunks(h)
+        .zip(f32s(&g["cls_hidden"]).chunks(h))
+        .enumerate()
+    {
         let dot: f32 = got.iter().zip(want).map(|(a, b)| a * b).sum();
         let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
         let cos = dot / (norm(got) * norm(want));
         eprintln!("pair {i}: cosine {cos:.5}");
-        assert!(cos > 0.99, "pair {i}: int8 [CLS] state at cosine {cos} from f32's");
+        assert!(
+            cos > 0.99,
+            "pair {i}: int8 [CLS] state at cosine {cos} from f32's"
+        );
     }
 }
 

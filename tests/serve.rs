@@ -94,6 +94,23 @@ fn scores_of(v: &Value) -> Vec<f32> {
 }
 
 #[test]
+fn a_quantized_server_says_so_and_scores_close_to_f32() {
+    let dir = shared("golden/tiny-bert");
+    let g = read_json(&dir.join("golden.json"));
+    let s = Server::start(&dir, &["--quantize", "int8"]);
+    let info: Value = serde_json::from_str(&s.get("/info").1).unwrap();
+    assert_eq!(info["model_dtype"], "int8");
+    assert!(info["int8_kernel"]
+        .as_str()
+        .unwrap()
+        .contains("-bit weights"));
+    let (status, out) = s.post("/predict", json!({ "inputs": golden_pairs(&g) }));
+    assert_eq!(status, 200);
+    let d = max_abs_diff(&scores_of(&out), &f32s(&g["predict_scores"]));
+    assert!(d > 0.0 && d < 0.15, "int8 scores differ from f32 by {d}");
+}
+
+#[test]
 fn routes_answer_like_text_embeddings_inference() {
     let dir = shared("golden/tiny-bert");
     let g = read_json(&dir.join("golden.json"));
@@ -104,6 +121,8 @@ fn routes_answer_like_text_embeddings_inference() {
     let info: Value = serde_json::from_str(&info).unwrap();
     assert_eq!(info["max_input_length"], 48);
     assert_eq!(info["labels"], json!(["LABEL_0"]));
+    assert_eq!(info["model_dtype"], "float32");
+    assert_eq!(info["int8_kernel"], Value::Null);
 
     // /predict: golden scores, and logits with raw_scores.
     let pairs = golden_pairs(&g);

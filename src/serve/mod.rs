@@ -159,6 +159,8 @@ pub async fn serve(
         "labels": ce.config.id2label,
         "activation": ce.activation.torch_name(),
         "max_input_length": ce.tokenizer.max_length,
+        "model_dtype": ce.quantization().map_or("float32".to_string(), |q| q.to_string()),
+        "int8_kernel": ce.quantization().map(|_| crate::ops::int8::kernel()),
         "max_batch_tokens": cfg.max_batch_tokens,
         "max_client_batch_size": cfg.max_client_batch_size,
         "max_concurrent_requests": cfg.max_queue,
