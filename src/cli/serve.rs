@@ -28,6 +28,10 @@ pub struct ServeArgs {
     /// Seconds that shutdown (SIGTERM, Ctrl-C) waits for open requests before closing them.
     #[arg(long, default_value_t = 20)]
     drain_seconds: u64,
+    /// Require `Authorization: Bearer <key>` on every route but /health and /metrics (also
+    /// read from CROSSENC_API_KEY, which keeps the key out of the process list).
+    #[arg(long, env = "CROSSENC_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -39,6 +43,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_queue: args.max_concurrent_requests,
         body_limit: args.body_limit,
         drain: std::time::Duration::from_secs(args.drain_seconds),
+        api_key: args.api_key.filter(|k| !k.is_empty()),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

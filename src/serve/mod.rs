@@ -1,7 +1,10 @@
 //! The HTTP re-ranking and scoring server: a thin axum router over the dynamic batcher.
 //!
 //! Routes and field names follow HuggingFace text-embeddings-inference (`/rerank`, `/predict`,
-//! `/health`, `/info`, `/metrics`), so a search stack that calls TEI can call crossenc.
+//! `/health`, `/info`, `/metrics`), so a search stack that calls TEI can call crossenc; Cohere's
+//! `/v1/rerank` and `/v2/rerank` serve the clients that speak Cohere's API, and
+//! `/openapi.json` describes every route. With an API key, every route but `/health` and
+//! `/metrics` wants `Authorization: Bearer <key>`.
 //!
 //! Stopping: on the shutdown signal the server stops accepting, answers what is in flight, and
 //! after `drain` closes whatever is still open (a client that never finishes its request
@@ -9,7 +12,9 @@
 //! down the same way, returning an error, so that an orchestrator restarts it.
 
 mod batcher;
+mod cohere;
 mod metrics;
+mod openapi;
 
 use anyhow::Result;
 use axum::body::Bytes;
@@ -46,6 +51,8 @@ pub struct ServeConfig {
     pub body_limit: usize,
     /// How long shutdown waits for open requests before closing them.
     pub drain: Duration,
+    /// The bearer token clients must send, if any.
+    pub api_key: Option<String>,
 }
 
 struct AppState {
@@ -55,6 +62,7 @@ struct AppState {
     info: serde_json::Value,
     max_client_batch_size: usize,
     body_limit: usize,
+    api_key: Option<String>,
     /// False once the inference thread has died.
     healthy: Arc<AtomicBool>,
 }
@@ -191,11 +199,15 @@ pub async fn serve(
         info,
         max_client_batch_size: cfg.max_client_batch_size,
         body_limit: cfg.body_limit,
+        api_key: cfg.api_key.clone(),
         healthy: healthy.clone(),
     });
     let app = Router::new()
         .route("/rerank", post(rerank))
         .route("/predict", post(predict))
+        .route("/v1/rerank", post(cohere::rerank_v1))
+        .route("/v2/rerank", post(cohere::rerank_v2))
+        .route("/openapi.json", get(|| async { Json(openapi::spec()) }))
         .route("/health", get(health))
         .route(
             "/info",
@@ -210,6 +222,7 @@ pub async fn serve(
                 )
             }),
         )
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn_with_state(state.clone(), record))
         .layer(DefaultBodyLimit::max(cfg.body_limit))
         .with_state(state);
@@ -254,6 +267,38 @@ async fn health(State(s): State<Arc<AppState>>) -> Response {
     } else {
         let body = json!({"status": "unhealthy", "error": "the inference thread died"});
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+/// With an API key set, answers 401 to a request without `Authorization: Bearer <key>`
+/// (compared in constant time), except on `/health` and `/metrics`.
+async fn authorize(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    use subtle::ConstantTimeEq;
+    let Some(key) = &s.api_key else {
+        return next.run(req).await;
+    };
+    let path = req.uri().path();
+    if path == "/health" || path == "/metrics" {
+        return next.run(req).await;
+    }
+    let sent = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(sent.as_bytes().ct_eq(key.as_bytes())) {
+        return next.run(req).await;
+    }
+    let e = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "Unauthorized",
+        "missing or wrong API key: send Authorization: Bearer <key> (--api-key)",
+    );
+    if path.starts_with("/v1/") || path.starts_with("/v2/") {
+        cohere::CohereError(e).into_response()
+    } else {
+        e.into_response()
     }
 }
 
@@ -373,16 +418,14 @@ async fn rerank(
         .map(|t| (req.query.clone(), t.clone()))
         .collect();
     let scores = score(&s, pairs, req.raw_scores, req.truncate.unwrap_or(true)).await?;
-    let mut ranks: Vec<Rank> = scores
-        .rows()
-        .enumerate()
-        .map(|(index, r)| Rank {
+    let mut ranks: Vec<Rank> = ranked(&scores)
+        .into_iter()
+        .map(|(index, score)| Rank {
             index,
-            score: r[0],
+            score,
             text: None,
         })
         .collect();
-    ranks.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
     ranks.truncate(req.top_n.unwrap_or(usize::MAX));
     if req.return_text {
         for r in &mut ranks {
@@ -390,6 +433,13 @@ async fn rerank(
         }
     }
     Ok(Json(ranks))
+}
+
+/// (index, first score) of every row, best first; ties keep the input order.
+fn ranked(scores: &Scores) -> Vec<(usize, f32)> {
+    let mut order: Vec<(usize, f32)> = scores.rows().map(|r| r[0]).enumerate().collect();
+    order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    order
 }
 
 async fn predict(

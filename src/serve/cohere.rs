@@ -1,0 +1,146 @@
+//! Cohere's re-rank API (`POST /v1/rerank`, `POST /v2/rerank`; Jina's re-rank API has the v1
+//! shape), which most RAG frameworks speak: the same scores and order as TEI's `/rerank`, under
+//! Cohere's field names, with errors as Cohere writes them (`{"message": ...}`).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::sync::Arc;
+
+use super::{ranked, score, ApiError, AppState, JsonBody};
+
+/// A document: a string, or (v1) an object whose `text` is scored.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum Document {
+    Text(String),
+    Object(serde_json::Map<String, serde_json::Value>),
+}
+
+/// Cohere's fields; the others it defines (`model`: the server scores with the model it
+/// loaded; `rank_fields`, `max_chunks_per_doc`, `max_tokens_per_doc`, `priority`) are accepted
+/// and have no effect: crossenc truncates to the model's max length.
+#[derive(Deserialize)]
+pub(super) struct Request {
+    query: String,
+    documents: Vec<Document>,
+    top_n: Option<usize>,
+    return_documents: Option<bool>,
+}
+
+/// Typed, so that scores are written as f32 (as `/rerank` writes them), not widened to f64.
+#[derive(Serialize)]
+pub(super) struct Reranked {
+    id: String,
+    results: Vec<Ranked>,
+    meta: serde_json::Value,
+}
+
+#[derive(Serialize)]
+pub(super) struct Ranked {
+    index: usize,
+    relevance_score: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    document: Option<serde_json::Value>,
+}
+
+/// An error in Cohere's shape.
+pub(super) struct CohereError(pub ApiError);
+
+impl IntoResponse for CohereError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        (e.status, Json(json!({ "message": e.message }))).into_response()
+    }
+}
+
+fn bad_request(message: String) -> CohereError {
+    CohereError(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "Validation",
+        message,
+    ))
+}
+
+pub(super) async fn rerank_v1(
+    state: State<Arc<AppState>>,
+    body: Result<JsonBody<Request>, ApiError>,
+) -> Result<Json<Reranked>, CohereError> {
+    rerank(state, body, 1).await
+}
+
+pub(super) async fn rerank_v2(
+    state: State<Arc<AppState>>,
+    body: Result<JsonBody<Request>, ApiError>,
+) -> Result<Json<Reranked>, CohereError> {
+    rerank(state, body, 2).await
+}
+
+async fn rerank(
+    State(s): State<Arc<AppState>>,
+    body: Result<JsonBody<Request>, ApiError>,
+    version: u32,
+) -> Result<Json<Reranked>, CohereError> {
+    let JsonBody(req) = body.map_err(CohereError)?;
+    if req.documents.is_empty() {
+        return Err(bad_request("`documents` cannot be empty".into()));
+    }
+    if req.top_n == Some(0) {
+        return Err(bad_request("`top_n` must be at least 1".into()));
+    }
+    let texts = req
+        .documents
+        .iter()
+        .enumerate()
+        .map(|(i, d)| match d {
+            Document::Text(t) => Ok(t.clone()),
+            Document::Object(o) => match o.get("text") {
+                Some(serde_json::Value::String(t)) => Ok(t.clone()),
+                _ => Err(bad_request(format!(
+                    "documents[{i}] has no string field `text`"
+                ))),
+            },
+        })
+        .collect::<Result<Vec<String>, _>>()?;
+    let pairs = texts
+        .iter()
+        .map(|t| (req.query.clone(), t.clone()))
+        .collect();
+    let scores = score(&s, pairs, false, true).await.map_err(CohereError)?;
+    let mut order = ranked(&scores);
+    order.truncate(req.top_n.unwrap_or(usize::MAX));
+    let with_text = req.return_documents.unwrap_or(false);
+    let results: Vec<Ranked> = order
+        .into_iter()
+        .map(|(index, relevance_score)| Ranked {
+            index,
+            relevance_score,
+            document: with_text.then(|| json!({ "text": texts[index] })),
+        })
+        .collect();
+    Ok(Json(Reranked {
+        id: request_id(),
+        results,
+        meta: json!({
+            "api_version": { "version": version.to_string() },
+            "billed_units": { "search_units": 1 },
+        }),
+    }))
+}
+
+/// A random id per answer, as Cohere gives one (a UUID v4's layout).
+fn request_id() -> String {
+    let b: u128 = rand::random();
+    let h = format!("{b:032x}");
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..]
+    )
+}
