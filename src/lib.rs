@@ -3,15 +3,23 @@
 //! The encoders run on crossenc's own engine (`model`: explicit forward and backward per module
 //! over the kernels of `ops`), so the same code predicts and trains; weights, configs and
 //! tokenizers are HuggingFace's formats both ways.
+//!
+//! Cargo features: `cli` (the default; the binary's flags and progress bars, and with it
+//! `serve` and `parquet`), `serve` (the HTTP server: axum, tokio), `parquet` (Parquet data
+//! files). A program that only scores or trains depends on crossenc with
+//! `default-features = false`.
 
 pub mod bench;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod data;
 pub mod eval;
 pub mod hub;
 pub mod model;
 pub mod ops;
+pub mod progress;
 pub mod search;
+#[cfg(feature = "serve")]
 pub mod serve;
 pub mod train;
 

@@ -7,10 +7,12 @@ use candle_core::Device;
 use common::hub_server;
 use common::*;
 use crossenc::data::{self, Columns, HeaderMode, Table};
-use crossenc::train::{self, LossKind, Progress, TrainConfig};
+use crossenc::progress::Silent;
+use crossenc::train::{self, LossKind, TrainConfig};
 use crossenc::{CrossEncoder, LoadOptions};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 fn stsb(split: &str) -> String {
     shared(&format!("data/stsb/stsb-en-{split}.csv"))
@@ -45,7 +47,7 @@ fn a_few_steps_on_stsb_lower_the_loss_and_the_saved_model_reloads() {
         epochs: 3,
         lr: 1e-3,
         warmup_ratio: 0.0,
-        progress: Progress::Quiet,
+        progress: Arc::new(Silent),
         ..Default::default()
     };
     let out = tempfile::tempdir().unwrap();
@@ -790,7 +792,7 @@ fn the_library_saves_the_activation_its_loss_implies() {
     let cfg = TrainConfig {
         loss: LossKind::Mse,
         max_steps: Some(2),
-        progress: Progress::Quiet,
+        progress: Arc::new(Silent),
         ..Default::default()
     };
     let out = tempfile::tempdir().unwrap();
@@ -811,7 +813,7 @@ fn the_library_saves_the_activation_its_loss_implies() {
     // A listwise loss belongs to re-ranking, through the library too.
     let cfg = TrainConfig {
         loss: LossKind::Listnet,
-        progress: Progress::Quiet,
+        progress: Arc::new(Silent),
         ..Default::default()
     };
     let other = tempfile::tempdir().unwrap();

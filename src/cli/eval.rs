@@ -66,14 +66,14 @@ fn rerank(args: EvalArgs) -> Result<()> {
     let retrievers: Vec<Retriever> = args
         .retriever
         .iter()
-        .map(|r| Retriever::build(r, &docs, &super::progress_bar(args.json)))
+        .map(|r| Retriever::build(r, &docs, &super::Bar::items(args.json)))
         .collect::<Result<_>>()?;
     let stages = search::evaluate_rerank(
         &data,
         &retrievers.iter().collect::<Vec<_>>(),
         Some(&ce),
         args.top_k,
-        &super::progress_bar(args.json),
+        &super::Bar::items(args.json),
     )?;
     let mut out = serde_json::Map::new();
     for (name, stage) in args.retriever.iter().zip(stages) {

@@ -97,20 +97,55 @@ impl ModelArgs {
     }
 }
 
-/// A progress bar on a terminal (stderr); hidden when quiet or redirected.
-pub fn progress_bar(quiet: bool) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    if quiet || !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
+/// The library's progress drawn as a bar on stderr: position and status per update, kept
+/// lines printed above it, periodic log lines left out.
+pub struct Bar(indicatif::ProgressBar);
+
+impl Bar {
+    /// A bar with `template` on a terminal; hidden when quiet or redirected.
+    fn new(quiet: bool, template: &str) -> Bar {
+        use std::io::IsTerminal;
+        if quiet || !std::io::stderr().is_terminal() {
+            return Bar(indicatif::ProgressBar::hidden());
+        }
+        let bar = indicatif::ProgressBar::new(0);
+        let style = indicatif::ProgressStyle::with_template(template).expect("valid template");
+        bar.set_style(style);
+        Bar(bar)
     }
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
+
+    /// Counts items (documents to embed, pairs to score).
+    pub fn items(quiet: bool) -> Bar {
+        Bar::new(
+            quiet,
             "{bar:30} {pos}/{len}  [{elapsed_precise} < {eta_precise}]",
         )
-        .expect("valid template"),
-    );
-    bar
+    }
+
+    /// Counts training steps, with the loss beside them.
+    pub fn steps() -> Bar {
+        let template = "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]";
+        Bar::new(false, template)
+    }
+}
+
+impl crate::progress::Progress for Bar {
+    fn start(&self, total: u64, done: u64) {
+        self.0.set_length(total);
+        self.0.set_position(done);
+    }
+    fn update(&self, done: u64, status: &str) {
+        self.0.set_position(done);
+        if !status.is_empty() {
+            self.0.set_message(status.to_string());
+        }
+    }
+    fn report(&self, line: &str) {
+        self.0.println(line);
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
 }
 
 /// A count flag that must be at least 1 (`--top-k`).

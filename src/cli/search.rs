@@ -34,7 +34,7 @@ pub fn run(args: SearchArgs) -> Result<()> {
     let docs = beir::read_corpus(&args.corpus)?;
     let texts: Vec<String> = docs.iter().map(beir::Doc::full_text).collect();
     let ce = args.model.load()?;
-    let retriever = Retriever::build(&args.retriever, &texts, &super::progress_bar(args.json))?;
+    let retriever = Retriever::build(&args.retriever, &texts, &super::Bar::items(args.json))?;
     let candidates = retriever.search(&args.query, args.top_k)?;
     for (query, hits) in args.query.iter().zip(candidates) {
         let pairs: Vec<(&str, &str)> = hits

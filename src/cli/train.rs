@@ -7,11 +7,13 @@ use super::data_args::{check_unit_labels, parse_span, DataArgs};
 use crate::data::Example;
 use crate::eval::{self, Task};
 use crate::model::config::generic_labels;
+use crate::progress::{Lines, Silent};
 use crate::search::{self, beir, Retriever};
 use crate::train::card::Card;
 use crate::train::optim::AdamWConfig;
-use crate::train::{self, Batching, LossKind, OutputMode, Progress, TrainConfig};
+use crate::train::{self, Batching, LossKind, OutputMode, TrainConfig};
 use crate::{CrossEncoder, LoadOptions};
+use std::sync::Arc;
 
 /// STS-B as crossenc ships it (scores 0-5, read with --label-range 0:5 unless told otherwise):
 /// the data of `crossenc train` with no --train, and its dev and test splits.
@@ -131,7 +133,7 @@ fn rerank_lists(args: &TrainArgs) -> Result<Vec<Example>> {
     }
     let data = beir::read_beir(dir, &args.split)?;
     let docs: Vec<String> = data.docs.iter().map(beir::Doc::full_text).collect();
-    let retriever = Retriever::build(&args.retriever, &docs, &super::progress_bar(args.quiet))?;
+    let retriever = Retriever::build(&args.retriever, &docs, &super::Bar::items(args.quiet))?;
     let (lists, left_out) =
         search::mine_training_lists(&data, &retriever, args.neg_range, args.negatives)?;
     if !args.quiet {
@@ -247,11 +249,11 @@ pub fn run(mut args: TrainArgs) -> Result<()> {
         metric,
         max_steps: args.max_steps,
         progress: if args.quiet {
-            Progress::Quiet
+            Arc::new(Silent)
         } else if std::io::stdout().is_terminal() {
-            Progress::Bar
+            Arc::new(super::Bar::steps())
         } else {
-            Progress::Lines
+            Arc::new(Lines)
         },
         dropout: true,
     };

@@ -310,7 +310,16 @@ fn sniff(text: &str) -> Format {
     }
 }
 
+/// Without the `parquet` feature: says how to get it.
+#[cfg(not(feature = "parquet"))]
+fn parse_parquet(path: &str) -> Result<Table> {
+    anyhow::bail!(
+        "{path}: this crossenc was built without Parquet support (cargo feature `parquet`)"
+    )
+}
+
 /// Parquet through the record API: each row becomes a JSON object, then as JSONL.
+#[cfg(feature = "parquet")]
 fn parse_parquet(path: &str) -> Result<Table> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use parquet::record::Field;

@@ -14,7 +14,8 @@ use crate::CrossEncoder;
 pub type Metrics = BTreeMap<String, f64>;
 
 /// What a model's scores on labelled pairs mean, and so which metrics judge them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Task {
     /// One score per pair against a graded label (STS-B): Pearson and Spearman.
     Regression,

@@ -6,8 +6,8 @@ pub mod beir;
 pub mod bm25;
 pub mod dense;
 
+use crate::progress::Progress;
 use anyhow::Result;
-use indicatif::ProgressBar;
 use std::collections::{HashMap, HashSet};
 
 use crate::data::Example;
@@ -27,15 +27,15 @@ pub enum Retriever {
 
 impl Retriever {
     /// `bm25`, or a bi-encoder model folder or hub id whose embeddings of `docs` are computed
-    /// now (the progress bar counts documents).
-    pub fn build(spec: &str, docs: &[String], progress: &ProgressBar) -> Result<Self> {
+    /// now (`progress` counts documents).
+    pub fn build(spec: &str, docs: &[String], progress: &dyn Progress) -> Result<Self> {
         if spec == "bm25" {
             return Ok(Retriever::Bm25(Bm25::new(docs)));
         }
         let model = BiEncoder::load(spec, None)?;
-        progress.set_length(docs.len() as u64);
-        let index = DenseIndex::new(&model, docs, &|done| progress.set_position(done as u64))?;
-        progress.finish_and_clear();
+        progress.start(docs.len() as u64, 0);
+        let index = DenseIndex::new(&model, docs, &|done| progress.update(done as u64, ""))?;
+        progress.finish();
         Ok(Retriever::Dense(Box::new(model), index))
     }
 
@@ -118,7 +118,7 @@ pub fn evaluate_rerank(
     retrievers: &[&Retriever],
     ce: Option<&CrossEncoder>,
     top_k: usize,
-    progress: &ProgressBar,
+    progress: &dyn Progress,
 ) -> Result<Vec<StageMetrics>> {
     let texts: Vec<&str> = data.queries.iter().map(|q| q.text.as_str()).collect();
     let candidates: Vec<Vec<Vec<(usize, f32)>>> = retrievers
@@ -170,7 +170,7 @@ fn score_candidates(
     ce: &CrossEncoder,
     data: &Beir,
     candidates: &[Vec<Vec<(usize, f32)>>],
-    progress: &ProgressBar,
+    progress: &dyn Progress,
 ) -> Result<HashMap<(usize, usize), f32>> {
     let mut seen = HashSet::new();
     let pairs: Vec<(usize, usize)> = candidates
@@ -183,7 +183,7 @@ fn score_candidates(
         })
         .filter(|p| seen.insert(*p))
         .collect();
-    progress.set_length(pairs.len() as u64);
+    progress.start(pairs.len() as u64, 0);
     let mut scores = HashMap::with_capacity(pairs.len());
     for chunk in pairs.chunks(256) {
         let texts: Vec<(String, String)> = chunk
@@ -194,9 +194,9 @@ fn score_candidates(
         for (p, row) in chunk.iter().zip(s.rows()) {
             scores.insert(*p, row[0]);
         }
-        progress.inc(chunk.len() as u64);
+        progress.update(scores.len() as u64, "");
     }
-    progress.finish_and_clear();
+    progress.finish();
     Ok(scores)
 }
 

@@ -386,6 +386,9 @@ async fn score(
         })?;
     rx.await
         .map_err(|_| {
+            // The inference thread dropped the reply: it is gone. Say so on /health at once,
+            // before this answer reaches the client (the thread's watcher follows).
+            s.healthy.store(false, Ordering::SeqCst);
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Backend",

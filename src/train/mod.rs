@@ -9,12 +9,12 @@ pub mod state;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, Var};
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::{rngs::StdRng, SeedableRng};
 use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 use tokenizers::Encoding;
 
@@ -22,12 +22,14 @@ use crate::data::Example;
 use crate::eval::{self, Metrics, Task};
 use crate::model::Tape;
 use crate::ops::profile::timed;
+use crate::progress::{Lines, Progress};
 use crate::CrossEncoder;
 use optim::{AdamW, AdamWConfig};
 use schedule::LinearSchedule;
 use state::TrainerState;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum LossKind {
     /// Binary cross-entropy on logits; labels must lie in [0, 1].
     Bce,
@@ -85,14 +87,6 @@ impl From<LossKind> for Objective {
     }
 }
 
-/// How training reports progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
-    Bar,
-    Lines,
-    Quiet,
-}
-
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
     pub epochs: usize,
@@ -121,7 +115,8 @@ pub struct TrainConfig {
     pub metric: String,
     /// Stop after this many optimizer steps (the schedule still spans all epochs).
     pub max_steps: Option<usize>,
-    pub progress: Progress,
+    /// Where steps, log lines and evaluations go (default: [`crate::progress::Lines`]).
+    pub progress: Arc<dyn Progress>,
     /// Dropout as config.json sets it; off only for exact-gradient tests.
     pub dropout: bool,
 }
@@ -148,7 +143,7 @@ impl Default for TrainConfig {
             log_steps: 20,
             metric: "spearman".into(),
             max_steps: None,
-            progress: Progress::Lines,
+            progress: Arc::new(Lines),
             dropout: true,
         }
     }
@@ -334,7 +329,8 @@ fn stream_seed(seed: u64, stream: u64) -> u64 {
 }
 
 /// How an epoch is cut into batches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Batching {
     /// A seeded shuffle cut into batches (the reference's DataLoader).
     Random,
@@ -558,25 +554,9 @@ pub fn train(
         }
     }
     let mut log = MetricsLog::open(output, resumed_from)?;
-    let bar = match cfg.progress {
-        Progress::Bar => {
-            let pb = ProgressBar::new(last_step as u64);
-            pb.set_style(
-                ProgressStyle::with_template(
-                    "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
-                )
-                .expect("valid template"),
-            );
-            pb.set_position(st.step as u64);
-            Some(pb)
-        }
-        _ => None,
-    };
-    let report = |line: String| match (&bar, cfg.progress) {
-        (Some(pb), _) => pb.println(line),
-        (None, Progress::Lines) => println!("{line}"),
-        _ => {}
-    };
+    let progress = &*cfg.progress;
+    progress.start(last_step as u64, st.step as u64);
+    let report = |line: String| progress.report(&line);
     if let Some(step) = resumed_from {
         report(format!("resumed from step {step} of {total_steps}"));
     }
@@ -624,21 +604,20 @@ pub fn train(
         loss_sum += step_loss;
         loss_n += 1;
         let epoch_f = st.step as f64 / steps_per_epoch as f64;
-        if let Some(pb) = &bar {
-            pb.set_position(st.step as u64);
-            pb.set_message(format!(
-                "epoch {epoch_f:.2}  loss {step_loss:.4}  lr {lr:.2e}"
-            ));
-        }
+        progress.update(
+            st.step as u64,
+            &format!("epoch {epoch_f:.2}  loss {step_loss:.4}  lr {lr:.2e}"),
+        );
         if st.step.is_multiple_of(cfg.log_steps.max(1)) || st.step == last_step {
             let avg = loss_sum / loss_n.max(1) as f64;
             let secs = start.elapsed().as_secs_f64();
             log.write(
                 json!({"step": st.step, "epoch": epoch_f, "loss": avg, "lr": lr, "seconds": secs}),
             )?;
-            if bar.is_none() {
-                report(format!("step {}/{last_step}  epoch {epoch_f:.2}  loss {avg:.4}  lr {lr:.2e}  {secs:.0}s", st.step));
-            }
+            progress.log(&format!(
+                "step {}/{last_step}  epoch {epoch_f:.2}  loss {avg:.4}  lr {lr:.2e}  {secs:.0}s",
+                st.step
+            ));
             (loss_sum, loss_n) = (0.0, 0);
         }
         let epoch_end = st.step.is_multiple_of(steps_per_epoch);
@@ -673,9 +652,7 @@ pub fn train(
             state::save(output, &st, &ce.model.weights, &t.opt, cfg.keep_checkpoints)?;
         }
     }
-    if let Some(pb) = &bar {
-        pb.finish_and_clear();
-    }
+    progress.finish();
     if dev.is_none() {
         ce.save(output)?;
     } else if best.is_none() {
