@@ -864,3 +864,113 @@ fn the_default_run_trains_on_the_bundled_stsb_without_network() {
     assert!(out.join("model.safetensors").exists());
     assert!(!tmp.path().join("hf").exists(), "nothing fetched");
 }
+
+/// Gradient accumulation is exact: one batch of 16 and two accumulated batches of 8 (each
+/// weighted 1/2) give the same gradient and take the same AdamW steps.
+#[test]
+fn one_batch_of_16_equals_two_accumulated_batches_of_8() {
+    use crossenc::train::optim::AdamWConfig;
+    use crossenc::train::Trainable;
+    let examples = stsb_examples(16);
+    let pairs: Vec<(&str, &str)> = examples
+        .iter()
+        .map(|e| (e.a.as_str(), e.b.as_str()))
+        .collect();
+    let labels: Vec<f32> = examples.iter().map(|e| e.label as f32).collect();
+    // (first step's gradients, weights after three steps), by name.
+    let run = |parts: &[std::ops::Range<usize>]| {
+        let mut ce = tiny_bert();
+        let enc = ce.tokenizer.encode_pairs(&pairs).unwrap();
+        let mut t = Trainable::new(&ce, AdamWConfig::default()).unwrap();
+        let mut first = Vec::new();
+        for step in 0..3 {
+            for r in parts {
+                let batch: Vec<_> = enc[r.clone()].iter().collect();
+                let w = r.len() as f32 / 16.0;
+                t.accumulate(&mut ce, &batch, &labels[r.clone()], LossKind::Bce, None, w)
+                    .unwrap();
+            }
+            if step == 0 {
+                first = t.named_grads(&ce);
+            }
+            // lr 1e-4: each weight moves up to 3e-4, 30 times the tolerance below.
+            t.step(&mut ce, 1e-4, 1.0);
+        }
+        t.flush(&mut ce);
+        let w = &ce.model.weights;
+        let weights: Vec<(String, Vec<f32>)> = w
+            .entries()
+            .iter()
+            .map(|e| (e.name.clone(), e.hf_values(&w.data)))
+            .collect();
+        (first, weights)
+    };
+    let (g16, w16) = run(&[0..16]);
+    let (g8, w8) = run(&[0..8, 8..16]);
+    // A key bias's true gradient is zero (softmax ignores a shift common to a query's
+    // scores): what is computed is rounding noise, which AdamW's normalisation then scales up.
+    let noise = |name: &str| name.ends_with("key.bias");
+    for ((name, a), (_, b)) in g16.iter().zip(&g8).filter(|(g, _)| !noise(&g.0)) {
+        let d = rel_diff(a, b);
+        assert!(d < 1e-5, "{name}: gradients differ by {d} of the largest");
+    }
+    for ((name, a), (_, b)) in w16.iter().zip(&w8).filter(|(w, _)| !noise(&w.0)) {
+        let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(d < 1e-5, "{name}: weights differ by {d}");
+    }
+    assert_ne!(
+        w16,
+        run(&[0..8]).1,
+        "a different batch must give other weights"
+    );
+}
+
+fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(1e-12f32, |m, x| m.max(x.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+/// `--max-steps` stops early; `--eval-steps` evaluates at its multiples and at the end.
+#[test]
+fn max_steps_and_eval_steps_set_when_training_stops_and_evaluates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = stsb_head(tmp.path(), 80);
+    let out = tmp.path().join("out");
+    let dev = data.to_str().unwrap();
+    let run = tiny_train(
+        &data,
+        &out,
+        &[
+            "--max-steps",
+            "5",
+            "--eval-steps",
+            "2",
+            "--dev",
+            dev,
+            "--log-steps",
+            "1",
+        ],
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps = |eval: bool| -> Vec<u64> {
+        rows.iter()
+            .filter(|r| r.get("eval").is_some() == eval)
+            .map(|r| r["step"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        steps(false),
+        vec![1, 2, 3, 4, 5],
+        "80 pairs of batch 8 would run 10 steps"
+    );
+    assert_eq!(steps(true), vec![2, 4, 5]);
+}
