@@ -272,3 +272,25 @@ fn minilm_bi_encoder_embeddings() {
     assert!((cos(0, 1) as f64 - g["cosine_0_1"].as_f64().unwrap()).abs() < 1e-4);
     assert!((cos(2, 3) as f64 - g["cosine_2_3"].as_f64().unwrap()).abs() < 1e-4);
 }
+
+/// An older checkpoint's `pytorch_model.bin` (PyTorch's pickle format, written from the same
+/// weights by `scripts/golden_pytorch_bin.py`) scores as the safetensors file does.
+#[test]
+fn pytorch_model_bin_loads_with_the_same_logits() {
+    let golden = shared("golden/tiny-bert");
+    let g = read_json(&golden.join("golden.json"));
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&golden).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "model.safetensors" {
+            std::fs::copy(&path, tmp.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let bin = require(repo().join("tests/fixtures/tiny-bert/pytorch_model.bin"));
+    std::fs::copy(bin, tmp.path().join("pytorch_model.bin")).unwrap();
+    let ce = load(tmp.path(), g["max_length"].as_u64().unwrap() as usize);
+    assert!(ce.new_head_params.is_empty());
+    let batch = packed_golden_pairs(&ce, &g, "tiny-bert (.bin)");
+    let d = max_abs_diff(&ce.model.forward(&batch).unwrap(), &f32s(&g["logits"]));
+    assert!(d < 1e-4, "logits from pytorch_model.bin differ by {d}");
+}
