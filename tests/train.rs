@@ -974,3 +974,25 @@ fn max_steps_and_eval_steps_set_when_training_stops_and_evaluates() {
     );
     assert_eq!(steps(true), vec![2, 4, 5]);
 }
+
+/// The label rule lives in the library: `train::train` itself refuses 0-5 labels for BCE.
+#[test]
+fn the_library_refuses_labels_outside_0_1_for_bce() {
+    let mut examples = stsb_examples(16);
+    examples.iter_mut().for_each(|e| e.label *= 5.0);
+    let out = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig {
+        progress: Arc::new(Silent),
+        ..Default::default()
+    };
+    let err = train::train(
+        &mut tiny_bert(),
+        &examples,
+        None,
+        &cfg,
+        out.path(),
+        train::OutputMode::Overwrite,
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("outside [0, 1]"), "{err:#}");
+}

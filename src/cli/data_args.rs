@@ -107,26 +107,3 @@ impl DataArgs {
         Ok(examples)
     }
 }
-
-/// BCE needs labels in [0, 1]: name the first label outside and the way out.
-pub fn check_unit_labels(spec: &str, examples: &[Example]) -> Result<()> {
-    if let Some(e) = examples.iter().find(|e| !(0.0..=1.0).contains(&e.label)) {
-        let max = examples
-            .iter()
-            .map(|e| e.label)
-            .fold(f64::NEG_INFINITY, f64::max);
-        let min = examples
-            .iter()
-            .map(|e| e.label)
-            .fold(f64::INFINITY, f64::min);
-        bail!(
-            "{spec} line {}: label {} is outside [0, 1], which the BCE loss needs (labels span {min}..{max}): \
-             pass --label-range {}:{} to map them linearly into [0, 1], or --loss mse to train on raw labels",
-            e.line,
-            e.label,
-            min.min(0.0),
-            max.ceil()
-        );
-    }
-    Ok(())
-}

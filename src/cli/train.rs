@@ -3,7 +3,7 @@ use clap::Args;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use super::data_args::{check_unit_labels, parse_span, DataArgs};
+use super::data_args::{parse_span, DataArgs};
 use crate::data::Example;
 use crate::eval::{self, Task};
 use crate::model::config::generic_labels;
@@ -213,9 +213,8 @@ pub fn run(mut args: TrainArgs) -> Result<()> {
             eval::check_task(task, labels.len(), set, spec)?;
         }
     }
-    if loss == LossKind::Bce {
-        check_unit_labels(&args.train, &train_set)?;
-    }
+    // Checked again by train::train; here before the model loads, naming the file.
+    train::check_labels(loss, &train_set).map_err(|e| anyhow::anyhow!("{} {e}", args.train))?;
 
     let opts = LoadOptions {
         max_length: args.max_length,

@@ -463,6 +463,28 @@ impl MetricsLog {
 
 /// Fine-tunes `ce` on `train`, evaluating on `dev`; the best model by `cfg.metric` (or the
 /// last one, without a dev set) is saved to `output`.
+/// BCE needs labels in [0, 1]: names the first label outside and the way out. Other losses
+/// take any label.
+pub fn check_labels(loss: LossKind, examples: &[Example]) -> Result<()> {
+    if loss != LossKind::Bce {
+        return Ok(());
+    }
+    if let Some(e) = examples.iter().find(|e| !(0.0..=1.0).contains(&e.label)) {
+        let labels = examples.iter().map(|e| e.label);
+        let max = labels.clone().fold(f64::NEG_INFINITY, f64::max);
+        let min = labels.fold(f64::INFINITY, f64::min);
+        bail!(
+            "line {}: label {} is outside [0, 1], which the BCE loss needs (labels span {min}..{max}): \
+             pass --label-range {}:{} to map them linearly into [0, 1], or --loss mse to train on raw labels",
+            e.line,
+            e.label,
+            min.min(0.0),
+            max.ceil()
+        );
+    }
+    Ok(())
+}
+
 pub fn train(
     ce: &mut CrossEncoder,
     train: &[Example],
@@ -495,6 +517,7 @@ pub fn train(
             }
         );
     }
+    check_labels(cfg.loss, train)?;
     let g = cfg.list_size.max(1);
     if cfg.loss.is_listwise() != (g > 1) || !train.len().is_multiple_of(g) {
         bail!(
