@@ -42,8 +42,8 @@ pub fn run(args: SearchArgs) -> Result<()> {
             .map(|h| (query.as_str(), texts[h.0].as_str()))
             .collect();
         let scores = ce.predict(&pairs)?;
-        let mut order: Vec<usize> = (0..hits.len()).collect();
-        order.sort_by(|&a, &b| scores.row(b)[0].total_cmp(&scores.row(a)[0]));
+        let first: Vec<f32> = scores.rows().map(|r| r[0]).collect();
+        let order = crate::eval::ranking::rank_by_score(&first);
         if !args.json {
             println!(
                 "query: {query}  ({} candidates from {})",

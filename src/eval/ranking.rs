@@ -88,6 +88,13 @@ pub fn ranking_metrics(queries: &[RankedQuery], depth: usize) -> Metrics {
     ])
 }
 
+/// Keeps the best `k` of (index, score) hits, best first; equal scores in index order.
+pub fn best_first(mut hits: Vec<(usize, f32)>, k: usize) -> Vec<(usize, f32)> {
+    hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    hits.truncate(k);
+    hits
+}
+
 /// Indices of `scores` sorted best first; ties keep their input order.
 pub fn rank_by_score(scores: &[f32]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..scores.len()).collect();

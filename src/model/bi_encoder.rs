@@ -1,7 +1,7 @@
 //! A bi-encoder (sentence-transformers' `SentenceTransformer`): each text on its own through the
 //! encoder, pooled to one vector and L2-normalised, so that a dot product is the cosine.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use serde_json::Value;
 use std::path::Path;
@@ -93,13 +93,9 @@ impl BiEncoder {
 
 fn read_pooling(dir: &Path) -> Result<Pooling> {
     let path = dir.join("1_Pooling").join("config.json");
-    if !path.exists() {
+    let Some(cfg) = super::read_json_opt(&path)? else {
         return Ok(Pooling::Mean);
-    }
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let cfg: Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    };
     let on = |key: &str| cfg.get(key).and_then(Value::as_bool).unwrap_or(false);
     match (on("pooling_mode_mean_tokens"), on("pooling_mode_cls_token")) {
         (true, false) => Ok(Pooling::Mean),

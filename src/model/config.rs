@@ -113,11 +113,7 @@ pub struct Config {
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read model config {}", path.display()))?;
-        let value: Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", path.display()))?;
-        let Value::Object(raw) = value else {
+        let Value::Object(raw) = super::read_json(path)? else {
             bail!("{}: expected a JSON object", path.display());
         };
         Self::from_map(raw).with_context(|| format!("in model config {}", path.display()))

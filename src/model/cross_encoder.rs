@@ -9,6 +9,7 @@ use super::checkpoint::Params;
 use super::config::Config;
 use super::tokenize::{PairTokenizer, Tokens};
 use super::{head, SequenceClassifier, Transformer};
+use crate::eval::ranking::best_first;
 use crate::hub;
 use crate::ops::profile::timed;
 
@@ -287,10 +288,8 @@ impl CrossEncoder {
         }
         let pairs: Vec<(&str, &str)> = docs.iter().map(|d| (query, d.as_ref())).collect();
         let scores = self.predict(&pairs)?;
-        let mut ranked: Vec<(usize, f32)> = scores.rows().map(|r| r[0]).enumerate().collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        ranked.truncate(top_k.unwrap_or(usize::MAX));
-        Ok(ranked)
+        let hits = scores.rows().map(|r| r[0]).enumerate().collect();
+        Ok(best_first(hits, top_k.unwrap_or(usize::MAX)))
     }
 
     /// Writes an HF model folder that transformers and sentence-transformers load: weights,
@@ -339,12 +338,7 @@ impl CrossEncoder {
     /// The source tokenizer_config.json with our max length and token-type choice recorded.
     fn tokenizer_config(&self) -> Result<Value> {
         let path = self.source_dir.join("tokenizer_config.json");
-        let mut cfg = if path.exists() {
-            serde_json::from_str(&std::fs::read_to_string(&path)?)
-                .with_context(|| format!("{} is not valid JSON", path.display()))?
-        } else {
-            serde_json::json!({})
-        };
+        let mut cfg = super::read_json_opt(&path)?.unwrap_or_else(|| serde_json::json!({}));
         let obj = cfg
             .as_object_mut()
             .context("tokenizer_config.json is not an object")?;
@@ -385,9 +379,7 @@ pub fn saved_files() -> impl Iterator<Item = &'static str> {
 /// `sentence_transformers` entry, else the default for the label count.
 fn read_activation(dir: &Path, config: &Config) -> Result<Activation> {
     let st_path = dir.join("config_sentence_transformers.json");
-    let from_st = if st_path.exists() {
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(&st_path)?)
-            .with_context(|| format!("{} is not valid JSON", st_path.display()))?;
+    let from_st = if let Some(v) = super::read_json_opt(&st_path)? {
         v.get("activation_fn")
             .and_then(Value::as_str)
             .map(|s| (s.to_string(), st_path.clone()))

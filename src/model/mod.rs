@@ -150,6 +150,19 @@ impl Linear {
     }
 }
 
+/// The JSON value in `path`, or an error naming the file.
+pub(crate) fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
+    use anyhow::Context;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+}
+
+/// [`read_json`] of a file that a model folder may leave out: `None` when it does.
+pub(crate) fn read_json_opt(path: &std::path::Path) -> Result<Option<serde_json::Value>> {
+    path.exists().then(|| read_json(path)).transpose()
+}
+
 /// Grows (or shrinks) a buffer to `n` floats, keeping its allocation: every kernel overwrites
 /// what it writes, so the old contents need no clearing.
 fn fit(v: &mut Vec<f32>, n: usize) {

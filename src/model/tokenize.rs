@@ -1,6 +1,6 @@
 //! Pair encoding, truncation and packing, as the reference tokenizes for a cross-encoder.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 use std::path::Path;
 use tokenizers::{
@@ -75,8 +75,8 @@ impl PairTokenizer {
         let path = dir.join("tokenizer.json");
         let mut tokenizer = Tokenizer::from_file(&path)
             .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", path.display()))?;
-        let tok_cfg = read_json_opt(&dir.join("tokenizer_config.json"))?;
-        let st_cfg = read_json_opt(&dir.join("sentence_bert_config.json"))?;
+        let tok_cfg = super::read_json_opt(&dir.join("tokenizer_config.json"))?;
+        let st_cfg = super::read_json_opt(&dir.join("sentence_bert_config.json"))?;
         let folder_max = st_cfg
             .as_ref()
             .and_then(|c| c.get("max_seq_length"))
@@ -146,17 +146,6 @@ impl PairTokenizer {
     pub fn pack(&self, encodings: &[&Encoding]) -> Tokens {
         Tokens::pack(encodings, self.with_type_ids)
     }
-}
-
-fn read_json_opt(path: &Path) -> Result<Option<Value>> {
-    if !path.exists() {
-        return Ok(None);
-    }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let v = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not valid JSON", path.display()))?;
-    Ok(Some(v))
 }
 
 /// transformers passes `token_type_ids` only when the tokenizer lists it in

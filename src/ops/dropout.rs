@@ -16,8 +16,16 @@ pub struct Dropout {
 
 /// splitmix64: a well-mixed 64-bit hash of a counter.
 #[inline(always)]
-pub(crate) fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+pub(crate) fn mix(z: u64) -> u64 {
+    finalize(z.wrapping_add(GOLDEN))
+}
+
+/// SplitMix64's increment (2^64 / φ).
+pub(crate) const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// SplitMix64's output function: every bit of `z` reaches every bit of the result.
+#[inline(always)]
+pub(crate) fn finalize(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)

@@ -25,15 +25,13 @@ impl Bm25 {
     /// The best `k` documents for `query`, best first; equal scores in corpus order. Documents
     /// that share no term with the query are never returned.
     pub fn search(&self, query: &str, k: usize) -> Vec<(usize, f32)> {
-        let mut hits: Vec<(usize, f32)> = self
+        let hits = self
             .scorer
             .matches(&self.embedder.embed(query))
             .into_iter()
             .map(|m| (m.id, m.score))
             .collect();
-        hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        hits.truncate(k);
-        hits
+        crate::eval::ranking::best_first(hits, k)
     }
 }
 

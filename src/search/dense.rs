@@ -43,12 +43,7 @@ impl DenseIndex {
         let sims = q.matmul(&self.embeddings.t()?)?.to_vec2::<f32>()?;
         Ok(sims
             .into_iter()
-            .map(|row| {
-                let mut hits: Vec<(usize, f32)> = row.into_iter().enumerate().collect();
-                hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-                hits.truncate(k);
-                hits
-            })
+            .map(|row| crate::eval::ranking::best_first(row.into_iter().enumerate().collect(), k))
             .collect())
     }
 }

@@ -440,9 +440,8 @@ async fn rerank(
 
 /// (index, first score) of every row, best first; ties keep the input order.
 fn ranked(scores: &Scores) -> Vec<(usize, f32)> {
-    let mut order: Vec<(usize, f32)> = scores.rows().map(|r| r[0]).enumerate().collect();
-    order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    order
+    let hits = scores.rows().map(|r| r[0]).enumerate().collect();
+    crate::eval::ranking::best_first(hits, usize::MAX)
 }
 
 async fn predict(

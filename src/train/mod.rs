@@ -322,10 +322,8 @@ fn rng_for(seed: u64, stream: u64) -> StdRng {
 /// splitmix64 of a (seed, stream) pair, so neighbouring streams are unrelated: the shuffling
 /// seed of an epoch, the dropout seed of a step.
 fn stream_seed(seed: u64, stream: u64) -> u64 {
-    let mut z = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    use crate::ops::dropout::{finalize, GOLDEN};
+    finalize(seed ^ stream.wrapping_mul(GOLDEN))
 }
 
 /// How an epoch is cut into batches.
