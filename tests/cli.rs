@@ -533,3 +533,47 @@ fn quantize_int8_scores_near_f32_in_predict_and_rank() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("supported: int8"), "{err}");
 }
+
+/// `--shard I/N` scores a contiguous block of the rows; three shards' outputs, concatenated in
+/// shard order, are one run's, each line carrying its input line.
+#[test]
+fn three_shards_concatenated_score_as_one_run() {
+    let (dir, g) = golden();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("pairs.jsonl");
+    write_pairs_jsonl(&input, &g);
+    let (model, input) = (dir.to_str().unwrap(), input.to_str().unwrap());
+    let whole = score_lines(&stdout(&crossenc(&["predict", "-m", model, "-i", input])));
+    let (mut scores, mut lines) = (Vec::new(), Vec::new());
+    for i in 0..3 {
+        let out = tmp.path().join(format!("scores-{i}.jsonl"));
+        let shard = format!("{i}/3");
+        let run = crossenc(&[
+            "predict",
+            "-m",
+            model,
+            "-i",
+            input,
+            "--shard",
+            &shard,
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let text = std::fs::read_to_string(&out).unwrap();
+        scores.extend(score_lines(&text));
+        for l in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            lines.push(v["line"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(scores, whole);
+    assert_eq!(lines, (1..=whole.len() as u64).collect::<Vec<_>>());
+    let bad = crossenc(&["predict", "-m", model, "-i", input, "--shard", "3/3"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a shard I/N"));
+}

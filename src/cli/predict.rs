@@ -4,7 +4,7 @@ use serde_json::json;
 use std::io::Write;
 
 use super::ModelArgs;
-use crate::data::{self, Columns, HeaderMode, Table};
+use crate::data::{self, Columns, HeaderMode, Shard, Table};
 
 #[derive(Args)]
 pub struct PredictArgs {
@@ -22,6 +22,15 @@ pub struct PredictArgs {
     /// Print raw logits instead of activated scores.
     #[arg(long)]
     raw: bool,
+    /// Score only shard I of N (0-based; a contiguous block of the rows), each output line
+    /// with its input `line`: N copies (a Kubernetes Indexed Job, a Slurm array) cover the
+    /// input, and their outputs concatenated in shard order are one run's.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<Shard>,
+    /// Write the scores to this file (replaced whole, so a retried shard never leaves half a
+    /// file) instead of standard output.
+    #[arg(long, short)]
+    output: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
@@ -51,9 +60,14 @@ pub fn run(args: PredictArgs) -> Result<()> {
         label: None,
         label_names: None,
     };
-    let table = Table::read(&args.input, args.header.into(), &cols.names())?;
+    let mut table = Table::read(&args.input, args.header.into(), &cols.names())?;
     if let Some(note) = &table.note {
         eprintln!("{note}");
+    }
+    if let Some(shard) = args.shard {
+        let keep = shard.range(table.rows.len());
+        table.rows.truncate(keep.end);
+        table.rows.drain(..keep.start);
     }
     let pairs = data::read_pairs(&table, &cols)?;
     let ce = args.model.load()?;
@@ -63,9 +77,9 @@ pub fn run(args: PredictArgs) -> Result<()> {
         ce.predict(&pairs)?
     };
     let labels = &ce.config.id2label;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for row in scores.rows() {
-        let line = if row.len() == 1 {
+    let mut out = Vec::new();
+    for (row, input) in scores.rows().zip(&table.rows) {
+        let mut line = if row.len() == 1 {
             json!({ "score": row[0] })
         } else {
             let best = (0..row.len())
@@ -73,8 +87,18 @@ pub fn run(args: PredictArgs) -> Result<()> {
                 .unwrap_or(0);
             json!({ "scores": row, "label": labels[best] })
         };
+        if args.shard.is_some() {
+            line["line"] = json!(input.line);
+        }
         writeln!(out, "{line}")?;
     }
-    out.flush()?;
+    match &args.output {
+        Some(path) => crate::model::cross_encoder::write_atomic(path, &out)?,
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(&out)?;
+            stdout.flush()?;
+        }
+    }
     Ok(())
 }

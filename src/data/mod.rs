@@ -55,6 +55,37 @@ pub fn read_pairs(table: &Table, cols: &Columns) -> Result<Vec<(String, String)>
         .collect()
 }
 
+/// Shard `index` of `count` (`--shard I/N`): a contiguous block of the rows, so that the
+/// shards' outputs concatenated in shard order are one run's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("\"{s}\" is not a shard I/N (0 <= I < N, as 0/3, 1/3, 2/3)");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (
+            i.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl Shard {
+    /// This shard's rows of `n`: sizes differ by at most one.
+    pub fn range(self, n: usize) -> std::ops::Range<usize> {
+        self.index * n / self.count..(self.index + 1) * n / self.count
+    }
+}
+
 /// A labelled pair; `line` points back into the source file for error messages.
 #[derive(Debug, Clone)]
 pub struct Example {
