@@ -483,6 +483,8 @@ pub fn check_labels(loss: LossKind, examples: &[Example]) -> Result<()> {
     Ok(())
 }
 
+/// Trains `ce` on `train` as `cfg` says, evaluating on `dev`, into the model folder `output`:
+/// a loop of named steps (`Run::step`, `log`, `evaluate_and_save`, `finish`).
 pub fn train(
     ce: &mut CrossEncoder,
     train: &[Example],
@@ -491,6 +493,21 @@ pub fn train(
     output: &Path,
     mode: OutputMode,
 ) -> Result<Summary> {
+    check(ce, train, cfg)?;
+    prepare_output(output, mode)?;
+    // The saved model predicts as the loss trained it to.
+    ce.activation = cfg.loss.activation();
+    let mut run = Run::start(ce, train, cfg, output, mode)?;
+    while run.st.step < run.last_step {
+        let lr = run.step(ce)?;
+        run.log(lr)?;
+        run.evaluate_and_save(ce, dev)?;
+    }
+    run.finish(ce, dev)
+}
+
+/// The rules a training run must meet before anything is written.
+fn check(ce: &CrossEncoder, train: &[Example], cfg: &TrainConfig) -> Result<()> {
     if cfg.batch_size == 0 || cfg.grad_accum == 0 || cfg.epochs == 0 {
         bail!("batch size, gradient accumulation and epochs must be at least 1");
     }
@@ -524,130 +541,202 @@ pub fn train(
             g - 1
         );
     }
-    prepare_output(output, mode)?;
-    // The saved model predicts as the loss trained it to.
-    ce.activation = cfg.loss.activation();
-    let start = Instant::now();
-    let pairs: Vec<(&str, &str)> = train.iter().map(|e| (e.a.as_str(), e.b.as_str())).collect();
-    let encodings = ce.tokenizer.encode_pairs(&pairs)?;
-    let labels: Vec<f32> = train.iter().map(|e| e.label as f32).collect();
-    // A training item is one pair, or one query's list of pairs (its length: the longest).
-    let items = train.len() / g;
-    let lengths: Vec<usize> = encodings
-        .chunks(g)
-        .map(|list| list.iter().map(Encoding::len).max().unwrap_or(0))
-        .collect();
+    Ok(())
+}
 
-    let micro_per_epoch = items.div_ceil(cfg.batch_size);
-    let steps_per_epoch = micro_per_epoch.div_ceil(cfg.grad_accum);
-    let total_steps = steps_per_epoch * cfg.epochs;
-    let warmup = cfg
-        .warmup_steps
-        .unwrap_or((cfg.warmup_ratio * total_steps as f64).ceil() as usize);
-    let schedule = LinearSchedule {
-        peak: cfg.lr,
-        warmup_steps: warmup,
-        total_steps,
-    };
-    let last_step = cfg.max_steps.unwrap_or(total_steps).min(total_steps);
+/// A training run in progress: the tokenized data, the schedule, the optimizer and the
+/// trainer state, and what has been logged and kept.
+struct Run<'a> {
+    cfg: &'a TrainConfig,
+    output: &'a Path,
+    started: Instant,
+    encodings: Vec<Encoding>,
+    labels: Vec<f32>,
+    /// Pairs per training item: 1, or a query's list.
+    list_size: usize,
+    /// Each item's length (a list's: its longest pair), for length-grouped batches.
+    lengths: Vec<usize>,
+    steps_per_epoch: usize,
+    last_step: usize,
+    schedule: LinearSchedule,
+    t: Trainable,
+    st: TrainerState,
+    log: MetricsLog,
+    /// The current epoch's micro-batches (item indices).
+    epoch: Option<(usize, Vec<Vec<usize>>)>,
+    /// Step losses since the last log line.
+    losses: Vec<f64>,
+    best: Option<(usize, Metrics)>,
+    last_metrics: Option<Metrics>,
+}
 
-    let mut t = Trainable::new(ce, cfg.adamw)?;
-    let mut st = TrainerState {
-        step: 0,
-        total_steps,
-        seed: cfg.seed,
-        train_examples: items,
-        best_metric: None,
-        best_step: None,
-        schedule: Some(state::Schedule {
-            lr: cfg.lr,
+impl<'a> Run<'a> {
+    /// Tokenizes the data, sets up the schedule and optimizer, and restores the latest
+    /// checkpoint when resuming.
+    fn start(
+        ce: &mut CrossEncoder,
+        train: &[Example],
+        cfg: &'a TrainConfig,
+        output: &'a Path,
+        mode: OutputMode,
+    ) -> Result<Self> {
+        let started = Instant::now();
+        let g = cfg.list_size.max(1);
+        let pairs: Vec<(&str, &str)> = train.iter().map(|e| (e.a.as_str(), e.b.as_str())).collect();
+        let encodings = ce.tokenizer.encode_pairs(&pairs)?;
+        let labels: Vec<f32> = train.iter().map(|e| e.label as f32).collect();
+        // A training item is one pair, or one query's list of pairs (its length: the longest).
+        let items = train.len() / g;
+        let lengths: Vec<usize> = encodings
+            .chunks(g)
+            .map(|list| list.iter().map(Encoding::len).max().unwrap_or(0))
+            .collect();
+        let micro_per_epoch = items.div_ceil(cfg.batch_size);
+        let steps_per_epoch = micro_per_epoch.div_ceil(cfg.grad_accum);
+        let total_steps = steps_per_epoch * cfg.epochs;
+        let warmup = cfg
+            .warmup_steps
+            .unwrap_or((cfg.warmup_ratio * total_steps as f64).ceil() as usize);
+        let schedule = LinearSchedule {
+            peak: cfg.lr,
             warmup_steps: warmup,
-            batch_size: cfg.batch_size,
-            grad_accum: cfg.grad_accum,
-        }),
-    };
-    let mut resumed_from = None;
-    if mode == OutputMode::Resume {
-        if let Some(saved) = state::restore_latest(output, &mut ce.model.weights, &mut t.opt)? {
-            saved.check_resumable(&st, output)?;
-            resumed_from = Some(saved.step);
-            st = saved;
+            total_steps,
+        };
+        let mut t = Trainable::new(ce, cfg.adamw)?;
+        let mut st = TrainerState {
+            step: 0,
+            total_steps,
+            seed: cfg.seed,
+            train_examples: items,
+            best_metric: None,
+            best_step: None,
+            schedule: Some(state::Schedule {
+                lr: cfg.lr,
+                warmup_steps: warmup,
+                batch_size: cfg.batch_size,
+                grad_accum: cfg.grad_accum,
+            }),
+        };
+        let mut resumed_from = None;
+        if mode == OutputMode::Resume {
+            if let Some(saved) = state::restore_latest(output, &mut ce.model.weights, &mut t.opt)? {
+                saved.check_resumable(&st, output)?;
+                resumed_from = Some(saved.step);
+                st = saved;
+            }
         }
-    }
-    let mut log = MetricsLog::open(output, resumed_from)?;
-    let progress = &*cfg.progress;
-    progress.start(last_step as u64, st.step as u64);
-    let report = |line: String| progress.report(&line);
-    if let Some(step) = resumed_from {
-        report(format!("resumed from step {step} of {total_steps}"));
+        let log = MetricsLog::open(output, resumed_from)?;
+        let last_step = cfg.max_steps.unwrap_or(total_steps).min(total_steps);
+        cfg.progress.start(last_step as u64, st.step as u64);
+        if let Some(step) = resumed_from {
+            cfg.progress
+                .report(&format!("resumed from step {step} of {total_steps}"));
+        }
+        Ok(Run {
+            cfg,
+            output,
+            started,
+            encodings,
+            labels,
+            list_size: g,
+            lengths,
+            steps_per_epoch,
+            last_step,
+            schedule,
+            t,
+            st,
+            log,
+            epoch: None,
+            losses: Vec::new(),
+            best: None,
+            last_metrics: None,
+        })
     }
 
-    let mut best = None;
-    let mut last_metrics = None;
-    let mut epoch_cache: Option<(usize, Vec<Vec<usize>>)> = None;
-    let (mut loss_sum, mut loss_n) = (0.0f64, 0usize);
-    while st.step < last_step {
-        let epoch = st.step / steps_per_epoch;
-        let in_epoch = st.step % steps_per_epoch;
-        if epoch_cache.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            epoch_cache = Some((
-                epoch,
-                epoch_batches(&lengths, cfg.batch_size, cfg.batching, cfg.seed, epoch),
-            ));
+    /// The micro-batches of the next step: `grad_accum` batches of the current epoch's order.
+    fn micro_batches(&mut self) -> Vec<Vec<usize>> {
+        let cfg = self.cfg;
+        let epoch = self.st.step / self.steps_per_epoch;
+        let in_epoch = self.st.step % self.steps_per_epoch;
+        if self.epoch.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            let batches =
+                epoch_batches(&self.lengths, cfg.batch_size, cfg.batching, cfg.seed, epoch);
+            self.epoch = Some((epoch, batches));
         }
-        let batches = &epoch_cache.as_ref().expect("set above").1;
-        let micro = &batches
-            [in_epoch * cfg.grad_accum..((in_epoch + 1) * cfg.grad_accum).min(batches.len())];
-        let step_seed = cfg.dropout.then(|| stream_seed(cfg.seed, st.step as u64));
-        let mut step_loss = 0.0;
+        let batches = &self.epoch.as_ref().expect("set above").1;
+        let from = in_epoch * cfg.grad_accum;
+        batches[from..(from + cfg.grad_accum).min(batches.len())].to_vec()
+    }
+
+    /// One optimizer step over its micro-batches; returns its learning rate.
+    fn step(&mut self, ce: &mut CrossEncoder) -> Result<f64> {
+        let (cfg, g) = (self.cfg, self.list_size);
+        let micro = self.micro_batches();
+        let step_seed = cfg
+            .dropout
+            .then(|| stream_seed(cfg.seed, self.st.step as u64));
         let objective = Objective {
             loss: cfg.loss,
             list_size: g,
         };
+        let mut step_loss = 0.0;
         for (k, idx) in micro.iter().enumerate() {
             let pairs: Vec<usize> = idx.iter().flat_map(|&i| i * g..(i + 1) * g).collect();
-            let enc: Vec<&Encoding> = pairs.iter().map(|&i| &encodings[i]).collect();
-            let lab: Vec<f32> = pairs.iter().map(|&i| labels[i]).collect();
+            let enc: Vec<&Encoding> = pairs.iter().map(|&i| &self.encodings[i]).collect();
+            let lab: Vec<f32> = pairs.iter().map(|&i| self.labels[i]).collect();
             let w = 1.0 / micro.len() as f32;
             let seed = step_seed.map(|s| stream_seed(s, k as u64));
-            let l = t.accumulate(ce, &enc, &lab, objective, seed, w)?;
+            let l = self.t.accumulate(ce, &enc, &lab, objective, seed, w)?;
             if !l.is_finite() {
                 bail!(
                     "the loss became {l} at step {}: lower --lr or check the labels",
-                    st.step
+                    self.st.step
                 );
             }
             step_loss += (l * w) as f64;
         }
-        let lr = schedule.lr(st.step);
-        t.step(ce, lr, cfg.max_grad_norm);
-        st.step += 1;
-        loss_sum += step_loss;
-        loss_n += 1;
-        let epoch_f = st.step as f64 / steps_per_epoch as f64;
-        progress.update(
-            st.step as u64,
-            &format!("epoch {epoch_f:.2}  loss {step_loss:.4}  lr {lr:.2e}"),
+        let lr = self.schedule.lr(self.st.step);
+        self.t.step(ce, lr, cfg.max_grad_norm);
+        self.st.step += 1;
+        self.losses.push(step_loss);
+        let epoch = self.st.step as f64 / self.steps_per_epoch as f64;
+        cfg.progress.update(
+            self.st.step as u64,
+            &format!("epoch {epoch:.2}  loss {step_loss:.4}  lr {lr:.2e}"),
         );
-        if st.step.is_multiple_of(cfg.log_steps.max(1)) || st.step == last_step {
-            let avg = loss_sum / loss_n.max(1) as f64;
-            let secs = start.elapsed().as_secs_f64();
-            log.write(
-                json!({"step": st.step, "epoch": epoch_f, "loss": avg, "lr": lr, "seconds": secs}),
-            )?;
-            progress.log(&format!(
-                "step {}/{last_step}  epoch {epoch_f:.2}  loss {avg:.4}  lr {lr:.2e}  {secs:.0}s",
-                st.step
-            ));
-            (loss_sum, loss_n) = (0.0, 0);
+        Ok(lr)
+    }
+
+    /// Every `log_steps` steps and at the end: the mean loss since the last line, to
+    /// metrics.jsonl and the progress.
+    fn log(&mut self, lr: f64) -> Result<()> {
+        let step = self.st.step;
+        if !(step.is_multiple_of(self.cfg.log_steps.max(1)) || step == self.last_step) {
+            return Ok(());
         }
-        let epoch_end = st.step.is_multiple_of(steps_per_epoch);
-        let eval_now = epoch_end
-            || st.step == last_step
-            || cfg.eval_steps.is_some_and(|n| st.step.is_multiple_of(n));
-        let save_now = cfg.save_steps.is_some_and(|n| st.step.is_multiple_of(n));
-        if (eval_now && dev.is_some()) || save_now || st.step == last_step {
-            t.flush(ce);
+        let avg = self.losses.iter().sum::<f64>() / self.losses.len().max(1) as f64;
+        self.losses.clear();
+        let epoch = step as f64 / self.steps_per_epoch as f64;
+        let secs = self.started.elapsed().as_secs_f64();
+        self.log
+            .write(json!({"step": step, "epoch": epoch, "loss": avg, "lr": lr, "seconds": secs}))?;
+        self.cfg.progress.log(&format!(
+            "step {step}/{}  epoch {epoch:.2}  loss {avg:.4}  lr {lr:.2e}  {secs:.0}s",
+            self.last_step
+        ));
+        Ok(())
+    }
+
+    /// At an epoch's end, every `eval_steps` and at the end: evaluates on `dev` and saves the
+    /// model when it is the best so far; every `save_steps`: a checkpoint to resume from.
+    fn evaluate_and_save(&mut self, ce: &mut CrossEncoder, dev: Option<&[Example]>) -> Result<()> {
+        let (cfg, step) = (self.cfg, self.st.step);
+        let eval_now = step.is_multiple_of(self.steps_per_epoch)
+            || step == self.last_step
+            || cfg.eval_steps.is_some_and(|n| step.is_multiple_of(n));
+        let save_now = cfg.save_steps.is_some_and(|n| step.is_multiple_of(n));
+        if (eval_now && dev.is_some()) || save_now || step == self.last_step {
+            self.t.flush(ce);
         }
         if let (true, Some(dev)) = (eval_now, dev) {
             let m = eval::pair_metrics(ce, cfg.task, dev)?;
@@ -658,45 +747,57 @@ pub fn train(
                     m.keys().cloned().collect::<Vec<_>>().join(", ")
                 )
             })?;
-            let secs = start.elapsed().as_secs_f64();
-            log.write(json!({"step": st.step, "epoch": epoch_f, "eval": m, "seconds": secs}))?;
-            report(format!("eval at step {}: {}", st.step, eval::format(&m)));
-            if st.best_metric.is_none_or(|b| value > b) {
-                st.best_metric = Some(value);
-                st.best_step = Some(st.step);
-                ce.save(output)?;
-                best = Some((st.step, m.clone()));
+            let epoch = step as f64 / self.steps_per_epoch as f64;
+            let secs = self.started.elapsed().as_secs_f64();
+            self.log
+                .write(json!({"step": step, "epoch": epoch, "eval": m, "seconds": secs}))?;
+            cfg.progress
+                .report(&format!("eval at step {step}: {}", eval::format(&m)));
+            if self.st.best_metric.is_none_or(|b| value > b) {
+                self.st.best_metric = Some(value);
+                self.st.best_step = Some(step);
+                ce.save(self.output)?;
+                self.best = Some((step, m.clone()));
             }
-            last_metrics = Some(m);
+            self.last_metrics = Some(m);
         }
-        if save_now && st.step < last_step {
-            state::save(output, &st, &ce.model.weights, &t.opt, cfg.keep_checkpoints)?;
+        if save_now && step < self.last_step {
+            let keep = cfg.keep_checkpoints;
+            state::save(self.output, &self.st, &ce.model.weights, &self.t.opt, keep)?;
         }
+        Ok(())
     }
-    progress.finish();
-    if dev.is_none() {
-        ce.save(output)?;
-    } else if best.is_none() {
-        // Resumed after the best model was already saved: report what the checkpoint recorded.
-        best = st
-            .best_step
-            .zip(st.best_metric)
-            .map(|(s, v)| (s, Metrics::from([(cfg.metric.clone(), v)])));
+
+    /// Saves the model (without a dev set), or reloads the best one kept, and draws the
+    /// training curves.
+    fn finish(mut self, ce: &mut CrossEncoder, dev: Option<&[Example]>) -> Result<Summary> {
+        let cfg = self.cfg;
+        cfg.progress.finish();
+        if dev.is_none() {
+            ce.save(self.output)?;
+        } else if self.best.is_none() {
+            // Resumed after the best model was already saved: report what the checkpoint
+            // recorded.
+            self.best = self
+                .st
+                .best_step
+                .zip(self.st.best_metric)
+                .map(|(s, v)| (s, Metrics::from([(cfg.metric.clone(), v)])));
+        }
+        if let Some((best_step, _)) = self.best.as_ref().filter(|(s, _)| *s != self.st.step) {
+            // The weights in memory are the last step's; the output folder holds the best ones.
+            cfg.progress.report(&format!(
+                "best {} at step {best_step}; reloading it",
+                cfg.metric
+            ));
+            ce.reload_weights(self.output)?;
+        }
+        plot::write_training_svg(self.output)?;
+        Ok(Summary {
+            steps: self.st.step,
+            best: self.best,
+            last: self.last_metrics,
+            seconds: self.started.elapsed().as_secs_f64(),
+        })
     }
-    if best.as_ref().is_some_and(|(s, _)| *s != st.step) {
-        // The weights in memory are the last step's; the output folder holds the best ones.
-        report(format!(
-            "best {} at step {}; reloading it",
-            cfg.metric,
-            best.as_ref().map_or(0, |b| b.0)
-        ));
-        ce.reload_weights(output)?;
-    }
-    plot::write_training_svg(output)?;
-    Ok(Summary {
-        steps: st.step,
-        best,
-        last: last_metrics,
-        seconds: start.elapsed().as_secs_f64(),
-    })
 }
