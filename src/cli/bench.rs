@@ -67,13 +67,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let mut ce = load()?;
     ce.batch_size = args.eval_batch_size;
+    let (infer, infer_profile) = profiled_inference(&ce, &test)?;
     crate::ops::profile::enable(true);
-    let infer = bench::inference(&ce, &test, 3)?;
-    // Warm-up and three passes over the test set: a third of the table is one pass.
-    let infer_profile: Vec<_> = crate::ops::profile::take()
-        .into_iter()
-        .map(|(name, secs, calls)| (name, secs / 3.0, calls))
-        .collect();
     let train_b = bench::train_steps(&mut ce, &train, args.batch_size, args.steps)?;
     let profile = crate::ops::profile::take();
     crate::ops::profile::enable(false);
@@ -89,13 +84,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let started = std::time::Instant::now();
     int8.model.quantize();
     let quantize_s = started.elapsed().as_secs_f64();
-    crate::ops::profile::enable(true);
-    let infer_int8 = bench::inference(&int8, &test, 3)?;
-    let int8_profile: Vec<_> = crate::ops::profile::take()
-        .into_iter()
-        .map(|(name, secs, calls)| (name, secs / 3.0, calls))
-        .collect();
-    crate::ops::profile::enable(false);
+    let (infer_int8, int8_profile) = profiled_inference(&int8, &test)?;
     drop(int8);
     let mut report = json!({
         "model": args.model, "threads": threads, "cpu": cpu_name(), "commit": commit(),
@@ -152,6 +141,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Scoring throughput over `test` (the best of three passes after a warm-up) and its per-op
+/// table for one pass.
+fn profiled_inference(
+    ce: &CrossEncoder,
+    test: &[crate::data::Example],
+) -> Result<(bench::InferBench, Vec<(&'static str, f64, usize)>)> {
+    crate::ops::profile::enable(true);
+    let infer = bench::inference(ce, test, 3);
+    // Warm-up and three passes over the test set: a third of the table is one pass.
+    let profile = crate::ops::profile::take()
+        .into_iter()
+        .map(|(name, secs, calls)| (name, secs / 3.0, calls))
+        .collect();
+    crate::ops::profile::enable(false);
+    Ok((infer?, profile))
 }
 
 /// Per-op time, ms per step (per pass), largest first, as a Markdown table on stderr.
