@@ -148,7 +148,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 fn profiled_inference(
     ce: &CrossEncoder,
     test: &[crate::data::Example],
-) -> Result<(bench::InferBench, Vec<(&'static str, f64, usize)>)> {
+) -> Result<(bench::InferBench, crate::ops::profile::Rows)> {
     crate::ops::profile::enable(true);
     let infer = bench::inference(ce, test, 3);
     // Warm-up and three passes over the test set: a third of the table is one pass.

@@ -40,8 +40,11 @@ impl Drop for Span {
     }
 }
 
+/// Rows of the per-op table: name, seconds, calls.
+pub type Rows = Vec<(&'static str, f64, usize)>;
+
 /// The rows gathered so far, clearing them.
-pub fn take() -> Vec<(&'static str, f64, usize)> {
+pub fn take() -> Rows {
     std::mem::take(&mut *TABLE.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
