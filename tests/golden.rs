@@ -294,3 +294,50 @@ fn pytorch_model_bin_loads_with_the_same_logits() {
     let d = max_abs_diff(&ce.model.forward(&batch).unwrap(), &f32s(&g["logits"]));
     assert!(d < 1e-4, "logits from pytorch_model.bin differ by {d}");
 }
+
+/// A bi-encoder whose `1_Pooling/config.json` asks for the [CLS] token embeds as
+/// sentence-transformers does (`tests/fixtures/cls-pooling.json`, written by
+/// `scripts/golden_cls_pooling.py`).
+#[test]
+fn cls_pooling_embeds_as_sentence_transformers() {
+    let Some(minilm) = minilm() else { return };
+    let g = read_json(&require(repo().join("tests/fixtures/cls-pooling.json")));
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&minilm).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::os::unix::fs::symlink(&path, tmp.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::create_dir(tmp.path().join("1_Pooling")).unwrap();
+    std::fs::write(
+        tmp.path().join("1_Pooling/config.json"),
+        r#"{"word_embedding_dimension": 384, "pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}"#,
+    )
+    .unwrap();
+    let max_length = g["max_seq_length"].as_u64().map(|v| v as usize);
+    let bi = crossenc::model::bi_encoder::BiEncoder::load(tmp.path().to_str().unwrap(), max_length)
+        .unwrap();
+    assert_eq!(bi.pooling, crossenc::model::bi_encoder::Pooling::Cls);
+    let texts: Vec<String> = g["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    let got: Vec<f32> = bi
+        .embed(&texts)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let want: Vec<f32> = g["embeddings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| f32s(row))
+        .collect();
+    let d = max_abs_diff(&got, &want);
+    assert!(d < 1e-4, "CLS-pooled embeddings differ by {d}");
+}
