@@ -336,7 +336,7 @@ fn cls_pooling_embeds_as_sentence_transformers() {
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|row| f32s(row))
+        .flat_map(f32s)
         .collect();
     let d = max_abs_diff(&got, &want);
     assert!(d < 1e-4, "CLS-pooled embeddings differ by {d}");
