@@ -4,10 +4,10 @@
 //! over the kernels of `ops`), so the same code predicts and trains; weights, configs and
 //! tokenizers are HuggingFace's formats both ways.
 //!
-//! Cargo features: `cli` (the default; the binary's flags and progress bars, and with it
+//! Cargo features, all on by default: `cli` (the binary's flags and progress bars, and with it
 //! `serve` and `parquet`), `serve` (the HTTP server: axum, tokio), `parquet` (Parquet data
-//! files). A program that only scores or trains depends on crossenc with
-//! `default-features = false`.
+//! files), `hub` (hub ids through hf-hub). A program that only scores or trains local model
+//! folders depends on crossenc with `default-features = false`.
 
 pub mod bench;
 #[cfg(feature = "cli")]

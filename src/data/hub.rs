@@ -1,7 +1,8 @@
 //! `hf://datasets/OWNER/NAME[/PATH]`: dataset files from the hub, through the HF cache.
 
 use anyhow::{bail, Result};
-use hf_hub::{Repo, RepoType};
+
+use crate::hub::RepoKind;
 
 const EXTENSIONS: &[&str] = &["parquet", "csv", "tsv", "jsonl", "json", "ndjson"];
 
@@ -39,11 +40,11 @@ pub fn resolve(spec: &str, split: &str) -> Result<Vec<String>> {
     if parts.len() < 2 || parts[0].is_empty() || parts[1].is_empty() {
         bail!("{spec}: expected hf://datasets/OWNER/NAME[/PATH]");
     }
-    let repo = Repo::new(format!("{}/{}", parts[0], parts[1]), RepoType::Dataset);
+    let repo = format!("{}/{}", parts[0], parts[1]);
     let files: Vec<String> = match parts.get(2) {
         Some(path) if !path.is_empty() => vec![path.to_string()],
         _ => {
-            let mut files: Vec<String> = crate::hub::list_files(&repo)?
+            let mut files: Vec<String> = crate::hub::list_files(&repo, RepoKind::Dataset)?
                 .into_iter()
                 .filter(|f| {
                     EXTENSIONS
@@ -63,7 +64,7 @@ pub fn resolve(spec: &str, split: &str) -> Result<Vec<String>> {
         }
     };
     let names: Vec<&str> = files.iter().map(String::as_str).collect();
-    Ok(crate::hub::fetch_files(&repo, &names)?
+    Ok(crate::hub::fetch_files(&repo, RepoKind::Dataset, &names)?
         .into_iter()
         .map(|p| p.to_string_lossy().into_owned())
         .collect())

@@ -1,13 +1,12 @@
-//! Models and datasets from the Hugging Face hub, through the standard HF cache (`hf-hub`).
-//!
-//! `HF_HOME` and `HF_ENDPOINT` are honoured by hf-hub itself; `HF_HUB_OFFLINE=1` is honoured
-//! here: files then come from the cache only, and a cold cache is an error that says so.
+//! Downloads through `hf-hub` into the standard HF cache (feature `hub`).
 
 use anyhow::{bail, Context, Result};
 use hf_hub::api::sync::{ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+
+use super::{is_offline, RepoKind};
 
 /// Files a model folder needs, and the optional ones fetched when the repository has them.
 const REQUIRED: &[&str] = &["config.json", "tokenizer.json"];
@@ -19,29 +18,17 @@ const OPTIONAL: &[&str] = &[
 ];
 const WEIGHTS: &[&str] = &["model.safetensors", "pytorch_model.bin"];
 
-pub fn is_offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE")
-        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+fn repo(id: &str, kind: RepoKind) -> Repo {
+    let kind = match kind {
+        RepoKind::Model => RepoType::Model,
+        RepoKind::Dataset => RepoType::Dataset,
+    };
+    Repo::new(id.to_string(), kind)
 }
 
-/// A local folder as is, or a hub id (`owner/name`) fetched into the HF cache; returns the
-/// folder that holds the model files.
-pub fn resolve_model(id_or_path: &str) -> Result<PathBuf> {
-    let path = Path::new(id_or_path);
-    if path.is_dir() {
-        return Ok(path.to_path_buf());
-    }
-    if path.exists() {
-        bail!("{id_or_path} is a file; a model is a folder (config.json, tokenizer.json, weights) or a hub id");
-    }
-    let looks_like_path = id_or_path.is_empty()
-        || id_or_path.starts_with(['/', '.', '~'])
-        || id_or_path.split('/').count() > 2
-        || id_or_path.contains('\\');
-    if looks_like_path {
-        bail!("model folder {id_or_path} does not exist");
-    }
-    let repo = Repo::new(id_or_path.to_string(), RepoType::Model);
+/// The cache folder holding model `id`'s files, fetched unless offline.
+pub fn model(id: &str) -> Result<PathBuf> {
+    let repo = repo(id, RepoKind::Model);
     if is_offline() {
         fetch_cached(&repo)
     } else {
@@ -49,8 +36,9 @@ pub fn resolve_model(id_or_path: &str) -> Result<PathBuf> {
     }
 }
 
-/// Fetches files of a hub repository of any type (models, datasets) into the cache.
-pub fn fetch_files(repo: &Repo, files: &[&str]) -> Result<Vec<PathBuf>> {
+/// Fetches files of a hub repository into the cache.
+pub fn files(id: &str, kind: RepoKind, files: &[&str]) -> Result<Vec<PathBuf>> {
+    let repo = &repo(id, kind);
     let cache = Cache::from_env();
     files
         .iter()
@@ -150,7 +138,8 @@ fn fetch_error(repo: &Repo, file: &str, e: ApiError) -> anyhow::Error {
 }
 
 /// The files of a hub repository (its `siblings`), listed through the hub API.
-pub fn list_files(repo: &Repo) -> Result<Vec<String>> {
+pub fn list(id: &str, kind: RepoKind) -> Result<Vec<String>> {
+    let repo = &repo(id, kind);
     if is_offline() {
         bail!(
             "cannot list the files of {} with HF_HUB_OFFLINE set: name the file, as in hf://datasets/OWNER/NAME/PATH",
