@@ -253,14 +253,5 @@ pub fn resized(
     config.embedding_size = hidden;
     config.num_attention_heads = heads;
     config.intermediate_size = inter;
-    Ok(CrossEncoder {
-        model: crate::model::SequenceClassifier::new(&config, &params)?,
-        config,
-        tokenizer: template.tokenizer.clone(),
-        activation: template.activation,
-        source_dir: template.source_dir.clone(),
-        new_head_params: Vec::new(),
-        batch_size: template.batch_size,
-        max_batch_tokens: template.max_batch_tokens,
-    })
+    CrossEncoder::with_params(template, config, &params)
 }

@@ -15,7 +15,7 @@ fn check_family(name: &str, arch: &str) {
     let labels = [1.0f32, 0.0, 0.9, 0.2, 0.5, 0.1, 0.3, 0.52];
     let mut ce = CrossEncoder::load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
     let mut t = Trainable::new(&ce, AdamWConfig::default()).unwrap();
-    let enc = ce.tokenizer.encode_pairs(&pairs).unwrap();
+    let enc = ce.tokenizer().encode_pairs(&pairs).unwrap();
     let batch: Vec<_> = enc.iter().collect();
     let before = t
         .accumulate(&mut ce, &batch, &labels, LossKind::Bce, None, 1.0)
@@ -50,10 +50,10 @@ fn check_family(name: &str, arch: &str) {
     let reloaded =
         CrossEncoder::load(out.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
     assert!(
-        reloaded.new_head_params.is_empty(),
+        reloaded.new_head_params().is_empty(),
         "{name}: head lost on save"
     );
-    assert_eq!(reloaded.activation, ce.activation);
+    assert_eq!(reloaded.activation(), ce.activation());
     let d = max_abs_diff(
         &ce.logits(&pairs).unwrap().values,
         &reloaded.logits(&pairs).unwrap().values,

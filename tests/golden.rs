@@ -15,8 +15,8 @@ fn load(dir: &std::path::Path, max_length: usize) -> CrossEncoder {
 }
 
 fn batch_of(ce: &CrossEncoder, pairs: &[(String, String)]) -> Tokens {
-    let enc = ce.tokenizer.encode_pairs(pairs).unwrap();
-    ce.tokenizer.pack(&enc.iter().collect::<Vec<_>>())
+    let enc = ce.tokenizer().encode_pairs(pairs).unwrap();
+    ce.tokenizer().pack(&enc.iter().collect::<Vec<_>>())
 }
 
 /// Asserts that the packed `got` holds the unpadded rows of the reference's padded `[rows,
@@ -62,25 +62,25 @@ fn check_tiny(name: &str) {
     let g = read_json(&dir.join("golden.json"));
     let ce = load(&dir, g["max_length"].as_u64().unwrap() as usize);
     assert!(
-        ce.new_head_params.is_empty(),
+        ce.new_head_params().is_empty(),
         "{name}: head should come from the checkpoint"
     );
     let pairs = golden_pairs(&g);
     let batch = packed_golden_pairs(&ce, &g, name);
-    let logits = ce.model.forward(&batch).unwrap();
+    let logits = ce.model().forward(&batch).unwrap();
     let d = max_abs_diff(&logits, &f32s(&g["logits"]));
     assert!(d < 1e-4, "{name}: logits differ by {d}");
 
     let expected_act = g["predict_activation"].as_str().unwrap();
     assert!(
-        ce.activation.torch_name().ends_with(expected_act),
+        ce.activation().torch_name().ends_with(expected_act),
         "{name}: activation {:?}, golden {expected_act}",
-        ce.activation
+        ce.activation()
     );
     let want = f32s(&g["predict_scores"]);
     for bs in [1, 3, 8] {
         let mut ce = load(&dir, 48);
-        ce.batch_size = bs;
+        ce.set_batch_size(bs);
         let got = ce.predict(&pairs).unwrap().values;
         let d = max_abs_diff(&got, &want);
         assert!(
@@ -120,7 +120,7 @@ fn int8_scores_are_as_close_to_f32_as_onnx_runtime_int8() {
         for bs in [1, 8] {
             let mut ce = CrossEncoder::load(dir.to_str().unwrap(), &opts).unwrap();
             assert_eq!(ce.quantization(), Some(Quantization::Int8));
-            ce.batch_size = bs;
+            ce.set_batch_size(bs);
             errors.push(max_abs_diff(&ce.predict(&pairs).unwrap().values, &want));
         }
         let ce = CrossEncoder::load(dir.to_str().unwrap(), &opts).unwrap();
@@ -156,9 +156,9 @@ fn int8_minilm_hidden_state_keeps_its_direction() {
     };
     let ce = CrossEncoder::load(dir.to_str().unwrap(), &opts).unwrap();
     let batch = packed_golden_pairs(&ce, &g, "minilm");
-    let hidden = ce.model.encode(&batch).unwrap();
-    let cls = crossenc::model::first_tokens(&hidden, &batch, ce.config.hidden_size);
-    let h = ce.config.hidden_size;
+    let hidden = ce.model().encode(&batch).unwrap();
+    let cls = crossenc::model::first_tokens(&hidden, &batch, ce.config().hidden_size);
+    let h = ce.config().hidden_size;
     for (i, (got, want)) in cls
         .chunks(h)
         .zip(f32s(&g["cls_hidden"]).chunks(h))
@@ -221,7 +221,7 @@ fn minilm_hidden_state_and_pooler() {
     let ce = load(&dir, g["max_length"].as_u64().unwrap() as usize);
     // A bare BertModel: the encoder and pooler come from the checkpoint, the classifier is new.
     assert_eq!(
-        ce.new_head_params,
+        ce.new_head_params(),
         vec![
             "classifier.weight".to_string(),
             "classifier.bias".to_string()
@@ -232,11 +232,11 @@ fn minilm_hidden_state_and_pooler() {
         batch.token_type_ids.is_some(),
         "BERT's tokenizer returns token types"
     );
-    let hidden = ce.model.encode(&batch).unwrap();
-    let cls = crossenc::model::first_tokens(&hidden, &batch, ce.config.hidden_size);
+    let hidden = ce.model().encode(&batch).unwrap();
+    let cls = crossenc::model::first_tokens(&hidden, &batch, ce.config().hidden_size);
     let d = max_abs_diff(&cls, &f32s(&g["cls_hidden"]));
     assert!(d < 1e-4, "[CLS] hidden state differs by {d}");
-    let pooled = ce.model.pooler(&cls).unwrap();
+    let pooled = ce.model().pooler(&cls).unwrap();
     let d = max_abs_diff(&pooled, &f32s(&g["pooled"]));
     assert!(d < 1e-4, "pooler output differs by {d}");
 }
@@ -289,9 +289,9 @@ fn pytorch_model_bin_loads_with_the_same_logits() {
     let bin = require(repo().join("tests/fixtures/tiny-bert/pytorch_model.bin"));
     std::fs::copy(bin, tmp.path().join("pytorch_model.bin")).unwrap();
     let ce = load(tmp.path(), g["max_length"].as_u64().unwrap() as usize);
-    assert!(ce.new_head_params.is_empty());
+    assert!(ce.new_head_params().is_empty());
     let batch = packed_golden_pairs(&ce, &g, "tiny-bert (.bin)");
-    let d = max_abs_diff(&ce.model.forward(&batch).unwrap(), &f32s(&g["logits"]));
+    let d = max_abs_diff(&ce.model().forward(&batch).unwrap(), &f32s(&g["logits"]));
     assert!(d < 1e-4, "logits from pytorch_model.bin differ by {d}");
 }
 

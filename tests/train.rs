@@ -72,7 +72,7 @@ fn a_few_steps_on_stsb_lower_the_loss_and_the_saved_model_reloads() {
     let in_memory = ce.predict(&pairs).unwrap();
     let reloaded =
         CrossEncoder::load(out.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
-    assert!(reloaded.new_head_params.is_empty());
+    assert!(reloaded.new_head_params().is_empty());
     assert!(max_abs_diff(&in_memory.values, &reloaded.predict(&pairs).unwrap().values) < 1e-6);
     for f in [
         "config.json",
@@ -556,8 +556,8 @@ fn bench_resizes_a_template_to_another_model_size() -> anyhow::Result<()> {
     )?;
     let (layers, hidden, heads, inter) = (3, 48, 4, 96);
     let big = crossenc::bench::resized(&tiny, (layers, hidden, heads, inter))?;
-    assert_eq!(big.config.num_hidden_layers, layers);
-    let w = &big.model.weights;
+    assert_eq!(big.config().num_hidden_layers, layers);
+    let w = &big.model().weights;
     let q = "bert.encoder.layer.2.attention.self.query.weight";
     assert_eq!(w.get(q).map(|v| v.len()), Some(hidden * hidden));
     let ffn = "bert.encoder.layer.2.intermediate.dense.weight";
@@ -788,7 +788,7 @@ fn the_library_saves_the_activation_its_loss_implies() {
     // used to save Sigmoid: the CLI alone set the activation).
     let examples = stsb_examples(32);
     let mut ce = tiny_bert();
-    assert_eq!(ce.activation, crossenc::Activation::Sigmoid);
+    assert_eq!(ce.activation(), crossenc::Activation::Sigmoid);
     let cfg = TrainConfig {
         loss: LossKind::Mse,
         max_steps: Some(2),
@@ -809,7 +809,7 @@ fn the_library_saves_the_activation_its_loss_implies() {
     assert_eq!(saved["activation_fn"], "torch.nn.modules.linear.Identity");
     let reloaded =
         CrossEncoder::load(out.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
-    assert_eq!(reloaded.activation, crossenc::Activation::Identity);
+    assert_eq!(reloaded.activation(), crossenc::Activation::Identity);
     // A listwise loss belongs to re-ranking, through the library too.
     let cfg = TrainConfig {
         loss: LossKind::Listnet,
@@ -880,7 +880,7 @@ fn one_batch_of_16_equals_two_accumulated_batches_of_8() {
     // (first step's gradients, weights after three steps), by name.
     let run = |parts: &[(usize, usize)]| {
         let mut ce = tiny_bert();
-        let enc = ce.tokenizer.encode_pairs(&pairs).unwrap();
+        let enc = ce.tokenizer().encode_pairs(&pairs).unwrap();
         let mut t = Trainable::new(&ce, AdamWConfig::default()).unwrap();
         let mut first = Vec::new();
         for step in 0..3 {
@@ -897,7 +897,7 @@ fn one_batch_of_16_equals_two_accumulated_batches_of_8() {
             t.step(&mut ce, 1e-4, 1.0);
         }
         t.flush(&mut ce);
-        let w = &ce.model.weights;
+        let w = &ce.model().weights;
         let weights: Vec<(String, Vec<f32>)> = w
             .entries()
             .iter()

@@ -30,7 +30,7 @@ fn one_step_matches_pytorch() {
     };
     let mut t = Trainable::new(&ce, adamw).unwrap();
     let pairs = golden_pairs(&g);
-    let enc = ce.tokenizer.encode_pairs(&pairs).unwrap();
+    let enc = ce.tokenizer().encode_pairs(&pairs).unwrap();
     let labels = f32s(&g["labels"]);
     let batch: Vec<_> = enc.iter().collect();
     let loss = t
@@ -79,11 +79,11 @@ fn one_step_matches_pytorch() {
         "grad norm {norm}"
     );
     let got = ce
-        .model
+        .model()
         .weights
         .entries()
         .iter()
-        .map(|e| (e.name.clone(), e.hf_values(&ce.model.weights.data)))
+        .map(|e| (e.name.clone(), e.hf_values(&ce.model().weights.data)))
         .collect();
     let want = load(&shared("golden/train-step/params_after_step.safetensors"));
     assert_params_match(&got, &want, o["lr"].as_f64().unwrap() as f32, "the step");

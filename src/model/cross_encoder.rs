@@ -146,22 +146,68 @@ impl Default for LoadOptions {
     }
 }
 
+/// A cross-encoder: sentence-transformers' `CrossEncoder`. Built by [`CrossEncoder::load`]
+/// (or [`CrossEncoder::with_params`]); read through its accessors. The crate's own modules (the
+/// trainer, the server) reach its fields directly.
 pub struct CrossEncoder {
-    pub config: Config,
-    pub tokenizer: PairTokenizer,
+    pub(crate) config: Config,
+    pub(crate) tokenizer: PairTokenizer,
     /// The engine, which owns the weights.
-    pub model: SequenceClassifier,
-    pub activation: Activation,
+    pub(crate) model: SequenceClassifier,
+    pub(crate) activation: Activation,
     /// The folder the model was read from (tokenizer files are copied from it on save).
-    pub source_dir: PathBuf,
+    pub(crate) source_dir: PathBuf,
     /// Head parameters created at load time (empty for a complete cross-encoder).
-    pub new_head_params: Vec<String>,
-    pub batch_size: usize,
+    pub(crate) new_head_params: Vec<String>,
+    pub(crate) batch_size: usize,
     /// Most tokens in one forward pass, counted as if padded to the batch's longest pair.
-    pub max_batch_tokens: usize,
+    pub(crate) max_batch_tokens: usize,
 }
 
 impl CrossEncoder {
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn tokenizer(&self) -> &PairTokenizer {
+        &self.tokenizer
+    }
+
+    /// The encoder and head, and their weights.
+    pub fn model(&self) -> &SequenceClassifier {
+        &self.model
+    }
+
+    /// The function `predict` applies to the logits.
+    pub fn activation(&self) -> Activation {
+        self.activation
+    }
+
+    /// Head parameters created at load time (empty for a complete cross-encoder).
+    pub fn new_head_params(&self) -> &[String] {
+        &self.new_head_params
+    }
+
+    /// Pairs per forward pass when scoring (default 32; at least 1).
+    pub fn set_batch_size(&mut self, n: usize) {
+        self.batch_size = n.max(1);
+    }
+
+    /// A model of the same tokenizer, activation and settings as `template` with another
+    /// config and weights (a resized encoder, say).
+    pub fn with_params(template: &CrossEncoder, config: Config, params: &Params) -> Result<Self> {
+        Ok(CrossEncoder {
+            model: SequenceClassifier::new(&config, params)?,
+            config,
+            tokenizer: template.tokenizer.clone(),
+            activation: template.activation,
+            source_dir: template.source_dir.clone(),
+            new_head_params: Vec::new(),
+            batch_size: template.batch_size,
+            max_batch_tokens: template.max_batch_tokens,
+        })
+    }
+
     /// Loads a model folder or hub id with its own settings.
     pub fn from_pretrained(id_or_path: &str) -> Result<Self> {
         Self::load(id_or_path, &LoadOptions::default())
