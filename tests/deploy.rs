@@ -7,7 +7,6 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -104,16 +103,8 @@ fn the_binary_runs_as_the_image_runs_it() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let Some(url) = line.trim().strip_prefix("listening on ") else {
-        let _ = child.kill();
-        let err = child.wait_with_output().unwrap().stderr;
-        panic!("{line:?}: {}", String::from_utf8_lossy(&err));
-    };
     // The HEALTHCHECK's probe, over loopback.
+    let url = listening_url(&mut child);
     let url = url.replace("0.0.0.0", "127.0.0.1");
     let health = ureq::get(&format!("{url}/health")).call().unwrap();
     assert_eq!(health.status(), 200);

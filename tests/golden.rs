@@ -251,12 +251,7 @@ fn minilm_bi_encoder_embeddings() {
         bi.tokenizer.max_length,
         g["max_seq_length"].as_u64().unwrap() as usize
     );
-    let texts: Vec<String> = g["texts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap().to_string())
-        .collect();
+    let texts = strings(&g["texts"]);
     let emb = bi.embed(&texts).unwrap();
     let got = emb.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let d = max_abs_diff(&got, &f32s(&g["embeddings"]));
@@ -319,12 +314,7 @@ fn cls_pooling_embeds_as_sentence_transformers() {
     let bi = crossenc::model::bi_encoder::BiEncoder::load(tmp.path().to_str().unwrap(), max_length)
         .unwrap();
     assert_eq!(bi.pooling, crossenc::model::bi_encoder::Pooling::Cls);
-    let texts: Vec<String> = g["texts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap().to_string())
-        .collect();
+    let texts = strings(&g["texts"]);
     let got: Vec<f32> = bi
         .embed(&texts)
         .unwrap()
@@ -332,12 +322,7 @@ fn cls_pooling_embeds_as_sentence_transformers() {
         .unwrap()
         .to_vec1()
         .unwrap();
-    let want: Vec<f32> = g["embeddings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(f32s)
-        .collect();
+    let want = f32s(&g["embeddings"]);
     let d = max_abs_diff(&got, &want);
     assert!(d < 1e-4, "CLS-pooled embeddings differ by {d}");
 }

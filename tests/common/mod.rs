@@ -133,3 +133,33 @@ pub fn golden_pairs(g: &serde_json::Value) -> Vec<(String, String)> {
         .map(|p| (p[0].as_str().unwrap().into(), p[1].as_str().unwrap().into()))
         .collect()
 }
+
+/// A JSON array of strings.
+pub fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The URL a `crossenc serve` child prints first (`listening on URL`); on anything else, kills
+/// it and fails with what it printed.
+pub fn listening_url(child: &mut std::process::Child) -> String {
+    use std::io::{BufRead, BufReader, Read};
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    match line.trim().strip_prefix("listening on ") {
+        Some(url) => url.to_string(),
+        None => {
+            let _ = child.kill();
+            let mut err = String::new();
+            if let Some(stderr) = child.stderr.as_mut() {
+                let _ = stderr.read_to_string(&mut err);
+            }
+            panic!("unexpected first line {line:?}: {err}")
+        }
+    }
+}
