@@ -573,6 +573,24 @@ fn three_shards_concatenated_score_as_one_run() {
     }
     assert_eq!(scores, whole);
     assert_eq!(lines, (1..=whole.len() as u64).collect::<Vec<_>>());
+    // More shards than rows: the empty ones write empty files.
+    let one = tmp.path().join("one.jsonl");
+    std::fs::write(&one, "{\"a\": \"x\", \"b\": \"y\"}\n").unwrap();
+    let one = one.to_str().unwrap();
+    for (shard, lines) in [("0/3", 0), ("2/3", 1)] {
+        let out = tmp.path().join("one-scores.jsonl");
+        let o = out.to_str().unwrap();
+        let run = crossenc(&["predict", "-m", model, "-i", one, "--shard", shard, "-o", o]);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap().lines().count(),
+            lines
+        );
+    }
     let bad = crossenc(&["predict", "-m", model, "-i", input, "--shard", "3/3"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a shard I/N"));

@@ -51,7 +51,7 @@ impl From<Header> for HeaderMode {
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
-    let cols = Columns {
+    let mut cols = Columns {
         texts: args
             .text_cols
             .as_deref()
@@ -65,6 +65,10 @@ pub fn run(args: PredictArgs) -> Result<()> {
         eprintln!("{note}");
     }
     if let Some(shard) = args.shard {
+        // The columns come from the whole file, so that every shard (even an empty one) reads
+        // the same ones.
+        let (a, b) = table.text_columns(&cols)?;
+        cols.texts = Some((table.columns[a].clone(), table.columns[b].clone()));
         let keep = shard.range(table.rows.len());
         table.rows.truncate(keep.end);
         table.rows.drain(..keep.start);
