@@ -12,21 +12,14 @@ use std::sync::Arc;
 
 use super::{ranked, score, ApiError, AppState, JsonBody};
 
-/// A document: a string, or (v1) an object whose `text` is scored.
-#[derive(Deserialize)]
-#[serde(untagged)]
-pub(super) enum Document {
-    Text(String),
-    Object(serde_json::Map<String, serde_json::Value>),
-}
-
 /// Cohere's fields; the others it defines (`model`: the server scores with the model it
 /// loaded; `rank_fields`, `max_chunks_per_doc`, `max_tokens_per_doc`, `priority`) are accepted
 /// and have no effect: crossenc truncates to the model's max length.
 #[derive(Deserialize)]
 pub(super) struct Request {
     query: String,
-    documents: Vec<Document>,
+    /// Strings, or (v1) objects whose `text` is scored.
+    documents: Vec<serde_json::Value>,
     top_n: Option<usize>,
     return_documents: Option<bool>,
 }
@@ -96,13 +89,16 @@ async fn rerank(
         .iter()
         .enumerate()
         .map(|(i, d)| match d {
-            Document::Text(t) => Ok(t.clone()),
-            Document::Object(o) => match o.get("text") {
+            serde_json::Value::String(t) => Ok(t.clone()),
+            serde_json::Value::Object(o) => match o.get("text") {
                 Some(serde_json::Value::String(t)) => Ok(t.clone()),
                 _ => Err(bad_request(format!(
                     "documents[{i}] has no string field `text`"
                 ))),
             },
+            _ => Err(bad_request(format!(
+                "documents[{i}] must be a string or an object with a string `text`"
+            ))),
         })
         .collect::<Result<Vec<String>, _>>()?;
     let pairs = texts
