@@ -147,6 +147,7 @@ fn cohere_rerank_routes_match_rerank() {
                 json!({ "query": query, "documents": [{ "title": "no text" }] }),
                 400,
             ),
+            (json!({ "query": query, "documents": [1, 2] }), 400),
             (json!({ "query": query }), 422),
         ] {
             let (got, out) = s.post(&route, body);
