@@ -67,7 +67,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
     /// How batches are formed: grouped by length (little padding) or random.
-    #[arg(long, value_enum, default_value = "grouped")]
+    #[arg(long, value_enum, default_value = "random")]
     batching: Batching,
     #[arg(long, default_value_t = 2e-5)]
     lr: f64,

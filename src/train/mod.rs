@@ -126,7 +126,7 @@ impl Default for TrainConfig {
         TrainConfig {
             epochs: 1,
             batch_size: 16,
-            batching: Batching::Grouped,
+            batching: Batching::Random,
             lr: 2e-5,
             adamw: AdamWConfig::default(),
             warmup_steps: None,
