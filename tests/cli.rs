@@ -559,11 +559,7 @@ fn three_shards_concatenated_score_as_one_run() {
             "-o",
             out.to_str().unwrap(),
         ]);
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
+        stdout(&run);
         let text = std::fs::read_to_string(&out).unwrap();
         scores.extend(score_lines(&text));
         for l in text.lines() {
@@ -581,11 +577,7 @@ fn three_shards_concatenated_score_as_one_run() {
         let out = tmp.path().join("one-scores.jsonl");
         let o = out.to_str().unwrap();
         let run = crossenc(&["predict", "-m", model, "-i", one, "--shard", shard, "-o", o]);
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
+        stdout(&run);
         assert_eq!(
             std::fs::read_to_string(&out).unwrap().lines().count(),
             lines

@@ -246,11 +246,7 @@ fn bad_rows_and_out_of_range_labels_are_reported() {
         "mse",
         "-q",
     ]);
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    stdout(&res);
     let st = read_json(&mse_out.join("config_sentence_transformers.json"));
     assert_eq!(st["activation_fn"], "torch.nn.modules.linear.Identity");
     // A label that is not a number, and a row with too few fields.
@@ -324,11 +320,7 @@ fn bad_rows_and_out_of_range_labels_are_reported() {
         "--skip-bad-rows",
         "-q",
     ]);
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    stdout(&res);
     assert!(String::from_utf8_lossy(&res.stderr).contains("skipped 1 bad rows"));
     assert!(out.join("model.safetensors").exists());
 }
@@ -344,11 +336,7 @@ fn eval_prints_correlations_as_json() {
         &stsb("test"),
         "--json",
     ]);
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    stdout(&res);
     let v: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
     for k in ["pearson", "spearman"] {
         let x = v[k].as_f64().unwrap();
@@ -399,12 +387,7 @@ fn a_hub_dataset_trains_through_the_cache() {
         .env_remove("HF_HUB_OFFLINE")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&res.stdout);
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    let stdout = stdout(&res);
     assert!(stdout.contains("32 pairs, dev 16"), "{stdout}");
     assert!(stdout.contains("eval at step 4"), "{stdout}");
     assert!(tmp
@@ -491,11 +474,7 @@ fn parquet_reads_like_the_same_rows_in_csv() {
         parquet.to_str().unwrap(),
         "--json",
     ]);
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    stdout(&res);
 }
 
 #[test]
@@ -514,11 +493,7 @@ fn bench_reports_and_appends_a_row() {
         "--append",
         md.to_str().unwrap(),
     ]);
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    stdout(&res);
     let report: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
     for p in [
         "/train/pairs_per_s",
@@ -710,11 +685,7 @@ fn skip_bad_rows_skips_every_kind_of_bad_row_and_each_is_named_without_it() {
         &["pairs.jsonl line 3: invalid JSON", "--skip-bad-rows"],
     );
     let out = eval(&["--skip-bad-rows"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stdout(&out);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("skipped 3 bad rows"), "{err}");
     // Without the invalid lines, the out-of-range label is named.
@@ -852,12 +823,7 @@ fn the_default_run_trains_on_the_bundled_stsb_without_network() {
         .env("HF_HOME", tmp.path().join("hf"))
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&res.stdout);
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    let stdout = stdout(&res);
     // STS-B's splits as shipped, 0-5 scores mapped into [0, 1], the test split evaluated.
     assert!(stdout.contains("5749 pairs, dev 1500"), "{stdout}");
     assert!(stdout.contains("test: pearson"), "{stdout}");
@@ -951,11 +917,7 @@ fn max_steps_and_eval_steps_set_when_training_stops_and_evaluates() {
             "1",
         ],
     );
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    stdout(&run);
     let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     let rows: Vec<serde_json::Value> = log
         .lines()
