@@ -2,7 +2,7 @@
 //! request waiting (up to a token budget), scores them in one pass and answers each.
 
 use anyhow::Result;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokenizers::Encoding;
 use tokio::sync::{mpsc, oneshot};
@@ -30,17 +30,19 @@ pub enum Rejected {
 }
 
 impl Batcher {
-    /// Starts the inference thread. It owns the model and ends when every handle is dropped.
+    /// Starts the inference thread. It owns the model and ends when every handle is dropped;
+    /// if it panics, it clears `healthy` before any waiting request learns of it.
     pub fn start(
         ce: CrossEncoder,
         queue: usize,
         metrics: Arc<Metrics>,
+        healthy: Arc<AtomicBool>,
     ) -> (Self, std::thread::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let m = metrics.clone();
         let thread = std::thread::Builder::new()
             .name("crossenc-inference".into())
-            .spawn(move || run(ce, rx, m))
+            .spawn(move || run(ce, rx, m, &healthy))
             .expect("spawn the inference thread");
         (Batcher { tx, metrics }, thread)
     }
@@ -64,12 +66,26 @@ fn injected_panic() -> bool {
     std::env::var("CROSSENC_FAULT").is_ok_and(|v| v == "inference-panic")
 }
 
-fn run(ce: CrossEncoder, mut rx: mpsc::Receiver<Job>, metrics: Arc<Metrics>) {
+/// Clears the health flag when dropped during a panic. Declared after a pass's jobs, it is
+/// dropped before them (and before the queue), so `/health` says the thread is dead before any
+/// request's reply is dropped.
+struct DeathNotice<'a>(&'a AtomicBool);
+
+impl Drop for DeathNotice<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+fn run(ce: CrossEncoder, mut rx: mpsc::Receiver<Job>, metrics: Arc<Metrics>, healthy: &AtomicBool) {
     while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        let _notice = DeathNotice(healthy);
         if injected_panic() {
             panic!("CROSSENC_FAULT=inference-panic");
         }
-        let mut jobs = vec![first];
         let mut tokens: usize = jobs[0].encodings.iter().map(Encoding::len).sum();
         // Everything already waiting joins this pass, up to the token budget.
         while tokens < ce.max_batch_tokens {

@@ -178,8 +178,8 @@ pub async fn serve(
     let tokenizer = ce.tokenizer.clone();
     let mut ce = ce;
     ce.max_batch_tokens = cfg.max_batch_tokens;
-    let (batcher, inference) = Batcher::start(ce, cfg.max_queue, metrics.clone());
     let healthy = Arc::new(AtomicBool::new(true));
+    let (batcher, inference) = Batcher::start(ce, cfg.max_queue, metrics.clone(), healthy.clone());
     // The inference thread returns when the last batcher handle is dropped (after the server),
     // or dies in a panic: that marks the server unhealthy and stops it.
     let (died_tx, mut died) = watch::channel(false);
@@ -386,9 +386,6 @@ async fn score(
         })?;
     rx.await
         .map_err(|_| {
-            // The inference thread dropped the reply: it is gone. Say so on /health at once,
-            // before this answer reaches the client (the thread's watcher follows).
-            s.healthy.store(false, Ordering::SeqCst);
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Backend",
