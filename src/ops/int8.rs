@@ -8,7 +8,8 @@
 //! time: AVX-512 with VNNI (`vpdpbusd`), AVX-512BW or AVX2 (`vpmaddubsw` + `vpmaddwd`), or a
 //! generic one. Where the kernel sums two u8 x i8 products in 16 bits (`vpmaddubsw`), weights
 //! keep 7 bits so that the sum cannot saturate (`2 · 255 · 63 < 2^15`), as ONNX Runtime's
-//! `reduce_range` does; the tests hold every kernel to the exact integer result of a plain loop.
+//! `reduce_range` does. The tests hold the kernel the CPU picks to the exact integer result of
+//! a plain loop (rten chooses internally, so each kernel is tested on a CPU that picks it).
 
 use multiversion::multiversion;
 use rayon::prelude::*;
@@ -114,7 +115,9 @@ impl QuantizedWeight {
             y.par_chunks_mut(n * ROW_BLOCK)
                 .zip(input.scale.par_chunks(ROW_BLOCK))
                 .zip(input.zero.par_chunks(ROW_BLOCK))
-                .for_each(|((yb, sb), zb)| self.dequantize_rows(yb, sb, zb, bias));
+                .for_each(|((yb, sb), zb)| {
+                    dequantize_rows(yb, sb, zb, &self.scales, &self.col_sums, bias)
+                });
         });
     }
 }
@@ -226,14 +229,8 @@ fn quantize_rows(q: &mut [u8], scale: &mut [f32], zero: &mut [u8], x: &[f32], k:
     }
 }
 
-impl QuantizedWeight {
-    /// `y[i, j] = (acc[i, j] - zero[i] · col_sums[j]) · scale[i] · scales[j] + bias[j]`, `acc`
-    /// read from `y`'s bits; the integer part is exact.
-    fn dequantize_rows(&self, y: &mut [f32], scale: &[f32], zero: &[u8], bias: &[f32]) {
-        dequantize_rows(y, scale, zero, &self.scales, &self.col_sums, bias)
-    }
-}
-
+/// `y[i, j] = (acc[i, j] - zero[i] · col_sums[j]) · scale[i] · col_scale[j] + bias[j]`, `acc`
+/// read from `y`'s bits; the integer part is exact.
 #[multiversion(targets(
     "x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma",
     "x86_64+avx2+fma"

@@ -106,8 +106,7 @@ async fn rerank(
         .map(|t| (req.query.clone(), t.clone()))
         .collect();
     let scores = score(&s, pairs, false, true).await.map_err(CohereError)?;
-    let mut order = ranked(&scores);
-    order.truncate(req.top_n.unwrap_or(usize::MAX));
+    let order = ranked(&scores, req.top_n);
     let with_text = req.return_documents.unwrap_or(false);
     let results: Vec<Ranked> = order
         .into_iter()

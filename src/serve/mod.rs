@@ -418,7 +418,7 @@ async fn rerank(
         .map(|t| (req.query.clone(), t.clone()))
         .collect();
     let scores = score(&s, pairs, req.raw_scores, req.truncate.unwrap_or(true)).await?;
-    let mut ranks: Vec<Rank> = ranked(&scores)
+    let mut ranks: Vec<Rank> = ranked(&scores, req.top_n)
         .into_iter()
         .map(|(index, score)| Rank {
             index,
@@ -426,7 +426,6 @@ async fn rerank(
             text: None,
         })
         .collect();
-    ranks.truncate(req.top_n.unwrap_or(usize::MAX));
     if req.return_text {
         for r in &mut ranks {
             r.text = Some(req.texts[r.index].clone());
@@ -435,10 +434,11 @@ async fn rerank(
     Ok(Json(ranks))
 }
 
-/// (index, first score) of every row, best first; ties keep the input order.
-fn ranked(scores: &Scores) -> Vec<(usize, f32)> {
+/// (index, first score) of the best `top_n` rows (all by default), best first; ties keep the
+/// input order.
+fn ranked(scores: &Scores, top_n: Option<usize>) -> Vec<(usize, f32)> {
     let hits = scores.rows().map(|r| r[0]).enumerate().collect();
-    crate::eval::ranking::best_first(hits, usize::MAX)
+    crate::eval::ranking::best_first(hits, top_n.unwrap_or(usize::MAX))
 }
 
 async fn predict(

@@ -653,8 +653,9 @@ impl<'a> Run<'a> {
         })
     }
 
-    /// The micro-batches of the next step: `grad_accum` batches of the current epoch's order.
-    fn micro_batches(&mut self) -> Vec<Vec<usize>> {
+    /// Where the next step's micro-batches lie in the current epoch's batches (`self.epoch`,
+    /// made here at an epoch's start): `grad_accum` of them.
+    fn micro_batches(&mut self) -> std::ops::Range<usize> {
         let cfg = self.cfg;
         let epoch = self.st.step / self.steps_per_epoch;
         let in_epoch = self.st.step % self.steps_per_epoch;
@@ -663,15 +664,16 @@ impl<'a> Run<'a> {
                 epoch_batches(&self.lengths, cfg.batch_size, cfg.batching, cfg.seed, epoch);
             self.epoch = Some((epoch, batches));
         }
-        let batches = &self.epoch.as_ref().expect("set above").1;
+        let count = self.epoch.as_ref().expect("set above").1.len();
         let from = in_epoch * cfg.grad_accum;
-        batches[from..(from + cfg.grad_accum).min(batches.len())].to_vec()
+        from..(from + cfg.grad_accum).min(count)
     }
 
     /// One optimizer step over its micro-batches; returns its learning rate.
     fn step(&mut self, ce: &mut CrossEncoder) -> Result<f64> {
         let (cfg, g) = (self.cfg, self.list_size);
-        let micro = self.micro_batches();
+        let range = self.micro_batches();
+        let micro = &self.epoch.as_ref().expect("made by micro_batches").1[range];
         let step_seed = cfg
             .dropout
             .then(|| stream_seed(cfg.seed, self.st.step as u64));
