@@ -58,9 +58,13 @@ fn packed_golden_pairs(ce: &CrossEncoder, g: &serde_json::Value, what: &str) -> 
 }
 
 fn check_tiny(name: &str) {
-    let dir = shared(&format!("golden/{name}"));
-    let g = read_json(&dir.join("golden.json"));
-    let ce = load(&dir, g["max_length"].as_u64().unwrap() as usize);
+    check_tiny_at(&shared(&format!("golden/{name}")), name);
+}
+
+/// The model folder `dir` scores the golden pairs of its `golden.json` as PyTorch did.
+fn check_tiny_at(dir: &std::path::Path, name: &str) {
+    let g = read_json(&require(dir.join("golden.json")));
+    let ce = load(dir, g["max_length"].as_u64().unwrap() as usize);
     assert!(
         ce.new_head_params().is_empty(),
         "{name}: head should come from the checkpoint"
@@ -79,7 +83,7 @@ fn check_tiny(name: &str) {
     );
     let want = f32s(&g["predict_scores"]);
     for bs in [1, 3, 8] {
-        let mut ce = load(&dir, 48);
+        let mut ce = load(dir, 48);
         ce.set_batch_size(bs);
         let got = ce.predict(&pairs).unwrap().values;
         let d = max_abs_diff(&got, &want);
@@ -325,4 +329,28 @@ fn cls_pooling_embeds_as_sentence_transformers() {
     let want = f32s(&g["embeddings"]);
     let d = max_abs_diff(&got, &want);
     assert!(d < 1e-4, "CLS-pooled embeddings differ by {d}");
+}
+
+/// ModernBERT as transformers and sentence-transformers score it (`tests/fixtures`, written by
+/// `scripts/golden_families.py`): rotary embeddings, global and sliding-window layers, the
+/// gated MLP, no biases, CLS pooling.
+#[test]
+fn tiny_modernbert() {
+    check_tiny_at(
+        &repo().join("tests/fixtures/tiny-modernbert"),
+        "tiny-modernbert",
+    );
+}
+
+/// The same with every bias on, mean pooling and three labels.
+#[test]
+fn tiny_modernbert_mean() {
+    let dir = repo().join("tests/fixtures/tiny-modernbert-mean");
+    check_tiny_at(&dir, "tiny-modernbert-mean");
+}
+
+/// transformers' GTE: rotary embeddings, the gated MLP, no position table, BERT's pooler.
+#[test]
+fn tiny_gte() {
+    check_tiny_at(&repo().join("tests/fixtures/tiny-gte"), "tiny-gte");
 }

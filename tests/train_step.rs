@@ -230,3 +230,51 @@ fn assert_params_match(
         worst.1
     );
 }
+
+/// One training batch of ModernBERT and GTE against PyTorch (`scripts/golden_families.py`): the
+/// loss and every parameter's gradient, through rotary embeddings, sliding-window attention,
+/// the gated MLPs, pre-norm layers, biasless and biased layers, and CLS and mean pooling.
+#[test]
+fn modernbert_and_gte_gradients_match_pytorch() {
+    for (name, loss_kind) in [
+        ("tiny-modernbert", LossKind::Bce),
+        ("tiny-modernbert-mean", LossKind::CrossEntropy),
+        ("tiny-gte", LossKind::Bce),
+    ] {
+        let dir = repo().join("tests/fixtures").join(name);
+        let g = read_json(&require(dir.join("golden.json")));
+        let opts = LoadOptions {
+            max_length: Some(g["max_length"].as_u64().unwrap() as usize),
+            ..Default::default()
+        };
+        let mut ce = CrossEncoder::load(dir.to_str().unwrap(), &opts).unwrap();
+        let mut t = Trainable::new(&ce, AdamWConfig::default()).unwrap();
+        let enc = ce.tokenizer().encode_pairs(&golden_pairs(&g)).unwrap();
+        let batch: Vec<_> = enc.iter().collect();
+        let labels = f32s(&g["labels"]);
+        let loss = t
+            .accumulate(&mut ce, &batch, &labels, loss_kind, None, 1.0)
+            .unwrap();
+        let want_loss = g["loss"].as_f64().unwrap() as f32;
+        assert!(
+            (loss - want_loss).abs() < 1e-5,
+            "{name}: loss {loss} vs {want_loss}"
+        );
+        let want = load(&dir.join("grads.safetensors"));
+        let grads = t.named_grads(&ce);
+        assert_eq!(grads.len(), want.len(), "{name}: parameter count");
+        for (pname, got) in grads {
+            let want = &want[&pname];
+            let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let d = max_abs_diff(&got, want);
+            assert!(
+                d <= 1e-4 * scale,
+                "{name}: {pname}: gradient differs by {d} (largest element {scale})"
+            );
+            assert!(
+                scale > 0.0,
+                "{name}: {pname} received no gradient in PyTorch"
+            );
+        }
+    }
+}

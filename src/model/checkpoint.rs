@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::config::Config;
+use super::config::{Config, Family};
 
 /// Named parameters, keyed by the names of the HF `*ForSequenceClassification` model
 /// (`bert.encoder.layer.0.attention.self.query.weight`, `classifier.weight`, ...).
@@ -23,12 +23,19 @@ impl Params {
         let prefix = cfg.family.base_prefix();
         // A bare encoder (`BertModel`, all-MiniLM-L6-v2) stores `embeddings.*` without the
         // base-model prefix; its head is created later.
-        let bare = !raw
-            .iter()
-            .any(|(k, _)| k.starts_with(&format!("{prefix}.")));
+        let bare = !raw.iter().any(|(k, _)| {
+            k.starts_with(&format!("{prefix}."))
+                || (cfg.family == Family::Gte && k.starts_with("new."))
+        });
         let mut tensors = BTreeMap::new();
         for (name, t) in raw {
             let name = legacy_layer_norm_name(&name);
+            // The hub's GTE checkpoints (remote code `new`) hold transformers' `gte` names
+            // under another prefix.
+            let name = match (cfg.family, name.strip_prefix("new.")) {
+                (Family::Gte, Some(rest)) => format!("{prefix}.{rest}"),
+                _ => name,
+            };
             let name = if bare {
                 format!("{prefix}.{name}")
             } else {

@@ -9,8 +9,10 @@ use anyhow::{bail, Context, Result};
 use serde_json::{Map, Value};
 use std::path::Path;
 
-/// The encoder families crossenc implements. They share one encoder; the differences live in
-/// the embeddings, the parameter names and the classification head.
+/// The encoder families crossenc implements. All but ModernBERT share one post-norm encoder (the
+/// differences live in the embeddings, the parameter names, GTE's rotary embeddings and gated
+/// MLP, and the classification head); ModernBERT has an encoder of its own
+/// ([`super::modernbert`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
     Bert,
@@ -18,6 +20,9 @@ pub enum Family {
     XlmRoberta,
     DistilBert,
     Electra,
+    /// transformers' `gte` (Alibaba's GTE v1.5 / multilingual encoders).
+    Gte,
+    ModernBert,
 }
 
 impl Family {
@@ -28,6 +33,9 @@ impl Family {
             "xlm-roberta" => Family::XlmRoberta,
             "distilbert" => Family::DistilBert,
             "electra" => Family::Electra,
+            // Alibaba's remote-code name for the same model (the hub's GTE checkpoints).
+            "gte" | "new" => Family::Gte,
+            "modernbert" => Family::ModernBert,
             _ => return None,
         })
     }
@@ -39,6 +47,8 @@ impl Family {
             Family::XlmRoberta => "xlm-roberta",
             Family::DistilBert => "distilbert",
             Family::Electra => "electra",
+            Family::Gte => "gte",
+            Family::ModernBert => "modernbert",
         }
     }
 
@@ -50,6 +60,8 @@ impl Family {
             Family::Roberta | Family::XlmRoberta => "roberta",
             Family::DistilBert => "distilbert",
             Family::Electra => "electra",
+            Family::Gte => "gte",
+            Family::ModernBert => "model",
         }
     }
 
@@ -60,7 +72,14 @@ impl Family {
             Family::XlmRoberta => "XLMRobertaForSequenceClassification",
             Family::DistilBert => "DistilBertForSequenceClassification",
             Family::Electra => "ElectraForSequenceClassification",
+            Family::Gte => "GteForSequenceClassification",
+            Family::ModernBert => "ModernBertForSequenceClassification",
         }
+    }
+
+    /// Whether positions come from rotary embeddings instead of a learned table.
+    pub fn rotary(self) -> bool {
+        matches!(self, Family::Gte | Family::ModernBert)
     }
 
     /// RoBERTa-style position ids count from `padding_idx + 1`.
@@ -107,8 +126,91 @@ pub struct Config {
     pub initializer_range: f64,
     /// Label names in id order; its length is the number of outputs.
     pub id2label: Vec<String>,
+    /// The rotary base of GTE (`rope_parameters.rope_theta`); `None` for the families with a
+    /// position table (ModernBERT keeps its two in [`ModernBertConfig`]).
+    pub rope_theta: Option<f64>,
+    /// ModernBERT's own settings; `None` for the other families.
+    pub modernbert: Option<ModernBertConfig>,
     /// The file as read, written back with our changes on save.
     pub raw: Map<String, Value>,
+}
+
+/// How ModernBERT's classifier pools the last hidden state (`classifier_pooling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    Cls,
+    /// The mean over each sequence's tokens.
+    Mean,
+}
+
+/// The keys of transformers' `ModernBertConfig` that BERT's config has no counterpart for.
+#[derive(Debug, Clone)]
+pub struct ModernBertConfig {
+    pub norm_bias: bool,
+    pub attention_bias: bool,
+    pub mlp_bias: bool,
+    pub classifier_bias: bool,
+    pub classifier_activation: Act,
+    pub classifier_pooling: Pooling,
+    pub embedding_dropout: f64,
+    /// Per layer: `None` for global attention, `Some(w)` for a sliding window in which a token
+    /// sees the tokens at most `w` away (`local_attention / 2`).
+    pub windows: Vec<Option<usize>>,
+    /// Rotary base of the global and of the sliding-window layers.
+    pub global_rope_theta: f64,
+    pub local_rope_theta: f64,
+}
+
+impl ModernBertConfig {
+    /// Reads both spellings that hub checkpoints use: transformers 5's `layer_types` and
+    /// `rope_parameters`, or the original `global_attn_every_n_layers`, `global_rope_theta`
+    /// and `local_rope_theta` (transformers' defaults where a key is absent).
+    fn read(r: &Reader, layers: usize) -> Result<Self> {
+        let half_window = r.opt_usize("local_attention")?.unwrap_or(128) / 2;
+        let windows = match r.0.get("layer_types").and_then(Value::as_array) {
+            Some(types) => types
+                .iter()
+                .map(|t| match t.as_str() {
+                    Some("full_attention") => Ok(None),
+                    Some("sliding_attention") => Ok(Some(half_window)),
+                    _ => bail!("\"layer_types\" holds {t}: expected \"full_attention\" or \"sliding_attention\""),
+                })
+                .collect::<Result<Vec<_>>>()?,
+            None => {
+                let every = r.opt_usize("global_attn_every_n_layers")?.unwrap_or(3).max(1);
+                (0..layers)
+                    .map(|i| (i % every != 0).then_some(half_window))
+                    .collect()
+            }
+        };
+        if windows.len() != layers {
+            bail!(
+                "\"layer_types\" has {} entries but \"num_hidden_layers\" is {layers}",
+                windows.len()
+            );
+        }
+
+        let act_name = r.opt_str("classifier_activation")?.unwrap_or("gelu");
+        let classifier_pooling = match r.opt_str("classifier_pooling")?.unwrap_or("cls") {
+            "cls" => Pooling::Cls,
+            "mean" => Pooling::Mean,
+            other => bail!("\"classifier_pooling\" is \"{other}\": expected \"cls\" or \"mean\""),
+        };
+        Ok(ModernBertConfig {
+            norm_bias: r.opt_bool("norm_bias")?.unwrap_or(false),
+            attention_bias: r.opt_bool("attention_bias")?.unwrap_or(false),
+            mlp_bias: r.opt_bool("mlp_bias")?.unwrap_or(false),
+            classifier_bias: r.opt_bool("classifier_bias")?.unwrap_or(false),
+            classifier_activation: parse_act(act_name).with_context(|| {
+                format!("unsupported \"classifier_activation\" \"{act_name}\" (known: gelu, gelu_new, gelu_pytorch_tanh, relu)")
+            })?,
+            classifier_pooling,
+            embedding_dropout: r.opt_f64("embedding_dropout")?.unwrap_or(0.0),
+            windows,
+            global_rope_theta: r.rope_theta(Some("full_attention"), "global_rope_theta", 160_000.0)?,
+            local_rope_theta: r.rope_theta(Some("sliding_attention"), "local_rope_theta", 10_000.0)?,
+        })
+    }
 }
 
 impl Config {
@@ -127,24 +229,50 @@ impl Config {
         let family = Family::from_model_type(model_type).with_context(|| {
             format!(
                 "unsupported model_type \"{model_type}\": crossenc supports bert, roberta, \
-                 xlm-roberta, distilbert and electra"
+                 xlm-roberta, distilbert, electra, gte and modernbert"
             )
         })?;
         let r = Reader(&raw);
-        let distil = family == Family::DistilBert;
-        let key =
-            |bert: &'static str, distil_name: &'static str| if distil { distil_name } else { bert };
-        let hidden_size = r.usize(key("hidden_size", "dim"))?;
-        let act_name = r.str(key("hidden_act", "activation"))?;
+        let (distil, modern) = (family == Family::DistilBert, family == Family::ModernBert);
+        // BERT's key, DistilBERT's and ModernBERT's names for it.
+        let key = |bert: &'static str, distil_name: &'static str, modern_name: &'static str| match (
+            distil, modern,
+        ) {
+            (true, _) => distil_name,
+            (_, true) => modern_name,
+            _ => bert,
+        };
+        let hidden_size = r.usize(key("hidden_size", "dim", "hidden_size"))?;
+        let act_name = r.str(key("hidden_act", "activation", "hidden_activation"))?;
         let hidden_act = parse_act(act_name).with_context(|| {
             format!("unsupported activation \"{act_name}\" (known: gelu, gelu_new, gelu_pytorch_tanh, relu)")
         })?;
-        let hidden_dropout_prob = r.f64(key("hidden_dropout_prob", "dropout"))?;
-        let classifier_dropout =
-            match r.opt_f64(key("classifier_dropout", "seq_classif_dropout"))? {
-                Some(p) => p,
-                None => hidden_dropout_prob,
-            };
+        let hidden_dropout_prob = match modern {
+            true => r.opt_f64("mlp_dropout")?.unwrap_or(0.0),
+            false => r.f64(key("hidden_dropout_prob", "dropout", ""))?,
+        };
+        let classifier_dropout = match r.opt_f64(key(
+            "classifier_dropout",
+            "seq_classif_dropout",
+            "classifier_dropout",
+        ))? {
+            Some(p) => p,
+            None if modern => 0.0,
+            None => hidden_dropout_prob,
+        };
+        let num_hidden_layers =
+            r.usize(key("num_hidden_layers", "n_layers", "num_hidden_layers"))?;
+        let modernbert = match modern {
+            true => Some(ModernBertConfig::read(&r, num_hidden_layers)?),
+            false => None,
+        };
+        let rope_theta = match family {
+            Family::Gte => {
+                r.check_gte_variant()?;
+                Some(r.rope_theta(None, "rope_theta", 160_000.0)?)
+            }
+            _ => None,
+        };
         let pad_token_id = r.opt_usize("pad_token_id")?.unwrap_or(0) as u32;
         let id2label = read_labels(&raw)?;
         let cfg = Config {
@@ -152,24 +280,39 @@ impl Config {
             vocab_size: r.usize("vocab_size")?,
             hidden_size,
             embedding_size: r.opt_usize("embedding_size")?.unwrap_or(hidden_size),
-            num_hidden_layers: r.usize(key("num_hidden_layers", "n_layers"))?,
-            num_attention_heads: r.usize(key("num_attention_heads", "n_heads"))?,
-            intermediate_size: r.usize(key("intermediate_size", "hidden_dim"))?,
+            num_hidden_layers,
+            num_attention_heads: r.usize(key(
+                "num_attention_heads",
+                "n_heads",
+                "num_attention_heads",
+            ))?,
+            intermediate_size: r.usize(key(
+                "intermediate_size",
+                "hidden_dim",
+                "intermediate_size",
+            ))?,
             hidden_act,
             hidden_dropout_prob,
-            attention_probs_dropout_prob: r
-                .f64(key("attention_probs_dropout_prob", "attention_dropout"))?,
+            attention_probs_dropout_prob: match modern {
+                true => r.opt_f64("attention_dropout")?.unwrap_or(0.0),
+                false => r.f64(key("attention_probs_dropout_prob", "attention_dropout", ""))?,
+            },
             classifier_dropout,
             max_position_embeddings: r.usize("max_position_embeddings")?,
-            type_vocab_size: if distil {
-                0
-            } else {
-                r.opt_usize("type_vocab_size")?.unwrap_or(2)
+            type_vocab_size: match family {
+                Family::DistilBert | Family::ModernBert => 0,
+                Family::Gte => r.opt_usize("type_vocab_size")?.unwrap_or(1),
+                _ => r.opt_usize("type_vocab_size")?.unwrap_or(2),
             },
-            layer_norm_eps: r.opt_f64("layer_norm_eps")?.unwrap_or(1e-12),
+            layer_norm_eps: match modern {
+                true => r.opt_f64("norm_eps")?.unwrap_or(1e-5),
+                false => r.opt_f64("layer_norm_eps")?.unwrap_or(1e-12),
+            },
             pad_token_id,
             initializer_range: r.opt_f64("initializer_range")?.unwrap_or(0.02),
             id2label,
+            rope_theta,
+            modernbert,
             raw,
         };
         cfg.validate()?;
@@ -197,6 +340,12 @@ impl Config {
                 "\"num_attention_heads\" ({}) must divide \"hidden_size\" ({}): each head takes hidden_size / num_attention_heads columns",
                 self.num_attention_heads,
                 self.hidden_size
+            );
+        }
+        let head_width = self.hidden_size / self.num_attention_heads;
+        if self.family.rotary() && !head_width.is_multiple_of(2) {
+            bail!(
+                "rotary embeddings need an even head width, but \"hidden_size\" / \"num_attention_heads\" is {head_width}"
             );
         }
         let offset = self.family.position_offset(self.pad_token_id);
@@ -252,6 +401,13 @@ impl Config {
     /// config.json as a `*ForSequenceClassification` with our labels and activation.
     pub fn to_json(&self, activation_fn: &str) -> Value {
         let mut raw = self.raw.clone();
+        // A checkpoint read under another name (GTE's remote-code `new`) is written as
+        // transformers' own class, which loads without remote code.
+        let model_type = self.family.model_type();
+        if raw.get("model_type").and_then(Value::as_str) != Some(model_type) {
+            raw.insert("model_type".into(), Value::from(model_type));
+            raw.remove("auto_map");
+        }
         raw.insert(
             "architectures".into(),
             Value::from(vec![self.family.sequence_classification_arch()]),
@@ -343,6 +499,59 @@ impl Reader<'_> {
         match self.0.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(_) => self.usize(key).map(Some),
+        }
+    }
+    /// Refuses the variants of Alibaba's remote-code GTE (`new`) that transformers' `gte` does
+    /// not implement, naming the key.
+    fn check_gte_variant(&self) -> Result<()> {
+        let is = |key: &str, want: Value| self.0.get(key).is_none_or(|v| *v == want || v.is_null());
+        for (key, want) in [
+            ("position_embedding_type", Value::from("rope")),
+            ("layer_norm_type", Value::from("layer_norm")),
+            ("pack_qkv", Value::from(true)),
+            ("logn_attention_scale", Value::from(false)),
+            ("logn_attention_clip1", Value::from(false)),
+            ("rope_scaling", Value::Null),
+        ] {
+            if !is(key, want.clone()) {
+                bail!(
+                    "\"{key}\" is {}: crossenc's GTE supports {want} only (as transformers' gte)",
+                    self.0[key]
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A rotary base: transformers 5's `rope_parameters` (`[kind].rope_theta`, or `rope_theta`
+    /// directly), else the older top-level `old_key`, else `default`.
+    fn rope_theta(&self, kind: Option<&str>, old_key: &str, default: f64) -> Result<f64> {
+        let params = self.0.get("rope_parameters");
+        let params = match kind {
+            Some(k) => params.and_then(|p| p.get(k)),
+            None => params,
+        };
+        match params
+            .and_then(|p| p.get("rope_theta"))
+            .and_then(Value::as_f64)
+        {
+            Some(t) => Ok(t),
+            None => Ok(self.opt_f64(old_key)?.unwrap_or(default)),
+        }
+    }
+    fn opt_str(&self, key: &str) -> Result<Option<&str>> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => self.str(key).map(Some),
+        }
+    }
+    fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .with_context(|| format!("key \"{key}\" must be true or false")),
         }
     }
     fn opt_f64(&self, key: &str) -> Result<Option<f64>> {

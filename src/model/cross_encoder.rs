@@ -8,7 +8,7 @@ use tokenizers::Encoding;
 use super::checkpoint::Params;
 use super::config::Config;
 use super::tokenize::{PairTokenizer, Tokens};
-use super::{head, SequenceClassifier, Transformer};
+use super::{head, SequenceClassifier};
 use crate::eval::ranking::best_first;
 use crate::hub;
 use crate::ops::profile::timed;
@@ -228,7 +228,7 @@ impl CrossEncoder {
         };
         let tokenizer = PairTokenizer::from_dir(&dir, &config, opts.max_length)?;
         let mut params = Params::load(&dir, &config)?;
-        Transformer::check(&config, &params)?;
+        SequenceClassifier::check(&config, &params)?;
         let new_head_params = head::init_missing(&config, &mut params, opts.seed)?;
         let mut model = SequenceClassifier::new(&config, &params)?;
         if opts.quantize.is_some() {

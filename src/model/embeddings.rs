@@ -1,6 +1,7 @@
 //! Word + position (+ token-type) embeddings, LayerNorm and dropout, forward and backward. The
 //! family differences of the encoder input live here: RoBERTa's position ids, DistilBERT's
-//! missing token types, ELECTRA's projection.
+//! missing token types, ELECTRA's projection, GTE's missing position table (its positions are
+//! rotary, in the attention).
 
 use anyhow::{bail, Result};
 use std::ops::Range;
@@ -15,7 +16,8 @@ use crate::ops::{dropout, Dropout};
 
 pub struct Embeddings {
     word_embeddings: Range<usize>,
-    position_embeddings: Range<usize>,
+    /// `None` where positions are rotary (GTE).
+    position_embeddings: Option<Range<usize>>,
     token_type_embeddings: Option<Range<usize>>,
     layer_norm: LayerNorm,
     /// ELECTRA's `embeddings_project`, when `embedding_size != hidden_size`.
@@ -60,7 +62,10 @@ impl Embeddings {
         };
         Ok(Embeddings {
             word_embeddings: table("word_embeddings", cfg.vocab_size)?,
-            position_embeddings: table("position_embeddings", cfg.max_position_embeddings)?,
+            position_embeddings: match cfg.family.rotary() {
+                true => None,
+                false => Some(table("position_embeddings", cfg.max_position_embeddings)?),
+            },
             token_type_embeddings,
             layer_norm: LayerNorm::new(w, &format!("{pre}.LayerNorm"), e, cfg.layer_norm_eps)?,
             embeddings_project,
@@ -147,17 +152,18 @@ impl Embeddings {
         self.check(tokens, &acts.positions)?;
         fit(&mut acts.z, n * e);
         fit(&mut acts.stats, 2 * n);
-        let (word, pos) = (
-            &w[self.word_embeddings.clone()],
-            &w[self.position_embeddings.clone()],
-        );
+        let word = &w[self.word_embeddings.clone()];
+        let pos = self.position_embeddings.clone().map(|r| &w[r]);
         let types = self.token_type_embeddings.clone().map(|r| &w[r]);
         for (t, z) in acts.z.chunks_exact_mut(e).enumerate() {
-            let (id, p) = (tokens.input_ids[t] as usize, acts.positions[t] as usize);
-            let (wr, pr) = (&word[id * e..][..e], &pos[p * e..][..e]);
-            z.iter_mut()
-                .zip(wr.iter().zip(pr))
-                .for_each(|(z, (a, b))| *z = a + b);
+            let id = tokens.input_ids[t] as usize;
+            z.copy_from_slice(&word[id * e..][..e]);
+            if let Some(table) = pos {
+                let p = acts.positions[t] as usize;
+                z.iter_mut()
+                    .zip(&table[p * e..][..e])
+                    .for_each(|(z, b)| *z += b);
+            }
             if let Some(table) = types {
                 let tt = tokens.token_type_ids.as_ref().map_or(0, |v| v[t] as usize);
                 z.iter_mut()
@@ -220,7 +226,9 @@ impl Embeddings {
         };
         for (t, d) in s.dh1.chunks_exact(e).enumerate() {
             scatter(&self.word_embeddings, tokens.input_ids[t] as usize, d);
-            scatter(&self.position_embeddings, acts.positions[t] as usize, d);
+            if let Some(table) = &self.position_embeddings {
+                scatter(table, acts.positions[t] as usize, d);
+            }
             if let Some(table) = &self.token_type_embeddings {
                 let tt = tokens.token_type_ids.as_ref().map_or(0, |v| v[t] as usize);
                 scatter(table, tt, d);

@@ -1,14 +1,20 @@
-//! The post-LayerNorm transformer layer shared by BERT, RoBERTa, XLM-RoBERTa, DistilBERT and
-//! ELECTRA: transformers' `BertLayer`, forward and backward on facing pages. Only the parameter
-//! names differ between families (DistilBERT's `q_lin`, `ffn.lin1`, ...).
+//! The post-LayerNorm transformer layer shared by BERT, RoBERTa, XLM-RoBERTa, DistilBERT,
+//! ELECTRA and GTE: transformers' `BertLayer`, forward and backward on facing pages. The
+//! parameter names differ between families (DistilBERT's `q_lin`, `ffn.lin1`, ...), and GTE's
+//! layer rotates queries and keys (rotary embeddings) and gates its MLP (`up · act(gate)` from
+//! one `up_gate_proj` product). GTE's names are those transformers writes (and the hub's
+//! `new` checkpoints use): `qkv_proj`, `up_gate_proj`, `attn_ln`, `mlp_ln`.
 
 use anyhow::Result;
+use std::sync::Arc;
 
 use super::config::{Config, Family};
 use super::weights::Weights;
 use super::{fit, LayerNorm, Linear};
+use crate::ops::activation::Half;
 use crate::ops::linear::InputGrad;
 use crate::ops::profile::timed;
+use crate::ops::rotary::Rotary;
 use crate::ops::{attention, dropout, Act, Dropout};
 
 /// Where one layer's parameters live, relative to the layer's prefix.
@@ -39,6 +45,19 @@ impl LayerNames {
                 output: "ffn.lin2",
                 output_norm: "output_layer_norm",
             }
+        } else if family == Family::Gte {
+            // One `[3h, h]` tensor holds the query, key and value.
+            LayerNames {
+                prefix: format!("{base}.encoder.layer.{i}"),
+                query: "attention.qkv_proj",
+                key: "",
+                value: "",
+                attention_output: "attention.o_proj",
+                attention_norm: "attn_ln",
+                intermediate: "mlp.up_gate_proj",
+                output: "mlp.down_proj",
+                output_norm: "mlp_ln",
+            }
         } else {
             LayerNames {
                 prefix: format!("{base}.encoder.layer.{i}"),
@@ -59,10 +78,14 @@ impl LayerNames {
     }
 }
 
-/// Layer `i`'s query, key and value modules, which the engine runs as one `[3h, h]` product.
-pub fn fused_qkv_names(cfg: &Config, i: usize) -> [String; 3] {
+/// Layer `i`'s query, key and value modules, which the engine runs as one `[3h, h]` product
+/// (GTE's one `qkv_proj`).
+pub fn fused_qkv_names(cfg: &Config, i: usize) -> Vec<String> {
     let n = LayerNames::new(cfg.family, i);
-    [n.name(n.query), n.name(n.key), n.name(n.value)]
+    match cfg.family {
+        Family::Gte => vec![n.name(n.query)],
+        _ => vec![n.name(n.query), n.name(n.key), n.name(n.value)],
+    }
 }
 
 /// Layer `i`'s FFN output module (`output.dense`, DistilBERT's `ffn.lin2`).
@@ -80,6 +103,10 @@ pub struct Layer {
     output_norm: LayerNorm,
     heads: usize,
     act: Act,
+    /// GTE: the FFN input gives `[up, gate]`, and `up · act(gate)` goes on.
+    glu: bool,
+    /// GTE: rotary embeddings on the queries and keys.
+    rotary: Option<Arc<Rotary>>,
     hidden_dropout: f64,
     attention_dropout: f64,
     /// DistilBERT applies no dropout after the attention output projection.
@@ -103,9 +130,11 @@ pub struct LayerActs {
     st1: Vec<f32>,
     /// Output of the attention block, `[n, h]`.
     y1: Vec<f32>,
-    /// Intermediate pre-activation and activation, `[n, m]`.
+    /// Intermediate pre-activation (`[n, 2m]` for a gated MLP) and activation, `[n, m]`; for a
+    /// gated MLP, `act(gate)` too.
     u: Vec<f32>,
     a: Vec<f32>,
+    g: Vec<f32>,
     /// Input of the output LayerNorm and its row stats.
     z2: Vec<f32>,
     st2: Vec<f32>,
@@ -117,6 +146,7 @@ pub struct Scratch {
     pub dh1: Vec<f32>,
     pub dh2: Vec<f32>,
     di: Vec<f32>,
+    du: Vec<f32>,
     d3: Vec<f32>,
 }
 
@@ -125,19 +155,32 @@ fn add(z: &mut [f32], r: &[f32]) {
     z.iter_mut().zip(r).for_each(|(a, b)| *a += b);
 }
 
+/// Dropout sites of GTE's gated activations, one per layer (apart from the three per layer
+/// that every family numbers from 1).
+const GLU_SITE: u64 = 1 << 19;
+
 impl Layer {
-    pub fn new(cfg: &Config, w: &Weights, i: usize) -> Result<Self> {
+    /// Layer `i`; `rotary`: the tables of a family with rotary embeddings.
+    pub fn new(cfg: &Config, w: &Weights, i: usize, rotary: Option<Arc<Rotary>>) -> Result<Self> {
         let n = LayerNames::new(cfg.family, i);
         let (h, m, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
+        let glu = cfg.family == Family::Gte;
+        let qkv = fused_qkv_names(cfg, i);
+        let intermediate = match glu {
+            true => Linear::with_bias(w, &n.name(n.intermediate), h, 2 * m, false)?,
+            false => Linear::new(w, &n.name(n.intermediate), h, m)?,
+        };
         Ok(Layer {
-            qkv: Linear::fused(w, &fused_qkv_names(cfg, i), h, h)?,
+            qkv: Linear::fused(w, &qkv, h, 3 * h / qkv.len(), true)?,
             attention_output: Linear::new(w, &n.name(n.attention_output), h, h)?,
             attention_norm: LayerNorm::new(w, &n.name(n.attention_norm), h, eps)?,
-            intermediate: Linear::new(w, &n.name(n.intermediate), h, m)?,
+            intermediate,
             output: Linear::new(w, &n.name(n.output), m, h)?,
             output_norm: LayerNorm::new(w, &n.name(n.output_norm), h, eps)?,
             heads: cfg.num_attention_heads,
             act: cfg.hidden_act,
+            glu,
+            rotary,
             hidden_dropout: cfg.hidden_dropout_prob,
             attention_dropout: cfg.attention_probs_dropout_prob,
             attention_output_dropout: cfg.family != Family::DistilBert,
@@ -167,6 +210,11 @@ impl Layer {
         ]
     }
 
+    /// GTE's dropout of the gated activation (inside its MLP, before `down_proj`).
+    fn glu_dropout(&self, seed: Option<u64>) -> Option<Dropout> {
+        Dropout::site(seed, GLU_SITE + self.index as u64, self.hidden_dropout)
+    }
+
     /// `acts.x` (`[n, h]`) through the layer into `out`, keeping the activations in `acts`.
     pub fn forward(
         &self,
@@ -178,7 +226,7 @@ impl Layer {
     ) {
         let h = self.attention_output.out_dim;
         let n = acts.x.len() / h;
-        let m = self.intermediate.out_dim;
+        let m = self.output.in_dim;
         let [drop_p, drop_attn, drop_ffn] = self.dropouts(seed);
         for (v, len) in [
             (&mut acts.qkv, 3 * n * h),
@@ -186,7 +234,7 @@ impl Layer {
             (&mut acts.z1, n * h),
             (&mut acts.st1, 2 * n),
             (&mut acts.y1, n * h),
-            (&mut acts.u, n * m),
+            (&mut acts.u, n * self.intermediate.out_dim),
             (&mut acts.a, n * m),
             (&mut acts.z2, n * h),
             (&mut acts.st2, 2 * n),
@@ -195,8 +243,11 @@ impl Layer {
             fit(v, len);
         }
         timed("fwd qkv", || self.qkv.forward(w, &acts.x, &mut acts.qkv));
+        if let Some(rotary) = &self.rotary {
+            timed("fwd rotary", || rotary.forward(&mut acts.qkv, offsets, h));
+        }
         timed("fwd attention", || {
-            attention::forward(&mut acts.ctx, &acts.qkv, offsets, self.heads, drop_p)
+            attention::forward(&mut acts.ctx, &acts.qkv, offsets, self.heads, None, drop_p)
         });
         timed("fwd attention output", || {
             self.attention_output.forward(w, &acts.ctx, &mut acts.z1)
@@ -212,7 +263,15 @@ impl Layer {
         timed("fwd intermediate", || {
             self.intermediate.forward(w, &acts.y1, &mut acts.u)
         });
-        timed("fwd activation", || self.act.forward(&mut acts.a, &acts.u));
+        timed("fwd activation", || match self.glu {
+            true => {
+                fit(&mut acts.g, n * m);
+                self.act
+                    .glu_forward(&mut acts.a, &mut acts.g, &acts.u, m, Half::Second);
+                dropout::apply(self.glu_dropout(seed), &mut acts.a);
+            }
+            false => self.act.forward(&mut acts.a, &acts.u),
+        });
         timed("fwd output", || {
             self.output.forward(w, &acts.a, &mut acts.z2)
         });
@@ -240,7 +299,7 @@ impl Layer {
     ) {
         let h = self.attention_output.out_dim;
         let n = acts.x.len() / h;
-        let m = self.intermediate.out_dim;
+        let m = self.output.in_dim;
         let [drop_p, drop_attn, drop_ffn] = self.dropouts(seed);
         fit(&mut s.dh1, n * h);
         fit(&mut s.dh2, n * h);
@@ -259,12 +318,22 @@ impl Layer {
             let dx = InputGrad::Write(&mut s.di);
             self.output.backward(w, g, &s.dh1, &acts.a, dx)
         });
-        timed("bwd activation", || {
-            self.act.backward(&mut s.di, &acts.u, &acts.a)
+        let du = timed("bwd activation", || match self.glu {
+            true => {
+                fit(&mut s.du, 2 * n * m);
+                dropout::apply(self.glu_dropout(seed), &mut s.di);
+                self.act
+                    .glu_backward(&mut s.du, &s.di, &acts.u, &acts.g, m, Half::Second);
+                &s.du
+            }
+            false => {
+                self.act.backward(&mut s.di, &acts.u, &acts.a);
+                &s.di
+            }
         });
         timed("bwd intermediate", || {
             let dx = InputGrad::Add(&mut s.dh2);
-            self.intermediate.backward(w, g, &s.di, &acts.y1, dx)
+            self.intermediate.backward(w, g, du, &acts.y1, dx)
         });
         // Attention LayerNorm; its input's gradient goes to the residual and the attention.
         timed("bwd layer norm", || {
@@ -280,8 +349,13 @@ impl Layer {
             self.attention_output.backward(w, g, &s.dh1, &acts.ctx, dx)
         });
         timed("bwd attention", || {
-            attention::backward(&mut s.d3, &s.dh2, &acts.qkv, offsets, self.heads, drop_p)
+            attention::backward(
+                &mut s.d3, &s.dh2, &acts.qkv, offsets, self.heads, None, drop_p,
+            )
         });
+        if let Some(rotary) = &self.rotary {
+            timed("bwd rotary", || rotary.backward(&mut s.d3, offsets, h));
+        }
         timed("bwd qkv", || {
             self.qkv.backward(w, g, &s.d3, &acts.x, InputGrad::Add(dy))
         });

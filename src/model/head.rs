@@ -2,7 +2,7 @@
 //! and backward. Every family's head has one shape: [dropout] -> dense -> activation ->
 //! dropout -> output projection.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use rand::{rngs::StdRng, SeedableRng};
 use rand_distr::{Distribution, Normal};
@@ -45,6 +45,9 @@ pub struct HeadActs {
 /// The names and shapes of the head's parameters (the pooler counts as head: a bare encoder
 /// may come without one).
 pub fn head_params(cfg: &Config) -> Vec<(String, Vec<usize>)> {
+    if let Some(mb) = &cfg.modernbert {
+        return super::modernbert::head_params(cfg, mb);
+    }
     let (h, l) = (cfg.hidden_size, cfg.num_labels());
     let (hidden, out) = head_names(cfg.family);
     vec![
@@ -62,12 +65,14 @@ fn head_names(family: Family) -> (&'static str, &'static str) {
             ("classifier.dense", "classifier.out_proj")
         }
         Family::DistilBert => ("pre_classifier", "classifier"),
+        Family::Gte => ("gte.pooler.dense", "classifier"),
+        Family::ModernBert => ("head.dense", "classifier"),
     }
 }
 
 /// Creates the head parameters that the checkpoint lacks (or whose label count differs from
 /// the config), initialised as transformers does: normal(0, `initializer_range`) weights, zero
-/// biases. Returns the names it created.
+/// biases, norm weights 1. Returns the names it created.
 pub fn init_missing(cfg: &Config, params: &mut Params, seed: u64) -> Result<Vec<String>> {
     let mut rng = StdRng::seed_from_u64(seed);
     let normal = Normal::new(0.0f32, cfg.initializer_range as f32)?;
@@ -82,6 +87,8 @@ pub fn init_missing(cfg: &Config, params: &mut Params, seed: u64) -> Result<Vec<
         }
         let t = if name.ends_with(".bias") {
             Tensor::zeros(shape.as_slice(), DType::F32, &Device::Cpu)?
+        } else if name.ends_with("norm.weight") {
+            Tensor::ones(shape.as_slice(), DType::F32, &Device::Cpu)?
         } else {
             let n = shape.iter().product();
             let v: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
@@ -98,10 +105,11 @@ impl Head {
         let (h, l) = (cfg.hidden_size, cfg.num_labels());
         let (hidden, out) = head_names(cfg.family);
         let (act, input_dropout) = match cfg.family {
-            Family::Bert => (Act::Tanh, false),
+            Family::Bert | Family::Gte => (Act::Tanh, false),
             Family::Roberta | Family::XlmRoberta => (Act::Tanh, true),
             Family::Electra => (Act::Gelu, true),
             Family::DistilBert => (Act::Relu, false),
+            Family::ModernBert => bail!("internal: ModernBERT's head is in model::modernbert"),
         };
         Ok(Head {
             dense: Linear::new(w, hidden, h, h)?,

@@ -26,14 +26,16 @@ pub mod cross_encoder;
 pub mod embeddings;
 pub mod encoder;
 pub mod head;
+pub mod modernbert;
 pub mod tokenize;
 pub mod weights;
 
 use anyhow::Result;
 use std::ops::Range;
+use std::sync::Arc;
 
 use checkpoint::Params;
-use config::Config;
+use config::{Config, Family};
 use embeddings::{EmbeddingActs, Embeddings};
 use encoder::{Layer, LayerActs, Scratch};
 use head::{Head, HeadActs};
@@ -43,27 +45,37 @@ use weights::{two_mut, Weights};
 use crate::ops::int8::QuantizedWeight;
 use crate::ops::linear::WeightLayout;
 use crate::ops::profile::timed;
+use crate::ops::rotary::Rotary;
 use crate::ops::{layer_norm, linear};
 
 /// `torch.nn.LayerNorm`'s parameters: where its weight and bias live in the flat buffer.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     weight: Range<usize>,
-    bias: Range<usize>,
+    /// `None` where the norm has no bias (ModernBERT's `norm_bias: false`).
+    bias: Option<Range<usize>>,
     eps: f32,
 }
 
 impl LayerNorm {
     pub fn new(w: &Weights, name: &str, size: usize, eps: f64) -> Result<Self> {
+        Self::with_bias(w, name, size, eps, true)
+    }
+
+    /// `{name}.weight`, and `{name}.bias` if `bias`.
+    pub fn with_bias(w: &Weights, name: &str, size: usize, eps: f64, bias: bool) -> Result<Self> {
         Ok(LayerNorm {
             weight: w.slot(&format!("{name}.weight"), &[size])?,
-            bias: w.slot(&format!("{name}.bias"), &[size])?,
+            bias: bias
+                .then(|| w.slot(&format!("{name}.bias"), &[size]))
+                .transpose()?,
             eps: eps as f32,
         })
     }
 
     pub fn forward(&self, w: &[f32], x: &[f32], y: &mut [f32], stats: &mut [f32]) {
-        let (weight, bias) = (&w[self.weight.clone()], &w[self.bias.clone()]);
+        let weight = &w[self.weight.clone()];
+        let bias = self.bias.clone().map(|b| &w[b]);
         layer_norm::forward(y, stats, x, weight, bias, self.eps);
     }
 
@@ -77,8 +89,23 @@ impl LayerNorm {
         stats: &[f32],
         dx: &mut [f32],
     ) {
-        let (dw, db) = two_mut(g, self.weight.clone(), self.bias.clone());
+        let (dw, db) = weight_and_bias(g, &self.weight, &self.bias);
         layer_norm::backward(dx, dw, db, dy, x, stats, &w[self.weight.clone()]);
+    }
+}
+
+/// The gradients of a weight and of its bias (if it has one), both mutable.
+fn weight_and_bias<'a>(
+    g: &'a mut [f32],
+    weight: &Range<usize>,
+    bias: &Option<Range<usize>>,
+) -> (&'a mut [f32], Option<&'a mut [f32]>) {
+    match bias {
+        Some(b) => {
+            let (dw, db) = two_mut(g, weight.clone(), b.clone());
+            (dw, Some(db))
+        }
+        None => (&mut g[weight.clone()], None),
     }
 }
 
@@ -86,7 +113,7 @@ impl LayerNorm {
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Range<usize>,
-    bias: Range<usize>,
+    bias: Option<Range<usize>>,
     /// How the weight is stored (as [`Weights::pack`] laid it out).
     layout: WeightLayout,
     pub in_dim: usize,
@@ -98,10 +125,23 @@ pub struct Linear {
 impl Linear {
     /// `{name}.weight` (`[out, in]`) and `{name}.bias`.
     pub fn new(w: &Weights, name: &str, in_dim: usize, out_dim: usize) -> Result<Self> {
+        Self::with_bias(w, name, in_dim, out_dim, true)
+    }
+
+    /// `{name}.weight` (`[out, in]`), and `{name}.bias` if `bias`.
+    pub fn with_bias(
+        w: &Weights,
+        name: &str,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+    ) -> Result<Self> {
         let weight = format!("{name}.weight");
         Ok(Linear {
             weight: w.slot(&weight, &[out_dim, in_dim])?,
-            bias: w.slot(&format!("{name}.bias"), &[out_dim])?,
+            bias: bias
+                .then(|| w.slot(&format!("{name}.bias"), &[out_dim]))
+                .transpose()?,
             layout: w.layout(&weight),
             in_dim,
             out_dim,
@@ -111,13 +151,21 @@ impl Linear {
 
     /// Several `[out, in]` layers packed side by side (`names` without `.weight`/`.bias`) as
     /// one `[n * out, in]` layer: a layer's query, key and value.
-    pub fn fused(w: &Weights, names: &[String], in_dim: usize, out_dim: usize) -> Result<Self> {
+    pub fn fused(
+        w: &Weights,
+        names: &[String],
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+    ) -> Result<Self> {
         let with = |suffix: &str| -> Vec<String> {
             names.iter().map(|n| format!("{n}.{suffix}")).collect()
         };
         Ok(Linear {
             weight: w.slots(&with("weight"), &[out_dim, in_dim])?,
-            bias: w.slots(&with("bias"), &[out_dim])?,
+            bias: bias
+                .then(|| w.slots(&with("bias"), &[out_dim]))
+                .transpose()?,
             layout: WeightLayout::OutIn,
             in_dim,
             out_dim: out_dim * names.len(),
@@ -132,21 +180,21 @@ impl Linear {
     }
 
     pub fn forward(&self, w: &[f32], x: &[f32], y: &mut [f32]) {
-        let bias = &w[self.bias.clone()];
+        let bias = self.bias.clone().map(|b| &w[b]);
         match &self.int8 {
             Some(q) => q.forward(y, x, bias),
             None => {
                 let weight = &w[self.weight.clone()];
-                linear::forward(y, x, weight, Some(bias), self.in_dim, self.layout)
+                linear::forward(y, x, weight, bias, self.in_dim, self.layout)
             }
         }
     }
 
     pub fn backward(&self, w: &[f32], g: &mut [f32], dy: &[f32], x: &[f32], dx: linear::InputGrad) {
         debug_assert!(self.int8.is_none(), "a quantized model is not trained");
-        let (dw, db) = two_mut(g, self.weight.clone(), self.bias.clone());
+        let (dw, db) = weight_and_bias(g, &self.weight, &self.bias);
         let weight = &w[self.weight.clone()];
-        linear::backward(dx, dw, Some(db), dy, x, weight, self.in_dim, self.layout);
+        linear::backward(dx, dw, db, dy, x, weight, self.in_dim, self.layout);
     }
 }
 
@@ -191,6 +239,8 @@ pub struct Tape {
     seed: Option<u64>,
     /// The batch's sequence offsets and tokens.
     tokens: Tokens,
+    /// ModernBERT's activations (the fields above serve the BERT-like families).
+    modernbert: modernbert::Tape,
 }
 
 impl Transformer {
@@ -217,7 +267,9 @@ impl Transformer {
             .tensors
             .keys()
             .filter_map(|name| {
-                let (_, rest) = name.split_once(".layer.")?;
+                let (_, rest) = name
+                    .split_once(".layer.")
+                    .or_else(|| name.split_once(".layers."))?;
                 rest.split('.').next()?.parse::<usize>().ok()
             })
             .max()
@@ -229,10 +281,11 @@ impl Transformer {
                 cfg.num_hidden_layers
             );
         }
-        let query = format!("{}.weight", encoder::fused_qkv_names(cfg, 0)[0]);
+        let qkv = encoder::fused_qkv_names(cfg, 0);
+        let query = format!("{}.weight", qkv[0]);
         let h = cfg.hidden_size;
         match params.tensors.get(&query) {
-            Some(t) if t.dims() == [h, h] => Ok(()),
+            Some(t) if t.dims() == [3 * h / qkv.len(), h] => Ok(()),
             Some(t) => anyhow::bail!(
                 "config.json says hidden_size = {h}, but \"{query}\" in {} has shape {:?}",
                 params.source.display(),
@@ -243,10 +296,14 @@ impl Transformer {
     }
 
     pub fn new(cfg: &Config, w: &Weights) -> Result<Self> {
+        let rotary = cfg.rope_theta.map(|theta| {
+            let d = cfg.hidden_size / cfg.num_attention_heads;
+            Arc::new(Rotary::new(d, theta, cfg.max_position_embeddings))
+        });
         Ok(Transformer {
             embeddings: Embeddings::new(cfg, w)?,
             layers: (0..cfg.num_hidden_layers)
-                .map(|i| Layer::new(cfg, w, i))
+                .map(|i| Layer::new(cfg, w, i, rotary.clone()))
                 .collect::<Result<_>>()?,
             hidden: cfg.hidden_size,
         })
@@ -317,26 +374,62 @@ impl Transformer {
 /// `*ForSequenceClassification`, for any supported family. It owns the weights.
 pub struct SequenceClassifier {
     pub weights: Weights,
-    transformer: Transformer,
-    head: Head,
+    body: Body,
     quantized: bool,
+}
+
+/// The engine of a family.
+enum Body {
+    /// BERT, RoBERTa, XLM-RoBERTa, DistilBERT and ELECTRA: one post-norm encoder and a head on
+    /// the first token.
+    Bert {
+        transformer: Transformer,
+        head: Head,
+    },
+    ModernBert(modernbert::ModernBert),
 }
 
 impl SequenceClassifier {
     pub fn new(cfg: &Config, params: &Params) -> Result<Self> {
-        let weights = Transformer::pack(cfg, params)?;
+        let (weights, body) = match cfg.family {
+            Family::ModernBert => {
+                let weights = modernbert::pack(cfg, params)?;
+                let body = Body::ModernBert(modernbert::ModernBert::new(cfg, &weights)?);
+                (weights, body)
+            }
+            _ => {
+                let weights = Transformer::pack(cfg, params)?;
+                let body = Body::Bert {
+                    transformer: Transformer::new(cfg, &weights)?,
+                    head: Head::new(cfg, &weights)?,
+                };
+                (weights, body)
+            }
+        };
         Ok(SequenceClassifier {
-            transformer: Transformer::new(cfg, &weights)?,
-            head: Head::new(cfg, &weights)?,
             weights,
+            body,
             quantized: false,
         })
+    }
+
+    /// Checks that config.json describes these weights (their layer count and hidden size)
+    /// before anything is sized from the config.
+    pub fn check(cfg: &Config, params: &Params) -> Result<()> {
+        match cfg.family {
+            Family::ModernBert => modernbert::check(cfg, params),
+            _ => Transformer::check(cfg, params),
+        }
     }
 
     /// Scores with int8 linear layers from now on (see [`crate::ops::int8`]); the f32
     /// weights stay, for saving.
     pub fn quantize(&mut self) {
-        self.transformer.quantize(&self.weights.data);
+        let w = &self.weights.data;
+        match &mut self.body {
+            Body::Bert { transformer, .. } => transformer.quantize(w),
+            Body::ModernBert(m) => m.quantize(w),
+        }
         self.quantized = true;
     }
 
@@ -346,17 +439,25 @@ impl SequenceClassifier {
 
     /// The last hidden state `[tokens, hidden]`, dropout off.
     pub fn encode(&self, tokens: &Tokens) -> Result<Vec<f32>> {
-        self.transformer.forward(&self.weights.data, tokens)
+        match &self.body {
+            Body::Bert { transformer, .. } => transformer.forward(&self.weights.data, tokens),
+            Body::ModernBert(m) => m.encode(&self.weights.data, tokens),
+        }
     }
 
     /// Raw logits `[sequences, num_labels]`, dropout off.
     pub fn forward(&self, tokens: &Tokens) -> Result<Vec<f32>> {
-        let hidden = self.encode(tokens)?;
-        let cls = first_tokens(&hidden, tokens, self.transformer.hidden);
-        Ok(timed("fwd head", || {
-            self.head
-                .forward(&self.weights.data, &cls, &mut HeadActs::default(), None)
-        }))
+        let w = &self.weights.data;
+        match &self.body {
+            Body::Bert { transformer, head } => {
+                let hidden = transformer.forward(w, tokens)?;
+                let cls = first_tokens(&hidden, tokens, transformer.hidden);
+                Ok(timed("fwd head", || {
+                    head.forward(w, &cls, &mut HeadActs::default(), None)
+                }))
+            }
+            Body::ModernBert(m) => m.forward(w, tokens),
+        }
     }
 
     /// Raw logits of a training pass over `tokens` with dropout seed `seed`, keeping in `tape`
@@ -370,20 +471,32 @@ impl SequenceClassifier {
         tape.tokens = tokens;
         tape.seed = seed;
         let w = &self.weights.data;
-        self.transformer.forward_train(w, tape)?;
-        let cls = first_tokens(&tape.hidden, &tape.tokens, self.transformer.hidden);
-        Ok(timed("fwd head", || {
-            self.head.forward(w, &cls, &mut tape.head, seed)
-        }))
+        match &self.body {
+            Body::Bert { transformer, head } => {
+                transformer.forward_train(w, tape)?;
+                let cls = first_tokens(&tape.hidden, &tape.tokens, transformer.hidden);
+                Ok(timed("fwd head", || {
+                    head.forward(w, &cls, &mut tape.head, seed)
+                }))
+            }
+            Body::ModernBert(m) => m.forward_train(w, &tape.tokens, &mut tape.modernbert, seed),
+        }
     }
 
     /// Adds the gradient of every parameter into `g` (the layout of `self.weights`), from
     /// dL/dlogits of the last [`SequenceClassifier::forward_train`].
     pub fn backward(&self, tape: &mut Tape, dlogits: &[f32], g: &mut [f32]) {
         let w = &self.weights.data;
-        let h = self.transformer.hidden;
+        let (transformer, head) = match &self.body {
+            Body::Bert { transformer, head } => (transformer, head),
+            Body::ModernBert(m) => {
+                let (tokens, seed) = (&tape.tokens, tape.seed);
+                return m.backward(w, g, tokens, &mut tape.modernbert, dlogits, seed);
+            }
+        };
+        let h = transformer.hidden;
         let dcls = timed("bwd head", || {
-            self.head.backward(w, g, &tape.head, dlogits, tape.seed)
+            head.backward(w, g, &tape.head, dlogits, tape.seed)
         });
         let mut dy = std::mem::take(&mut tape.hidden);
         dy.fill(0.0);
@@ -391,20 +504,26 @@ impl SequenceClassifier {
             let t = tape.tokens.offsets[s];
             dy[t * h..(t + 1) * h].copy_from_slice(row);
         }
-        self.transformer.backward(w, g, tape, &mut dy);
+        transformer.backward(w, g, tape, &mut dy);
         tape.hidden = dy;
     }
 
     /// The word-embedding table's range in the flat buffer and its row width: a batch reads
     /// (and its gradient touches) only the rows of its token ids.
     pub fn word_table(&self) -> (Range<usize>, usize) {
-        self.transformer.embeddings.word_table()
+        match &self.body {
+            Body::Bert { transformer, .. } => transformer.embeddings.word_table(),
+            Body::ModernBert(m) => m.word_table(),
+        }
     }
 
     /// BERT's pooler output (`tanh(dense(h_cls))`) of first-token states `[sequences, hidden]`;
     /// `None` for families without a pooler.
     pub fn pooler(&self, cls: &[f32]) -> Option<Vec<f32>> {
-        self.head.pooler(&self.weights.data, cls)
+        match &self.body {
+            Body::Bert { head, .. } => head.pooler(&self.weights.data, cls),
+            Body::ModernBert(_) => None,
+        }
     }
 }
 

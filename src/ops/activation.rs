@@ -79,6 +79,32 @@ fn scale_by(d: &mut [f32], x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32) {
     }
 }
 
+/// Which half of a gated unit's row goes through the activation.
+#[derive(Debug, Clone, Copy)]
+pub enum Half {
+    First,
+    Second,
+}
+
+impl Half {
+    /// A `2m` row as (the activated half, the other).
+    fn split(self, row: &[f32], m: usize) -> (&[f32], &[f32]) {
+        let (a, b) = row.split_at(m);
+        match self {
+            Half::First => (a, b),
+            Half::Second => (b, a),
+        }
+    }
+
+    fn split_mut(self, row: &mut [f32], m: usize) -> (&mut [f32], &mut [f32]) {
+        let (a, b) = row.split_at_mut(m);
+        match self {
+            Half::First => (a, b),
+            Half::Second => (b, a),
+        }
+    }
+}
+
 /// `sqrt(2 / pi)` and the cubic coefficient of the tanh approximation.
 const TANH_K: f32 = FRAC_2_SQRT_PI * FRAC_1_SQRT_2;
 const TANH_C: f32 = 0.044_715;
@@ -116,12 +142,7 @@ impl Act {
     pub fn forward(self, y: &mut [f32], x: &[f32]) {
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
-            .for_each(|(yc, xc)| match self {
-                Act::Gelu => map(yc, xc, |v| Act::Gelu.f(v)),
-                Act::GeluTanh => map(yc, xc, |v| Act::GeluTanh.f(v)),
-                Act::Relu => map(yc, xc, |v| Act::Relu.f(v)),
-                Act::Tanh => map(yc, xc, |v| Act::Tanh.f(v)),
-            });
+            .for_each(|(yc, xc)| self.serial_forward(yc, xc));
     }
 
     /// `d *= act'(x)`, in place: `d` holds dL/dy on entry and dL/dx on return.
@@ -129,11 +150,72 @@ impl Act {
         d.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .zip(y.par_chunks(CHUNK))
-            .for_each(|((dc, xc), yc)| match self {
-                Act::Gelu => scale_by(dc, xc, yc, |a, b| Act::Gelu.df(a, b)),
-                Act::GeluTanh => scale_by(dc, xc, yc, |a, b| Act::GeluTanh.df(a, b)),
-                Act::Relu => scale_by(dc, xc, yc, |a, b| Act::Relu.df(a, b)),
-                Act::Tanh => scale_by(dc, xc, yc, |a, b| Act::Tanh.df(a, b)),
+            .for_each(|((dc, xc), yc)| self.serial_backward(dc, xc, yc));
+    }
+
+    fn serial_forward(self, y: &mut [f32], x: &[f32]) {
+        match self {
+            Act::Gelu => map(y, x, |v| Act::Gelu.f(v)),
+            Act::GeluTanh => map(y, x, |v| Act::GeluTanh.f(v)),
+            Act::Relu => map(y, x, |v| Act::Relu.f(v)),
+            Act::Tanh => map(y, x, |v| Act::Tanh.f(v)),
+        }
+    }
+
+    fn serial_backward(self, d: &mut [f32], x: &[f32], y: &[f32]) {
+        match self {
+            Act::Gelu => scale_by(d, x, y, |a, b| Act::Gelu.df(a, b)),
+            Act::GeluTanh => scale_by(d, x, y, |a, b| Act::GeluTanh.df(a, b)),
+            Act::Relu => scale_by(d, x, y, |a, b| Act::Relu.df(a, b)),
+            Act::Tanh => scale_by(d, x, y, |a, b| Act::Tanh.df(a, b)),
+        }
+    }
+
+    /// A gated linear unit: each row of `u` (`[rows, 2m]`) holds two halves; `g = act(one
+    /// half)` (the `act` half) and `a = g · the other half`, both `[rows, m]` (`g` kept for the
+    /// backward). ModernBERT activates the first half, GTE the second.
+    pub fn glu_forward(self, a: &mut [f32], g: &mut [f32], u: &[f32], m: usize, act: Half) {
+        let rows = (CHUNK / m).max(1);
+        a.par_chunks_mut(rows * m)
+            .zip(g.par_chunks_mut(rows * m))
+            .zip(u.par_chunks(rows * 2 * m))
+            .for_each(|((ab, gb), ub)| {
+                let it = ab.chunks_mut(m).zip(gb.chunks_mut(m)).zip(ub.chunks(2 * m));
+                for ((ar, gr), ur) in it {
+                    let (input, gate) = act.split(ur, m);
+                    self.serial_forward(gr, input);
+                    ar.iter_mut()
+                        .zip(gr.iter().zip(gate))
+                        .for_each(|(o, (x, y))| *o = x * y);
+                }
+            });
+    }
+
+    /// dL/du (`[rows, 2m]`) into `du` from dL/da, the forward's input `u` and `g`.
+    pub fn glu_backward(
+        self,
+        du: &mut [f32],
+        da: &[f32],
+        u: &[f32],
+        g: &[f32],
+        m: usize,
+        act: Half,
+    ) {
+        let rows = (CHUNK / m).max(1);
+        du.par_chunks_mut(rows * 2 * m)
+            .zip(da.par_chunks(rows * m))
+            .zip(u.par_chunks(rows * 2 * m).zip(g.par_chunks(rows * m)))
+            .for_each(|((db, dab), (ub, gb))| {
+                let it = db.chunks_mut(2 * m).zip(dab.chunks(m));
+                for ((dr, dar), (ur, gr)) in it.zip(ub.chunks(2 * m).zip(gb.chunks(m))) {
+                    let (d_input, d_gate) = act.split_mut(dr, m);
+                    let (input, gate) = act.split(ur, m);
+                    for i in 0..m {
+                        d_gate[i] = dar[i] * gr[i];
+                        d_input[i] = dar[i] * gate[i];
+                    }
+                    self.serial_backward(d_input, input, gr);
+                }
             });
     }
 }
@@ -201,6 +283,30 @@ mod tests {
                 diff < 1e-4,
                 "{act:?}: gradient differs by {diff} (relative)"
             );
+        }
+    }
+
+    #[test]
+    fn glu_matches_candle_values_and_gradients() {
+        // Rows past one parallel block (CHUNK / m), and an odd width.
+        let (rows, m) = (300, 37);
+        let u = randn(rows * 2 * m, 2.0, 3);
+        let probe = randn(rows * m, 1.0, 4);
+        let uv = var(&u, &[rows, 2 * m]);
+        for (half, at) in [(Half::First, 0), (Half::Second, m)] {
+            let other = m - at;
+            let composed = (|| {
+                uv.narrow(1, at, m)?
+                    .gelu_erf()?
+                    .mul(&uv.narrow(1, other, m)?)
+            })();
+            let (want, grads) = reference(composed, &probe, &[&uv]);
+            let (mut a, mut g) = (vec![0f32; rows * m], vec![0f32; rows * m]);
+            Act::Gelu.glu_forward(&mut a, &mut g, &u, m, half);
+            assert!(max_diff(&a, &want) < 1e-5, "{half:?}");
+            let mut du = vec![f32::NAN; rows * 2 * m];
+            Act::Gelu.glu_backward(&mut du, &probe, &u, &g, m, half);
+            assert!(rel_diff(&du, &grads[0]) < 1e-4, "{half:?}");
         }
     }
 }

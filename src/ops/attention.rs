@@ -3,7 +3,8 @@
 //! pad tokens. Forward and backward each run one task per sequence; each head's products are
 //! strided `gemm` calls on its columns of the fused `[tokens, 3 * hidden]` QKV projection, with
 //! no transposes or copies. The probabilities are recomputed in the backward pass (as flash
-//! attention does) instead of being stored.
+//! attention does) instead of being stored. A sliding window (ModernBERT's local layers) masks
+//! the keys farther than `window` from the query.
 
 use multiversion::multiversion;
 use rayon::prelude::*;
@@ -47,16 +48,18 @@ struct Dims {
     d: usize,
     heads: usize,
     scale: f32,
+    window: Option<usize>,
 }
 
 impl Dims {
-    fn new(h: usize, heads: usize) -> Self {
+    fn new(h: usize, heads: usize, window: Option<usize>) -> Self {
         let d = h / heads;
         Dims {
             h,
             d,
             heads,
             scale: 1.0 / (d as f32).sqrt(),
+            window,
         }
     }
 
@@ -79,7 +82,16 @@ impl Dims {
         };
         let k = self.qkv(qkv, len, 1, head).t();
         matmul(p, len, self.qkv(qkv, len, 0, head), k, scaled);
-        softmax_rows(p, len);
+        let Some(w) = self.window else {
+            return softmax_rows(p, len);
+        };
+        // Softmax over each query's window alone; the keys outside it get probability 0.
+        for (i, row) in p.chunks_exact_mut(len).enumerate() {
+            let (lo, hi) = (i.saturating_sub(w), (i + w + 1).min(len));
+            softmax_rows(&mut row[lo..hi], hi - lo);
+            row[..lo].fill(0.0);
+            row[hi..].fill(0.0);
+        }
     }
 
     fn drop(&self, dropout: Option<Dropout>, s: usize, head: usize, p: &mut [f32]) {
@@ -102,16 +114,18 @@ fn per_sequence<'a>(mut x: &'a mut [f32], offsets: &[usize], width: usize) -> Ve
 }
 
 /// `softmax(q kᵀ / sqrt(d)) v` per head and sequence into `ctx` (`[tokens, h]`), from `qkv`
-/// (`[tokens, 3h]`: Q, K, V side by side). `dropout` drops probabilities.
+/// (`[tokens, 3h]`: Q, K, V side by side). `window`: each query sees only the keys at most
+/// that far away. `dropout` drops probabilities.
 pub fn forward(
     ctx: &mut [f32],
     qkv: &[f32],
     offsets: &[usize],
     heads: usize,
+    window: Option<usize>,
     dropout: Option<Dropout>,
 ) {
     let h = qkv.len() / offsets.last().copied().unwrap_or(0).max(1) / 3;
-    let dm = Dims::new(h, heads);
+    let dm = Dims::new(h, heads, window);
     per_sequence(ctx, offsets, h)
         .into_par_iter()
         .enumerate()
@@ -140,10 +154,11 @@ pub fn backward(
     qkv: &[f32],
     offsets: &[usize],
     heads: usize,
+    window: Option<usize>,
     dropout: Option<Dropout>,
 ) {
     let h = dctx.len() / offsets.last().copied().unwrap_or(0).max(1);
-    let dm = Dims::new(h, heads);
+    let dm = Dims::new(h, heads, window);
     per_sequence(dqkv, offsets, 3 * h)
         .into_par_iter()
         .enumerate()
@@ -187,8 +202,14 @@ mod tests {
     use crate::ops::testing::*;
     use candle_core::{Result, Tensor, D};
 
-    /// transformers' eager attention from candle primitives, one sequence at a time.
-    fn composed(qkv: &Tensor, offsets: &[usize], heads: usize) -> Result<Tensor> {
+    /// transformers' eager attention from candle primitives, one sequence at a time, with its
+    /// sliding-window mask (`|i - j| <= window`) as an additive -inf.
+    fn composed(
+        qkv: &Tensor,
+        offsets: &[usize],
+        heads: usize,
+        window: Option<usize>,
+    ) -> Result<Tensor> {
         let h = qkv.dim(1)? / 3;
         let d = h / heads;
         let mut outs = Vec::new();
@@ -201,7 +222,17 @@ mod tests {
                     .transpose(0, 1)?
                     .contiguous()
             };
-            let scores = (split(0)?.matmul(&split(1)?.t()?)? / (d as f64).sqrt())?;
+            let mut scores = (split(0)?.matmul(&split(1)?.t()?)? / (d as f64).sqrt())?;
+            if let Some(w) = window {
+                let mask: Vec<f32> = (0..len * len)
+                    .map(|k| match (k / len).abs_diff(k % len) <= w {
+                        true => 0.0,
+                        false => f32::NEG_INFINITY,
+                    })
+                    .collect();
+                let mask = Tensor::from_vec(mask, (len, len), qkv.device())?;
+                scores = scores.broadcast_add(&mask)?;
+            }
             let max = scores.max_keepdim(D::Minus1)?.detach();
             let e = scores.broadcast_sub(&max)?.exp()?;
             let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
@@ -218,14 +249,20 @@ mod tests {
         let qkv = randn(n * 3 * h, 1.0, 1);
         let probe = randn(n * h, 1.0, 2);
         let qv = var(&qkv, &[n, 3 * h]);
-        let (want, g) = reference(composed(&qv, &offsets, heads), &probe, &[&qv]);
-        let mut ctx = vec![f32::NAN; n * h];
-        forward(&mut ctx, &qkv, &offsets, heads, None);
-        assert!(max_diff(&ctx, &want) < 1e-5);
-        let mut dqkv = vec![f32::NAN; n * 3 * h];
-        backward(&mut dqkv, &probe, &qkv, &offsets, heads, None);
-        let d = rel_diff(&dqkv, &g[0]);
-        assert!(d < 1e-4, "gradient differs by {d} (relative)");
+        // Global, and windows narrower than a sequence (2), than none (8).
+        for window in [None, Some(2), Some(8)] {
+            let (want, g) = reference(composed(&qv, &offsets, heads, window), &probe, &[&qv]);
+            let mut ctx = vec![f32::NAN; n * h];
+            forward(&mut ctx, &qkv, &offsets, heads, window, None);
+            assert!(max_diff(&ctx, &want) < 1e-5, "window {window:?}");
+            let mut dqkv = vec![f32::NAN; n * 3 * h];
+            backward(&mut dqkv, &probe, &qkv, &offsets, heads, window, None);
+            let d = rel_diff(&dqkv, &g[0]);
+            assert!(
+                d < 1e-4,
+                "window {window:?}: gradient differs by {d} (relative)"
+            );
+        }
     }
 
     #[test]
@@ -239,14 +276,14 @@ mod tests {
         let qkv = randn(n * 3 * h, 1.0, 3);
         let loss = |x: &[f32]| -> f64 {
             let mut ctx = vec![0f32; n * h];
-            forward(&mut ctx, x, &offsets, heads, drop);
+            forward(&mut ctx, x, &offsets, heads, None, drop);
             ctx.iter().map(|v| (*v as f64) * (*v as f64)).sum()
         };
         let mut ctx = vec![0f32; n * h];
-        forward(&mut ctx, &qkv, &offsets, heads, drop);
+        forward(&mut ctx, &qkv, &offsets, heads, None, drop);
         let dctx: Vec<f32> = ctx.iter().map(|v| 2.0 * v).collect();
         let mut g = vec![0f32; n * 3 * h];
-        backward(&mut g, &dctx, &qkv, &offsets, heads, drop);
+        backward(&mut g, &dctx, &qkv, &offsets, heads, None, drop);
         let eps = 1e-2f32;
         for idx in [0, 7, 13, 22, 39, 60, 100, 150, 190] {
             let (mut plus, mut minus) = (qkv.clone(), qkv.clone());

@@ -80,9 +80,9 @@ mod tests {
         let y = forward(composed_layer_norm, &inputs).unwrap();
         let g = backward(composed_layer_norm, &inputs, &dy).unwrap();
         let (mut yk, mut stats) = (vec![0f32; rows * h], vec![0f32; 2 * rows]);
-        layer_norm::forward(&mut yk, &mut stats, &x, &w, &b, 1e-12);
+        layer_norm::forward(&mut yk, &mut stats, &x, &w, Some(&b), 1e-12);
         let (mut dx, mut dw, mut db) = (vec![0f32; rows * h], vec![0f32; h], vec![0f32; h]);
-        layer_norm::backward(&mut dx, &mut dw, &mut db, &dy, &x, &stats, &w);
+        layer_norm::backward(&mut dx, &mut dw, Some(&mut db), &dy, &x, &stats, &w);
         assert!(max_diff(&y, &yk) < 1e-5);
         for (composed, kernel) in g.iter().zip([&dx, &dw, &db]) {
             assert!(rel_diff(kernel, composed) < 1e-4);

@@ -101,8 +101,8 @@ impl QuantizedWeight {
         }
     }
 
-    /// `y` (`[rows, out]`) = `x` (`[rows, in]`) · `w`ᵀ + `bias`, the product in int8.
-    pub fn forward(&self, y: &mut [f32], x: &[f32], bias: &[f32]) {
+    /// `y` (`[rows, out]`) = `x` (`[rows, in]`) · `w`ᵀ (+ `bias`), the product in int8.
+    pub fn forward(&self, y: &mut [f32], x: &[f32], bias: Option<&[f32]>) {
         let (k, n) = (self.in_dim, self.out_dim);
         let rows = x.len() / k;
         if rows == 0 {
@@ -116,7 +116,7 @@ impl QuantizedWeight {
                 .zip(input.scale.par_chunks(ROW_BLOCK))
                 .zip(input.zero.par_chunks(ROW_BLOCK))
                 .for_each(|((yb, sb), zb)| {
-                    dequantize_rows(yb, sb, zb, &self.scales, &self.col_sums, bias)
+                    dequantize_rows(yb, sb, zb, &self.scales, &self.col_sums, bias, n)
                 });
         });
     }
@@ -229,8 +229,8 @@ fn quantize_rows(q: &mut [u8], scale: &mut [f32], zero: &mut [u8], x: &[f32], k:
     }
 }
 
-/// `y[i, j] = (acc[i, j] - zero[i] · col_sums[j]) · scale[i] · col_scale[j] + bias[j]`, `acc`
-/// read from `y`'s bits; the integer part is exact.
+/// `y[i, j] = (acc[i, j] - zero[i] · col_sums[j]) · scale[i] · col_scale[j] (+ bias[j])`, `acc`
+/// read from `y`'s bits (`n` columns); the integer part is exact.
 #[multiversion(targets(
     "x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma",
     "x86_64+avx2+fma"
@@ -241,12 +241,16 @@ fn dequantize_rows(
     zero: &[u8],
     col_scale: &[f32],
     col_sums: &[i32],
-    bias: &[f32],
+    bias: Option<&[f32]>,
+    n: usize,
 ) {
-    for ((yr, &s), &z) in y.chunks_mut(bias.len()).zip(scale).zip(zero) {
+    for ((yr, &s), &z) in y.chunks_mut(n).zip(scale).zip(zero) {
         let z = z as i32;
-        for (((v, &c), &sum), &b) in yr.iter_mut().zip(col_scale).zip(col_sums).zip(bias) {
-            *v = ((v.to_bits() as i32) - z * sum) as f32 * (s * c) + b;
+        for ((v, &c), &sum) in yr.iter_mut().zip(col_scale).zip(col_sums) {
+            *v = ((v.to_bits() as i32) - z * sum) as f32 * (s * c);
+        }
+        if let Some(bias) = bias {
+            yr.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
         }
     }
 }
@@ -320,7 +324,7 @@ mod tests {
         let w = randn(o * i, 0.1, 6);
         let b = randn(o, 0.1, 7);
         let mut y = vec![f32::NAN; rows * o];
-        QuantizedWeight::new(&w, i, WeightLayout::OutIn).forward(&mut y, &x, &b);
+        QuantizedWeight::new(&w, i, WeightLayout::OutIn).forward(&mut y, &x, Some(&b));
         let (q, scales) = quantize_weight(&w, i, WeightLayout::OutIn);
         let mut input = Input::default();
         input.quantize(&x, i);
@@ -348,7 +352,7 @@ mod tests {
         let wt: Vec<f32> = (0..i * o).map(|k| w[(k % o) * i + k / o]).collect();
         for (weight, layout) in [(&w, WeightLayout::OutIn), (&wt, WeightLayout::InOut)] {
             let mut y = vec![f32::NAN; rows * o];
-            QuantizedWeight::new(weight, i, layout).forward(&mut y, &x, &b);
+            QuantizedWeight::new(weight, i, layout).forward(&mut y, &x, Some(&b));
             let err = rel_diff(&y, &want);
             assert!(err < 0.02, "{layout:?}: {err}");
             assert!(err > 0.0, "int8 cannot be exact on random weights");

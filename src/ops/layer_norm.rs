@@ -6,9 +6,17 @@ use rayon::prelude::*;
 
 use super::ROW_BLOCK;
 
-/// `y = (x - mean) / sqrt(var + eps) * w + b` per row of `x` (`[rows, w.len()]`); `stats`
-/// (`[rows, 2]`) receives each row's mean and `1 / sqrt(var + eps)`.
-pub fn forward(y: &mut [f32], stats: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
+/// `y = (x - mean) / sqrt(var + eps) * w + b` per row of `x` (`[rows, w.len()]`), `b` left out
+/// where the norm has no bias (ModernBERT); `stats` (`[rows, 2]`) receives each row's mean and
+/// `1 / sqrt(var + eps)`.
+pub fn forward(
+    y: &mut [f32],
+    stats: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    eps: f32,
+) {
     let h = w.len();
     y.par_chunks_mut(h * ROW_BLOCK)
         .zip(stats.par_chunks_mut(2 * ROW_BLOCK))
@@ -20,7 +28,14 @@ pub fn forward(y: &mut [f32], stats: &mut [f32], x: &[f32], w: &[f32], b: &[f32]
     "x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma",
     "x86_64+avx2+fma"
 ))]
-fn forward_rows(y: &mut [f32], stats: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
+fn forward_rows(
+    y: &mut [f32],
+    stats: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    eps: f32,
+) {
     let h = w.len();
     for ((yr, s), xr) in y.chunks_mut(h).zip(stats.chunks_mut(2)).zip(x.chunks(h)) {
         let n = h as f32;
@@ -29,21 +44,22 @@ fn forward_rows(y: &mut [f32], stats: &mut [f32], x: &[f32], w: &[f32], b: &[f32
             .iter()
             .sum();
         let rstd = 1.0 / (var / n + eps).sqrt();
-        for i in 0..h {
-            yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
+        match b {
+            Some(b) => (0..h).for_each(|i| yr[i] = (xr[i] - mean) * rstd * w[i] + b[i]),
+            None => (0..h).for_each(|i| yr[i] = (xr[i] - mean) * rstd * w[i]),
         }
         s[0] = mean;
         s[1] = rstd;
     }
 }
 
-/// Writes dL/dx into `dx` and adds dL/dw, dL/db into `dw`, `db`, from `dy` and the forward's
-/// input and `stats`.
+/// Writes dL/dx into `dx` and adds dL/dw, dL/db into `dw`, `db` (if the norm has a bias), from
+/// `dy` and the forward's input and `stats`.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     dx: &mut [f32],
     dw: &mut [f32],
-    db: &mut [f32],
+    mut db: Option<&mut [f32]>,
     dy: &[f32],
     x: &[f32],
     stats: &[f32],
@@ -64,7 +80,9 @@ pub fn backward(
         .collect();
     for p in partials {
         dw.iter_mut().zip(&p[..h]).for_each(|(a, b)| *a += b);
-        db.iter_mut().zip(&p[h..]).for_each(|(a, b)| *a += b);
+        if let Some(db) = db.as_deref_mut() {
+            db.iter_mut().zip(&p[h..]).for_each(|(a, b)| *a += b);
+        }
     }
 }
 
@@ -128,10 +146,10 @@ mod tests {
         let (xv, wv, bv) = (var(&x, &[rows, h]), var(&w, &[h]), var(&b, &[h]));
         let (want, g) = reference(composed(&xv, &wv, &bv, 1e-12), &probe, &[&xv, &wv, &bv]);
         let (mut y, mut stats) = (vec![0f32; rows * h], vec![0f32; 2 * rows]);
-        forward(&mut y, &mut stats, &x, &w, &b, 1e-12);
+        forward(&mut y, &mut stats, &x, &w, Some(&b), 1e-12);
         assert!(max_diff(&y, &want) < 1e-5);
         let (mut dx, mut dw, mut db) = (vec![0f32; rows * h], vec![1f32; h], vec![1f32; h]);
-        backward(&mut dx, &mut dw, &mut db, &probe, &x, &stats, &w);
+        backward(&mut dx, &mut dw, Some(&mut db), &probe, &x, &stats, &w);
         // dw and db started at 1: the kernel adds to them.
         let dw: Vec<f32> = dw.iter().map(|v| v - 1.0).collect();
         let db: Vec<f32> = db.iter().map(|v| v - 1.0).collect();

@@ -17,6 +17,7 @@ pub mod layer_norm;
 pub mod linear;
 pub mod matmul;
 pub mod profile;
+pub mod rotary;
 
 pub use activation::Act;
 pub use dropout::Dropout;

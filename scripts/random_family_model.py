@@ -1,0 +1,35 @@
+"""Writes a cross-encoder with random weights at a family's base size, for BENCHMARKS.md's speed
+of each family beside PyTorch's (`crossenc bench --model OUT` and the reference's
+`st_predict_bench.py OUT` on the same folder).
+
+    python scripts/random_family_model.py FAMILY TOKENIZER_DIR OUT
+
+FAMILY: modernbert (answerdotai/ModernBERT-base's config: 22 layers, hidden 768, intermediate
+1152, a window of 128 on two layers in three). TOKENIZER_DIR: a WordPiece tokenizer.json to
+take (all-MiniLM-L6-v2's: 30,522 tokens, so STS-B's pairs have their usual lengths); the
+vocabulary follows it. The folder is saved by sentence-transformers' `CrossEncoder.save`.
+"""
+import os, sys, tempfile
+import torch
+from transformers import PreTrainedTokenizerFast, ModernBertConfig, ModernBertForSequenceClassification
+from sentence_transformers import CrossEncoder
+
+family, tok_dir, out = sys.argv[1:4]
+torch.manual_seed(0)
+tok = PreTrainedTokenizerFast(
+    tokenizer_file=os.path.join(tok_dir, "tokenizer.json"), unk_token="[UNK]", cls_token="[CLS]",
+    sep_token="[SEP]", pad_token="[PAD]", mask_token="[MASK]", model_max_length=512,
+    model_input_names=["input_ids", "attention_mask"])
+ids = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, cls_token_id=tok.cls_token_id,
+           sep_token_id=tok.sep_token_id, bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id)
+if family == "modernbert":
+    cfg = ModernBertConfig(hidden_size=768, intermediate_size=1152, num_hidden_layers=22, num_attention_heads=12,
+                           max_position_embeddings=8192, num_labels=1, **ids)
+    model = ModernBertForSequenceClassification(cfg)
+else:
+    sys.exit(f"unknown family {family}")
+with tempfile.TemporaryDirectory() as tmp:
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    CrossEncoder(tmp, max_length=512, device="cpu").save(out)
+print(out)
