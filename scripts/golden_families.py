@@ -25,7 +25,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers, processors
 from transformers import (AutoTokenizer, GteConfig, GteForSequenceClassification, ModernBertConfig,
-                          ModernBertForSequenceClassification, PreTrainedTokenizerFast)
+                          ModernBertForSequenceClassification, PreTrainedTokenizerFast, Qwen3Config,
+                          Qwen3ForCausalLM)
 from sentence_transformers import CrossEncoder
 
 golden, out_root = sys.argv[1:3]
@@ -122,6 +123,63 @@ def make(name, build, seed):
     print(name, "logits", logits[:2].tolist(), "loss", loss.item())
 
 
+# The Qwen3-Reranker prompt as a chat template over sentence-transformers' pair roles.
+QWEN3_TEMPLATE = (
+    '{%- set query = messages | selectattr("role", "eq", "query") | map(attribute="content") | first -%}\n'
+    '{%- set document = messages | selectattr("role", "eq", "document") | map(attribute="content") | first -%}\n'
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
+    'provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n<Instruct>: Given a '
+    "web search query, retrieve relevant passages that answer the query\n<Query>: {{ query }}\n<Document>: "
+    "{{ document }}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+# Longer than the template (about 80 tokens here), shorter than the long pair's prompt.
+QWEN3_MAX_LENGTH = 110
+
+
+def qwen3_reranker(out):
+    """A tiny Qwen3 causal LM with the Qwen3-Reranker template, loaded by sentence-transformers as
+    a CrossEncoder (Transformer + LogitScore on the "yes" and "no" tokens) and saved."""
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [t for p in pairs for t in p] + ["yes", "no"] * 50 + [QWEN3_TEMPLATE] * 5
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=500, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   model_max_length=MAX_LENGTH)
+    fast.chat_template = QWEN3_TEMPLATE
+    assert fast.convert_tokens_to_ids("yes") != fast.unk_token_id and "yes" in fast.get_vocab()
+    cfg = Qwen3Config(vocab_size=len(fast), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=12, max_position_embeddings=256,
+                      initializer_range=0.2, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                      pad_token_id=fast.pad_token_id, eos_token_id=fast.eos_token_id, attn_implementation="eager")
+    model = Qwen3ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "norm" in n:
+                p.add_(0.1 * torch.randn_like(p))
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        fast.save_pretrained(tmp)
+        CrossEncoder(tmp, max_length=QWEN3_MAX_LENGTH, device="cpu").save(out)
+    ce = CrossEncoder(out, device="cpu")
+    features = ce[0].preprocess(pairs)
+    with torch.no_grad():
+        raw = ce.predict(pairs, activation_fn=torch.nn.Identity(), convert_to_numpy=True)
+    scores = ce.predict(pairs, convert_to_numpy=True)
+    json.dump({"pairs": pairs, "max_length": ce.max_length, "input_ids": features["input_ids"].tolist(),
+               "attention_mask": features["attention_mask"].tolist(), "logits": [[v] for v in raw.tolist()],
+               "predict_scores": scores.tolist(), "predict_activation": type(ce.activation_fn).__name__,
+               "true_token": "yes", "false_token": "no", "torch": torch.__version__,
+               "generated_by": "scripts/golden_families.py"},
+              open(os.path.join(out, "golden.json"), "w"), indent=1)
+    print("tiny-qwen3-reranker logits", raw[:3].tolist(), "lengths", features["attention_mask"].sum(1).tolist())
+
+
 make("tiny-modernbert", lambda: modernbert(1, "cls", False), 1)
 make("tiny-modernbert-mean", lambda: modernbert(3, "mean", True), 2)
 make("tiny-gte", gte, 3)
+torch.manual_seed(4)
+qwen3_reranker(os.path.join(out_root, "tiny-qwen3-reranker"))

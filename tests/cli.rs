@@ -587,3 +587,52 @@ fn three_shards_concatenated_score_as_one_run() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a shard I/N"));
 }
+
+/// A Qwen3 re-ranker (causal LM, chat-template prompt, "yes"/"no" logits) scores through
+/// `predict` and `rank` as sentence-transformers scored it.
+#[test]
+fn qwen3_reranker_predicts_and_ranks_as_sentence_transformers() {
+    let dir = repo().join("tests/fixtures/tiny-qwen3-reranker");
+    let g = read_json(&require(dir.join("golden.json")));
+    let want = f32s(&g["predict_scores"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("pairs.jsonl");
+    write_pairs_jsonl(&input, &g);
+    let m = dir.to_str().unwrap();
+    let out = stdout(&crossenc(&[
+        "predict",
+        "-m",
+        m,
+        "-i",
+        input.to_str().unwrap(),
+    ]));
+    let d = max_abs_diff(&score_lines(&out), &want);
+    assert!(d < 1e-4, "predict differs by {d}");
+    // Golden pairs 2 and 3 share their query.
+    let docs = tmp.path().join("docs.txt");
+    let doc = |i: usize| g["pairs"][i][1].as_str().unwrap().to_string();
+    std::fs::write(&docs, format!("{}\n{}\n", doc(2), doc(3))).unwrap();
+    let query = g["pairs"][2][0].as_str().unwrap();
+    let out = stdout(&crossenc(&[
+        "rank",
+        "-m",
+        m,
+        "-q",
+        query,
+        "-d",
+        docs.to_str().unwrap(),
+        "--json",
+    ]));
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    let best = if want[2] >= want[3] { 0 } else { 1 };
+    assert_eq!(rows[0]["index"], best);
+    for r in &rows {
+        let i = 2 + r["index"].as_u64().unwrap() as usize;
+        let d = (r["score"].as_f64().unwrap() as f32 - want[i]).abs();
+        assert!(d < 1e-4, "rank score of pair {i} differs by {d}");
+    }
+}

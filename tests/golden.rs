@@ -20,20 +20,22 @@ fn batch_of(ce: &CrossEncoder, pairs: &[(String, String)]) -> Tokens {
 }
 
 /// Asserts that the packed `got` holds the unpadded rows of the reference's padded `[rows,
-/// width]` `want`, whose attention mask marks the real tokens.
+/// width]` `want`, whose attention mask marks the real tokens (padded on the right, or on the
+/// left for a causal LM).
 fn assert_packed(got: &[u32], tokens: &Tokens, want: &[u32], mask: &[u32], what: &str) {
     let width = want.len() / tokens.sequences();
     for s in 0..tokens.sequences() {
         let row = &mask[s * width..(s + 1) * width];
         let len = row.iter().filter(|&&m| m == 1).count();
+        let start = row.iter().position(|&m| m == 1).unwrap_or(0);
         assert!(
-            row[..len].iter().all(|&m| m == 1),
-            "{what}: mask not left-aligned"
+            row[start..start + len].iter().all(|&m| m == 1),
+            "{what}: padding inside pair {s}"
         );
         assert_eq!(tokens.sequence(s).len(), len, "{what}: length of pair {s}");
         assert_eq!(
             &got[tokens.sequence(s)],
-            &want[s * width..][..len],
+            &want[s * width + start..][..len],
             "{what}: pair {s}"
         );
     }
@@ -83,7 +85,7 @@ fn check_tiny_at(dir: &std::path::Path, name: &str) {
     );
     let want = f32s(&g["predict_scores"]);
     for bs in [1, 3, 8] {
-        let mut ce = load(dir, 48);
+        let mut ce = load(dir, g["max_length"].as_u64().unwrap() as usize);
         ce.set_batch_size(bs);
         let got = ce.predict(&pairs).unwrap().values;
         let d = max_abs_diff(&got, &want);
@@ -353,4 +355,27 @@ fn tiny_modernbert_mean() {
 #[test]
 fn tiny_gte() {
     check_tiny_at(&repo().join("tests/fixtures/tiny-gte"), "tiny-gte");
+}
+
+/// A Qwen3 re-ranker as sentence-transformers saves one (`Qwen3ForCausalLM`, a chat template
+/// over the query/document roles, a `LogitScore` module on "yes" and "no"): the same prompt
+/// tokens (two pairs cut at the max length, the template's tail restored) and scores.
+#[test]
+fn tiny_qwen3_reranker() {
+    let dir = repo().join("tests/fixtures/tiny-qwen3-reranker");
+    check_tiny_at(&dir, "tiny-qwen3-reranker");
+    let g = read_json(&dir.join("golden.json"));
+    let ce = load(&dir, g["max_length"].as_u64().unwrap() as usize);
+    let batch = packed_golden_pairs(&ce, &g, "tiny-qwen3-reranker");
+    let cut = (0..batch.sequences())
+        .filter(|&s| batch.sequence(s).len() == ce.tokenizer().max_length)
+        .count();
+    assert!(cut >= 2, "the fixture must cut prompts at the max length");
+    let refused = crossenc::train::Trainable::new(&ce, Default::default());
+    assert!(refused.is_err(), "a causal-LM re-ranker does not train yet");
+    let out = tempfile::tempdir().unwrap();
+    assert!(
+        ce.save(out.path()).is_err(),
+        "saving would write a classifier"
+    );
 }

@@ -238,6 +238,33 @@ fn a_quantized_server_says_so_and_scores_close_to_f32() {
     assert!(d > 0.0 && d < 0.15, "int8 scores differ from f32 by {d}");
 }
 
+/// A Qwen3 re-ranker (a causal LM) behind `/rerank`: text-embeddings-inference does not serve
+/// these; the scores are sentence-transformers'.
+#[test]
+fn rerank_serves_a_qwen3_reranker() {
+    let dir = repo().join("tests/fixtures/tiny-qwen3-reranker");
+    let g = read_json(&require(dir.join("golden.json")));
+    let want = f32s(&g["predict_scores"]);
+    let s = Server::start(&dir, &[]);
+    let info: Value = serde_json::from_str(&s.get("/info").1).unwrap();
+    assert_eq!(info["model_type"], "qwen3");
+    // Golden pairs 2 and 3 share their query.
+    let (status, out) = s.post(
+        "/rerank",
+        json!({ "query": g["pairs"][2][0], "texts": [g["pairs"][2][1], g["pairs"][3][1]] }),
+    );
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out.as_array().unwrap().len(), 2, "{out}");
+    for r in out.as_array().unwrap() {
+        let i = 2 + r["index"].as_u64().unwrap() as usize;
+        let d = (r["score"].as_f64().unwrap() as f32 - want[i]).abs();
+        assert!(
+            d < 1e-4,
+            "pair {i}: /rerank differs from sentence-transformers by {d}"
+        );
+    }
+}
+
 #[test]
 fn routes_answer_like_text_embeddings_inference() {
     let dir = shared("golden/tiny-bert");

@@ -23,6 +23,10 @@ pub enum Family {
     /// transformers' `gte` (Alibaba's GTE v1.5 / multilingual encoders).
     Gte,
     ModernBert,
+    /// Causal LMs scored as re-rankers ([`super::causal`]): Qwen3 (Qwen3-Reranker) and Qwen2
+    /// (mxbai-rerank v2).
+    Qwen3,
+    Qwen2,
 }
 
 impl Family {
@@ -36,6 +40,8 @@ impl Family {
             // Alibaba's remote-code name for the same model (the hub's GTE checkpoints).
             "gte" | "new" => Family::Gte,
             "modernbert" => Family::ModernBert,
+            "qwen3" => Family::Qwen3,
+            "qwen2" => Family::Qwen2,
             _ => return None,
         })
     }
@@ -49,6 +55,8 @@ impl Family {
             Family::Electra => "electra",
             Family::Gte => "gte",
             Family::ModernBert => "modernbert",
+            Family::Qwen3 => "qwen3",
+            Family::Qwen2 => "qwen2",
         }
     }
 
@@ -61,7 +69,7 @@ impl Family {
             Family::DistilBert => "distilbert",
             Family::Electra => "electra",
             Family::Gte => "gte",
-            Family::ModernBert => "model",
+            Family::ModernBert | Family::Qwen3 | Family::Qwen2 => "model",
         }
     }
 
@@ -74,12 +82,22 @@ impl Family {
             Family::Electra => "ElectraForSequenceClassification",
             Family::Gte => "GteForSequenceClassification",
             Family::ModernBert => "ModernBertForSequenceClassification",
+            Family::Qwen3 => "Qwen3ForCausalLM",
+            Family::Qwen2 => "Qwen2ForCausalLM",
         }
     }
 
     /// Whether positions come from rotary embeddings instead of a learned table.
     pub fn rotary(self) -> bool {
-        matches!(self, Family::Gte | Family::ModernBert)
+        matches!(
+            self,
+            Family::Gte | Family::ModernBert | Family::Qwen3 | Family::Qwen2
+        )
+    }
+
+    /// A causal LM, scored by its "yes" and "no" logits at the last token.
+    pub fn causal(self) -> bool {
+        matches!(self, Family::Qwen3 | Family::Qwen2)
     }
 
     /// RoBERTa-style position ids count from `padding_idx + 1`.
@@ -91,6 +109,65 @@ impl Family {
     }
 }
 
+/// Where a family's config.json keeps BERT's keys (DistilBERT's `dim`, ModernBERT's
+/// `hidden_activation`, ...).
+struct Keys {
+    hidden_size: &'static str,
+    hidden_act: &'static str,
+    num_hidden_layers: &'static str,
+    num_attention_heads: &'static str,
+    intermediate_size: &'static str,
+    /// Dropout keys, and whether the family requires them.
+    hidden_dropout: (&'static str, bool),
+    attention_dropout: (&'static str, bool),
+    classifier_dropout: &'static str,
+    /// The norm's epsilon and transformers' default for it.
+    layer_norm_eps: (&'static str, f64),
+}
+
+impl Keys {
+    fn of(family: Family) -> Self {
+        const BERT: Keys = Keys {
+            hidden_size: "hidden_size",
+            hidden_act: "hidden_act",
+            num_hidden_layers: "num_hidden_layers",
+            num_attention_heads: "num_attention_heads",
+            intermediate_size: "intermediate_size",
+            hidden_dropout: ("hidden_dropout_prob", true),
+            attention_dropout: ("attention_probs_dropout_prob", true),
+            classifier_dropout: "classifier_dropout",
+            layer_norm_eps: ("layer_norm_eps", 1e-12),
+        };
+        match family {
+            Family::DistilBert => Keys {
+                hidden_size: "dim",
+                hidden_act: "activation",
+                num_hidden_layers: "n_layers",
+                num_attention_heads: "n_heads",
+                intermediate_size: "hidden_dim",
+                hidden_dropout: ("dropout", true),
+                attention_dropout: ("attention_dropout", true),
+                classifier_dropout: "seq_classif_dropout",
+                ..BERT
+            },
+            Family::ModernBert => Keys {
+                hidden_act: "hidden_activation",
+                hidden_dropout: ("mlp_dropout", false),
+                attention_dropout: ("attention_dropout", false),
+                layer_norm_eps: ("norm_eps", 1e-5),
+                ..BERT
+            },
+            Family::Qwen3 | Family::Qwen2 => Keys {
+                hidden_dropout: ("hidden_dropout", false),
+                attention_dropout: ("attention_dropout", false),
+                layer_norm_eps: ("rms_norm_eps", 1e-6),
+                ..BERT
+            },
+            _ => BERT,
+        }
+    }
+}
+
 /// Hidden activation (`hidden_act`, or DistilBERT's `activation`): `gelu` is the exact erf
 /// form; `gelu_new`, `gelu_pytorch_tanh` and `gelu_fast` the tanh approximation.
 fn parse_act(s: &str) -> Option<Act> {
@@ -98,6 +175,7 @@ fn parse_act(s: &str) -> Option<Act> {
         "gelu" => Act::Gelu,
         "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Act::GeluTanh,
         "relu" => Act::Relu,
+        "silu" | "swish" => Act::Silu,
         _ => return None,
     })
 }
@@ -131,8 +209,60 @@ pub struct Config {
     pub rope_theta: Option<f64>,
     /// ModernBERT's own settings; `None` for the other families.
     pub modernbert: Option<ModernBertConfig>,
+    /// A causal LM's own settings; `None` for the encoders.
+    pub causal: Option<CausalConfig>,
     /// The file as read, written back with our changes on save.
     pub raw: Map<String, Value>,
+}
+
+/// The keys of transformers' `Qwen3Config` / `Qwen2Config` that an encoder has no counterpart
+/// for, and the tokens whose logits make the score.
+#[derive(Debug, Clone)]
+pub struct CausalConfig {
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rope_theta: f64,
+    /// Whether the output projection is the embedding table (`tie_word_embeddings`).
+    pub tie_word_embeddings: bool,
+    /// Qwen2's Q, K, V projections carry biases.
+    pub attention_bias: bool,
+    /// Qwen3 normalises each query and key head (`q_norm`, `k_norm`).
+    pub qk_norm: bool,
+    /// The score is logit(`true_token_id`) - logit(`false_token_id`) at the last token, as
+    /// sentence-transformers' `LogitScore`; the loader sets them from the model folder.
+    pub true_token_id: u32,
+    pub false_token_id: Option<u32>,
+}
+
+impl CausalConfig {
+    fn read(r: &Reader, family: Family, hidden: usize, heads: usize) -> Result<Self> {
+        if r.opt_bool("use_sliding_window")?.unwrap_or(false) {
+            bail!("\"use_sliding_window\" is true: crossenc's causal re-rankers attend to the whole prompt");
+        }
+        if r.0.get("rope_scaling").is_some_and(|v| !v.is_null()) {
+            bail!("\"rope_scaling\" is set: crossenc's causal re-rankers support plain rotary embeddings only");
+        }
+        let head_dim = r.opt_usize("head_dim")?.unwrap_or(hidden / heads.max(1));
+        let num_key_value_heads = r.opt_usize("num_key_value_heads")?.unwrap_or(heads);
+        if num_key_value_heads == 0 || !heads.is_multiple_of(num_key_value_heads) {
+            bail!("\"num_key_value_heads\" ({num_key_value_heads}) must divide \"num_attention_heads\" ({heads})");
+        }
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
+            bail!("\"head_dim\" is {head_dim}: rotary embeddings need an even head width");
+        }
+        Ok(CausalConfig {
+            num_key_value_heads,
+            head_dim,
+            rope_theta: r.rope_theta(None, "rope_theta", 10_000.0)?,
+            tie_word_embeddings: r.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+            attention_bias: r
+                .opt_bool("attention_bias")?
+                .unwrap_or(family == Family::Qwen2),
+            qk_norm: family == Family::Qwen3,
+            true_token_id: 0,
+            false_token_id: None,
+        })
+    }
 }
 
 /// How ModernBERT's classifier pools the last hidden state (`classifier_pooling`).
@@ -202,7 +332,7 @@ impl ModernBertConfig {
             mlp_bias: r.opt_bool("mlp_bias")?.unwrap_or(false),
             classifier_bias: r.opt_bool("classifier_bias")?.unwrap_or(false),
             classifier_activation: parse_act(act_name).with_context(|| {
-                format!("unsupported \"classifier_activation\" \"{act_name}\" (known: gelu, gelu_new, gelu_pytorch_tanh, relu)")
+                format!("unsupported \"classifier_activation\" \"{act_name}\" (known: gelu, gelu_new, gelu_pytorch_tanh, relu, silu)")
             })?,
             classifier_pooling,
             embedding_dropout: r.opt_f64("embedding_dropout")?.unwrap_or(0.0),
@@ -229,41 +359,40 @@ impl Config {
         let family = Family::from_model_type(model_type).with_context(|| {
             format!(
                 "unsupported model_type \"{model_type}\": crossenc supports bert, roberta, \
-                 xlm-roberta, distilbert, electra, gte and modernbert"
+                 xlm-roberta, distilbert, electra, gte, modernbert, qwen3 and qwen2"
             )
         })?;
         let r = Reader(&raw);
-        let (distil, modern) = (family == Family::DistilBert, family == Family::ModernBert);
-        // BERT's key, DistilBERT's and ModernBERT's names for it.
-        let key = |bert: &'static str, distil_name: &'static str, modern_name: &'static str| match (
-            distil, modern,
-        ) {
-            (true, _) => distil_name,
-            (_, true) => modern_name,
-            _ => bert,
-        };
-        let hidden_size = r.usize(key("hidden_size", "dim", "hidden_size"))?;
-        let act_name = r.str(key("hidden_act", "activation", "hidden_activation"))?;
+        let k = Keys::of(family);
+        let hidden_size = r.usize(k.hidden_size)?;
+        let act_name = r.str(k.hidden_act)?;
         let hidden_act = parse_act(act_name).with_context(|| {
-            format!("unsupported activation \"{act_name}\" (known: gelu, gelu_new, gelu_pytorch_tanh, relu)")
+            format!("unsupported activation \"{act_name}\" (known: gelu, gelu_new, gelu_pytorch_tanh, relu, silu)")
         })?;
-        let hidden_dropout_prob = match modern {
-            true => r.opt_f64("mlp_dropout")?.unwrap_or(0.0),
-            false => r.f64(key("hidden_dropout_prob", "dropout", ""))?,
+        // The keys that BERT requires are optional (default 0) where transformers defaults them.
+        let dropout = |(key, required): (&str, bool)| match required {
+            true => r.f64(key),
+            false => Ok(r.opt_f64(key)?.unwrap_or(0.0)),
         };
-        let classifier_dropout = match r.opt_f64(key(
-            "classifier_dropout",
-            "seq_classif_dropout",
-            "classifier_dropout",
-        ))? {
+        let hidden_dropout_prob = dropout(k.hidden_dropout)?;
+        let classifier_dropout = match r.opt_f64(k.classifier_dropout)? {
             Some(p) => p,
-            None if modern => 0.0,
+            None if family == Family::ModernBert => 0.0,
             None => hidden_dropout_prob,
         };
-        let num_hidden_layers =
-            r.usize(key("num_hidden_layers", "n_layers", "num_hidden_layers"))?;
-        let modernbert = match modern {
-            true => Some(ModernBertConfig::read(&r, num_hidden_layers)?),
+        let num_hidden_layers = r.usize(k.num_hidden_layers)?;
+        let num_attention_heads = r.usize(k.num_attention_heads)?;
+        let modernbert = match family {
+            Family::ModernBert => Some(ModernBertConfig::read(&r, num_hidden_layers)?),
+            _ => None,
+        };
+        let causal = match family.causal() {
+            true => Some(CausalConfig::read(
+                &r,
+                family,
+                hidden_size,
+                num_attention_heads,
+            )?),
             false => None,
         };
         let rope_theta = match family {
@@ -281,38 +410,25 @@ impl Config {
             hidden_size,
             embedding_size: r.opt_usize("embedding_size")?.unwrap_or(hidden_size),
             num_hidden_layers,
-            num_attention_heads: r.usize(key(
-                "num_attention_heads",
-                "n_heads",
-                "num_attention_heads",
-            ))?,
-            intermediate_size: r.usize(key(
-                "intermediate_size",
-                "hidden_dim",
-                "intermediate_size",
-            ))?,
+            num_attention_heads,
+            intermediate_size: r.usize(k.intermediate_size)?,
             hidden_act,
             hidden_dropout_prob,
-            attention_probs_dropout_prob: match modern {
-                true => r.opt_f64("attention_dropout")?.unwrap_or(0.0),
-                false => r.f64(key("attention_probs_dropout_prob", "attention_dropout", ""))?,
-            },
+            attention_probs_dropout_prob: dropout(k.attention_dropout)?,
             classifier_dropout,
             max_position_embeddings: r.usize("max_position_embeddings")?,
             type_vocab_size: match family {
-                Family::DistilBert | Family::ModernBert => 0,
+                Family::DistilBert | Family::ModernBert | Family::Qwen3 | Family::Qwen2 => 0,
                 Family::Gte => r.opt_usize("type_vocab_size")?.unwrap_or(1),
                 _ => r.opt_usize("type_vocab_size")?.unwrap_or(2),
             },
-            layer_norm_eps: match modern {
-                true => r.opt_f64("norm_eps")?.unwrap_or(1e-5),
-                false => r.opt_f64("layer_norm_eps")?.unwrap_or(1e-12),
-            },
+            layer_norm_eps: r.opt_f64(k.layer_norm_eps.0)?.unwrap_or(k.layer_norm_eps.1),
             pad_token_id,
             initializer_range: r.opt_f64("initializer_range")?.unwrap_or(0.02),
             id2label,
             rope_theta,
             modernbert,
+            causal,
             raw,
         };
         cfg.validate()?;

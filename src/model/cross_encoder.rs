@@ -227,6 +227,9 @@ impl CrossEncoder {
             None => read_activation(&dir, &config)?,
         };
         let tokenizer = PairTokenizer::from_dir(&dir, &config, opts.max_length)?;
+        if let Some(c) = config.causal.as_mut() {
+            (c.true_token_id, c.false_token_id) = logit_score_tokens(&dir, &tokenizer)?;
+        }
         let mut params = Params::load(&dir, &config)?;
         SequenceClassifier::check(&config, &params)?;
         let new_head_params = head::init_missing(&config, &mut params, opts.seed)?;
@@ -343,6 +346,9 @@ impl CrossEncoder {
     /// written to a temporary name and renamed, weights last, so a crash never leaves a
     /// half-written file behind.
     pub fn save(&self, dir: &Path) -> Result<()> {
+        if self.config.family.causal() {
+            bail!("saving a causal-LM re-ranker is not supported: crossenc scores it from its own folder");
+        }
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let config = self.config.to_json(self.activation.torch_name());
         write_atomic(
@@ -419,6 +425,46 @@ pub fn saved_files() -> impl Iterator<Item = &'static str> {
     ]
     .into_iter()
     .chain(TOKENIZER_FILES)
+}
+
+/// The tokens whose logits score a causal-LM re-ranker: the `LogitScore` module's in
+/// `modules.json` (as sentence-transformers saves one), else "yes" and "no", as
+/// sentence-transformers picks for a bare causal LM.
+fn logit_score_tokens(dir: &Path, tokenizer: &PairTokenizer) -> Result<(u32, Option<u32>)> {
+    let modules_path = dir.join("modules.json");
+    let modules = super::read_json_opt(&modules_path)?;
+    let module = modules.as_ref().and_then(Value::as_array).and_then(|list| {
+        list.iter().find(|m| {
+            m.get("type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.ends_with("LogitScore"))
+        })
+    });
+    if let Some(module) = module {
+        let path = dir
+            .join(module.get("path").and_then(Value::as_str).unwrap_or(""))
+            .join("config.json");
+        let cfg = super::read_json(&path)?;
+        let id = |key: &str| -> Result<Option<u32>> {
+            match cfg.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .map(|v| Some(v as u32))
+                    .with_context(|| format!("{}: \"{key}\" must be a token id", path.display())),
+            }
+        };
+        let yes = id("true_token_id")?
+            .with_context(|| format!("{}: missing \"true_token_id\"", path.display()))?;
+        return Ok((yes, id("false_token_id")?));
+    }
+    match (tokenizer.token_id("yes"), tokenizer.token_id("no")) {
+        (Some(yes), Some(no)) => Ok((yes, Some(no))),
+        _ => bail!(
+            "{} has no LogitScore module in modules.json and its tokenizer lacks the \"yes\" and \"no\" tokens to score with",
+            dir.display()
+        ),
+    }
 }
 
 /// `activation_fn` from `config_sentence_transformers.json` or config.json's

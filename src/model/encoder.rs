@@ -12,6 +12,7 @@ use super::config::{Config, Family};
 use super::weights::Weights;
 use super::{fit, LayerNorm, Linear};
 use crate::ops::activation::Half;
+use crate::ops::attention::{Heads, Mask};
 use crate::ops::linear::InputGrad;
 use crate::ops::profile::timed;
 use crate::ops::rotary::Rotary;
@@ -101,7 +102,7 @@ pub struct Layer {
     intermediate: Linear,
     output: Linear,
     output_norm: LayerNorm,
-    heads: usize,
+    heads: Heads,
     act: Act,
     /// GTE: the FFN input gives `[up, gate]`, and `up · act(gate)` goes on.
     glu: bool,
@@ -171,13 +172,13 @@ impl Layer {
             false => Linear::new(w, &n.name(n.intermediate), h, m)?,
         };
         Ok(Layer {
-            qkv: Linear::fused(w, &qkv, h, 3 * h / qkv.len(), true)?,
+            qkv: Linear::fused(w, &qkv, h, &vec![3 * h / qkv.len(); qkv.len()], true)?,
             attention_output: Linear::new(w, &n.name(n.attention_output), h, h)?,
             attention_norm: LayerNorm::new(w, &n.name(n.attention_norm), h, eps)?,
             intermediate,
             output: Linear::new(w, &n.name(n.output), m, h)?,
             output_norm: LayerNorm::new(w, &n.name(n.output_norm), h, eps)?,
-            heads: cfg.num_attention_heads,
+            heads: Heads::new(h, cfg.num_attention_heads),
             act: cfg.hidden_act,
             glu,
             rotary,
@@ -244,10 +245,19 @@ impl Layer {
         }
         timed("fwd qkv", || self.qkv.forward(w, &acts.x, &mut acts.qkv));
         if let Some(rotary) = &self.rotary {
-            timed("fwd rotary", || rotary.forward(&mut acts.qkv, offsets, h));
+            timed("fwd rotary", || {
+                rotary.forward(&mut acts.qkv, offsets, self.heads)
+            });
         }
         timed("fwd attention", || {
-            attention::forward(&mut acts.ctx, &acts.qkv, offsets, self.heads, None, drop_p)
+            attention::forward(
+                &mut acts.ctx,
+                &acts.qkv,
+                offsets,
+                self.heads,
+                Mask::All,
+                drop_p,
+            )
         });
         timed("fwd attention output", || {
             self.attention_output.forward(w, &acts.ctx, &mut acts.z1)
@@ -350,11 +360,19 @@ impl Layer {
         });
         timed("bwd attention", || {
             attention::backward(
-                &mut s.d3, &s.dh2, &acts.qkv, offsets, self.heads, None, drop_p,
+                &mut s.d3,
+                &s.dh2,
+                &acts.qkv,
+                offsets,
+                self.heads,
+                Mask::All,
+                drop_p,
             )
         });
         if let Some(rotary) = &self.rotary {
-            timed("bwd rotary", || rotary.backward(&mut s.d3, offsets, h));
+            timed("bwd rotary", || {
+                rotary.backward(&mut s.d3, offsets, self.heads)
+            });
         }
         timed("bwd qkv", || {
             self.qkv.backward(w, g, &s.d3, &acts.x, InputGrad::Add(dy))

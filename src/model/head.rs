@@ -49,7 +49,10 @@ pub fn head_params(cfg: &Config) -> Vec<(String, Vec<usize>)> {
         return super::modernbert::head_params(cfg, mb);
     }
     let (h, l) = (cfg.hidden_size, cfg.num_labels());
-    let (hidden, out) = head_names(cfg.family);
+    // A causal LM scores through its own output rows: no head.
+    let Ok((hidden, out)) = head_names(cfg.family) else {
+        return Vec::new();
+    };
     vec![
         (format!("{hidden}.weight"), vec![h, h]),
         (format!("{hidden}.bias"), vec![h]),
@@ -58,16 +61,18 @@ pub fn head_params(cfg: &Config) -> Vec<(String, Vec<usize>)> {
     ]
 }
 
-fn head_names(family: Family) -> (&'static str, &'static str) {
-    match family {
+fn head_names(family: Family) -> Result<(&'static str, &'static str)> {
+    Ok(match family {
         Family::Bert => ("bert.pooler.dense", "classifier"),
         Family::Roberta | Family::XlmRoberta | Family::Electra => {
             ("classifier.dense", "classifier.out_proj")
         }
         Family::DistilBert => ("pre_classifier", "classifier"),
         Family::Gte => ("gte.pooler.dense", "classifier"),
-        Family::ModernBert => ("head.dense", "classifier"),
-    }
+        Family::ModernBert | Family::Qwen3 | Family::Qwen2 => {
+            bail!("internal: {family:?} has no BERT-style head")
+        }
+    })
 }
 
 /// Creates the head parameters that the checkpoint lacks (or whose label count differs from
@@ -103,13 +108,13 @@ pub fn init_missing(cfg: &Config, params: &mut Params, seed: u64) -> Result<Vec<
 impl Head {
     pub fn new(cfg: &Config, w: &Weights) -> Result<Self> {
         let (h, l) = (cfg.hidden_size, cfg.num_labels());
-        let (hidden, out) = head_names(cfg.family);
+        let (hidden, out) = head_names(cfg.family)?;
         let (act, input_dropout) = match cfg.family {
             Family::Bert | Family::Gte => (Act::Tanh, false),
             Family::Roberta | Family::XlmRoberta => (Act::Tanh, true),
             Family::Electra => (Act::Gelu, true),
             Family::DistilBert => (Act::Relu, false),
-            Family::ModernBert => bail!("internal: ModernBERT's head is in model::modernbert"),
+            _ => bail!("internal: {:?} has no BERT-style head", cfg.family),
         };
         Ok(Head {
             dense: Linear::new(w, hidden, h, h)?,

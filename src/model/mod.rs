@@ -20,6 +20,7 @@
 //! causal LM's RMSNorm and grouped-query attention likewise.
 
 pub mod bi_encoder;
+pub mod causal;
 pub mod checkpoint;
 pub mod config;
 pub mod cross_encoder;
@@ -149,26 +150,27 @@ impl Linear {
         })
     }
 
-    /// Several `[out, in]` layers packed side by side (`names` without `.weight`/`.bias`) as
-    /// one `[n * out, in]` layer: a layer's query, key and value.
+    /// Several `[out_i, in]` layers packed side by side (`names` without `.weight`/`.bias`) as
+    /// one `[Σ out_i, in]` layer: a layer's query, key and value (a causal LM's key and value
+    /// may have fewer heads), or a gated MLP's gate and up projections.
     pub fn fused(
         w: &Weights,
         names: &[String],
         in_dim: usize,
-        out_dim: usize,
+        outs: &[usize],
         bias: bool,
     ) -> Result<Self> {
         let with = |suffix: &str| -> Vec<String> {
             names.iter().map(|n| format!("{n}.{suffix}")).collect()
         };
+        let weights: Vec<Vec<usize>> = outs.iter().map(|&o| vec![o, in_dim]).collect();
+        let biases: Vec<Vec<usize>> = outs.iter().map(|&o| vec![o]).collect();
         Ok(Linear {
-            weight: w.slots(&with("weight"), &[out_dim, in_dim])?,
-            bias: bias
-                .then(|| w.slots(&with("bias"), &[out_dim]))
-                .transpose()?,
+            weight: w.slots(&with("weight"), &weights)?,
+            bias: bias.then(|| w.slots(&with("bias"), &biases)).transpose()?,
             layout: WeightLayout::OutIn,
             in_dim,
-            out_dim: out_dim * names.len(),
+            out_dim: outs.iter().sum(),
             int8: None,
         })
     }
@@ -380,13 +382,15 @@ pub struct SequenceClassifier {
 
 /// The engine of a family.
 enum Body {
-    /// BERT, RoBERTa, XLM-RoBERTa, DistilBERT and ELECTRA: one post-norm encoder and a head on
-    /// the first token.
+    /// BERT, RoBERTa, XLM-RoBERTa, DistilBERT, ELECTRA and GTE: one post-norm encoder and a
+    /// head on the first token.
     Bert {
         transformer: Transformer,
         head: Head,
     },
     ModernBert(modernbert::ModernBert),
+    /// A causal LM scored by its "yes" and "no" logits (scoring only).
+    Causal(causal::CausalReranker),
 }
 
 impl SequenceClassifier {
@@ -395,6 +399,11 @@ impl SequenceClassifier {
             Family::ModernBert => {
                 let weights = modernbert::pack(cfg, params)?;
                 let body = Body::ModernBert(modernbert::ModernBert::new(cfg, &weights)?);
+                (weights, body)
+            }
+            Family::Qwen3 | Family::Qwen2 => {
+                let weights = causal::pack(cfg, params)?;
+                let body = Body::Causal(causal::CausalReranker::new(cfg, &weights)?);
                 (weights, body)
             }
             _ => {
@@ -418,6 +427,7 @@ impl SequenceClassifier {
     pub fn check(cfg: &Config, params: &Params) -> Result<()> {
         match cfg.family {
             Family::ModernBert => modernbert::check(cfg, params),
+            Family::Qwen3 | Family::Qwen2 => causal::check(cfg, params),
             _ => Transformer::check(cfg, params),
         }
     }
@@ -429,6 +439,7 @@ impl SequenceClassifier {
         match &mut self.body {
             Body::Bert { transformer, .. } => transformer.quantize(w),
             Body::ModernBert(m) => m.quantize(w),
+            Body::Causal(m) => m.quantize(w),
         }
         self.quantized = true;
     }
@@ -442,6 +453,7 @@ impl SequenceClassifier {
         match &self.body {
             Body::Bert { transformer, .. } => transformer.forward(&self.weights.data, tokens),
             Body::ModernBert(m) => m.encode(&self.weights.data, tokens),
+            Body::Causal(m) => m.encode(&self.weights.data, tokens),
         }
     }
 
@@ -457,6 +469,7 @@ impl SequenceClassifier {
                 }))
             }
             Body::ModernBert(m) => m.forward(w, tokens),
+            Body::Causal(m) => m.forward(w, tokens),
         }
     }
 
@@ -480,6 +493,9 @@ impl SequenceClassifier {
                 }))
             }
             Body::ModernBert(m) => m.forward_train(w, &tape.tokens, &mut tape.modernbert, seed),
+            Body::Causal(_) => {
+                anyhow::bail!("causal-LM re-rankers score only: training them is not supported yet")
+            }
         }
     }
 
@@ -493,6 +509,8 @@ impl SequenceClassifier {
                 let (tokens, seed) = (&tape.tokens, tape.seed);
                 return m.backward(w, g, tokens, &mut tape.modernbert, dlogits, seed);
             }
+            // Its forward_train refuses, so there is no pass to differentiate.
+            Body::Causal(_) => return,
         };
         let h = transformer.hidden;
         let dcls = timed("bwd head", || {
@@ -514,6 +532,7 @@ impl SequenceClassifier {
         match &self.body {
             Body::Bert { transformer, .. } => transformer.embeddings.word_table(),
             Body::ModernBert(m) => m.word_table(),
+            Body::Causal(m) => m.word_table(),
         }
     }
 
@@ -522,7 +541,7 @@ impl SequenceClassifier {
     pub fn pooler(&self, cls: &[f32]) -> Option<Vec<f32>> {
         match &self.body {
             Body::Bert { head, .. } => head.pooler(&self.weights.data, cls),
-            Body::ModernBert(_) => None,
+            Body::ModernBert(_) | Body::Causal(_) => None,
         }
     }
 }

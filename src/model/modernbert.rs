@@ -16,6 +16,7 @@ use super::tokenize::Tokens;
 use super::weights::Weights;
 use super::{fit, LayerNorm, Linear};
 use crate::ops::activation::Half;
+use crate::ops::attention::{Heads, Mask};
 use crate::ops::linear::InputGrad;
 use crate::ops::profile::timed;
 use crate::ops::rotary::Rotary;
@@ -125,8 +126,8 @@ struct Layer {
     wi: Linear,
     mlp_wo: Linear,
     rotary: Arc<Rotary>,
-    window: Option<usize>,
-    heads: usize,
+    mask: Mask,
+    heads: Heads,
     act: Act,
     attention_dropout: f64,
     mlp_dropout: f64,
@@ -243,8 +244,8 @@ impl ModernBert {
                         None => global.clone(),
                         Some(_) => local.clone(),
                     },
-                    window,
-                    heads: cfg.num_attention_heads,
+                    mask: window.map_or(Mask::All, Mask::Window),
+                    heads: Heads::new(h, cfg.num_attention_heads),
                     act: cfg.hidden_act,
                     attention_dropout: cfg.attention_probs_dropout_prob,
                     mlp_dropout: cfg.hidden_dropout_prob,
@@ -533,7 +534,7 @@ impl Layer {
         };
         timed("fwd qkv", || self.wqkv.forward(w, normed, &mut acts.qkv));
         timed("fwd rotary", || {
-            self.rotary.forward(&mut acts.qkv, offsets, h)
+            self.rotary.forward(&mut acts.qkv, offsets, self.heads)
         });
         timed("fwd attention", || {
             attention::forward(
@@ -541,7 +542,7 @@ impl Layer {
                 &acts.qkv,
                 offsets,
                 self.heads,
-                self.window,
+                self.mask,
                 drop_p,
             )
         });
@@ -621,12 +622,12 @@ impl Layer {
                 .backward(w, g, &s.dt, &acts.ctx, InputGrad::Write(&mut s.dctx))
         });
         timed("bwd attention", || {
-            let (heads, window) = (self.heads, self.window);
-            attention::backward(
-                &mut s.d3, &s.dctx, &acts.qkv, offsets, heads, window, drop_p,
-            )
+            let (heads, mask) = (self.heads, self.mask);
+            attention::backward(&mut s.d3, &s.dctx, &acts.qkv, offsets, heads, mask, drop_p)
         });
-        timed("bwd rotary", || self.rotary.backward(&mut s.d3, offsets, h));
+        timed("bwd rotary", || {
+            self.rotary.backward(&mut s.d3, offsets, self.heads)
+        });
         match &self.attn_norm {
             Some(norm) => {
                 timed("bwd qkv", || {

@@ -1,10 +1,14 @@
-//! Pair encoding, truncation and packing, as the reference tokenizes for a cross-encoder.
+//! Pair encoding, truncation and packing, as the reference tokenizes for a cross-encoder: with
+//! the tokenizer's pair template for the encoders, through the chat template for causal-LM
+//! re-rankers ([`ChatTemplate`]).
 
-use anyhow::{anyhow, bail, Result};
-use serde_json::Value;
+use anyhow::{anyhow, bail, Context, Result};
+use rayon::prelude::*;
+use serde_json::{json, Map, Value};
 use std::path::Path;
+use std::sync::Arc;
 use tokenizers::{
-    EncodeInput, Encoding, PostProcessor, Tokenizer, TruncationDirection, TruncationParams,
+    EncodeInput, Encoding, PostProcessor, Token, Tokenizer, TruncationDirection, TruncationParams,
     TruncationStrategy,
 };
 
@@ -66,6 +70,8 @@ pub struct PairTokenizer {
     pub max_length: usize,
     /// Whether the HF tokenizer returns `token_type_ids` (its `model_input_names`).
     pub with_type_ids: bool,
+    /// A causal-LM re-ranker's prompt; `None` for the encoders.
+    chat: Option<Arc<ChatTemplate>>,
 }
 
 impl PairTokenizer {
@@ -76,6 +82,14 @@ impl PairTokenizer {
         let mut tokenizer = Tokenizer::from_file(&path)
             .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", path.display()))?;
         let tok_cfg = super::read_json_opt(&dir.join("tokenizer_config.json"))?;
+        let chat = match cfg.family.causal() {
+            true => Some(Arc::new(ChatTemplate::from_dir(
+                dir,
+                &tokenizer,
+                tok_cfg.as_ref(),
+            )?)),
+            false => None,
+        };
         let st_cfg = super::read_json_opt(&dir.join("sentence_bert_config.json"))?;
         let folder_max = st_cfg
             .as_ref()
@@ -92,9 +106,14 @@ impl PairTokenizer {
             .or(folder_max)
             .unwrap_or(usize::MAX)
             .min(cfg.max_positions());
-        let special = tokenizer
-            .get_post_processor()
-            .map_or(0, |p| p.added_tokens(true));
+        // Tokens that a pair takes besides its text: the special tokens, or the chat template's
+        // tail (the prompt's head may be truncated away with the text, as the reference does).
+        let special = match &chat {
+            Some(c) => c.suffix.len(),
+            None => tokenizer
+                .get_post_processor()
+                .map_or(0, |p| p.added_tokens(true)),
+        };
         if max_length <= special {
             bail!(
                 "max length {max_length} leaves no room for text: a pair takes {special} special tokens (--max-length must be at least {})",
@@ -114,17 +133,44 @@ impl PairTokenizer {
             tokenizer,
             max_length,
             with_type_ids: returns_type_ids(tok_cfg.as_ref(), cfg),
+            chat,
         })
     }
 
     /// Encodes pairs in parallel, in input order.
     pub fn encode_pairs<S: AsRef<str>>(&self, pairs: &[(S, S)]) -> Result<Vec<Encoding>> {
-        self.encode(
-            pairs
-                .iter()
-                .map(|(a, b)| EncodeInput::Dual(a.as_ref().into(), b.as_ref().into()))
-                .collect(),
-        )
+        let Some(chat) = &self.chat else {
+            return self.encode(
+                pairs
+                    .iter()
+                    .map(|(a, b)| EncodeInput::Dual(a.as_ref().into(), b.as_ref().into()))
+                    .collect(),
+            );
+        };
+        let texts: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(a, b)| (a.as_ref(), b.as_ref()))
+            .collect();
+        let prompts = texts
+            .par_iter()
+            .map(|(a, b)| chat.render(a, b))
+            .collect::<Result<Vec<_>>>()?;
+        let encodings = self
+            .tokenizer
+            .encode_batch(prompts, false)
+            .map_err(|e| anyhow!("tokenization failed: {e}"))?;
+        Ok(encodings
+            .into_iter()
+            .map(|e| match e.len() < self.max_length {
+                true => e,
+                false => chat.restore_suffix(&e, &self.tokenizer),
+            })
+            .collect())
+    }
+
+    /// The id of `token` in the vocabulary, if it is one.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
     }
 
     /// Encodes single texts (a bi-encoder's input) in parallel, in input order.
@@ -145,6 +191,140 @@ impl PairTokenizer {
 
     pub fn pack(&self, encodings: &[&Encoding]) -> Tokens {
         Tokens::pack(encodings, self.with_type_ids)
+    }
+}
+
+/// A causal-LM re-ranker's prompt, as sentence-transformers builds it: a pair becomes the
+/// messages `[{role: query, content: a}, {role: document, content: b}]`, rendered by the model's
+/// chat template (Jinja, as transformers renders it: blocks trimmed, Python's string methods) and
+/// tokenized without special tokens. A prompt cut at the max length gets the template's fixed
+/// tail written back over its last tokens (sentence-transformers' `restore_suffix`): the score is
+/// read at the last token, which must stay the template's.
+pub struct ChatTemplate {
+    env: minijinja::Environment<'static>,
+    /// The special tokens the template may name (`eos_token`, ...), from tokenizer_config.json.
+    specials: Map<String, Value>,
+    /// The template's tail: the tokens every prompt ends with.
+    suffix: Vec<u32>,
+}
+
+impl ChatTemplate {
+    /// From `chat_template.jinja`, or `chat_template` in tokenizer_config.json.
+    fn from_dir(dir: &Path, tokenizer: &Tokenizer, tok_cfg: Option<&Value>) -> Result<Self> {
+        let file = dir.join("chat_template.jinja");
+        let source = match file.exists() {
+            true => std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?,
+            false => match tok_cfg.and_then(|c| c.get("chat_template")) {
+                Some(Value::String(s)) => s.clone(),
+                // A list of named templates: the default one.
+                Some(Value::Array(list)) => list
+                    .iter()
+                    .find(|t| t["name"] == "default")
+                    .and_then(|t| t["template"].as_str())
+                    .map(str::to_string)
+                    .context("tokenizer_config.json lists chat templates but none named \"default\"")?,
+                _ => bail!(
+                    "{} holds a causal LM but no chat template (chat_template.jinja or tokenizer_config.json's \"chat_template\"): crossenc renders each pair through one, as sentence-transformers does",
+                    dir.display()
+                ),
+            },
+        };
+        let mut env = minijinja::Environment::new();
+        let syntax = minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()?;
+        env.set_syntax(syntax);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
+        env.add_template_owned("chat", source)
+            .with_context(|| format!("the chat template of {} does not parse", dir.display()))?;
+        let specials = tok_cfg
+            .and_then(Value::as_object)
+            .map(|c| {
+                c.iter()
+                    .filter(|(k, _)| k.ends_with("_token"))
+                    .filter_map(|(k, v)| {
+                        let text = v.as_str().or_else(|| v.get("content")?.as_str())?;
+                        Some((k.clone(), Value::from(text)))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut chat = ChatTemplate {
+            env,
+            specials,
+            suffix: Vec::new(),
+        };
+        chat.suffix = chat.tail(tokenizer)?;
+        Ok(chat)
+    }
+
+    /// The prompt of one pair.
+    fn render(&self, query: &str, document: &str) -> Result<String> {
+        let mut ctx = self.specials.clone();
+        ctx.insert(
+            "messages".into(),
+            json!([{"role": "query", "content": query}, {"role": "document", "content": document}]),
+        );
+        ctx.insert("add_generation_prompt".into(), Value::from(false));
+        self.env
+            .get_template("chat")?
+            .render(minijinja::value::Serde(Value::Object(ctx)))
+            .context("the chat template failed on a pair (it must render the \"query\" and \"document\" roles)")
+    }
+
+    /// The tokens every prompt ends with: the longest common tail of two prompts whose texts
+    /// tokenize differently (sentence-transformers' fillers), if the texts leave one.
+    fn tail(&self, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
+        let ids = |filler: &str| -> Result<Vec<u32>> {
+            let text = self.render(filler, filler)?;
+            let enc = tokenizer
+                .encode(text, false)
+                .map_err(|e| anyhow!("tokenization failed: {e}"))?;
+            Ok(enc.get_ids().to_vec())
+        };
+        let (first, second) = (ids("0")?, ids("1 2 3 4")?);
+        let common = first
+            .iter()
+            .rev()
+            .zip(second.iter().rev())
+            .take_while(|(a, b)| a == b)
+            .count();
+        Ok(match common > 0 && common < first.len().min(second.len()) {
+            true => first[first.len() - common..].to_vec(),
+            false => Vec::new(),
+        })
+    }
+
+    /// `e` (cut at the max length) with its last tokens replaced by the template's tail.
+    fn restore_suffix(&self, e: &Encoding, tokenizer: &Tokenizer) -> Encoding {
+        let keep = self.suffix.len().min(e.len());
+        let start = e.len() - keep;
+        let tokens = e
+            .get_ids()
+            .iter()
+            .zip(e.get_offsets())
+            .enumerate()
+            .map(|(i, (&id, &offsets))| {
+                let id = match i >= start {
+                    true => self.suffix[self.suffix.len() - keep + i - start],
+                    false => id,
+                };
+                let value = tokenizer.id_to_token(id).unwrap_or_default();
+                Token::new(id, value, offsets)
+            })
+            .collect();
+        Encoding::from_tokens(tokens, 0)
     }
 }
 

@@ -118,11 +118,12 @@ impl Weights {
         Ok(e.range.clone())
     }
 
-    /// The tensors `names`, each of shape `dims`, as one range (they were packed side by side).
-    pub fn slots(&self, names: &[String], dims: &[usize]) -> Result<Range<usize>> {
+    /// The tensors `names`, of shapes `dims`, as one range (they were packed side by side).
+    pub fn slots(&self, names: &[String], dims: &[Vec<usize>]) -> Result<Range<usize>> {
         let ranges = names
             .iter()
-            .map(|n| self.slot(n, dims))
+            .zip(dims)
+            .map(|(n, d)| self.slot(n, d))
             .collect::<Result<Vec<_>>>()?;
         if ranges.windows(2).any(|w| w[0].end != w[1].start) {
             bail!("weights {names:?} are not adjacent in the packed buffer");

@@ -1,5 +1,5 @@
 //! Element-wise activations, forward and backward: GELU (exact erf form, transformers' `gelu`),
-//! GELU's tanh approximation (`gelu_new`), ReLU and tanh.
+//! GELU's tanh approximation (`gelu_new`), ReLU, tanh and SiLU.
 
 use multiversion::multiversion;
 use rayon::prelude::*;
@@ -13,6 +13,8 @@ pub enum Act {
     GeluTanh,
     Relu,
     Tanh,
+    /// `x · sigmoid(x)` (SiLU, Swish): the gate of LLaMA-style MLPs.
+    Silu,
 }
 
 /// erf as a rational approximation on [-4, 4] (Eigen's `generic_fast_erf_float`, a few ulp
@@ -117,6 +119,7 @@ impl Act {
             Act::GeluTanh => 0.5 * x * (1.0 + tanh(TANH_K * (x + TANH_C * x * x * x))),
             Act::Relu => x.max(0.0),
             Act::Tanh => tanh(x),
+            Act::Silu => x / (1.0 + exp(-x)),
         }
     }
 
@@ -135,6 +138,10 @@ impl Act {
             }
             Act::Relu => (x > 0.0) as u8 as f32,
             Act::Tanh => 1.0 - y * y,
+            Act::Silu => {
+                let s = 1.0 / (1.0 + exp(-x));
+                s * (1.0 + x * (1.0 - s))
+            }
         }
     }
 
@@ -159,6 +166,7 @@ impl Act {
             Act::GeluTanh => map(y, x, |v| Act::GeluTanh.f(v)),
             Act::Relu => map(y, x, |v| Act::Relu.f(v)),
             Act::Tanh => map(y, x, |v| Act::Tanh.f(v)),
+            Act::Silu => map(y, x, |v| Act::Silu.f(v)),
         }
     }
 
@@ -168,6 +176,7 @@ impl Act {
             Act::GeluTanh => scale_by(d, x, y, |a, b| Act::GeluTanh.df(a, b)),
             Act::Relu => scale_by(d, x, y, |a, b| Act::Relu.df(a, b)),
             Act::Tanh => scale_by(d, x, y, |a, b| Act::Tanh.df(a, b)),
+            Act::Silu => scale_by(d, x, y, |a, b| Act::Silu.df(a, b)),
         }
     }
 
@@ -264,13 +273,14 @@ mod tests {
         let n = 7 * 333;
         let x = randn(n, 3.0, 1);
         let probe = randn(n, 1.0, 2);
-        for act in [Act::Gelu, Act::GeluTanh, Act::Relu, Act::Tanh] {
+        for act in [Act::Gelu, Act::GeluTanh, Act::Relu, Act::Tanh, Act::Silu] {
             let xv = var(&x, &[7, 333]);
             let composed = match act {
                 Act::Gelu => xv.gelu_erf(),
                 Act::GeluTanh => xv.gelu(),
                 Act::Relu => xv.relu(),
                 Act::Tanh => xv.tanh(),
+                Act::Silu => xv.silu(),
             };
             let (want, grads) = reference(composed, &probe, &[&xv]);
             let mut y = vec![0f32; n];

@@ -17,6 +17,7 @@ pub mod layer_norm;
 pub mod linear;
 pub mod matmul;
 pub mod profile;
+pub mod rms_norm;
 pub mod rotary;
 
 pub use activation::Act;

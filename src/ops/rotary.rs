@@ -5,6 +5,8 @@
 
 use rayon::prelude::*;
 
+use super::attention::Heads;
+
 /// The cosines and sines of every position's angles, `[positions, d/2]` each.
 pub struct Rotary {
     cos: Vec<f32>,
@@ -37,37 +39,40 @@ impl Rotary {
         self.cos.len() / self.half.max(1)
     }
 
-    /// Rotates the Q and K columns of `qkv` (`[tokens, 3h]`, heads of width `2 · half`) in
-    /// place; each sequence's tokens take positions `0..len`.
-    pub fn forward(&self, qkv: &mut [f32], offsets: &[usize], h: usize) {
-        self.turn(qkv, offsets, h, 1.0);
+    /// Rotates the query and key heads of `qkv` (`[tokens, heads.width()]`, heads `2 · half`
+    /// wide) in place; each sequence's tokens take positions `0..len`.
+    pub fn forward(&self, qkv: &mut [f32], offsets: &[usize], heads: Heads) {
+        self.turn(qkv, offsets, heads, 1.0);
     }
 
     /// dL/d(Q, K) before the rotation from dL/d(Q, K) after it, in place in `dqkv`.
-    pub fn backward(&self, dqkv: &mut [f32], offsets: &[usize], h: usize) {
-        self.turn(dqkv, offsets, h, -1.0);
+    pub fn backward(&self, dqkv: &mut [f32], offsets: &[usize], heads: Heads) {
+        self.turn(dqkv, offsets, heads, -1.0);
     }
 
     /// Turns every head's pairs by `sign ·` the position's angles.
-    fn turn(&self, x: &mut [f32], offsets: &[usize], h: usize, sign: f32) {
+    fn turn(&self, x: &mut [f32], offsets: &[usize], heads: Heads, sign: f32) {
         let half = self.half;
-        x.par_chunks_mut(3 * h).enumerate().for_each(|(t, row)| {
-            // The sequence that holds token t, and t's position in it.
-            let s = offsets.partition_point(|&o| o <= t) - 1;
-            let p = t - offsets[s];
-            let (cos, sin) = (
-                &self.cos[p * half..(p + 1) * half],
-                &self.sin[p * half..(p + 1) * half],
-            );
-            for head in row[..2 * h].chunks_exact_mut(2 * half) {
-                let (x1, x2) = head.split_at_mut(half);
-                for i in 0..half {
-                    let (a, b, c, s) = (x1[i], x2[i], cos[i], sign * sin[i]);
-                    x1[i] = a * c - b * s;
-                    x2[i] = b * c + a * s;
+        let rotated = (heads.q + heads.kv) * heads.d;
+        x.par_chunks_mut(heads.width())
+            .enumerate()
+            .for_each(|(t, row)| {
+                // The sequence that holds token t, and t's position in it.
+                let s = offsets.partition_point(|&o| o <= t) - 1;
+                let p = t - offsets[s];
+                let (cos, sin) = (
+                    &self.cos[p * half..(p + 1) * half],
+                    &self.sin[p * half..(p + 1) * half],
+                );
+                for head in row[..rotated].chunks_exact_mut(2 * half) {
+                    let (x1, x2) = head.split_at_mut(half);
+                    for i in 0..half {
+                        let (a, b, c, s) = (x1[i], x2[i], cos[i], sign * sin[i]);
+                        x1[i] = a * c - b * s;
+                        x2[i] = b * c + a * s;
+                    }
                 }
-            }
-        });
+            });
     }
 }
 
@@ -109,9 +114,9 @@ mod tests {
         let probe = randn(n * 3 * h, 1.0, 2);
         let rot = Rotary::new(d, theta, 16);
         let mut got = qkv.clone();
-        rot.forward(&mut got, &offsets, h);
+        rot.forward(&mut got, &offsets, Heads::new(h, h / d));
         let mut dgot = probe.clone();
-        rot.backward(&mut dgot, &offsets, h);
+        rot.backward(&mut dgot, &offsets, Heads::new(h, h / d));
         let pos: Vec<usize> = (0..5).chain(0..7).collect();
         // Each head of Q and K separately; V passes through untouched.
         for col in (0..2 * h).step_by(d) {

@@ -170,11 +170,17 @@ pub struct Trainable {
 impl Trainable {
     /// AdamW updates the word-embedding table lazily (see [`optim`]): call
     /// [`Trainable::flush`] before reading the weights as a whole.
-    /// Fails on a quantized model: its int8 forward is for scoring only.
+    /// Fails on a quantized model (its int8 forward is for scoring only) and on a causal-LM
+    /// re-ranker (scoring only).
     pub fn new(ce: &CrossEncoder, adamw: AdamWConfig) -> Result<Self> {
         anyhow::ensure!(
             !ce.model.is_quantized(),
             "a model quantized for scoring cannot be trained; load it without --quantize"
+        );
+        anyhow::ensure!(
+            !ce.config.family.causal(),
+            "{} is a causal-LM re-ranker: crossenc scores it, but cannot train it yet",
+            ce.source_dir.display()
         );
         let w = &ce.model.weights;
         let mut opt = AdamW::new(w.entries(), adamw);
