@@ -1,5 +1,5 @@
-"""Writes tests/fixtures/tiny-modernbert/, tiny-modernbert-mean/ and tiny-gte/: tiny random
-cross-encoders of the families that ../shared/golden lacks, as sentence-transformers saves them,
+"""Writes tests/fixtures/tiny-modernbert/, tiny-modernbert-mean/, tiny-gte/,
+tiny-qwen3-reranker/ and tiny-qwen2-reranker/: tiny random cross-encoders of the families that ../shared/golden lacks, as sentence-transformers saves them,
 with the reference outputs that tests/golden.rs, tests/train_step.rs and tests/families.rs check
 crossenc against.
 
@@ -12,7 +12,12 @@ label); `tiny-modernbert-mean` turns every bias on and pools by mean, with three
 tokenizer is byte-level BPE with ModernBERT's `[CLS] a [SEP] b [SEP]` template, trained here on
 the pairs' words (600 tokens). `tiny-gte` (transformers' `gte`: rotary embeddings, gated MLP,
 post-norm layers, BERT's pooler) has 2 layers and ../shared/golden/tiny-xlm-roberta's Unigram
-tokenizer, as the multilingual GTE models have XLM-R's.
+tokenizer, as the multilingual GTE models have XLM-R's. The causal-LM re-rankers (Qwen3: per-head
+query/key norms, tied embeddings, head_dim 12 apart from hidden / heads; Qwen2: Q/K/V biases, an
+untied lm_head) have grouped-query attention (4 query, 2 key/value heads), a byte-level BPE
+trained here, and the Qwen3-Reranker prompt as a chat template over sentence-transformers'
+query/document roles; their max length (110) cuts two of the pairs, so the template tail that
+sentence-transformers restores after truncation is exercised.
 
 `golden.json` holds the shared golden pairs, their token ids and mask at max_length 48, the raw
 logits (dropout off) and `CrossEncoder.predict`'s scores; `grads.safetensors` every parameter's
@@ -25,8 +30,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers, processors
 from transformers import (AutoTokenizer, GteConfig, GteForSequenceClassification, ModernBertConfig,
-                          ModernBertForSequenceClassification, PreTrainedTokenizerFast, Qwen3Config,
-                          Qwen3ForCausalLM)
+                          ModernBertForSequenceClassification, PreTrainedTokenizerFast, Qwen2Config,
+                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 from sentence_transformers import CrossEncoder
 
 golden, out_root = sys.argv[1:3]
@@ -137,9 +142,10 @@ QWEN3_TEMPLATE = (
 QWEN3_MAX_LENGTH = 110
 
 
-def qwen3_reranker(out):
-    """A tiny Qwen3 causal LM with the Qwen3-Reranker template, loaded by sentence-transformers as
-    a CrossEncoder (Transformer + LogitScore on the "yes" and "no" tokens) and saved."""
+def causal_reranker(out, family):
+    """A tiny Qwen3 (or Qwen2: biased Q/K/V, no per-head norms) causal LM with the Qwen3-Reranker
+    template, loaded by sentence-transformers as a CrossEncoder (Transformer + LogitScore on the
+    "yes" and "no" tokens) and saved."""
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -151,14 +157,17 @@ def qwen3_reranker(out):
                                    model_max_length=MAX_LENGTH)
     fast.chat_template = QWEN3_TEMPLATE
     assert fast.convert_tokens_to_ids("yes") != fast.unk_token_id and "yes" in fast.get_vocab()
-    cfg = Qwen3Config(vocab_size=len(fast), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=12, max_position_embeddings=256,
-                      initializer_range=0.2, rms_norm_eps=1e-6, tie_word_embeddings=True,
-                      pad_token_id=fast.pad_token_id, eos_token_id=fast.eos_token_id, attn_implementation="eager")
-    model = Qwen3ForCausalLM(cfg).eval()
+    shape = dict(vocab_size=len(fast), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.2,
+                 rms_norm_eps=1e-6, pad_token_id=fast.pad_token_id, eos_token_id=fast.eos_token_id,
+                 attn_implementation="eager")
+    if family == "qwen3":
+        model = Qwen3ForCausalLM(Qwen3Config(head_dim=12, tie_word_embeddings=True, **shape)).eval()
+    else:
+        model = Qwen2ForCausalLM(Qwen2Config(tie_word_embeddings=False, **shape)).eval()
     with torch.no_grad():
         for n, p in model.named_parameters():
-            if "norm" in n:
+            if "norm" in n or n.endswith(".bias"):
                 p.add_(0.1 * torch.randn_like(p))
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
@@ -175,11 +184,13 @@ def qwen3_reranker(out):
                "true_token": "yes", "false_token": "no", "torch": torch.__version__,
                "generated_by": "scripts/golden_families.py"},
               open(os.path.join(out, "golden.json"), "w"), indent=1)
-    print("tiny-qwen3-reranker logits", raw[:3].tolist(), "lengths", features["attention_mask"].sum(1).tolist())
+    print(out, "logits", raw[:3].tolist(), "lengths", features["attention_mask"].sum(1).tolist())
 
 
 make("tiny-modernbert", lambda: modernbert(1, "cls", False), 1)
 make("tiny-modernbert-mean", lambda: modernbert(3, "mean", True), 2)
 make("tiny-gte", gte, 3)
 torch.manual_seed(4)
-qwen3_reranker(os.path.join(out_root, "tiny-qwen3-reranker"))
+causal_reranker(os.path.join(out_root, "tiny-qwen3-reranker"), "qwen3")
+torch.manual_seed(5)
+causal_reranker(os.path.join(out_root, "tiny-qwen2-reranker"), "qwen2")

@@ -362,11 +362,22 @@ fn tiny_gte() {
 /// tokens (two pairs cut at the max length, the template's tail restored) and scores.
 #[test]
 fn tiny_qwen3_reranker() {
-    let dir = repo().join("tests/fixtures/tiny-qwen3-reranker");
-    check_tiny_at(&dir, "tiny-qwen3-reranker");
+    check_causal_reranker("tiny-qwen3-reranker");
+}
+
+/// The same with Qwen2 (mxbai-rerank v2's family): Q/K/V biases, no per-head norms, an
+/// untied output projection.
+#[test]
+fn tiny_qwen2_reranker() {
+    check_causal_reranker("tiny-qwen2-reranker");
+}
+
+fn check_causal_reranker(name: &str) {
+    let dir = repo().join("tests/fixtures").join(name);
+    check_tiny_at(&dir, name);
     let g = read_json(&dir.join("golden.json"));
     let ce = load(&dir, g["max_length"].as_u64().unwrap() as usize);
-    let batch = packed_golden_pairs(&ce, &g, "tiny-qwen3-reranker");
+    let batch = packed_golden_pairs(&ce, &g, name);
     let cut = (0..batch.sequences())
         .filter(|&s| batch.sequence(s).len() == ce.tokenizer().max_length)
         .count();
