@@ -1,5 +1,5 @@
-"""Writes tests/fixtures/tiny-modernbert/, tiny-modernbert-mean/, tiny-gte/,
-tiny-qwen3-reranker/ and tiny-qwen2-reranker/: tiny random cross-encoders of the families that ../shared/golden lacks, as sentence-transformers saves them,
+"""Writes tests/fixtures/tiny-modernbert/, tiny-modernbert-mean/, tiny-gte/, tiny-deberta-v3/,
+tiny-deberta-v2/, tiny-qwen3-reranker/ and tiny-qwen2-reranker/: tiny random cross-encoders of the families that ../shared/golden lacks, as sentence-transformers saves them,
 with the reference outputs that tests/golden.rs, tests/train_step.rs and tests/families.rs check
 crossenc against.
 
@@ -12,7 +12,11 @@ label); `tiny-modernbert-mean` turns every bias on and pools by mean, with three
 tokenizer is byte-level BPE with ModernBERT's `[CLS] a [SEP] b [SEP]` template, trained here on
 the pairs' words (600 tokens). `tiny-gte` (transformers' `gte`: rotary embeddings, gated MLP,
 post-norm layers, BERT's pooler) has 2 layers and ../shared/golden/tiny-xlm-roberta's Unigram
-tokenizer, as the multilingual GTE models have XLM-R's. The causal-LM re-rankers (Qwen3: per-head
+tokenizer, as the multilingual GTE models have XLM-R's. `tiny-deberta-v3` has DeBERTa-v3's
+disentangled attention (8 log-scaled position buckets, so the longer pairs reach the log range;
+shared attention keys; normed relative embeddings; no absolute positions or token types) and
+`tiny-deberta-v2` v2's (relative positions up to 80, separate position projections, absolute
+positions, token types; three labels); both take the same Unigram tokenizer. The causal-LM re-rankers (Qwen3: per-head
 query/key norms, tied embeddings, head_dim 12 apart from hidden / heads; Qwen2: Q/K/V biases, an
 untied lm_head) have grouped-query attention (4 query, 2 key/value heads), a byte-level BPE
 trained here, and the Qwen3-Reranker prompt as a chat template over sentence-transformers'
@@ -29,7 +33,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers, processors
-from transformers import (AutoTokenizer, GteConfig, GteForSequenceClassification, ModernBertConfig,
+from transformers import (AutoTokenizer, DebertaV2Config, DebertaV2ForSequenceClassification, GteConfig,
+                          GteForSequenceClassification, ModernBertConfig,
                           ModernBertForSequenceClassification, PreTrainedTokenizerFast, Qwen2Config,
                           Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 from sentence_transformers import CrossEncoder
@@ -73,6 +78,24 @@ def gte():
                     num_attention_heads=4, max_position_embeddings=80, initializer_range=0.2, num_labels=1,
                     pad_token_id=tok.pad_token_id, attn_implementation="eager")
     return GteForSequenceClassification(cfg), tok
+
+
+def deberta(v3):
+    """DeBERTa-v3's shape (log-bucketed relative positions, shared attention keys, normed relative
+    embeddings, no absolute positions or token types), or v2's (plain relative positions up to
+    max_position_embeddings, its own position projections, absolute positions, token types)."""
+    tok = AutoTokenizer.from_pretrained(os.path.join(golden, "tiny-xlm-roberta"))
+    variant = dict(position_buckets=8, share_att_key=True, norm_rel_ebd="layer_norm", position_biased_input=False,
+                   type_vocab_size=0, pos_att_type=["p2c", "c2p"]) if v3 else dict(
+                   position_buckets=-1, share_att_key=False, norm_rel_ebd="none", position_biased_input=True,
+                   type_vocab_size=2, pos_att_type=["c2p", "p2c"])
+    cfg = DebertaV2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                          num_attention_heads=4, max_position_embeddings=80, initializer_range=0.2,
+                          relative_attention=True, max_relative_positions=-1, hidden_act="gelu",
+                          pooler_hidden_act="gelu", pooler_dropout=0.0, hidden_dropout_prob=0.0,
+                          attention_probs_dropout_prob=0.0, layer_norm_eps=1e-7, num_labels=1 if v3 else 3,
+                          pad_token_id=tok.pad_token_id, attn_implementation="eager", **variant)
+    return DebertaV2ForSequenceClassification(cfg), tok
 
 
 def make(name, build, seed):
@@ -190,6 +213,8 @@ def causal_reranker(out, family):
 make("tiny-modernbert", lambda: modernbert(1, "cls", False), 1)
 make("tiny-modernbert-mean", lambda: modernbert(3, "mean", True), 2)
 make("tiny-gte", gte, 3)
+make("tiny-deberta-v3", lambda: deberta(True), 6)
+make("tiny-deberta-v2", lambda: deberta(False), 7)
 torch.manual_seed(4)
 causal_reranker(os.path.join(out_root, "tiny-qwen3-reranker"), "qwen3")
 torch.manual_seed(5)

@@ -214,3 +214,11 @@ fn obj_insert(dir: &std::path::Path, key: &str, value: serde_json::Value) {
     cfg.as_object_mut().unwrap().insert(key.into(), value);
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
 }
+
+#[test]
+fn deberta_trains_and_round_trips() {
+    for name in ["tiny-deberta-v3", "tiny-deberta-v2"] {
+        let dir = repo().join("tests/fixtures").join(name);
+        check_family_at(&dir, name, "DebertaV2ForSequenceClassification");
+    }
+}

@@ -390,3 +390,23 @@ fn check_causal_reranker(name: &str) {
         "saving would write a classifier"
     );
 }
+
+/// DeBERTa-v3's shape: disentangled attention with log-bucketed relative positions, shared
+/// attention keys, a normed relative table, no absolute positions.
+#[test]
+fn tiny_deberta_v3() {
+    check_tiny_at(
+        &repo().join("tests/fixtures/tiny-deberta-v3"),
+        "tiny-deberta-v3",
+    );
+}
+
+/// DeBERTa-v2's: plain relative positions, its own position projections, absolute positions
+/// and token types, three labels.
+#[test]
+fn tiny_deberta_v2() {
+    check_tiny_at(
+        &repo().join("tests/fixtures/tiny-deberta-v2"),
+        "tiny-deberta-v2",
+    );
+}

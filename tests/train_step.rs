@@ -231,15 +231,19 @@ fn assert_params_match(
     );
 }
 
-/// One training batch of ModernBERT and GTE against PyTorch (`scripts/golden_families.py`): the
-/// loss and every parameter's gradient, through rotary embeddings, sliding-window attention,
-/// the gated MLPs, pre-norm layers, biasless and biased layers, and CLS and mean pooling.
+/// One training batch of ModernBERT, GTE and DeBERTa against PyTorch
+/// (`scripts/golden_families.py`): the loss and every parameter's gradient, through rotary
+/// embeddings, sliding-window attention, the gated MLPs, pre-norm layers, biasless and biased
+/// layers, CLS and mean pooling, and disentangled attention (the relative table and its
+/// projections included).
 #[test]
-fn modernbert_and_gte_gradients_match_pytorch() {
+fn newer_families_gradients_match_pytorch() {
     for (name, loss_kind) in [
         ("tiny-modernbert", LossKind::Bce),
         ("tiny-modernbert-mean", LossKind::CrossEntropy),
         ("tiny-gte", LossKind::Bce),
+        ("tiny-deberta-v3", LossKind::Bce),
+        ("tiny-deberta-v2", LossKind::CrossEntropy),
     ] {
         let dir = repo().join("tests/fixtures").join(name);
         let g = read_json(&require(dir.join("golden.json")));
@@ -265,6 +269,13 @@ fn modernbert_and_gte_gradients_match_pytorch() {
         assert_eq!(grads.len(), want.len(), "{name}: parameter count");
         for (pname, got) in grads {
             let want = &want[&pname];
+            if pname.ends_with("pos_key_proj.bias") {
+                // It shifts every content-to-position score of a query alike, which softmax
+                // ignores: its true gradient is 0, and both sides hold rounding noise.
+                let noise = got.iter().chain(want).fold(0f32, |m, x| m.max(x.abs()));
+                assert!(noise < 1e-6, "{name}: {pname} should vanish, got {noise}");
+                continue;
+            }
             let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
             let d = max_abs_diff(&got, want);
             assert!(

@@ -22,6 +22,8 @@ pub enum Family {
     Electra,
     /// transformers' `gte` (Alibaba's GTE v1.5 / multilingual encoders).
     Gte,
+    /// DeBERTa-v2 and v3 (`deberta-v2`): disentangled attention ([`DebertaConfig`]).
+    DebertaV2,
     ModernBert,
     /// Causal LMs scored as re-rankers ([`super::causal`]): Qwen3 (Qwen3-Reranker) and Qwen2
     /// (mxbai-rerank v2).
@@ -39,6 +41,7 @@ impl Family {
             "electra" => Family::Electra,
             // Alibaba's remote-code name for the same model (the hub's GTE checkpoints).
             "gte" | "new" => Family::Gte,
+            "deberta-v2" => Family::DebertaV2,
             "modernbert" => Family::ModernBert,
             "qwen3" => Family::Qwen3,
             "qwen2" => Family::Qwen2,
@@ -54,6 +57,7 @@ impl Family {
             Family::DistilBert => "distilbert",
             Family::Electra => "electra",
             Family::Gte => "gte",
+            Family::DebertaV2 => "deberta-v2",
             Family::ModernBert => "modernbert",
             Family::Qwen3 => "qwen3",
             Family::Qwen2 => "qwen2",
@@ -69,6 +73,7 @@ impl Family {
             Family::DistilBert => "distilbert",
             Family::Electra => "electra",
             Family::Gte => "gte",
+            Family::DebertaV2 => "deberta",
             Family::ModernBert | Family::Qwen3 | Family::Qwen2 => "model",
         }
     }
@@ -81,6 +86,7 @@ impl Family {
             Family::DistilBert => "DistilBertForSequenceClassification",
             Family::Electra => "ElectraForSequenceClassification",
             Family::Gte => "GteForSequenceClassification",
+            Family::DebertaV2 => "DebertaV2ForSequenceClassification",
             Family::ModernBert => "ModernBertForSequenceClassification",
             Family::Qwen3 => "Qwen3ForCausalLM",
             Family::Qwen2 => "Qwen2ForCausalLM",
@@ -157,6 +163,11 @@ impl Keys {
                 layer_norm_eps: ("norm_eps", 1e-5),
                 ..BERT
             },
+            Family::DebertaV2 => Keys {
+                classifier_dropout: "cls_dropout",
+                layer_norm_eps: ("layer_norm_eps", 1e-7),
+                ..BERT
+            },
             Family::Qwen3 | Family::Qwen2 => Keys {
                 hidden_dropout: ("hidden_dropout", false),
                 attention_dropout: ("attention_dropout", false),
@@ -211,8 +222,94 @@ pub struct Config {
     pub modernbert: Option<ModernBertConfig>,
     /// A causal LM's own settings; `None` for the encoders.
     pub causal: Option<CausalConfig>,
+    /// DeBERTa-v2's own settings; `None` for the other families.
+    pub deberta: Option<DebertaConfig>,
     /// The file as read, written back with our changes on save.
     pub raw: Map<String, Value>,
+}
+
+/// The keys of transformers' `DebertaV2Config` that BERT's config has no counterpart for.
+#[derive(Debug, Clone)]
+pub struct DebertaConfig {
+    /// Content-to-position and position-to-content terms (`pos_att_type`).
+    pub c2p: bool,
+    pub p2c: bool,
+    /// Relative distances are log-bucketed beyond `position_buckets / 2` (0: not bucketed).
+    pub position_buckets: usize,
+    /// The largest relative distance (`max_relative_positions`, else `max_position_embeddings`).
+    pub max_relative_positions: usize,
+    /// The positions' keys and queries come from the layer's own key and query projections
+    /// (v3), else from `pos_key_proj` / `pos_query_proj`.
+    pub share_att_key: bool,
+    /// The relative embeddings go through the encoder's LayerNorm (`norm_rel_ebd`).
+    pub norm_rel_ebd: bool,
+    /// Absolute positions are added to the embeddings (`position_biased_input`).
+    pub position_biased_input: bool,
+    pub pooler_hidden_act: Act,
+    pub pooler_dropout: f64,
+}
+
+impl DebertaConfig {
+    fn read(r: &Reader, max_position_embeddings: usize) -> Result<Self> {
+        if !r.opt_bool("relative_attention")?.unwrap_or(false) {
+            bail!("\"relative_attention\" is false: crossenc's DeBERTa implements disentangled attention only");
+        }
+        if r.opt_usize("conv_kernel_size")?.unwrap_or(0) > 0 {
+            bail!("\"conv_kernel_size\" is set: DeBERTa's convolution layer is not supported");
+        }
+        if r.0
+            .get("embedding_size")
+            .is_some_and(|v| !v.is_null() && Some(v) != r.0.get("hidden_size"))
+        {
+            bail!("\"embedding_size\" differs from \"hidden_size\": DeBERTa's embedding projection is not supported");
+        }
+        let types: Vec<String> = match r.0.get("pos_att_type") {
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str())
+                .map(str::to_lowercase)
+                .collect(),
+            Some(Value::String(s)) => s.split('|').map(|t| t.trim().to_lowercase()).collect(),
+            _ => Vec::new(),
+        };
+        if let Some(t) = types.iter().find(|t| !["c2p", "p2c"].contains(&t.as_str())) {
+            bail!("\"pos_att_type\" holds \"{t}\": expected c2p and/or p2c");
+        }
+        let buckets =
+            r.0.get("position_buckets")
+                .and_then(Value::as_i64)
+                .unwrap_or(-1);
+        let max_rel =
+            r.0.get("max_relative_positions")
+                .and_then(Value::as_i64)
+                .unwrap_or(-1);
+        let act_name = r.opt_str("pooler_hidden_act")?.unwrap_or("gelu");
+        let norm = r.opt_str("norm_rel_ebd")?.unwrap_or("none").to_lowercase();
+        Ok(DebertaConfig {
+            c2p: types.iter().any(|t| t == "c2p"),
+            p2c: types.iter().any(|t| t == "p2c"),
+            position_buckets: buckets.max(0) as usize,
+            max_relative_positions: match max_rel {
+                m if m >= 1 => m as usize,
+                _ => max_position_embeddings,
+            },
+            share_att_key: r.opt_bool("share_att_key")?.unwrap_or(false),
+            norm_rel_ebd: norm.split('|').any(|t| t.trim() == "layer_norm"),
+            position_biased_input: r.opt_bool("position_biased_input")?.unwrap_or(true),
+            pooler_hidden_act: parse_act(act_name).with_context(|| {
+                format!("unsupported \"pooler_hidden_act\" \"{act_name}\" (known: gelu, gelu_new, gelu_pytorch_tanh, relu, silu)")
+            })?,
+            pooler_dropout: r.opt_f64("pooler_dropout")?.unwrap_or(0.0),
+        })
+    }
+
+    /// Rows of the relative-embedding table: twice the largest distance (or bucket).
+    pub fn span(&self) -> usize {
+        match self.position_buckets {
+            0 => self.max_relative_positions,
+            b => b,
+        }
+    }
 }
 
 /// The keys of transformers' `Qwen3Config` / `Qwen2Config` that an encoder has no counterpart
@@ -395,6 +492,13 @@ impl Config {
             )?),
             false => None,
         };
+        let deberta = match family {
+            Family::DebertaV2 => Some(DebertaConfig::read(
+                &r,
+                r.usize("max_position_embeddings")?,
+            )?),
+            _ => None,
+        };
         let rope_theta = match family {
             Family::Gte => {
                 r.check_gte_variant()?;
@@ -419,6 +523,7 @@ impl Config {
             max_position_embeddings: r.usize("max_position_embeddings")?,
             type_vocab_size: match family {
                 Family::DistilBert | Family::ModernBert | Family::Qwen3 | Family::Qwen2 => 0,
+                Family::DebertaV2 => r.opt_usize("type_vocab_size")?.unwrap_or(0),
                 Family::Gte => r.opt_usize("type_vocab_size")?.unwrap_or(1),
                 _ => r.opt_usize("type_vocab_size")?.unwrap_or(2),
             },
@@ -429,6 +534,7 @@ impl Config {
             rope_theta,
             modernbert,
             causal,
+            deberta,
             raw,
         };
         cfg.validate()?;
@@ -507,6 +613,16 @@ impl Config {
     /// Replaces the label set (a fresh head with `n` outputs, or named labels).
     pub fn set_labels(&mut self, labels: Vec<String>) {
         self.id2label = labels;
+    }
+
+    /// Whether the embeddings add a learned position table (not where positions are rotary, nor
+    /// in DeBERTa without `position_biased_input`).
+    pub fn position_table(&self) -> bool {
+        !self.family.rotary()
+            && self
+                .deberta
+                .as_ref()
+                .is_none_or(|d| d.position_biased_input)
     }
 
     /// The most tokens a sequence can hold given the position table.

@@ -16,7 +16,7 @@ use crate::ops::{dropout, Dropout};
 
 pub struct Embeddings {
     word_embeddings: Range<usize>,
-    /// `None` where positions are rotary (GTE).
+    /// `None` where positions are rotary (GTE) or relative only (DeBERTa-v3).
     position_embeddings: Option<Range<usize>>,
     token_type_embeddings: Option<Range<usize>>,
     layer_norm: LayerNorm,
@@ -62,9 +62,9 @@ impl Embeddings {
         };
         Ok(Embeddings {
             word_embeddings: table("word_embeddings", cfg.vocab_size)?,
-            position_embeddings: match cfg.family.rotary() {
-                true => None,
-                false => Some(table("position_embeddings", cfg.max_position_embeddings)?),
+            position_embeddings: match cfg.position_table() {
+                true => Some(table("position_embeddings", cfg.max_position_embeddings)?),
+                false => None,
             },
             token_type_embeddings,
             layer_norm: LayerNorm::new(w, &format!("{pre}.LayerNorm"), e, cfg.layer_norm_eps)?,

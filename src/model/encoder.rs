@@ -3,9 +3,12 @@
 //! parameter names differ between families (DistilBERT's `q_lin`, `ffn.lin1`, ...), and GTE's
 //! layer rotates queries and keys (rotary embeddings) and gates its MLP (`up · act(gate)` from
 //! one `up_gate_proj` product). GTE's names are those transformers writes (and the hub's
-//! `new` checkpoints use): `qkv_proj`, `up_gate_proj`, `attn_ln`, `mlp_ln`.
+//! `new` checkpoints use): `qkv_proj`, `up_gate_proj`, `attn_ln`, `mlp_ln`. DeBERTa-v2's layer
+//! attends with relative positions ([`crate::ops::disentangled`]) over the encoder's table
+//! ([`RelativeEmbeddings`]).
 
 use anyhow::Result;
+use std::ops::Range;
 use std::sync::Arc;
 
 use super::config::{Config, Family};
@@ -13,6 +16,7 @@ use super::weights::Weights;
 use super::{fit, LayerNorm, Linear};
 use crate::ops::activation::Half;
 use crate::ops::attention::{Heads, Mask};
+use crate::ops::disentangled::{self, Relative};
 use crate::ops::linear::InputGrad;
 use crate::ops::profile::timed;
 use crate::ops::rotary::Rotary;
@@ -45,6 +49,14 @@ impl LayerNames {
                 intermediate: "ffn.lin1",
                 output: "ffn.lin2",
                 output_norm: "output_layer_norm",
+            }
+        } else if family == Family::DebertaV2 {
+            LayerNames {
+                prefix: format!("{base}.encoder.layer.{i}"),
+                query: "attention.self.query_proj",
+                key: "attention.self.key_proj",
+                value: "attention.self.value_proj",
+                ..LayerNames::new(Family::Bert, i)
             }
         } else if family == Family::Gte {
             // One `[3h, h]` tensor holds the query, key and value.
@@ -108,6 +120,8 @@ pub struct Layer {
     glu: bool,
     /// GTE: rotary embeddings on the queries and keys.
     rotary: Option<Arc<Rotary>>,
+    /// DeBERTa: attention with relative positions.
+    disentangled: Option<Disentangled>,
     hidden_dropout: f64,
     attention_dropout: f64,
     /// DistilBERT applies no dropout after the attention output projection.
@@ -115,6 +129,81 @@ pub struct Layer {
     /// The layer's index, which numbers its dropout sites.
     index: usize,
 }
+
+/// DeBERTa's relative-position table, shared by every layer: `rel_embeddings`, through the
+/// encoder's LayerNorm where `norm_rel_ebd` says so.
+pub struct RelativeEmbeddings {
+    table: Range<usize>,
+    norm: Option<LayerNorm>,
+    pub relative: Arc<Relative>,
+    h: usize,
+}
+
+impl RelativeEmbeddings {
+    pub fn new(cfg: &Config, w: &Weights) -> Result<Option<Self>> {
+        let Some(d) = &cfg.deberta else {
+            return Ok(None);
+        };
+        let (h, rows) = (cfg.hidden_size, 2 * d.span());
+        let base = cfg.family.base_prefix();
+        Ok(Some(RelativeEmbeddings {
+            table: w.slot(&format!("{base}.encoder.rel_embeddings.weight"), &[rows, h])?,
+            norm: match d.norm_rel_ebd {
+                true => Some(LayerNorm::new(
+                    w,
+                    &format!("{base}.encoder.LayerNorm"),
+                    h,
+                    cfg.layer_norm_eps,
+                )?),
+                false => None,
+            },
+            relative: Arc::new(Relative::new(
+                d.c2p,
+                d.p2c,
+                d.position_buckets,
+                d.max_relative_positions,
+                cfg.max_position_embeddings,
+            )),
+            h,
+        }))
+    }
+
+    /// The table as the layers read it into `out`; `stats`: the norm's row stats.
+    pub fn forward(&self, w: &[f32], out: &mut Vec<f32>, stats: &mut Vec<f32>) {
+        let table = &w[self.table.clone()];
+        fit(out, table.len());
+        match &self.norm {
+            Some(norm) => {
+                fit(stats, 2 * table.len() / self.h);
+                norm.forward(w, table, out, stats)
+            }
+            None => out.copy_from_slice(table),
+        }
+    }
+
+    /// Adds the table's (and its norm's) gradients into `g` from dL/d(the layers' table).
+    pub fn backward(&self, w: &[f32], g: &mut [f32], dout: &[f32], stats: &[f32]) {
+        let mut dtable = vec![0f32; dout.len()];
+        match &self.norm {
+            Some(norm) => norm.backward(w, g, dout, &w[self.table.clone()], stats, &mut dtable),
+            None => dtable.copy_from_slice(dout),
+        }
+        add(&mut g[self.table.clone()], &dtable);
+    }
+}
+
+/// One layer's relative-position attention: the table's rows projected as keys (by the layer's
+/// key projection, or `pos_key_proj`) and as queries.
+struct Disentangled {
+    relative: Arc<Relative>,
+    pos_key: Option<Linear>,
+    pos_query: Option<Linear>,
+    /// `pos_dropout` on the table, as each layer reads it (`hidden_dropout_prob`).
+    dropout: f64,
+}
+
+/// Dropout sites of DeBERTa's relative table, one per layer.
+const POS_SITE: u64 = 1 << 18;
 
 /// A layer's input and the activations its backward needs (`n` tokens, hidden `h`,
 /// intermediate `m`).
@@ -136,6 +225,11 @@ pub struct LayerActs {
     u: Vec<f32>,
     a: Vec<f32>,
     g: Vec<f32>,
+    /// DeBERTa: the table as this layer read it (dropped), and its rows projected as keys and
+    /// as queries, `[2 · span, h]` each.
+    rel: Vec<f32>,
+    pos_k: Vec<f32>,
+    pos_q: Vec<f32>,
     /// Input of the output LayerNorm and its row stats.
     z2: Vec<f32>,
     st2: Vec<f32>,
@@ -161,8 +255,15 @@ fn add(z: &mut [f32], r: &[f32]) {
 const GLU_SITE: u64 = 1 << 19;
 
 impl Layer {
-    /// Layer `i`; `rotary`: the tables of a family with rotary embeddings.
-    pub fn new(cfg: &Config, w: &Weights, i: usize, rotary: Option<Arc<Rotary>>) -> Result<Self> {
+    /// Layer `i`; `rotary`: the tables of a family with rotary embeddings; `relative`:
+    /// DeBERTa's relative positions.
+    pub fn new(
+        cfg: &Config,
+        w: &Weights,
+        i: usize,
+        rotary: Option<Arc<Rotary>>,
+        relative: Option<Arc<Relative>>,
+    ) -> Result<Self> {
         let n = LayerNames::new(cfg.family, i);
         let (h, m, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
         let glu = cfg.family == Family::Gte;
@@ -170,6 +271,21 @@ impl Layer {
         let intermediate = match glu {
             true => Linear::with_bias(w, &n.name(n.intermediate), h, 2 * m, false)?,
             false => Linear::new(w, &n.name(n.intermediate), h, m)?,
+        };
+        let disentangled = match (relative, &cfg.deberta) {
+            (Some(relative), Some(d)) => {
+                let proj = |on: bool, shared: &str, own: &str| -> Result<Option<Linear>> {
+                    let name = if d.share_att_key { shared } else { own };
+                    on.then(|| Linear::new(w, &n.name(name), h, h)).transpose()
+                };
+                Some(Disentangled {
+                    pos_key: proj(d.c2p, n.key, "attention.self.pos_key_proj")?,
+                    pos_query: proj(d.p2c, n.query, "attention.self.pos_query_proj")?,
+                    relative,
+                    dropout: cfg.hidden_dropout_prob,
+                })
+            }
+            _ => None,
         };
         Ok(Layer {
             qkv: Linear::fused(w, &qkv, h, &vec![3 * h / qkv.len(); qkv.len()], true)?,
@@ -182,6 +298,7 @@ impl Layer {
             act: cfg.hidden_act,
             glu,
             rotary,
+            disentangled,
             hidden_dropout: cfg.hidden_dropout_prob,
             attention_dropout: cfg.attention_probs_dropout_prob,
             attention_output_dropout: cfg.family != Family::DistilBert,
@@ -216,7 +333,8 @@ impl Layer {
         Dropout::site(seed, GLU_SITE + self.index as u64, self.hidden_dropout)
     }
 
-    /// `acts.x` (`[n, h]`) through the layer into `out`, keeping the activations in `acts`.
+    /// `acts.x` (`[n, h]`) through the layer into `out`, keeping the activations in `acts`;
+    /// `rel`: DeBERTa's relative table, as [`RelativeEmbeddings::forward`] gave it.
     pub fn forward(
         &self,
         w: &[f32],
@@ -224,6 +342,7 @@ impl Layer {
         acts: &mut LayerActs,
         out: &mut Vec<f32>,
         seed: Option<u64>,
+        rel: &[f32],
     ) {
         let h = self.attention_output.out_dim;
         let n = acts.x.len() / h;
@@ -249,15 +368,42 @@ impl Layer {
                 rotary.forward(&mut acts.qkv, offsets, self.heads)
             });
         }
-        timed("fwd attention", || {
-            attention::forward(
+        timed("fwd attention", || match &self.disentangled {
+            Some(d) => {
+                acts.rel.clear();
+                acts.rel.extend_from_slice(rel);
+                dropout::apply(self.pos_dropout(d, seed), &mut acts.rel);
+                for (proj, out) in [
+                    (&d.pos_key, &mut acts.pos_k),
+                    (&d.pos_query, &mut acts.pos_q),
+                ] {
+                    out.clear();
+                    if let Some(proj) = proj {
+                        fit(out, rel.len());
+                        proj.forward(w, &acts.rel, out);
+                    }
+                }
+                let (pos_k, pos_q) = (&acts.pos_k, &acts.pos_q);
+                let heads = self.heads.q;
+                disentangled::forward(
+                    &mut acts.ctx,
+                    &acts.qkv,
+                    pos_k,
+                    pos_q,
+                    offsets,
+                    heads,
+                    &d.relative,
+                    drop_p,
+                )
+            }
+            None => attention::forward(
                 &mut acts.ctx,
                 &acts.qkv,
                 offsets,
                 self.heads,
                 Mask::All,
                 drop_p,
-            )
+            ),
         });
         timed("fwd attention output", || {
             self.attention_output.forward(w, &acts.ctx, &mut acts.z1)
@@ -294,8 +440,13 @@ impl Layer {
         });
     }
 
+    /// DeBERTa's dropout of the relative table as this layer reads it.
+    fn pos_dropout(&self, d: &Disentangled, seed: Option<u64>) -> Option<Dropout> {
+        Dropout::site(seed, POS_SITE + self.index as u64, d.dropout)
+    }
+
     /// Backward: `dy` holds dL/d(output) on entry and dL/d(input) on return; the parameter
-    /// gradients are added into `g`.
+    /// gradients are added into `g`, DeBERTa's relative table's gradient into `drel`.
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
@@ -306,7 +457,8 @@ impl Layer {
         dy: &mut [f32],
         s: &mut Scratch,
         seed: Option<u64>,
-    ) {
+        drel: &mut [f32],
+    ) -> Result<()> {
         let h = self.attention_output.out_dim;
         let n = acts.x.len() / h;
         let m = self.output.in_dim;
@@ -358,17 +510,42 @@ impl Layer {
             let dx = InputGrad::Write(&mut s.dh2);
             self.attention_output.backward(w, g, &s.dh1, &acts.ctx, dx)
         });
-        timed("bwd attention", || {
-            attention::backward(
-                &mut s.d3,
+        timed("bwd attention", || -> Result<()> {
+            let Some(d) = &self.disentangled else {
+                attention::backward(
+                    &mut s.d3,
+                    &s.dh2,
+                    &acts.qkv,
+                    offsets,
+                    self.heads,
+                    Mask::All,
+                    drop_p,
+                );
+                return Ok(());
+            };
+            let (pos_k, pos_q, heads) = (&acts.pos_k, &acts.pos_q, self.heads.q);
+            let [dqkv, dpk, dpq] = disentangled::backward(
                 &s.dh2,
                 &acts.qkv,
+                pos_k,
+                pos_q,
                 offsets,
-                self.heads,
-                Mask::All,
+                heads,
+                &d.relative,
                 drop_p,
-            )
-        });
+            )?;
+            s.d3.copy_from_slice(&dqkv);
+            // The table's gradient through both projections and this layer's dropout.
+            let mut dtable = vec![0f32; acts.rel.len()];
+            for (proj, dpos) in [(&d.pos_key, &dpk), (&d.pos_query, &dpq)] {
+                if let Some(proj) = proj {
+                    proj.backward(w, g, dpos, &acts.rel, InputGrad::Add(&mut dtable));
+                }
+            }
+            dropout::apply(self.pos_dropout(d, seed), &mut dtable);
+            add(drel, &dtable);
+            Ok(())
+        })?;
         if let Some(rotary) = &self.rotary {
             timed("bwd rotary", || {
                 rotary.backward(&mut s.d3, offsets, self.heads)
@@ -377,5 +554,6 @@ impl Layer {
         timed("bwd qkv", || {
             self.qkv.backward(w, g, &s.d3, &acts.x, InputGrad::Add(dy))
         });
+        Ok(())
     }
 }

@@ -20,8 +20,9 @@ pub struct Head {
     dense: Linear,
     /// tanh (BERT's pooler, RoBERTa), GELU (ELECTRA) or ReLU (DistilBERT).
     act: Act,
-    /// RoBERTa's and ELECTRA's heads drop their input too.
-    input_dropout: bool,
+    /// RoBERTa's, ELECTRA's and DeBERTa's heads drop their input too (DeBERTa's by its
+    /// `pooler_dropout`).
+    input_dropout: Option<f64>,
     /// The dense layer and tanh are BERT's pooler (`BertModel.pooler`).
     pooler: bool,
     out: Linear,
@@ -69,6 +70,7 @@ fn head_names(family: Family) -> Result<(&'static str, &'static str)> {
         }
         Family::DistilBert => ("pre_classifier", "classifier"),
         Family::Gte => ("gte.pooler.dense", "classifier"),
+        Family::DebertaV2 => ("pooler.dense", "classifier"),
         Family::ModernBert | Family::Qwen3 | Family::Qwen2 => {
             bail!("internal: {family:?} has no BERT-style head")
         }
@@ -110,10 +112,14 @@ impl Head {
         let (h, l) = (cfg.hidden_size, cfg.num_labels());
         let (hidden, out) = head_names(cfg.family)?;
         let (act, input_dropout) = match cfg.family {
-            Family::Bert | Family::Gte => (Act::Tanh, false),
-            Family::Roberta | Family::XlmRoberta => (Act::Tanh, true),
-            Family::Electra => (Act::Gelu, true),
-            Family::DistilBert => (Act::Relu, false),
+            Family::Bert | Family::Gte => (Act::Tanh, None),
+            Family::Roberta | Family::XlmRoberta => (Act::Tanh, Some(cfg.classifier_dropout)),
+            Family::Electra => (Act::Gelu, Some(cfg.classifier_dropout)),
+            Family::DistilBert => (Act::Relu, None),
+            Family::DebertaV2 => match &cfg.deberta {
+                Some(d) => (d.pooler_hidden_act, Some(d.pooler_dropout)),
+                None => bail!("internal: DeBERTa without its config"),
+            },
             _ => bail!("internal: {:?} has no BERT-style head", cfg.family),
         };
         Ok(Head {
@@ -127,7 +133,9 @@ impl Head {
     }
 
     fn dropouts(&self, seed: Option<u64>) -> [Option<Dropout>; 2] {
-        let input = Dropout::site(seed, SITE, self.dropout).filter(|_| self.input_dropout);
+        let input = self
+            .input_dropout
+            .and_then(|p| Dropout::site(seed, SITE, p));
         [input, Dropout::site(seed, SITE + 1, self.dropout)]
     }
 

@@ -38,7 +38,7 @@ use std::sync::Arc;
 use checkpoint::Params;
 use config::{Config, Family};
 use embeddings::{EmbeddingActs, Embeddings};
-use encoder::{Layer, LayerActs, Scratch};
+use encoder::{Layer, LayerActs, RelativeEmbeddings, Scratch};
 use head::{Head, HeadActs};
 use tokenize::Tokens;
 use weights::{two_mut, Weights};
@@ -224,6 +224,8 @@ fn fit(v: &mut Vec<f32>, n: usize) {
 pub struct Transformer {
     embeddings: Embeddings,
     layers: Vec<Layer>,
+    /// DeBERTa's relative-position table.
+    relative: Option<RelativeEmbeddings>,
     hidden: usize,
 }
 
@@ -241,6 +243,10 @@ pub struct Tape {
     seed: Option<u64>,
     /// The batch's sequence offsets and tokens.
     tokens: Tokens,
+    /// DeBERTa's relative table as the layers read it, its norm's stats, and its gradient.
+    rel: Vec<f32>,
+    rel_stats: Vec<f32>,
+    drel: Vec<f32>,
     /// ModernBERT's activations (the fields above serve the BERT-like families).
     modernbert: modernbert::Tape,
 }
@@ -302,11 +308,14 @@ impl Transformer {
             let d = cfg.hidden_size / cfg.num_attention_heads;
             Arc::new(Rotary::new(d, theta, cfg.max_position_embeddings))
         });
+        let relative = RelativeEmbeddings::new(cfg, w)?;
+        let rel = relative.as_ref().map(|r| r.relative.clone());
         Ok(Transformer {
             embeddings: Embeddings::new(cfg, w)?,
             layers: (0..cfg.num_hidden_layers)
-                .map(|i| Layer::new(cfg, w, i, rotary.clone()))
+                .map(|i| Layer::new(cfg, w, i, rotary.clone(), rel.clone()))
                 .collect::<Result<_>>()?,
+            relative,
             hidden: cfg.hidden_size,
         })
     }
@@ -326,9 +335,13 @@ impl Transformer {
             self.embeddings
                 .forward(w, tokens, &mut acts.x, &mut emb, None)
         })?;
+        let (mut rel, mut rel_stats) = (Vec::new(), Vec::new());
+        if let Some(r) = &self.relative {
+            r.forward(w, &mut rel, &mut rel_stats);
+        }
         let mut out = Vec::new();
         for layer in &self.layers {
-            layer.forward(w, &tokens.offsets, &mut acts, &mut out, None);
+            layer.forward(w, &tokens.offsets, &mut acts, &mut out, None, &rel);
             std::mem::swap(&mut acts.x, &mut out);
         }
         Ok(acts.x)
@@ -347,28 +360,39 @@ impl Transformer {
             self.embeddings
                 .forward(w, &tape.tokens, first, &mut tape.embeddings, tape.seed)
         })?;
+        if let Some(r) = &self.relative {
+            r.forward(w, &mut tape.rel, &mut tape.rel_stats);
+        }
         for (i, layer) in self.layers.iter().enumerate() {
             let (done, rest) = tape.layers.split_at_mut(i + 1);
             let out = match rest.first_mut() {
                 Some(next) => &mut next.x,
                 None => &mut tape.hidden,
             };
-            layer.forward(w, &tape.tokens.offsets, &mut done[i], out, tape.seed);
+            let offsets = &tape.tokens.offsets;
+            layer.forward(w, offsets, &mut done[i], out, tape.seed, &tape.rel);
         }
         Ok(())
     }
 
     /// From dL/dhidden (`dy`, used as scratch), adds every parameter's gradient into `g`.
-    fn backward(&self, w: &[f32], g: &mut [f32], tape: &mut Tape, dy: &mut [f32]) {
+    fn backward(&self, w: &[f32], g: &mut [f32], tape: &mut Tape, dy: &mut [f32]) -> Result<()> {
         let (offsets, seed) = (&tape.tokens.offsets, tape.seed);
+        tape.drel.clear();
+        tape.drel.resize(tape.rel.len(), 0.0);
         for (layer, acts) in self.layers.iter().zip(&tape.layers).rev() {
-            layer.backward(w, g, offsets, acts, dy, &mut tape.scratch, seed);
+            let drel = &mut tape.drel;
+            layer.backward(w, g, offsets, acts, dy, &mut tape.scratch, seed, drel)?;
+        }
+        if let Some(r) = &self.relative {
+            r.backward(w, g, &tape.drel, &tape.rel_stats);
         }
         let (tokens, acts) = (&tape.tokens, &tape.embeddings);
         timed("bwd embeddings", || {
             self.embeddings
                 .backward(w, g, tokens, acts, dy, &mut tape.scratch, seed)
         });
+        Ok(())
     }
 }
 
@@ -380,7 +404,8 @@ pub struct SequenceClassifier {
     quantized: bool,
 }
 
-/// The engine of a family.
+/// The engine of a family. One lives per model, so its variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Body {
     /// BERT, RoBERTa, XLM-RoBERTa, DistilBERT, ELECTRA and GTE: one post-norm encoder and a
     /// head on the first token.
@@ -501,16 +526,17 @@ impl SequenceClassifier {
 
     /// Adds the gradient of every parameter into `g` (the layout of `self.weights`), from
     /// dL/dlogits of the last [`SequenceClassifier::forward_train`].
-    pub fn backward(&self, tape: &mut Tape, dlogits: &[f32], g: &mut [f32]) {
+    pub fn backward(&self, tape: &mut Tape, dlogits: &[f32], g: &mut [f32]) -> Result<()> {
         let w = &self.weights.data;
         let (transformer, head) = match &self.body {
             Body::Bert { transformer, head } => (transformer, head),
             Body::ModernBert(m) => {
                 let (tokens, seed) = (&tape.tokens, tape.seed);
-                return m.backward(w, g, tokens, &mut tape.modernbert, dlogits, seed);
+                m.backward(w, g, tokens, &mut tape.modernbert, dlogits, seed);
+                return Ok(());
             }
             // Its forward_train refuses, so there is no pass to differentiate.
-            Body::Causal(_) => return,
+            Body::Causal(_) => return Ok(()),
         };
         let h = transformer.hidden;
         let dcls = timed("bwd head", || {
@@ -522,8 +548,9 @@ impl SequenceClassifier {
             let t = tape.tokens.offsets[s];
             dy[t * h..(t + 1) * h].copy_from_slice(row);
         }
-        transformer.backward(w, g, tape, &mut dy);
+        let done = transformer.backward(w, g, tape, &mut dy);
         tape.hidden = dy;
+        done
     }
 
     /// The word-embedding table's range in the flat buffer and its row width: a batch reads

@@ -19,7 +19,7 @@ use super::Dropout;
     "x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma",
     "x86_64+avx2+fma"
 ))]
-fn softmax_rows(p: &mut [f32], len: usize) {
+pub(super) fn softmax_rows(p: &mut [f32], len: usize) {
     for row in p.chunks_exact_mut(len) {
         let max = super::max(row);
         row.iter_mut().for_each(|x| *x = exp(*x - max));

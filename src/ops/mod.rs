@@ -11,6 +11,7 @@
 pub mod activation;
 pub mod attention;
 pub mod composed;
+pub mod disentangled;
 pub mod dropout;
 pub mod int8;
 pub mod layer_norm;
