@@ -6,7 +6,8 @@ of each family beside PyTorch's (`crossenc bench --model OUT` and the reference'
 
 FAMILY: modernbert (answerdotai/ModernBERT-base's config: 22 layers, hidden 768, intermediate
 1152, a window of 128 on two layers in three), gte (bert-base's shape: 12 layers, hidden 768,
-intermediate 3072, as gte-multilingual-base), qwen3 (a causal-LM re-ranker at bert-base's
+intermediate 3072, as gte-multilingual-base), deberta (DeBERTa-v3-base's config: 12 layers, hidden
+768, 256 position buckets, relative distances up to 512), qwen3 (a causal-LM re-ranker at bert-base's
 shape: 12 layers, hidden 768, 12 query and 4 key/value heads, intermediate 3072). TOKENIZER_DIR:
 the tokenizer to take (all-MiniLM-L6-v2's WordPiece for the encoders, so STS-B's pairs have
 their usual lengths; tests/fixtures/tiny-qwen3-reranker for qwen3, whose byte-level BPE and
@@ -15,7 +16,7 @@ follows it. The folder is saved by sentence-transformers' `CrossEncoder.save`.
 """
 import os, sys, tempfile
 import torch
-from transformers import (AutoTokenizer, GteConfig, GteForSequenceClassification, ModernBertConfig,
+from transformers import (AutoTokenizer, DebertaV2Config, DebertaV2ForSequenceClassification, GteConfig, GteForSequenceClassification, ModernBertConfig,
                           ModernBertForSequenceClassification, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM)
 from sentence_transformers import CrossEncoder
 
@@ -38,6 +39,13 @@ elif family == "gte":
     cfg = GteConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                     max_position_embeddings=8192, num_labels=1, vocab_size=len(tok), pad_token_id=tok.pad_token_id)
     model = GteForSequenceClassification(cfg)
+elif family == "deberta":
+    cfg = DebertaV2Config(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                          max_position_embeddings=512, relative_attention=True, position_buckets=256,
+                          max_relative_positions=-1, pos_att_type=["p2c", "c2p"], share_att_key=True,
+                          norm_rel_ebd="layer_norm", position_biased_input=False, type_vocab_size=0,
+                          layer_norm_eps=1e-7, num_labels=1, vocab_size=len(tok), pad_token_id=tok.pad_token_id)
+    model = DebertaV2ForSequenceClassification(cfg)
 elif family == "qwen3":
     cfg = Qwen3Config(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                       num_key_value_heads=4, head_dim=64, max_position_embeddings=4096, vocab_size=len(tok),

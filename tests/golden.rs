@@ -410,3 +410,54 @@ fn tiny_deberta_v2() {
         "tiny-deberta-v2",
     );
 }
+
+/// int8 scoring on the newer families' tiny models: every linear layer of the encoder (or the
+/// decoder) quantized, scores close to f32's and independent of the batch (measured on the VNNI
+/// kernel: 0.003-0.022).
+#[test]
+fn int8_scores_the_newer_families() {
+    // 7-bit weights (kernels without VNNI) double the error (see `weight_bits`).
+    let bound = match crossenc::ops::int8::weight_bits() {
+        8 => 0.05,
+        _ => 0.1,
+    };
+    for name in [
+        "tiny-modernbert",
+        "tiny-modernbert-mean",
+        "tiny-gte",
+        "tiny-deberta-v3",
+        "tiny-deberta-v2",
+        "tiny-qwen3-reranker",
+        "tiny-qwen2-reranker",
+    ] {
+        let dir = repo().join("tests/fixtures").join(name);
+        let g = read_json(&require(dir.join("golden.json")));
+        let opts = LoadOptions {
+            max_length: Some(g["max_length"].as_u64().unwrap() as usize),
+            quantize: Some(Quantization::Int8),
+            ..Default::default()
+        };
+        let pairs = golden_pairs(&g);
+        let mut errors = Vec::new();
+        for bs in [1, 8] {
+            let mut ce = CrossEncoder::load(dir.to_str().unwrap(), &opts).unwrap();
+            ce.set_batch_size(bs);
+            let got = ce.predict(&pairs).unwrap().values;
+            errors.push(max_abs_diff(&got, &f32s(&g["predict_scores"])));
+        }
+        eprintln!("{name}: int8 differs from f32 by {:.4}", errors[0]);
+        assert_eq!(
+            errors[0], errors[1],
+            "{name}: int8 scores depend on the batch"
+        );
+        assert!(
+            errors[0] > 0.0,
+            "{name}: int8 scores equal f32's: not quantized?"
+        );
+        assert!(
+            errors[0] < bound,
+            "{name}: int8 scores differ from f32 by {}",
+            errors[0]
+        );
+    }
+}

@@ -10,6 +10,7 @@ use crate::model::config::generic_labels;
 use crate::progress::{Lines, Silent};
 use crate::search::{self, beir, Retriever};
 use crate::train::card::Card;
+use crate::train::group::{self, Group};
 use crate::train::optim::AdamWConfig;
 use crate::train::{self, Batching, LossKind, OutputMode, TrainConfig};
 use crate::{CrossEncoder, LoadOptions};
@@ -158,7 +159,21 @@ fn rerank_lists(args: &TrainArgs) -> Result<Vec<Example>> {
     Ok(lists)
 }
 
-pub fn run(mut args: TrainArgs) -> Result<()> {
+pub fn run(args: TrainArgs) -> Result<()> {
+    let group: Arc<dyn Group> = Arc::from(group::from_env()?);
+    match train_in(args, &group) {
+        // Under MPI the other ranks would wait for this one forever: end the job.
+        Err(e) if group.size() > 1 => {
+            eprintln!("error on rank {} of {}: {e:#}", group.rank(), group.size());
+            group.abort(1)
+        }
+        done => done,
+    }
+}
+
+fn train_in(mut args: TrainArgs, group: &Arc<dyn Group>) -> Result<()> {
+    // Rank 0 of a data-parallel run speaks for all.
+    args.quiet |= group.rank() > 0;
     if args.train == DEFAULT_TRAIN && args.task != Task::Rerank {
         // The bundled STS-B: its scores are 0-5, its test split comes along.
         args.data.label_range.get_or_insert((0.0, 5.0));
@@ -255,6 +270,7 @@ pub fn run(mut args: TrainArgs) -> Result<()> {
             Arc::new(Lines)
         },
         dropout: true,
+        group: group.clone(),
     };
     if !args.quiet {
         println!(
@@ -282,6 +298,9 @@ pub fn run(mut args: TrainArgs) -> Result<()> {
             (false, false) => OutputMode::New,
         },
     )?;
+    if group.rank() > 0 {
+        return Ok(());
+    }
     let mut results = Vec::new();
     if let Some((step, m)) = &summary.best {
         results.push((format!("dev (best, step {step})"), m.clone()));

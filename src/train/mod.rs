@@ -1,6 +1,7 @@
 //! Fine-tuning: the trainer loop, losses, AdamW, the learning-rate schedule and checkpoints.
 
 pub mod card;
+pub mod group;
 pub mod loss;
 pub mod optim;
 pub mod plot;
@@ -22,7 +23,7 @@ use crate::data::Example;
 use crate::eval::{self, Metrics, Task};
 use crate::model::Tape;
 use crate::ops::profile::timed;
-use crate::progress::{Lines, Progress};
+use crate::progress::{Lines, Progress, Silent};
 use crate::CrossEncoder;
 use optim::{AdamW, AdamWConfig};
 use schedule::LinearSchedule;
@@ -119,6 +120,8 @@ pub struct TrainConfig {
     pub progress: Arc<dyn Progress>,
     /// Dropout as config.json sets it; off only for exact-gradient tests.
     pub dropout: bool,
+    /// The processes the run is split over (default: this one, [`group::Single`]).
+    pub group: Arc<dyn group::Group>,
 }
 
 impl Default for TrainConfig {
@@ -144,6 +147,7 @@ impl Default for TrainConfig {
             metric: "spearman".into(),
             max_steps: None,
             progress: Arc::new(Lines),
+            group: Arc::new(group::Single),
             dropout: true,
         }
     }
@@ -197,6 +201,15 @@ impl Trainable {
     pub fn flush(&mut self, ce: &mut CrossEncoder) {
         timed("optimizer (lazy rows)", || {
             self.opt.flush(&mut ce.model.weights.data)
+        });
+    }
+
+    /// Marks the word-embedding rows of `ids` as read by this step and brings them up to date
+    /// (as [`Trainable::accumulate`] does for its own batch): under data parallelism every rank
+    /// marks the whole global batch's rows, since the summed gradient reaches them all.
+    pub fn touch(&mut self, ce: &mut CrossEncoder, ids: &[u32]) {
+        timed("optimizer (lazy rows)", || {
+            self.opt.touch(&mut ce.model.weights.data, ids)
         });
     }
 
@@ -501,7 +514,11 @@ pub fn train(
     mode: OutputMode,
 ) -> Result<Summary> {
     check(ce, train, cfg)?;
-    prepare_output(output, mode)?;
+    if cfg.group.rank() == 0 {
+        prepare_output(output, mode)?;
+    }
+    // The other ranks read a checkpoint to resume from only once rank 0 has checked the folder.
+    cfg.group.barrier();
     // The saved model predicts as the loss trained it to.
     ce.activation = cfg.loss.activation();
     let mut run = Run::start(ce, train, cfg, output, mode)?;
@@ -551,6 +568,12 @@ fn check(ce: &CrossEncoder, train: &[Example], cfg: &TrainConfig) -> Result<()> 
     Ok(())
 }
 
+/// `CROSSENC_FAULT=kill-rank-1` makes rank 1 of a data-parallel run die at its second step, as a
+/// crashed or killed node would: a fault injected by the tests of the job's failure handling.
+fn injected_kill() -> bool {
+    std::env::var("CROSSENC_FAULT").is_ok_and(|v| v == "kill-rank-1")
+}
+
 /// A training run in progress: the tokenized data, the schedule, the optimizer and the
 /// trainer state, and what has been logged and kept.
 struct Run<'a> {
@@ -568,7 +591,10 @@ struct Run<'a> {
     schedule: LinearSchedule,
     t: Trainable,
     st: TrainerState,
-    log: MetricsLog,
+    /// Rank 0's log (the other ranks of a data-parallel run write nothing).
+    log: Option<MetricsLog>,
+    /// The progress of rank 0 (the others report nothing).
+    progress: Arc<dyn Progress>,
     /// The current epoch's micro-batches (item indices).
     epoch: Option<(usize, Vec<Vec<usize>>)>,
     /// Step losses since the last log line.
@@ -632,12 +658,18 @@ impl<'a> Run<'a> {
                 st = saved;
             }
         }
-        let log = MetricsLog::open(output, resumed_from)?;
+        let root = cfg.group.rank() == 0;
+        let log = root
+            .then(|| MetricsLog::open(output, resumed_from))
+            .transpose()?;
+        let progress: Arc<dyn Progress> = match root {
+            true => cfg.progress.clone(),
+            false => Arc::new(Silent),
+        };
         let last_step = cfg.max_steps.unwrap_or(total_steps).min(total_steps);
-        cfg.progress.start(last_step as u64, st.step as u64);
+        progress.start(last_step as u64, st.step as u64);
         if let Some(step) = resumed_from {
-            cfg.progress
-                .report(&format!("resumed from step {step} of {total_steps}"));
+            progress.report(&format!("resumed from step {step} of {total_steps}"));
         }
         Ok(Run {
             cfg,
@@ -653,6 +685,7 @@ impl<'a> Run<'a> {
             t,
             st,
             log,
+            progress,
             epoch: None,
             losses: Vec::new(),
             best: None,
@@ -688,12 +721,34 @@ impl<'a> Run<'a> {
             loss: cfg.loss,
             list_size: g,
         };
+        let group = cfg.group.as_ref();
+        let (rank, ranks) = (group.rank(), group.size());
+        if rank == 1 && self.st.step == 1 && injected_kill() {
+            std::process::abort();
+        }
+        let pairs_of = |items: &[usize]| -> Vec<usize> {
+            items.iter().flat_map(|&i| i * g..(i + 1) * g).collect()
+        };
+        if ranks > 1 {
+            // The summed gradient reaches every row the global batch read.
+            let ids: Vec<u32> = pairs_of(&micro.concat())
+                .iter()
+                .flat_map(|&i| self.encodings[i].get_ids().iter().copied())
+                .collect();
+            self.t.touch(ce, &ids);
+        }
         let mut step_loss = 0.0;
         for (k, idx) in micro.iter().enumerate() {
-            let pairs: Vec<usize> = idx.iter().flat_map(|&i| i * g..(i + 1) * g).collect();
+            // This rank's share of the global micro-batch: a contiguous block of its items,
+            // weighted by its size so that the ranks' gradients sum to the batch mean's.
+            let share = &idx[idx.len() * rank / ranks..idx.len() * (rank + 1) / ranks];
+            if share.is_empty() {
+                continue;
+            }
+            let pairs = pairs_of(share);
             let enc: Vec<&Encoding> = pairs.iter().map(|&i| &self.encodings[i]).collect();
             let lab: Vec<f32> = pairs.iter().map(|&i| self.labels[i]).collect();
-            let w = 1.0 / micro.len() as f32;
+            let w = share.len() as f32 / idx.len() as f32 / micro.len() as f32;
             let seed = step_seed.map(|s| stream_seed(s, k as u64));
             let l = self.t.accumulate(ce, &enc, &lab, objective, seed, w)?;
             if !l.is_finite() {
@@ -704,12 +759,16 @@ impl<'a> Run<'a> {
             }
             step_loss += (l * w) as f64;
         }
+        if ranks > 1 {
+            timed("all-reduce", || group.all_reduce_sum(&mut self.t.grads));
+            step_loss = group.sum(step_loss);
+        }
         let lr = self.schedule.lr(self.st.step);
         self.t.step(ce, lr, cfg.max_grad_norm);
         self.st.step += 1;
         self.losses.push(step_loss);
         let epoch = self.st.step as f64 / self.steps_per_epoch as f64;
-        cfg.progress.update(
+        self.progress.update(
             self.st.step as u64,
             &format!("epoch {epoch:.2}  loss {step_loss:.4}  lr {lr:.2e}"),
         );
@@ -727,9 +786,12 @@ impl<'a> Run<'a> {
         self.losses.clear();
         let epoch = step as f64 / self.steps_per_epoch as f64;
         let secs = self.started.elapsed().as_secs_f64();
-        self.log
-            .write(json!({"step": step, "epoch": epoch, "loss": avg, "lr": lr, "seconds": secs}))?;
-        self.cfg.progress.log(&format!(
+        if let Some(log) = &mut self.log {
+            log.write(
+                json!({"step": step, "epoch": epoch, "loss": avg, "lr": lr, "seconds": secs}),
+            )?;
+        }
+        self.progress.log(&format!(
             "step {step}/{}  epoch {epoch:.2}  loss {avg:.4}  lr {lr:.2e}  {secs:.0}s",
             self.last_step
         ));
@@ -740,6 +802,10 @@ impl<'a> Run<'a> {
     /// model when it is the best so far; every `save_steps`: a checkpoint to resume from.
     fn evaluate_and_save(&mut self, ce: &mut CrossEncoder, dev: Option<&[Example]>) -> Result<()> {
         let (cfg, step) = (self.cfg, self.st.step);
+        // Under data parallelism rank 0 alone evaluates and writes.
+        let Some(log) = &mut self.log else {
+            return Ok(());
+        };
         let eval_now = step.is_multiple_of(self.steps_per_epoch)
             || step == self.last_step
             || cfg.eval_steps.is_some_and(|n| step.is_multiple_of(n));
@@ -758,9 +824,8 @@ impl<'a> Run<'a> {
             })?;
             let epoch = step as f64 / self.steps_per_epoch as f64;
             let secs = self.started.elapsed().as_secs_f64();
-            self.log
-                .write(json!({"step": step, "epoch": epoch, "eval": m, "seconds": secs}))?;
-            cfg.progress
+            log.write(json!({"step": step, "epoch": epoch, "eval": m, "seconds": secs}))?;
+            self.progress
                 .report(&format!("eval at step {step}: {}", eval::format(&m)));
             if self.st.best_metric.is_none_or(|b| value > b) {
                 self.st.best_metric = Some(value);
@@ -781,7 +846,15 @@ impl<'a> Run<'a> {
     /// training curves.
     fn finish(mut self, ce: &mut CrossEncoder, dev: Option<&[Example]>) -> Result<Summary> {
         let cfg = self.cfg;
-        cfg.progress.finish();
+        self.progress.finish();
+        if self.log.is_none() {
+            return Ok(Summary {
+                steps: self.st.step,
+                best: None,
+                last: None,
+                seconds: self.started.elapsed().as_secs_f64(),
+            });
+        }
         if dev.is_none() {
             ce.save(self.output)?;
         } else if self.best.is_none() {
@@ -795,7 +868,7 @@ impl<'a> Run<'a> {
         }
         if let Some((best_step, _)) = self.best.as_ref().filter(|(s, _)| *s != self.st.step) {
             // The weights in memory are the last step's; the output folder holds the best ones.
-            cfg.progress.report(&format!(
+            self.progress.report(&format!(
                 "best {} at step {best_step}; reloading it",
                 cfg.metric
             ));

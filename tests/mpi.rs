@@ -1,0 +1,200 @@
+//! Data-parallel training under `mpirun` (feature `mpi`; OpenMPI from Debian in CI): two ranks
+//! end with a single process's weights, and a rank that dies ends the job instead of hanging it.
+#![cfg(feature = "mpi")]
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// tiny-bert with dropout off (the ranks' masks are drawn per pass, so only a run without
+/// dropout follows a single process's exactly) and 64 STS-B training pairs.
+fn setup(tmp: &Path) -> (PathBuf, PathBuf) {
+    let model = tmp.join("model");
+    std::fs::create_dir(&model).unwrap();
+    for f in std::fs::read_dir(shared("golden/tiny-bert")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
+    }
+    let mut cfg = read_json(&model.join("config.json"));
+    cfg["hidden_dropout_prob"] = 0.0.into();
+    cfg["attention_probs_dropout_prob"] = 0.0.into();
+    std::fs::write(model.join("config.json"), cfg.to_string()).unwrap();
+    let stsb = std::fs::read_to_string(shared("data/stsb/stsb-en-train.csv")).unwrap();
+    let data = tmp.join("train.csv");
+    std::fs::write(
+        &data,
+        stsb.lines().take(64).collect::<Vec<_>>().join("\n") + "\n",
+    )
+    .unwrap();
+    (model, data)
+}
+
+fn train_args(model: &Path, data: &Path, out: &Path, steps: usize) -> Vec<String> {
+    let steps = steps.to_string();
+    [
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--train",
+        data.to_str().unwrap(),
+        "--label-range",
+        "0:5",
+        "--batch-size",
+        "16",
+        "--max-steps",
+        &steps,
+        "--lr",
+        "2e-5",
+        "--warmup-steps",
+        "1",
+        "--max-length",
+        "48",
+        "--quiet",
+        "--output",
+        out.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn mpirun(np: usize, args: &[String]) -> Command {
+    let mut cmd = Command::new("mpirun");
+    cmd.args([
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "-np",
+        &np.to_string(),
+    ])
+    .arg(env!("CARGO_BIN_EXE_crossenc"))
+    .args(args)
+    .env("HF_HUB_OFFLINE", "1");
+    cmd
+}
+
+fn weights(path: &Path) -> HashMap<String, Vec<f32>> {
+    candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect()
+}
+
+#[test]
+fn two_ranks_end_with_a_single_processs_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = setup(tmp.path());
+    let single = tmp.path().join("single");
+    stdout(&crossenc(
+        &train_args(&model, &data, &single, 4)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    ));
+    let parallel = tmp.path().join("parallel");
+    let out = mpirun(2, &train_args(&model, &data, &parallel, 4))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mpirun failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (want, got) = (
+        weights(&single.join("model.safetensors")),
+        weights(&parallel.join("model.safetensors")),
+    );
+    let before = weights(&model.join("model.safetensors"));
+    assert_eq!(want.len(), got.len());
+    let mut worst = (0f32, "");
+    for (name, w) in &want {
+        assert!(max_abs_diff(w, &before[name]) > 0.0, "{name} did not train");
+        let d = max_abs_diff(w, &got[name]);
+        if name.ends_with("attention.self.key.bias") {
+            // Its true gradient is 0: AdamW turns either run's rounding noise into steps of up
+            // to lr, in any direction (see tests/train_step.rs).
+            assert!(d <= 4.0 * 2e-5, "{name}: {d}");
+        } else {
+            assert!(d < 1e-6, "{name}: two ranks differ from one process by {d}");
+            if d > worst.0 {
+                worst = (d, name);
+            }
+        }
+    }
+    eprintln!(
+        "largest difference from one process: {} in {}",
+        worst.0, worst.1
+    );
+    // Rank 0 alone logged: one line per step, as one process does.
+    let lines = |dir: &Path| std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let losses = |text: String| -> Vec<f32> {
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64())
+            .map(|v| v as f32)
+            .collect()
+    };
+    let (one, two) = (losses(lines(&single)), losses(lines(&parallel)));
+    assert_eq!(one.len(), two.len());
+    assert!(max_abs_diff(&one, &two) < 1e-5, "{one:?} vs {two:?}");
+}
+
+#[test]
+fn a_rank_that_dies_ends_the_job_with_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = setup(tmp.path());
+    let out = tmp.path().join("out");
+    let mut child = mpirun(2, &train_args(&model, &data, &out, 4))
+        .env("CROSSENC_FAULT", "kill-rank-1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("the job hung after a rank died");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success(), "the job succeeded without its rank 1");
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(err.contains("rank 1"), "{err}");
+    assert!(
+        !out.join("model.safetensors").exists(),
+        "a model was written by a failed run"
+    );
+}
+
+#[test]
+fn a_resumed_two_rank_run_ends_as_an_uninterrupted_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = setup(tmp.path());
+    let run = |out: &Path, steps: usize, extra: &[&str]| {
+        let mut args = train_args(&model, &data, out, steps);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let o = mpirun(2, &args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let straight = tmp.path().join("straight");
+    run(&straight, 4, &[]);
+    // Stopped after 2 steps with a checkpoint at step 1, then resumed to 4.
+    let resumed = tmp.path().join("resumed");
+    run(&resumed, 2, &["--save-steps", "1"]);
+    run(&resumed, 4, &["--resume"]);
+    let (want, got) = (
+        weights(&straight.join("model.safetensors")),
+        weights(&resumed.join("model.safetensors")),
+    );
+    for (name, w) in &want {
+        assert_eq!(w, &got[name], "{name}: resumed run differs");
+    }
+}
