@@ -10,6 +10,7 @@ use tokenizers::Encoding;
 
 use crate::data::Example;
 use crate::model::config::Config;
+use crate::ops::Pass;
 use crate::train::optim::AdamWConfig;
 use crate::train::{epoch_batches, Batching, LossKind, Trainable};
 use crate::CrossEncoder;
@@ -77,7 +78,14 @@ pub fn train_steps(
             .iter()
             .map(|&i| data[i].label.clamp(0.0, 1.0) as f32)
             .collect();
-        t.accumulate(ce, &enc, &labels, LossKind::Bce, Some(k as u64), 1.0)?;
+        t.accumulate(
+            ce,
+            &enc,
+            &labels,
+            LossKind::Bce,
+            Some(Pass::new(k as u64)),
+            1.0,
+        )?;
         t.step(ce, 1e-9, 1.0);
         if k >= 1 {
             let longest = enc.iter().map(|e| e.len()).max().unwrap_or(0);

@@ -12,7 +12,7 @@ use super::tokenize::Tokens;
 use super::weights::Weights;
 use super::{fit, LayerNorm, Linear};
 use crate::ops::linear::InputGrad;
-use crate::ops::{dropout, Dropout};
+use crate::ops::{dropout, Dropout, Pass};
 
 pub struct Embeddings {
     word_embeddings: Range<usize>,
@@ -145,7 +145,7 @@ impl Embeddings {
         tokens: &Tokens,
         out: &mut Vec<f32>,
         acts: &mut EmbeddingActs,
-        seed: Option<u64>,
+        pass: Option<Pass>,
     ) -> Result<()> {
         let (n, e) = (tokens.len(), self.e);
         self.position_ids(tokens, &mut acts.positions);
@@ -171,7 +171,7 @@ impl Embeddings {
                     .for_each(|(z, c)| *z += c);
             }
         }
-        let drop = Dropout::site(seed, 0, self.dropout);
+        let drop = Dropout::tokens(pass, 0, self.dropout, tokens.len());
         match &self.embeddings_project {
             Some(proj) => {
                 fit(&mut acts.y, n * e);
@@ -201,10 +201,10 @@ impl Embeddings {
         acts: &EmbeddingActs,
         dy: &mut [f32],
         s: &mut Scratch,
-        seed: Option<u64>,
+        pass: Option<Pass>,
     ) {
         let (n, e) = (tokens.len(), self.e);
-        let drop = Dropout::site(seed, 0, self.dropout);
+        let drop = Dropout::tokens(pass, 0, self.dropout, tokens.len());
         let dnorm: &mut [f32] = match &self.embeddings_project {
             Some(proj) => {
                 fit(&mut s.dh2, n * e);

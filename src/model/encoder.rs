@@ -20,7 +20,7 @@ use crate::ops::disentangled::{self, Relative};
 use crate::ops::linear::InputGrad;
 use crate::ops::profile::timed;
 use crate::ops::rotary::Rotary;
-use crate::ops::{attention, dropout, Act, Dropout};
+use crate::ops::{attention, dropout, Act, Dropout, Pass};
 
 /// Where one layer's parameters live, relative to the layer's prefix.
 struct LayerNames {
@@ -319,18 +319,20 @@ impl Layer {
     }
 
     /// The dropout sites of this layer: attention probabilities, attention output, FFN output.
-    fn dropouts(&self, seed: Option<u64>) -> [Option<Dropout>; 3] {
-        let site = |k: u64, p: f64| Dropout::site(seed, 1 + 3 * self.index as u64 + k, p);
+    /// `n` tokens in `b` sequences.
+    fn dropouts(&self, pass: Option<Pass>, n: usize, b: usize) -> [Option<Dropout>; 3] {
+        let site = 1 + 3 * self.index as u64;
         [
-            site(0, self.attention_dropout),
-            site(1, self.hidden_dropout).filter(|_| self.attention_output_dropout),
-            site(2, self.hidden_dropout),
+            Dropout::sequences(pass, site, self.attention_dropout, b),
+            Dropout::tokens(pass, site + 1, self.hidden_dropout, n)
+                .filter(|_| self.attention_output_dropout),
+            Dropout::tokens(pass, site + 2, self.hidden_dropout, n),
         ]
     }
 
     /// GTE's dropout of the gated activation (inside its MLP, before `down_proj`).
-    fn glu_dropout(&self, seed: Option<u64>) -> Option<Dropout> {
-        Dropout::site(seed, GLU_SITE + self.index as u64, self.hidden_dropout)
+    fn glu_dropout(&self, pass: Option<Pass>, n: usize) -> Option<Dropout> {
+        Dropout::tokens(pass, GLU_SITE + self.index as u64, self.hidden_dropout, n)
     }
 
     /// `acts.x` (`[n, h]`) through the layer into `out`, keeping the activations in `acts`;
@@ -341,13 +343,13 @@ impl Layer {
         offsets: &[usize],
         acts: &mut LayerActs,
         out: &mut Vec<f32>,
-        seed: Option<u64>,
+        pass: Option<Pass>,
         rel: &[f32],
     ) {
         let h = self.attention_output.out_dim;
         let n = acts.x.len() / h;
         let m = self.output.in_dim;
-        let [drop_p, drop_attn, drop_ffn] = self.dropouts(seed);
+        let [drop_p, drop_attn, drop_ffn] = self.dropouts(pass, n, offsets.len() - 1);
         for (v, len) in [
             (&mut acts.qkv, 3 * n * h),
             (&mut acts.ctx, n * h),
@@ -372,7 +374,7 @@ impl Layer {
             Some(d) => {
                 acts.rel.clear();
                 acts.rel.extend_from_slice(rel);
-                dropout::apply(self.pos_dropout(d, seed), &mut acts.rel);
+                dropout::apply(self.pos_dropout(d, pass), &mut acts.rel);
                 for (proj, out) in [
                     (&d.pos_key, &mut acts.pos_k),
                     (&d.pos_query, &mut acts.pos_q),
@@ -424,7 +426,7 @@ impl Layer {
                 fit(&mut acts.g, n * m);
                 self.act
                     .glu_forward(&mut acts.a, &mut acts.g, &acts.u, m, Half::Second);
-                dropout::apply(self.glu_dropout(seed), &mut acts.a);
+                dropout::apply(self.glu_dropout(pass, n), &mut acts.a);
             }
             false => self.act.forward(&mut acts.a, &acts.u),
         });
@@ -441,8 +443,8 @@ impl Layer {
     }
 
     /// DeBERTa's dropout of the relative table as this layer reads it.
-    fn pos_dropout(&self, d: &Disentangled, seed: Option<u64>) -> Option<Dropout> {
-        Dropout::site(seed, POS_SITE + self.index as u64, d.dropout)
+    fn pos_dropout(&self, d: &Disentangled, pass: Option<Pass>) -> Option<Dropout> {
+        Dropout::site(pass, POS_SITE + self.index as u64, d.dropout)
     }
 
     /// Backward: `dy` holds dL/d(output) on entry and dL/d(input) on return; the parameter
@@ -456,13 +458,13 @@ impl Layer {
         acts: &LayerActs,
         dy: &mut [f32],
         s: &mut Scratch,
-        seed: Option<u64>,
+        pass: Option<Pass>,
         drel: &mut [f32],
     ) -> Result<()> {
         let h = self.attention_output.out_dim;
         let n = acts.x.len() / h;
         let m = self.output.in_dim;
-        let [drop_p, drop_attn, drop_ffn] = self.dropouts(seed);
+        let [drop_p, drop_attn, drop_ffn] = self.dropouts(pass, n, offsets.len() - 1);
         fit(&mut s.dh1, n * h);
         fit(&mut s.dh2, n * h);
         fit(&mut s.di, n * m);
@@ -483,7 +485,7 @@ impl Layer {
         let du = timed("bwd activation", || match self.glu {
             true => {
                 fit(&mut s.du, 2 * n * m);
-                dropout::apply(self.glu_dropout(seed), &mut s.di);
+                dropout::apply(self.glu_dropout(pass, n), &mut s.di);
                 self.act
                     .glu_backward(&mut s.du, &s.di, &acts.u, &acts.g, m, Half::Second);
                 &s.du
@@ -542,7 +544,7 @@ impl Layer {
                     proj.backward(w, g, dpos, &acts.rel, InputGrad::Add(&mut dtable));
                 }
             }
-            dropout::apply(self.pos_dropout(d, seed), &mut dtable);
+            dropout::apply(self.pos_dropout(d, pass), &mut dtable);
             add(drel, &dtable);
             Ok(())
         })?;

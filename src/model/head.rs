@@ -12,7 +12,7 @@ use super::config::{Config, Family};
 use super::weights::Weights;
 use super::{fit, Linear};
 use crate::ops::linear::InputGrad;
-use crate::ops::{dropout, Act, Dropout};
+use crate::ops::{dropout, Act, Dropout, Pass};
 
 pub struct Head {
     /// `BertPooler.dense`, the `dense` of `RobertaClassificationHead` /
@@ -132,11 +132,11 @@ impl Head {
         })
     }
 
-    fn dropouts(&self, seed: Option<u64>) -> [Option<Dropout>; 2] {
+    fn dropouts(&self, pass: Option<Pass>, b: usize) -> [Option<Dropout>; 2] {
         let input = self
             .input_dropout
-            .and_then(|p| Dropout::site(seed, SITE, p));
-        [input, Dropout::site(seed, SITE + 1, self.dropout)]
+            .and_then(|p| Dropout::sequences(pass, SITE, p, b));
+        [input, Dropout::sequences(pass, SITE + 1, self.dropout, b)]
     }
 
     /// BERT's pooler output (`tanh(dense(h_cls))`); `None` for families without a pooler.
@@ -157,10 +157,10 @@ impl Head {
         w: &[f32],
         cls: &[f32],
         acts: &mut HeadActs,
-        seed: Option<u64>,
+        pass: Option<Pass>,
     ) -> Vec<f32> {
-        let [drop_in, drop_out] = self.dropouts(seed);
         let b = cls.len() / self.dense.in_dim;
+        let [drop_in, drop_out] = self.dropouts(pass, b);
         acts.x.clear();
         acts.x.extend_from_slice(cls);
         dropout::apply(drop_in, &mut acts.x);
@@ -184,9 +184,10 @@ impl Head {
         g: &mut [f32],
         acts: &HeadActs,
         dlogits: &[f32],
-        seed: Option<u64>,
+        pass: Option<Pass>,
     ) -> Vec<f32> {
-        let [drop_in, drop_out] = self.dropouts(seed);
+        let b = acts.x.len() / self.dense.in_dim;
+        let [drop_in, drop_out] = self.dropouts(pass, b);
         let mut dd = vec![0f32; acts.d.len()];
         self.out
             .backward(w, g, dlogits, &acts.d, InputGrad::Write(&mut dd));

@@ -47,7 +47,7 @@ use crate::ops::int8::QuantizedWeight;
 use crate::ops::linear::WeightLayout;
 use crate::ops::profile::timed;
 use crate::ops::rotary::Rotary;
-use crate::ops::{layer_norm, linear};
+use crate::ops::{layer_norm, linear, Pass};
 
 /// `torch.nn.LayerNorm`'s parameters: where its weight and bias live in the flat buffer.
 #[derive(Debug, Clone)]
@@ -239,8 +239,8 @@ pub struct Tape {
     hidden: Vec<f32>,
     head: HeadActs,
     scratch: Scratch,
-    /// The dropout seed of the pass (`None`: dropout off).
-    seed: Option<u64>,
+    /// The pass's dropout (`None`: off).
+    pass: Option<Pass>,
     /// The batch's sequence offsets and tokens.
     tokens: Tokens,
     /// DeBERTa's relative table as the layers read it, its norm's stats, and its gradient.
@@ -358,7 +358,7 @@ impl Transformer {
         fit(first, n * self.hidden);
         timed("fwd embeddings", || {
             self.embeddings
-                .forward(w, &tape.tokens, first, &mut tape.embeddings, tape.seed)
+                .forward(w, &tape.tokens, first, &mut tape.embeddings, tape.pass)
         })?;
         if let Some(r) = &self.relative {
             r.forward(w, &mut tape.rel, &mut tape.rel_stats);
@@ -370,19 +370,19 @@ impl Transformer {
                 None => &mut tape.hidden,
             };
             let offsets = &tape.tokens.offsets;
-            layer.forward(w, offsets, &mut done[i], out, tape.seed, &tape.rel);
+            layer.forward(w, offsets, &mut done[i], out, tape.pass, &tape.rel);
         }
         Ok(())
     }
 
     /// From dL/dhidden (`dy`, used as scratch), adds every parameter's gradient into `g`.
     fn backward(&self, w: &[f32], g: &mut [f32], tape: &mut Tape, dy: &mut [f32]) -> Result<()> {
-        let (offsets, seed) = (&tape.tokens.offsets, tape.seed);
+        let (offsets, pass) = (&tape.tokens.offsets, tape.pass);
         tape.drel.clear();
         tape.drel.resize(tape.rel.len(), 0.0);
         for (layer, acts) in self.layers.iter().zip(&tape.layers).rev() {
             let drel = &mut tape.drel;
-            layer.backward(w, g, offsets, acts, dy, &mut tape.scratch, seed, drel)?;
+            layer.backward(w, g, offsets, acts, dy, &mut tape.scratch, pass, drel)?;
         }
         if let Some(r) = &self.relative {
             r.backward(w, g, &tape.drel, &tape.rel_stats);
@@ -390,7 +390,7 @@ impl Transformer {
         let (tokens, acts) = (&tape.tokens, &tape.embeddings);
         timed("bwd embeddings", || {
             self.embeddings
-                .backward(w, g, tokens, acts, dy, &mut tape.scratch, seed)
+                .backward(w, g, tokens, acts, dy, &mut tape.scratch, pass)
         });
         Ok(())
     }
@@ -498,26 +498,26 @@ impl SequenceClassifier {
         }
     }
 
-    /// Raw logits of a training pass over `tokens` with dropout seed `seed`, keeping in `tape`
+    /// Raw logits of a training pass over `tokens` with dropout `pass`, keeping in `tape`
     /// what [`SequenceClassifier::backward`] needs.
     pub fn forward_train(
         &self,
         tokens: Tokens,
         tape: &mut Tape,
-        seed: Option<u64>,
+        pass: Option<Pass>,
     ) -> Result<Vec<f32>> {
         tape.tokens = tokens;
-        tape.seed = seed;
+        tape.pass = pass;
         let w = &self.weights.data;
         match &self.body {
             Body::Bert { transformer, head } => {
                 transformer.forward_train(w, tape)?;
                 let cls = first_tokens(&tape.hidden, &tape.tokens, transformer.hidden);
                 Ok(timed("fwd head", || {
-                    head.forward(w, &cls, &mut tape.head, seed)
+                    head.forward(w, &cls, &mut tape.head, pass)
                 }))
             }
-            Body::ModernBert(m) => m.forward_train(w, &tape.tokens, &mut tape.modernbert, seed),
+            Body::ModernBert(m) => m.forward_train(w, &tape.tokens, &mut tape.modernbert, pass),
             Body::Causal(_) => {
                 anyhow::bail!("causal-LM re-rankers score only: training them is not supported yet")
             }
@@ -531,8 +531,8 @@ impl SequenceClassifier {
         let (transformer, head) = match &self.body {
             Body::Bert { transformer, head } => (transformer, head),
             Body::ModernBert(m) => {
-                let (tokens, seed) = (&tape.tokens, tape.seed);
-                m.backward(w, g, tokens, &mut tape.modernbert, dlogits, seed);
+                let (tokens, pass) = (&tape.tokens, tape.pass);
+                m.backward(w, g, tokens, &mut tape.modernbert, dlogits, pass);
                 return Ok(());
             }
             // Its forward_train refuses, so there is no pass to differentiate.
@@ -540,7 +540,7 @@ impl SequenceClassifier {
         };
         let h = transformer.hidden;
         let dcls = timed("bwd head", || {
-            head.backward(w, g, &tape.head, dlogits, tape.seed)
+            head.backward(w, g, &tape.head, dlogits, tape.pass)
         });
         let mut dy = std::mem::take(&mut tape.hidden);
         dy.fill(0.0);

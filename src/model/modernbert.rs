@@ -20,7 +20,7 @@ use crate::ops::attention::{Heads, Mask};
 use crate::ops::linear::InputGrad;
 use crate::ops::profile::timed;
 use crate::ops::rotary::Rotary;
-use crate::ops::{attention, dropout, Act, Dropout};
+use crate::ops::{attention, dropout, Act, Dropout, Pass};
 
 /// The base model's attribute inside `ModernBertForSequenceClassification`.
 const BASE: &str = "model";
@@ -316,12 +316,12 @@ impl ModernBert {
         w: &[f32],
         tokens: &Tokens,
         tape: &mut Tape,
-        seed: Option<u64>,
+        pass: Option<Pass>,
     ) -> Result<Vec<f32>> {
-        self.encode_into(w, tokens, tape, seed, true)?;
+        self.encode_into(w, tokens, tape, pass, true)?;
         Ok(timed("fwd head", || {
             self.head
-                .forward(w, &tape.hidden, tokens, &mut tape.head, seed)
+                .forward(w, &tape.hidden, tokens, &mut tape.head, pass)
         }))
     }
 
@@ -332,7 +332,7 @@ impl ModernBert {
         w: &[f32],
         tokens: &Tokens,
         tape: &mut Tape,
-        seed: Option<u64>,
+        pass: Option<Pass>,
         keep: bool,
     ) -> Result<()> {
         let n = tokens.len();
@@ -342,7 +342,7 @@ impl ModernBert {
         timed("fwd embeddings", || {
             let first = &mut tape.layers[0].x;
             self.embeddings
-                .forward(w, tokens, first, &mut tape.z, &mut tape.z_stats, seed)
+                .forward(w, tokens, first, &mut tape.z, &mut tape.z_stats, pass)
         })?;
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = if keep { i } else { 0 };
@@ -351,7 +351,7 @@ impl ModernBert {
                 (true, Some(next)) => &mut next.x,
                 _ => &mut tape.last,
             };
-            layer.forward(w, &tokens.offsets, &mut done[slot], out, seed);
+            layer.forward(w, &tokens.offsets, &mut done[slot], out, pass);
             if !keep && i + 1 < self.layers.len() {
                 std::mem::swap(&mut tape.layers[0].x, &mut tape.last);
             }
@@ -374,14 +374,14 @@ impl ModernBert {
         tokens: &Tokens,
         tape: &mut Tape,
         dlogits: &[f32],
-        seed: Option<u64>,
+        pass: Option<Pass>,
     ) {
         let h = self.hidden;
         let n = tokens.len();
         let mut dhidden = vec![0f32; n * h];
         timed("bwd head", || {
             self.head
-                .backward(w, g, tokens, &tape.head, dlogits, &mut dhidden, seed)
+                .backward(w, g, tokens, &tape.head, dlogits, &mut dhidden, pass)
         });
         let mut dy = std::mem::take(&mut tape.dy);
         fit(&mut dy, n * h);
@@ -397,7 +397,7 @@ impl ModernBert {
                 acts,
                 &mut dy,
                 &mut tape.scratch,
-                seed,
+                pass,
             );
         }
         timed("bwd embeddings", || {
@@ -409,7 +409,7 @@ impl ModernBert {
                 &tape.z_stats,
                 &mut dy,
                 &mut dhidden,
-                seed,
+                pass,
             )
         });
         tape.dy = dy;
@@ -426,7 +426,7 @@ impl Embeddings {
         out: &mut Vec<f32>,
         z: &mut Vec<f32>,
         stats: &mut Vec<f32>,
-        seed: Option<u64>,
+        pass: Option<Pass>,
     ) -> Result<()> {
         let (n, h) = (tokens.len(), self.h);
         if (0..tokens.sequences()).any(|s| tokens.sequence(s).is_empty()) {
@@ -455,7 +455,7 @@ impl Embeddings {
         fit(out, n * h);
         fit(stats, 2 * n);
         self.norm.forward(w, z, out, stats);
-        dropout::apply(Dropout::site(seed, 0, self.dropout), out);
+        dropout::apply(Dropout::tokens(pass, 0, self.dropout, n), out);
         Ok(())
     }
 
@@ -471,10 +471,10 @@ impl Embeddings {
         stats: &[f32],
         dy: &mut [f32],
         dz: &mut [f32],
-        seed: Option<u64>,
+        pass: Option<Pass>,
     ) {
         let h = self.h;
-        dropout::apply(Dropout::site(seed, 0, self.dropout), dy);
+        dropout::apply(Dropout::tokens(pass, 0, self.dropout, tokens.len()), dy);
         self.norm.backward(w, g, dy, z, stats, dz);
         let start = self.tok_embeddings.start;
         for (d, &id) in dz.chunks_exact(h).zip(&tokens.input_ids) {
@@ -486,12 +486,13 @@ impl Embeddings {
 
 impl Layer {
     /// The dropout sites of this layer: attention probabilities, attention output, MLP.
-    fn dropouts(&self, seed: Option<u64>) -> [Option<Dropout>; 3] {
-        let site = |k: u64, p: f64| Dropout::site(seed, 1 + 3 * self.index as u64 + k, p);
+    /// `n` tokens in `b` sequences.
+    fn dropouts(&self, pass: Option<Pass>, n: usize, b: usize) -> [Option<Dropout>; 3] {
+        let site = 1 + 3 * self.index as u64;
         [
-            site(0, self.attention_dropout),
-            site(1, self.attention_dropout),
-            site(2, self.mlp_dropout),
+            Dropout::sequences(pass, site, self.attention_dropout, b),
+            Dropout::tokens(pass, site + 1, self.attention_dropout, n),
+            Dropout::tokens(pass, site + 2, self.mlp_dropout, n),
         ]
     }
 
@@ -502,12 +503,12 @@ impl Layer {
         offsets: &[usize],
         acts: &mut LayerActs,
         out: &mut Vec<f32>,
-        seed: Option<u64>,
+        pass: Option<Pass>,
     ) {
         let h = self.wo.out_dim;
         let n = acts.x.len() / h;
         let m = self.mlp_wo.in_dim;
-        let [drop_p, drop_attn, drop_mlp] = self.dropouts(seed);
+        let [drop_p, drop_attn, drop_mlp] = self.dropouts(pass, n, offsets.len() - 1);
         for (v, len) in [
             (&mut acts.qkv, 3 * n * h),
             (&mut acts.ctx, n * h),
@@ -580,12 +581,12 @@ impl Layer {
         acts: &LayerActs,
         dy: &mut [f32],
         s: &mut Scratch,
-        seed: Option<u64>,
+        pass: Option<Pass>,
     ) {
         let h = self.wo.out_dim;
         let n = acts.x.len() / h;
         let m = self.mlp_wo.in_dim;
-        let [drop_p, drop_attn, drop_mlp] = self.dropouts(seed);
+        let [drop_p, drop_attn, drop_mlp] = self.dropouts(pass, n, offsets.len() - 1);
         for (v, len) in [(&mut s.dt, n * h), (&mut s.dn, n * h), (&mut s.dctx, n * h)] {
             fit(v, len);
         }
@@ -647,8 +648,9 @@ impl Layer {
 }
 
 impl Head {
-    fn dropout(&self, seed: Option<u64>) -> Option<Dropout> {
-        Dropout::site(seed, HEAD_SITE, self.dropout)
+    /// Over `b` sequences.
+    fn dropout(&self, pass: Option<Pass>, b: usize) -> Option<Dropout> {
+        Dropout::sequences(pass, HEAD_SITE, self.dropout, b)
     }
 
     /// Logits `[b, num_labels]` from the last hidden state `[tokens, h]`.
@@ -658,7 +660,7 @@ impl Head {
         hidden: &[f32],
         tokens: &Tokens,
         acts: &mut HeadActs,
-        seed: Option<u64>,
+        pass: Option<Pass>,
     ) -> Vec<f32> {
         let h = self.dense.in_dim;
         let b = tokens.sequences();
@@ -685,7 +687,7 @@ impl Head {
         self.dense.forward(w, &acts.pooled, &mut acts.t);
         self.act.forward(&mut acts.a, &acts.t);
         self.norm.forward(w, &acts.a, &mut acts.d, &mut acts.st);
-        dropout::apply(self.dropout(seed), &mut acts.d);
+        dropout::apply(self.dropout(pass, b), &mut acts.d);
         let mut logits = vec![0f32; b * self.classifier.out_dim];
         self.classifier.forward(w, &acts.d, &mut logits);
         logits
@@ -701,13 +703,13 @@ impl Head {
         acts: &HeadActs,
         dlogits: &[f32],
         dhidden: &mut [f32],
-        seed: Option<u64>,
+        pass: Option<Pass>,
     ) {
         let h = self.dense.in_dim;
         let mut dd = vec![0f32; acts.d.len()];
         self.classifier
             .backward(w, g, dlogits, &acts.d, InputGrad::Write(&mut dd));
-        dropout::apply(self.dropout(seed), &mut dd);
+        dropout::apply(self.dropout(pass, tokens.sequences()), &mut dd);
         let mut da = vec![0f32; acts.a.len()];
         self.norm.backward(w, g, &dd, &acts.a, &acts.st, &mut da);
         self.act.backward(&mut da, &acts.t, &acts.a);

@@ -126,9 +126,10 @@ impl Dims {
         View::rows(&x[self.column(part, head)..], len, d, width)
     }
 
-    /// Dropout index of probability `(i, j)` of `head` in sequence `s` is `base + i * len + j`.
-    fn dropout_base(&self, s: usize, head: usize) -> u64 {
-        ((s * self.heads.q + head) as u64) << 32
+    /// Dropout index of probability `(i, j)` of `head` in the pass's sequence `s` is
+    /// `base + i * len + j` (the sequence numbered in the global batch).
+    fn dropout_base(&self, d: &Dropout, s: usize, head: usize) -> u64 {
+        (d.row(s) * self.heads.q as u64 + head as u64) << 32
     }
 
     /// Softmax probabilities of every query of `head` over the keys, `[len, len]` in `p`.
@@ -153,7 +154,7 @@ impl Dims {
 
     fn drop(&self, dropout: Option<Dropout>, s: usize, head: usize, p: &mut [f32]) {
         if let Some(d) = dropout {
-            d.apply_from(p, self.dropout_base(s, head));
+            d.apply_from(p, self.dropout_base(&d, s, head));
         }
     }
 }
@@ -335,7 +336,7 @@ mod tests {
         let (h, heads) = (8, Heads::new(8, 2));
         let offsets = [0, 5, 8];
         let n = 8;
-        let drop = Dropout::site(Some(99), 0, 0.3);
+        let drop = Dropout::site(Some(crate::ops::Pass::new(99)), 0, 0.3);
         let qkv = randn(n * 3 * h, 1.0, 3);
         let loss = |x: &[f32]| -> f64 {
             let mut ctx = vec![0f32; n * h];

@@ -94,9 +94,10 @@ fn per_sequence<'a>(mut x: &'a mut [f32], offsets: &[usize], width: usize) -> Ve
         .collect()
 }
 
-/// Dropout index of probability `(i, j)` of `head` in sequence `s` is `base + i * len + j`.
-fn dropout_base(heads: usize, s: usize, head: usize) -> u64 {
-    ((s * heads + head) as u64) << 32
+/// Dropout index of probability `(i, j)` of `head` in the pass's sequence `s` is
+/// `base + i * len + j` (the sequence numbered in the global batch, as attention numbers it).
+fn dropout_base(d: &Dropout, heads: usize, s: usize, head: usize) -> u64 {
+    (d.row(s) * heads as u64 + head as u64) << 32
 }
 
 /// The attention of every sequence into `ctx` (`[tokens, h]`) from `qkv` (`[tokens, 3h]`) and the
@@ -153,7 +154,7 @@ pub fn forward(
                 }
                 softmax_rows(&mut p, len);
                 if let Some(drop) = dropout {
-                    drop.apply_from(&mut p, dropout_base(heads, s, head));
+                    drop.apply_from(&mut p, dropout_base(&drop, heads, s, head));
                 }
                 let pv = View::rows(&p, len, len, len);
                 matmul(&mut out[c..], h, pv, part(2), Product::SERIAL);
@@ -214,7 +215,7 @@ fn composed_attention(
         if let Some(drop) = dropout {
             let mut keep = vec![1f32; heads * len * len];
             for (head, m) in keep.chunks_mut(len * len).enumerate() {
-                drop.apply_from(m, dropout_base(heads, s, head));
+                drop.apply_from(m, dropout_base(&drop, heads, s, head));
             }
             p = p.mul(&Tensor::from_vec(keep, (heads, len, len), dev)?)?;
         }

@@ -22,7 +22,7 @@ pub mod rms_norm;
 pub mod rotary;
 
 pub use activation::Act;
-pub use dropout::Dropout;
+pub use dropout::{Dropout, Pass};
 
 /// Rows per parallel task: big enough to amortise scheduling, fixed so that reductions over
 /// rows add up in the same order on every run.

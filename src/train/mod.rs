@@ -23,6 +23,7 @@ use crate::data::Example;
 use crate::eval::{self, Metrics, Task};
 use crate::model::Tape;
 use crate::ops::profile::timed;
+use crate::ops::Pass;
 use crate::progress::{Lines, Progress, Silent};
 use crate::CrossEncoder;
 use optim::{AdamW, AdamWConfig};
@@ -214,14 +215,14 @@ impl Trainable {
     }
 
     /// Runs one batch forward and backward and adds `weight` times the gradient of its loss
-    /// into `grads`; returns the loss. `dropout`: the pass's dropout seed (`None`: off).
+    /// into `grads`; returns the loss. `dropout`: the pass's dropout (`None`: off).
     pub fn accumulate(
         &mut self,
         ce: &mut CrossEncoder,
         batch: &[&Encoding],
         labels: &[f32],
         objective: impl Into<Objective>,
-        dropout: Option<u64>,
+        dropout: Option<Pass>,
         weight: f32,
     ) -> Result<f32> {
         let tokens = ce.tokenizer.pack(batch);
@@ -749,8 +750,14 @@ impl<'a> Run<'a> {
             let enc: Vec<&Encoding> = pairs.iter().map(|&i| &self.encodings[i]).collect();
             let lab: Vec<f32> = pairs.iter().map(|&i| self.labels[i]).collect();
             let w = share.len() as f32 / idx.len() as f32 / micro.len() as f32;
-            let seed = step_seed.map(|s| stream_seed(s, k as u64));
-            let l = self.t.accumulate(ce, &enc, &lab, objective, seed, w)?;
+            // The share's rows keep their places in the global batch, and so their masks.
+            let before = pairs_of(&idx[..idx.len() * rank / ranks]);
+            let pass = step_seed.map(|s| Pass {
+                seed: stream_seed(s, k as u64),
+                first_token: before.iter().map(|&i| self.encodings[i].len() as u64).sum(),
+                first_sequence: before.len() as u64,
+            });
+            let l = self.t.accumulate(ce, &enc, &lab, objective, pass, w)?;
             if !l.is_finite() {
                 bail!(
                     "the loss became {l} at step {}: lower --lr or check the labels",
