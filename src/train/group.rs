@@ -47,14 +47,10 @@ impl Group for Single {
     }
 }
 
-/// The environment variables that MPI launchers (OpenMPI's mpirun, MPICH's Hydra, Slurm's
-/// srun with PMI/PMIx) set in every rank, with the world's size.
-const LAUNCHER_SIZE: [&str; 4] = [
-    "OMPI_COMM_WORLD_SIZE",
-    "PMI_SIZE",
-    "PMIX_SIZE",
-    "SLURM_NTASKS",
-];
+/// The environment variables that MPI launchers set in every rank, with the world's size:
+/// OpenMPI's mpirun, MPICH's Hydra (and PMI-2), Slurm's srun (for the tasks of a step; a batch
+/// script alone is one task).
+const LAUNCHER_SIZE: [&str; 3] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"];
 
 /// The launcher's world size, if this process was started by one.
 fn launched_size() -> Option<usize> {
