@@ -19,7 +19,7 @@ use super::checkpoint::Params;
 use super::config::{CausalConfig, Config};
 use super::tokenize::Tokens;
 use super::weights::Weights;
-use super::{fit, Linear};
+use super::{add, fit, Linear};
 use crate::ops::activation::Half;
 use crate::ops::attention::{self, Heads, Mask};
 use crate::ops::profile::timed;
@@ -65,38 +65,8 @@ pub fn pack(cfg: &Config, params: &Params) -> Result<Weights> {
 
 /// Checks the layer count and the embedding table against config.json.
 pub fn check(cfg: &Config, params: &Params) -> Result<()> {
-    let prefix = format!("{BASE}.layers.");
-    let layers = params
-        .tensors
-        .keys()
-        .filter_map(|n| {
-            n.strip_prefix(&prefix)?
-                .split('.')
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
-        .max()
-        .map_or(0, |i| i + 1);
-    if layers != cfg.num_hidden_layers {
-        bail!(
-            "{} holds {layers} layers but config.json says num_hidden_layers = {}",
-            params.source.display(),
-            cfg.num_hidden_layers
-        );
-    }
     let table = format!("{BASE}.embed_tokens.weight");
-    match params.tensors.get(&table) {
-        Some(t) if t.dims() == [cfg.vocab_size, cfg.hidden_size] => Ok(()),
-        Some(t) => bail!(
-            "config.json says vocab_size = {} and hidden_size = {}, but \"{table}\" in {} has shape {:?}",
-            cfg.vocab_size,
-            cfg.hidden_size,
-            params.source.display(),
-            t.dims()
-        ),
-        None => bail!("missing weight \"{table}\" in {}", params.source.display()),
-    }
+    super::check_layers_and_table(cfg, params, &format!("{BASE}.layers."), &table)
 }
 
 struct Layer {
@@ -327,9 +297,4 @@ struct Buffers {
     u: Vec<f32>,
     g: Vec<f32>,
     a: Vec<f32>,
-}
-
-/// `z += r` element-wise (a residual connection).
-fn add(z: &mut [f32], r: &[f32]) {
-    z.iter_mut().zip(r).for_each(|(a, b)| *a += b);
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::config::{Config, Family};
 use super::weights::Weights;
-use super::{fit, LayerNorm, Linear};
+use super::{add, fit, LayerNorm, Linear};
 use crate::ops::activation::Half;
 use crate::ops::attention::{Heads, Mask};
 use crate::ops::disentangled::{self, Relative};
@@ -243,11 +243,6 @@ pub struct Scratch {
     di: Vec<f32>,
     du: Vec<f32>,
     d3: Vec<f32>,
-}
-
-/// `z += r` element-wise (a residual connection).
-fn add(z: &mut [f32], r: &[f32]) {
-    z.iter_mut().zip(r).for_each(|(a, b)| *a += b);
 }
 
 /// Dropout sites of GTE's gated activations, one per layer (apart from the three per layer

@@ -200,6 +200,46 @@ impl Linear {
     }
 }
 
+/// Checks that `params` hold `num_hidden_layers` layers under `{layers}{i}.` and the embedding
+/// table `table` of `[vocab_size, hidden_size]`, before anything is sized from the config.
+pub(crate) fn check_layers_and_table(
+    cfg: &Config,
+    params: &Params,
+    layers: &str,
+    table: &str,
+) -> Result<()> {
+    let found = params
+        .tensors
+        .keys()
+        .filter_map(|n| {
+            n.strip_prefix(layers)?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |i| i + 1);
+    if found != cfg.num_hidden_layers {
+        anyhow::bail!(
+            "{} holds {found} layers but config.json says num_hidden_layers = {}",
+            params.source.display(),
+            cfg.num_hidden_layers
+        );
+    }
+    match params.tensors.get(table) {
+        Some(t) if t.dims() == [cfg.vocab_size, cfg.hidden_size] => Ok(()),
+        Some(t) => anyhow::bail!(
+            "config.json says vocab_size = {} and hidden_size = {}, but \"{table}\" in {} has shape {:?}",
+            cfg.vocab_size,
+            cfg.hidden_size,
+            params.source.display(),
+            t.dims()
+        ),
+        None => anyhow::bail!("missing weight \"{table}\" in {}", params.source.display()),
+    }
+}
+
 /// The JSON value in `path`, or an error naming the file.
 pub(crate) fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
     use anyhow::Context;
@@ -211,6 +251,11 @@ pub(crate) fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
 /// [`read_json`] of a file that a model folder may leave out: `None` when it does.
 pub(crate) fn read_json_opt(path: &std::path::Path) -> Result<Option<serde_json::Value>> {
     path.exists().then(|| read_json(path)).transpose()
+}
+
+/// `z += r` element-wise (a residual connection).
+fn add(z: &mut [f32], r: &[f32]) {
+    z.iter_mut().zip(r).for_each(|(a, b)| *a += b);
 }
 
 /// Grows (or shrinks) a buffer to `n` floats, keeping its allocation: every kernel overwrites

@@ -14,7 +14,7 @@ use super::checkpoint::Params;
 use super::config::{Config, ModernBertConfig, Pooling};
 use super::tokenize::Tokens;
 use super::weights::Weights;
-use super::{fit, LayerNorm, Linear};
+use super::{add, fit, LayerNorm, Linear};
 use crate::ops::activation::Half;
 use crate::ops::attention::{Heads, Mask};
 use crate::ops::linear::InputGrad;
@@ -65,47 +65,12 @@ pub fn pack(cfg: &Config, params: &Params) -> Result<Weights> {
 
 /// Checks the layer count and hidden size against config.json before anything is sized.
 pub fn check(cfg: &Config, params: &Params) -> Result<()> {
-    let prefix = format!("{BASE}.layers.");
-    let layers = params
-        .tensors
-        .keys()
-        .filter_map(|n| {
-            n.strip_prefix(&prefix)?
-                .split('.')
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
-        .max()
-        .map_or(0, |i| i + 1);
-    if layers != cfg.num_hidden_layers {
-        bail!(
-            "{} holds {layers} layers but config.json says num_hidden_layers = {}",
-            params.source.display(),
-            cfg.num_hidden_layers
-        );
-    }
     let table = format!("{BASE}.embeddings.tok_embeddings.weight");
-    match params.tensors.get(&table) {
-        Some(t) if t.dims() == [cfg.vocab_size, cfg.hidden_size] => Ok(()),
-        Some(t) => bail!(
-            "config.json says vocab_size = {} and hidden_size = {}, but \"{table}\" in {} has shape {:?}",
-            cfg.vocab_size,
-            cfg.hidden_size,
-            params.source.display(),
-            t.dims()
-        ),
-        None => bail!("missing weight \"{table}\" in {}", params.source.display()),
-    }
+    super::check_layers_and_table(cfg, params, &format!("{BASE}.layers."), &table)
 }
 
 /// Dropout sites: 0 the embeddings, then three per layer, the head's after them all.
 const HEAD_SITE: u64 = 1 << 20;
-
-/// `z += r` element-wise (a residual connection).
-fn add(z: &mut [f32], r: &[f32]) {
-    z.iter_mut().zip(r).for_each(|(a, b)| *a += b);
-}
 
 struct Embeddings {
     tok_embeddings: Range<usize>,

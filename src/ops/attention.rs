@@ -160,7 +160,11 @@ impl Dims {
 }
 
 /// `x` cut into the rows of each sequence (`width` floats a row).
-fn per_sequence<'a>(mut x: &'a mut [f32], offsets: &[usize], width: usize) -> Vec<&'a mut [f32]> {
+pub(super) fn per_sequence<'a>(
+    mut x: &'a mut [f32],
+    offsets: &[usize],
+    width: usize,
+) -> Vec<&'a mut [f32]> {
     offsets
         .windows(2)
         .map(|w| {

@@ -11,7 +11,7 @@
 use candle_core::{Tensor, D};
 use rayon::prelude::*;
 
-use super::attention::softmax_rows;
+use super::attention::{per_sequence, softmax_rows};
 use super::matmul::{matmul, Product, View};
 use super::{composed, Dropout};
 
@@ -80,18 +80,6 @@ impl Relative {
         let (a, b) = (self.row(0, len - 1), self.row(len - 1, 0));
         (a.min(b), a.max(b) + 1)
     }
-}
-
-/// `x` cut into the rows of each sequence (`width` floats a row).
-fn per_sequence<'a>(mut x: &'a mut [f32], offsets: &[usize], width: usize) -> Vec<&'a mut [f32]> {
-    offsets
-        .windows(2)
-        .map(|w| {
-            let (head, tail) = std::mem::take(&mut x).split_at_mut((w[1] - w[0]) * width);
-            x = tail;
-            head
-        })
-        .collect()
 }
 
 /// Dropout index of probability `(i, j)` of `head` in the pass's sequence `s` is
