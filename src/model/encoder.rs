@@ -455,7 +455,7 @@ impl Layer {
         s: &mut Scratch,
         pass: Option<Pass>,
         drel: &mut [f32],
-    ) -> Result<()> {
+    ) {
         let h = self.attention_output.out_dim;
         let n = acts.x.len() / h;
         let m = self.output.in_dim;
@@ -507,7 +507,7 @@ impl Layer {
             let dx = InputGrad::Write(&mut s.dh2);
             self.attention_output.backward(w, g, &s.dh1, &acts.ctx, dx)
         });
-        timed("bwd attention", || -> Result<()> {
+        timed("bwd attention", || {
             let Some(d) = &self.disentangled else {
                 attention::backward(
                     &mut s.d3,
@@ -518,7 +518,7 @@ impl Layer {
                     Mask::All,
                     drop_p,
                 );
-                return Ok(());
+                return;
             };
             let (pos_k, pos_q, heads) = (&acts.pos_k, &acts.pos_q, self.heads.q);
             let [dqkv, dpk, dpq] = disentangled::backward(
@@ -530,7 +530,7 @@ impl Layer {
                 heads,
                 &d.relative,
                 drop_p,
-            )?;
+            );
             s.d3.copy_from_slice(&dqkv);
             // The table's gradient through both projections and this layer's dropout.
             let mut dtable = vec![0f32; acts.rel.len()];
@@ -541,8 +541,7 @@ impl Layer {
             }
             dropout::apply(self.pos_dropout(d, pass), &mut dtable);
             add(drel, &dtable);
-            Ok(())
-        })?;
+        });
         if let Some(rotary) = &self.rotary {
             timed("bwd rotary", || {
                 rotary.backward(&mut s.d3, offsets, self.heads)
@@ -551,6 +550,5 @@ impl Layer {
         timed("bwd qkv", || {
             self.qkv.backward(w, g, &s.d3, &acts.x, InputGrad::Add(dy))
         });
-        Ok(())
     }
 }

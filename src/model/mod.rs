@@ -421,13 +421,13 @@ impl Transformer {
     }
 
     /// From dL/dhidden (`dy`, used as scratch), adds every parameter's gradient into `g`.
-    fn backward(&self, w: &[f32], g: &mut [f32], tape: &mut Tape, dy: &mut [f32]) -> Result<()> {
+    fn backward(&self, w: &[f32], g: &mut [f32], tape: &mut Tape, dy: &mut [f32]) {
         let (offsets, pass) = (&tape.tokens.offsets, tape.pass);
         tape.drel.clear();
         tape.drel.resize(tape.rel.len(), 0.0);
         for (layer, acts) in self.layers.iter().zip(&tape.layers).rev() {
             let drel = &mut tape.drel;
-            layer.backward(w, g, offsets, acts, dy, &mut tape.scratch, pass, drel)?;
+            layer.backward(w, g, offsets, acts, dy, &mut tape.scratch, pass, drel);
         }
         if let Some(r) = &self.relative {
             r.backward(w, g, &tape.drel, &tape.rel_stats);
@@ -437,7 +437,6 @@ impl Transformer {
             self.embeddings
                 .backward(w, g, tokens, acts, dy, &mut tape.scratch, pass)
         });
-        Ok(())
     }
 }
 
@@ -571,17 +570,16 @@ impl SequenceClassifier {
 
     /// Adds the gradient of every parameter into `g` (the layout of `self.weights`), from
     /// dL/dlogits of the last [`SequenceClassifier::forward_train`].
-    pub fn backward(&self, tape: &mut Tape, dlogits: &[f32], g: &mut [f32]) -> Result<()> {
+    pub fn backward(&self, tape: &mut Tape, dlogits: &[f32], g: &mut [f32]) {
         let w = &self.weights.data;
         let (transformer, head) = match &self.body {
             Body::Bert { transformer, head } => (transformer, head),
             Body::ModernBert(m) => {
                 let (tokens, pass) = (&tape.tokens, tape.pass);
-                m.backward(w, g, tokens, &mut tape.modernbert, dlogits, pass);
-                return Ok(());
+                return m.backward(w, g, tokens, &mut tape.modernbert, dlogits, pass);
             }
             // Its forward_train refuses, so there is no pass to differentiate.
-            Body::Causal(_) => return Ok(()),
+            Body::Causal(_) => return,
         };
         let h = transformer.hidden;
         let dcls = timed("bwd head", || {
@@ -593,9 +591,8 @@ impl SequenceClassifier {
             let t = tape.tokens.offsets[s];
             dy[t * h..(t + 1) * h].copy_from_slice(row);
         }
-        let done = transformer.backward(w, g, tape, &mut dy);
+        transformer.backward(w, g, tape, &mut dy);
         tape.hidden = dy;
-        done
     }
 
     /// The word-embedding table's range in the flat buffer and its row width: a batch reads

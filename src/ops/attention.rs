@@ -33,7 +33,7 @@ pub(super) fn softmax_rows(p: &mut [f32], len: usize) {
     "x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma",
     "x86_64+avx2+fma"
 ))]
-fn softmax_backward_rows(dp: &mut [f32], p: &[f32], len: usize, scale: f32) {
+pub(super) fn softmax_backward_rows(dp: &mut [f32], p: &[f32], len: usize, scale: f32) {
     for (pr, gr) in p.chunks_exact(len).zip(dp.chunks_exact_mut(len)) {
         let dot = super::dot(pr, gr);
         gr.iter_mut()

@@ -4,16 +4,15 @@
 //! `δ = idx(i - j)` indexes the relative-position table (log-bucketed beyond a distance) and
 //! `pk`, `pq` are the table's rows projected as keys and queries; all three are divided by
 //! `sqrt(d · (1 + terms))`. The forward is hand-written over strided products (only the table
-//! rows a sequence can reach are multiplied); the backward is composed (see
-//! [`crate::ops::composed`]): the same computation from candle's differentiable primitives,
-//! differentiated on a recomputed forward, exact but slower, the reference for a kernel to come.
+//! rows a sequence can reach are multiplied), and so is the backward, which recomputes the
+//! probabilities as flash attention does. The same computation composed from candle's
+//! differentiable primitives is their test reference.
 
-use candle_core::{Tensor, D};
 use rayon::prelude::*;
 
-use super::attention::{per_sequence, softmax_rows};
+use super::attention::{per_sequence, softmax_backward_rows, softmax_rows};
 use super::matmul::{matmul, Product, View};
-use super::{composed, Dropout};
+use super::Dropout;
 
 /// The relative-position settings of a model: which terms, the table's half size, and the
 /// table row of every signed distance.
@@ -88,6 +87,111 @@ fn dropout_base(d: &Dropout, heads: usize, s: usize, head: usize) -> u64 {
     (d.row(s) * heads as u64 + head as u64) << 32
 }
 
+/// One sequence of a call: its rows of the fused projection and the table rows it reaches.
+struct Sequence<'a> {
+    x: &'a [f32],
+    len: usize,
+    /// The table rows `lo..lo + reach` that its distances index.
+    lo: usize,
+    reach: usize,
+    h: usize,
+    d: usize,
+    scale: f32,
+}
+
+impl<'a> Sequence<'a> {
+    fn new(
+        qkv: &'a [f32],
+        offsets: &[usize],
+        s: usize,
+        h: usize,
+        heads: usize,
+        rel: &Relative,
+    ) -> Self {
+        let (o, len) = (offsets[s], offsets[s + 1] - offsets[s]);
+        let (lo, hi) = rel.reach(len.max(1));
+        let d = h / heads;
+        Sequence {
+            x: &qkv[o * 3 * h..(o + len) * 3 * h],
+            len,
+            lo,
+            reach: hi - lo,
+            h,
+            d,
+            scale: rel.scale(d),
+        }
+    }
+
+    /// Head `head`'s `[len, d]` columns of part `k` (0: Q, 1: K, 2: V).
+    fn part(&self, k: usize, head: usize) -> View<'a> {
+        View::rows(
+            &self.x[k * self.h + head * self.d..],
+            self.len,
+            self.d,
+            3 * self.h,
+        )
+    }
+
+    /// Head `head`'s `[reach, d]` columns of a projected table's reachable rows.
+    fn rows<'t>(&self, table: &'t [f32], head: usize) -> View<'t> {
+        View::rows(
+            &table[self.lo * self.h + head * self.d..],
+            self.reach,
+            self.d,
+            self.h,
+        )
+    }
+
+    fn scaled(&self) -> Product {
+        Product {
+            scale: self.scale,
+            ..Product::SERIAL
+        }
+    }
+
+    /// The softmax probabilities of `head` into `p` (`[len, len]`); `terms` is scratch.
+    #[allow(clippy::too_many_arguments)]
+    fn probs(
+        &self,
+        head: usize,
+        pos_k: &[f32],
+        pos_q: &[f32],
+        rel: &Relative,
+        p: &mut [f32],
+        terms: &mut [f32],
+    ) {
+        let (len, reach) = (self.len, self.reach);
+        matmul(
+            p,
+            len,
+            self.part(0, head),
+            self.part(1, head).t(),
+            self.scaled(),
+        );
+        for (on, table, by_query) in [(rel.c2p, pos_k, true), (rel.p2c, pos_q, false)] {
+            if !on {
+                continue;
+            }
+            // Content (queries for c2p, keys for p2c) against the reachable table rows.
+            let content = self.part(if by_query { 0 } else { 1 }, head);
+            matmul(
+                terms,
+                reach,
+                content,
+                self.rows(table, head).t(),
+                self.scaled(),
+            );
+            for i in 0..len {
+                for j in 0..len {
+                    let owner = if by_query { i } else { j };
+                    p[i * len + j] += terms[owner * reach + rel.row(i, j) - self.lo];
+                }
+            }
+        }
+        softmax_rows(p, len);
+    }
+}
+
 /// The attention of every sequence into `ctx` (`[tokens, h]`) from `qkv` (`[tokens, 3h]`) and the
 /// projected table `pos_k`, `pos_q` (`[2 · span, h]`; empty for a term the model lacks).
 #[allow(clippy::too_many_arguments)]
@@ -102,117 +206,38 @@ pub fn forward(
     dropout: Option<Dropout>,
 ) {
     let h = ctx.len() / offsets.last().copied().unwrap_or(0).max(1);
-    let d = h / heads;
-    let scale = rel.scale(d);
     per_sequence(ctx, offsets, h)
         .into_par_iter()
         .enumerate()
         .for_each(|(s, out)| {
-            let (o, len) = (offsets[s], offsets[s + 1] - offsets[s]);
-            if len == 0 {
+            let seq = Sequence::new(qkv, offsets, s, h, heads, rel);
+            if seq.len == 0 {
                 return;
             }
-            let x = &qkv[o * 3 * h..(o + len) * 3 * h];
-            let (lo, hi) = rel.reach(len);
-            let reach = hi - lo;
-            let mut p = vec![0f32; len * len];
-            let mut terms = vec![0f32; len * reach];
-            let scaled = Product {
-                scale,
-                ..Product::SERIAL
-            };
+            let mut p = vec![0f32; seq.len * seq.len];
+            let mut terms = vec![0f32; seq.len * seq.reach];
             for head in 0..heads {
-                let c = head * d;
-                let part = |k: usize| View::rows(&x[k * h + c..], len, d, 3 * h);
-                matmul(&mut p, len, part(0), part(1).t(), scaled);
-                for (on, table, by_query) in [(rel.c2p, pos_k, true), (rel.p2c, pos_q, false)] {
-                    if !on {
-                        continue;
-                    }
-                    // Content (queries for c2p, keys for p2c) against the reachable table rows.
-                    let rows = View::rows(&table[lo * h + c..], reach, d, h);
-                    let content = part(if by_query { 0 } else { 1 });
-                    matmul(&mut terms, reach, content, rows.t(), scaled);
-                    for i in 0..len {
-                        for j in 0..len {
-                            let owner = if by_query { i } else { j };
-                            p[i * len + j] += terms[owner * reach + rel.row(i, j) - lo];
-                        }
-                    }
-                }
-                softmax_rows(&mut p, len);
+                seq.probs(head, pos_k, pos_q, rel, &mut p, &mut terms);
                 if let Some(drop) = dropout {
                     drop.apply_from(&mut p, dropout_base(&drop, heads, s, head));
                 }
-                let pv = View::rows(&p, len, len, len);
-                matmul(&mut out[c..], h, pv, part(2), Product::SERIAL);
+                let pv = View::rows(&p, seq.len, seq.len, seq.len);
+                matmul(
+                    &mut out[head * seq.d..],
+                    h,
+                    pv,
+                    seq.part(2, head),
+                    Product::SERIAL,
+                );
             }
         });
 }
 
-/// The same attention from candle's differentiable primitives (inputs: `qkv`, `pos_k`,
-/// `pos_q`, each `[rows, width]`).
-fn composed_attention(
-    t: &[Tensor],
-    offsets: &[usize],
-    heads: usize,
-    rel: &Relative,
-    dropout: Option<Dropout>,
-) -> candle_core::Result<Tensor> {
-    let (qkv, pos_k, pos_q) = (&t[0], &t[1], &t[2]);
-    let h = qkv.dim(1)? / 3;
-    let d = h / heads;
-    let scale = rel.scale(d) as f64;
-    let dev = qkv.device();
-    // [heads, rows, d] from `[rows, h]` columns.
-    let split = |x: &Tensor, rows: usize| -> candle_core::Result<Tensor> {
-        x.reshape((rows, heads, d))?.transpose(0, 1)?.contiguous()
-    };
-    let span2 = 2 * rel.span;
-    let mut outs = Vec::new();
-    for (s, w) in offsets.windows(2).enumerate() {
-        let len = w[1] - w[0];
-        let rows = qkv.narrow(0, w[0], len)?;
-        let part = |k: usize| split(&rows.narrow(1, k * h, h)?, len);
-        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
-        let mut scores = (q.matmul(&k.t()?)? * scale)?;
-        let index = |f: &dyn Fn(usize, usize) -> usize| -> candle_core::Result<Tensor> {
-            let idx: Vec<u32> = (0..heads * len * len)
-                .map(|x| f((x / len) % len, x % len) as u32)
-                .collect();
-            Tensor::from_vec(idx, (heads, len, len), dev)
-        };
-        if rel.c2p {
-            let c2p = q.matmul(&split(pos_k, span2)?.t()?)?;
-            let gathered = c2p
-                .contiguous()?
-                .gather(&index(&|i, j| rel.row(i, j))?, D::Minus1)?;
-            scores = (scores + (gathered * scale)?)?;
-        }
-        if rel.p2c {
-            let p2c = k.matmul(&split(pos_q, span2)?.t()?)?;
-            // G[a][b] = p2c[a][row(b, a)]; the score of (i, j) is G[j][i].
-            let gathered = p2c
-                .contiguous()?
-                .gather(&index(&|a, b| rel.row(b, a))?, D::Minus1)?;
-            scores = (scores + (gathered.transpose(1, 2)? * scale)?)?;
-        }
-        let max = scores.max_keepdim(D::Minus1)?.detach();
-        let e = scores.broadcast_sub(&max)?.exp()?;
-        let mut p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
-        if let Some(drop) = dropout {
-            let mut keep = vec![1f32; heads * len * len];
-            for (head, m) in keep.chunks_mut(len * len).enumerate() {
-                drop.apply_from(m, dropout_base(&drop, heads, s, head));
-            }
-            p = p.mul(&Tensor::from_vec(keep, (heads, len, len), dev)?)?;
-        }
-        outs.push(p.matmul(&v)?.transpose(0, 1)?.reshape((len, h))?);
-    }
-    Tensor::cat(&outs, 0)
-}
-
-/// dL/dqkv, dL/dpos_k and dL/dpos_q (written, in that order) from dL/dctx, by the composed path.
+/// dL/dqkv, dL/dpos_k and dL/dpos_q from dL/dctx, recomputing the probabilities (and
+/// regenerating the dropout masks) of the forward pass. Per head, with `dS` the scores'
+/// gradient (scaled): `dQ = dS K + dC pk`, `dK = dSᵀ Q + dP pq`, where `dC[i, δ]` and
+/// `dP[j, δ]` gather `dS[i, j]` by the table row `δ` of `(i, j)`, and `dpk += dCᵀ Q`,
+/// `dpq += dPᵀ K` (each sequence's share added in sequence order, so runs repeat exactly).
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     dctx: &[f32],
@@ -223,98 +248,225 @@ pub fn backward(
     heads: usize,
     rel: &Relative,
     dropout: Option<Dropout>,
-) -> anyhow::Result<[Vec<f32>; 3]> {
+) -> [Vec<f32>; 3] {
     let n = offsets.last().copied().unwrap_or(0);
     let h = dctx.len() / n.max(1);
-    let span2 = 2 * rel.span;
-    // A term the model lacks has no table: a zero one keeps the shapes.
-    let zeros = vec![0f32; span2 * h];
-    let table = |t: &'_ [f32]| {
-        if t.is_empty() {
-            zeros.clone()
-        } else {
-            t.to_vec()
+    let mut dqkv = vec![0f32; n * 3 * h];
+    // Each sequence's gradient of the table rows it reaches, `[reach, h]` each.
+    let shares: Vec<[Vec<f32>; 2]> = per_sequence(&mut dqkv, offsets, 3 * h)
+        .into_par_iter()
+        .enumerate()
+        .map(|(s, dx)| {
+            let seq = Sequence::new(qkv, offsets, s, h, heads, rel);
+            let (len, reach, d, lo) = (seq.len, seq.reach, seq.d, seq.lo);
+            let (mut dpk, mut dpq) = (vec![0f32; reach * h], vec![0f32; reach * h]);
+            if len == 0 {
+                return [dpk, dpq];
+            }
+            let dout = &dctx[offsets[s] * h..offsets[s + 1] * h];
+            let (mut p, mut pd, mut ds) = (
+                vec![0f32; len * len],
+                vec![0f32; len * len],
+                vec![0f32; len * len],
+            );
+            let (mut terms, mut dterm) = (vec![0f32; len * reach], vec![0f32; len * reach]);
+            let add = Product {
+                accumulate: true,
+                ..Product::SERIAL
+            };
+            for head in 0..heads {
+                let c = head * d;
+                let dout_h = View::rows(&dout[c..], len, d, h);
+                seq.probs(head, pos_k, pos_q, rel, &mut p, &mut terms);
+                pd.copy_from_slice(&p);
+                let base = dropout.map(|drop| (drop, dropout_base(&drop, heads, s, head)));
+                if let Some((drop, b)) = base {
+                    drop.apply_from(&mut pd, b);
+                }
+                // dV = P_dropᵀ dO; dP = (dO Vᵀ) * keep; dS (scaled) in place of dP.
+                let pdv = View::rows(&pd, len, len, len).t();
+                matmul(&mut dx[2 * h + c..], 3 * h, pdv, dout_h, Product::SERIAL);
+                matmul(&mut ds, len, dout_h, seq.part(2, head).t(), Product::SERIAL);
+                if let Some((drop, b)) = base {
+                    drop.apply_from(&mut ds, b);
+                }
+                softmax_backward_rows(&mut ds, &p, len, seq.scale);
+                let dsv = View::rows(&ds, len, len, len);
+                let (q, k) = (seq.part(0, head), seq.part(1, head));
+                matmul(&mut dx[c..], 3 * h, dsv, k, Product::SERIAL);
+                matmul(&mut dx[h + c..], 3 * h, dsv.t(), q, Product::SERIAL);
+                for (on, table, dtable, by_query) in [
+                    (rel.c2p, pos_k, &mut dpk, true),
+                    (rel.p2c, pos_q, &mut dpq, false),
+                ] {
+                    if !on {
+                        continue;
+                    }
+                    // Gather dS by table row: c2p by query, p2c by key.
+                    dterm.fill(0.0);
+                    for i in 0..len {
+                        for j in 0..len {
+                            let owner = if by_query { i } else { j };
+                            dterm[owner * reach + rel.row(i, j) - lo] += ds[i * len + j];
+                        }
+                    }
+                    let dt = View::rows(&dterm, len, reach, reach);
+                    let (content, dcontent) = match by_query {
+                        true => (q, c),
+                        false => (k, h + c),
+                    };
+                    matmul(&mut dx[dcontent..], 3 * h, dt, seq.rows(table, head), add);
+                    matmul(&mut dtable[c..], h, dt.t(), content, add);
+                }
+            }
+            [dpk, dpq]
+        })
+        .collect();
+    // Each share covers the rows from its sequence's `lo`.
+    let table_grad = |on: bool, which: usize| {
+        if !on {
+            return Vec::new();
         }
+        let mut total = vec![0f32; 2 * rel.span * h];
+        for (s, share) in shares.iter().enumerate() {
+            let lo = Sequence::new(qkv, offsets, s, h, heads, rel).lo;
+            let rows = &mut total[lo * h..][..share[which].len()];
+            rows.iter_mut()
+                .zip(&share[which])
+                .for_each(|(a, b)| *a += b);
+        }
+        total
     };
-    let (pk, pq) = (table(pos_k), table(pos_q));
-    let inputs: [composed::Input; 3] = [(qkv, &[n, 3 * h]), (&pk, &[span2, h]), (&pq, &[span2, h])];
-    let f = |t: &[Tensor]| composed_attention(t, offsets, heads, rel, dropout);
-    let mut g = composed::backward(f, &inputs, dctx)?.into_iter();
-    let mut next = || g.next().unwrap_or_default();
-    Ok([next(), next(), next()])
-}
-
-/// Runs the composed forward (for the tests).
-#[cfg(test)]
-fn composed_forward(
-    qkv: &[f32],
-    pos_k: &[f32],
-    pos_q: &[f32],
-    offsets: &[usize],
-    heads: usize,
-    rel: &Relative,
-) -> Vec<f32> {
-    let n = *offsets.last().unwrap();
-    let h = qkv.len() / n / 3;
-    let span2 = 2 * rel.span;
-    let inputs: [composed::Input; 3] = [
-        (qkv, &[n, 3 * h]),
-        (pos_k, &[span2, h]),
-        (pos_q, &[span2, h]),
-    ];
-    let f = |t: &[Tensor]| composed_attention(t, offsets, heads, rel, None);
-    composed::forward(f, &inputs).unwrap()
+    let (dpk, dpq) = (table_grad(rel.c2p, 0), table_grad(rel.p2c, 1));
+    [dqkv, dpk, dpq]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ops::testing::*;
+    use crate::ops::{composed, Pass};
+    use candle_core::{Tensor, D};
+
+    /// The same attention from candle's differentiable primitives (inputs: `qkv`, `pos_k`,
+    /// `pos_q`, each `[rows, width]`): the kernels' test reference.
+    fn composed_attention(
+        t: &[Tensor],
+        offsets: &[usize],
+        heads: usize,
+        rel: &Relative,
+        dropout: Option<Dropout>,
+    ) -> candle_core::Result<Tensor> {
+        let (qkv, pos_k, pos_q) = (&t[0], &t[1], &t[2]);
+        let h = qkv.dim(1)? / 3;
+        let d = h / heads;
+        let scale = rel.scale(d) as f64;
+        let dev = qkv.device();
+        // [heads, rows, d] from `[rows, h]` columns.
+        let split = |x: &Tensor, rows: usize| -> candle_core::Result<Tensor> {
+            x.reshape((rows, heads, d))?.transpose(0, 1)?.contiguous()
+        };
+        let span2 = 2 * rel.span;
+        let mut outs = Vec::new();
+        for (s, w) in offsets.windows(2).enumerate() {
+            let len = w[1] - w[0];
+            let rows = qkv.narrow(0, w[0], len)?;
+            let part = |k: usize| split(&rows.narrow(1, k * h, h)?, len);
+            let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+            let mut scores = (q.matmul(&k.t()?)? * scale)?;
+            let index = |f: &dyn Fn(usize, usize) -> usize| -> candle_core::Result<Tensor> {
+                let idx: Vec<u32> = (0..heads * len * len)
+                    .map(|x| f((x / len) % len, x % len) as u32)
+                    .collect();
+                Tensor::from_vec(idx, (heads, len, len), dev)
+            };
+            if rel.c2p {
+                let c2p = q.matmul(&split(pos_k, span2)?.t()?)?;
+                let gathered = c2p
+                    .contiguous()?
+                    .gather(&index(&|i, j| rel.row(i, j))?, D::Minus1)?;
+                scores = (scores + (gathered * scale)?)?;
+            }
+            if rel.p2c {
+                let p2c = k.matmul(&split(pos_q, span2)?.t()?)?;
+                // G[a][b] = p2c[a][row(b, a)]; the score of (i, j) is G[j][i].
+                let gathered = p2c
+                    .contiguous()?
+                    .gather(&index(&|a, b| rel.row(b, a))?, D::Minus1)?;
+                scores = (scores + (gathered.transpose(1, 2)? * scale)?)?;
+            }
+            let max = scores.max_keepdim(D::Minus1)?.detach();
+            let e = scores.broadcast_sub(&max)?.exp()?;
+            let mut p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+            if let Some(drop) = dropout {
+                let mut keep = vec![1f32; heads * len * len];
+                for (head, m) in keep.chunks_mut(len * len).enumerate() {
+                    drop.apply_from(m, dropout_base(&drop, heads, s, head));
+                }
+                p = p.mul(&Tensor::from_vec(keep, (heads, len, len), dev)?)?;
+            }
+            outs.push(p.matmul(&v)?.transpose(0, 1)?.reshape((len, h))?);
+        }
+        Tensor::cat(&outs, 0)
+    }
 
     #[test]
-    fn forward_matches_composed_and_backward_matches_finite_differences() {
+    fn matches_the_composed_attention_values_and_gradients() {
         let (h, heads) = (8, 2);
         let offsets = [0, 3, 13];
         let n = 13;
-        for (buckets, max_rel) in [(4, 20), (0, 6)] {
-            let rel = Relative::new(true, true, buckets, max_rel, 20);
-            let span2 = 2 * rel.span;
-            let qkv = randn(n * 3 * h, 1.0, 1);
-            let pk = randn(span2 * h, 1.0, 2);
-            let pq = randn(span2 * h, 1.0, 3);
-            let mut ctx = vec![f32::NAN; n * h];
-            forward(&mut ctx, &qkv, &pk, &pq, &offsets, heads, &rel, None);
-            let want = composed_forward(&qkv, &pk, &pq, &offsets, heads, &rel);
-            assert!(max_diff(&ctx, &want) < 1e-5, "buckets {buckets}");
-            // Central differences of sum(ctx²) for a few inputs of each argument.
-            let loss = |q: &[f32], k: &[f32], p: &[f32]| -> f64 {
-                let mut c = vec![0f32; n * h];
-                forward(&mut c, q, k, p, &offsets, heads, &rel, None);
-                c.iter().map(|v| (*v as f64).powi(2)).sum()
-            };
-            let dctx: Vec<f32> = ctx.iter().map(|v| 2.0 * v).collect();
-            let [dq, dk, dp] =
-                backward(&dctx, &qkv, &pk, &pq, &offsets, heads, &rel, None).unwrap();
-            let eps = 1e-2f32;
-            let check = |grad: &[f32], which: usize, idx: usize| {
-                let mut args = [qkv.clone(), pk.clone(), pq.clone()];
-                args[which][idx] += eps;
-                let plus = loss(&args[0], &args[1], &args[2]);
-                args[which][idx] -= 2.0 * eps;
-                let minus = loss(&args[0], &args[1], &args[2]);
-                let numeric = ((plus - minus) / (2.0 * eps as f64)) as f32;
-                assert!(
-                    (numeric - grad[idx]).abs() < 2e-2 * (1.0 + grad[idx].abs()),
-                    "input {which} index {idx}: {numeric} vs {}",
-                    grad[idx]
+        let qkv = randn(n * 3 * h, 1.0, 1);
+        let probe = randn(n * h, 1.0, 4);
+        // Log buckets and plain distances, each term alone and both, with and without dropout.
+        let cases = [
+            (4, 20, true, true),
+            (0, 6, true, true),
+            (4, 20, true, false),
+            (0, 6, false, true),
+        ];
+        for (buckets, max_rel, c2p, p2c) in cases {
+            for dropout in [None, Dropout::site(Some(Pass::new(3)), 0, 0.2)] {
+                let rel = Relative::new(c2p, p2c, buckets, max_rel, 20);
+                let span2 = 2 * rel.span;
+                let pk = if c2p {
+                    randn(span2 * h, 1.0, 2)
+                } else {
+                    Vec::new()
+                };
+                let pq = if p2c {
+                    randn(span2 * h, 1.0, 3)
+                } else {
+                    Vec::new()
+                };
+                let what = format!(
+                    "buckets {buckets}, c2p {c2p}, p2c {p2c}, dropout {}",
+                    dropout.is_some()
                 );
-            };
-            for idx in [0, 9, 30, 77, 150, 290] {
-                check(&dq, 0, idx);
-            }
-            for idx in (0..span2 * h).step_by(13) {
-                check(&dk, 1, idx);
-                check(&dp, 2, idx);
+                let full = |t: &[f32]| {
+                    if t.is_empty() {
+                        vec![0f32; span2 * h]
+                    } else {
+                        t.to_vec()
+                    }
+                };
+                let (fk, fq) = (full(&pk), full(&pq));
+                let inputs: [composed::Input; 3] =
+                    [(&qkv, &[n, 3 * h]), (&fk, &[span2, h]), (&fq, &[span2, h])];
+                let f = |t: &[Tensor]| composed_attention(t, &offsets, heads, &rel, dropout);
+                let mut ctx = vec![f32::NAN; n * h];
+                forward(&mut ctx, &qkv, &pk, &pq, &offsets, heads, &rel, dropout);
+                let want = composed::forward(f, &inputs).unwrap();
+                assert!(max_diff(&ctx, &want) < 1e-5, "{what}: forward");
+                let got = backward(&probe, &qkv, &pk, &pq, &offsets, heads, &rel, dropout);
+                let want = composed::backward(f, &inputs, &probe).unwrap();
+                for (k, on) in [(0, true), (1, c2p), (2, p2c)] {
+                    match on {
+                        true => assert!(rel_diff(&got[k], &want[k]) < 1e-4, "{what}: gradient {k}"),
+                        false => {
+                            assert!(got[k].is_empty(), "{what}: gradient {k} of an absent term")
+                        }
+                    }
+                }
             }
         }
     }
