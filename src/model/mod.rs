@@ -208,25 +208,7 @@ pub(crate) fn check_layers_and_table(
     layers: &str,
     table: &str,
 ) -> Result<()> {
-    let found = params
-        .tensors
-        .keys()
-        .filter_map(|n| {
-            n.strip_prefix(layers)?
-                .split('.')
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
-        .max()
-        .map_or(0, |i| i + 1);
-    if found != cfg.num_hidden_layers {
-        anyhow::bail!(
-            "{} holds {found} layers but config.json says num_hidden_layers = {}",
-            params.source.display(),
-            cfg.num_hidden_layers
-        );
-    }
+    check_layer_count(cfg, params, |n| n.strip_prefix(layers))?;
     match params.tensors.get(table) {
         Some(t) if t.dims() == [cfg.vocab_size, cfg.hidden_size] => Ok(()),
         Some(t) => anyhow::bail!(
@@ -238,6 +220,29 @@ pub(crate) fn check_layers_and_table(
         ),
         None => anyhow::bail!("missing weight \"{table}\" in {}", params.source.display()),
     }
+}
+
+/// Checks that `params` hold `num_hidden_layers` layers; `rest` gives what follows a layer
+/// prefix in a name (`"3.attention..."`), or `None` for a name outside the layers.
+fn check_layer_count<'a>(
+    cfg: &Config,
+    params: &'a Params,
+    rest: impl Fn(&'a str) -> Option<&'a str>,
+) -> Result<()> {
+    let found = params
+        .tensors
+        .keys()
+        .filter_map(|n| rest(n)?.split('.').next()?.parse::<usize>().ok())
+        .max()
+        .map_or(0, |i| i + 1);
+    if found != cfg.num_hidden_layers {
+        anyhow::bail!(
+            "{} holds {found} layers but config.json says num_hidden_layers = {}",
+            params.source.display(),
+            cfg.num_hidden_layers
+        );
+    }
+    Ok(())
 }
 
 /// The JSON value in `path`, or an error naming the file.
@@ -316,24 +321,12 @@ impl Transformer {
     /// Checks that config.json describes these weights (their layer count and hidden size)
     /// before anything is sized from the config.
     pub fn check(cfg: &Config, params: &Params) -> Result<()> {
-        let layers = params
-            .tensors
-            .keys()
-            .filter_map(|name| {
-                let (_, rest) = name
-                    .split_once(".layer.")
-                    .or_else(|| name.split_once(".layers."))?;
-                rest.split('.').next()?.parse::<usize>().ok()
-            })
-            .max()
-            .map_or(0, |i| i + 1);
-        if layers != cfg.num_hidden_layers {
-            anyhow::bail!(
-                "{} holds {layers} layers but config.json says num_hidden_layers = {}",
-                params.source.display(),
-                cfg.num_hidden_layers
-            );
-        }
+        check_layer_count(cfg, params, |name| {
+            let (_, rest) = name
+                .split_once(".layer.")
+                .or_else(|| name.split_once(".layers."))?;
+            Some(rest)
+        })?;
         let qkv = encoder::fused_qkv_names(cfg, 0);
         let query = format!("{}.weight", qkv[0]);
         let h = cfg.hidden_size;
