@@ -372,6 +372,42 @@ fn tiny_qwen2_reranker() {
     check_causal_reranker("tiny-qwen2-reranker");
 }
 
+/// A causal LM whose chat template renders only the chat roles (as a base model's does) would
+/// score prompts without the pair: refused with a message, as sentence-transformers refuses it.
+#[test]
+fn a_chat_template_without_the_pair_roles_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = repo().join("tests/fixtures/tiny-qwen3-reranker");
+    copy_dir(&fixture, tmp.path());
+    std::fs::write(
+        tmp.path().join("chat_template.jinja"),
+        "{% for m in messages %}{% if m.role == 'user' %}<|im_start|>user\n{{ m.content }}<|im_end|>{% endif %}{% endfor %}",
+    )
+    .unwrap();
+    let err = CrossEncoder::load(tmp.path().to_str().unwrap(), &LoadOptions::default())
+        .err()
+        .expect("a template without the pair roles must be refused");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("does not render a pair's"), "{msg}");
+}
+
+/// Copies the files of `from` into `to`.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let dest = to.join(path.file_name().unwrap());
+        match path.is_dir() {
+            true => {
+                std::fs::create_dir_all(&dest).unwrap();
+                copy_dir(&path, &dest);
+            }
+            false => {
+                std::fs::copy(&path, &dest).unwrap();
+            }
+        }
+    }
+}
+
 fn check_causal_reranker(name: &str) {
     let dir = repo().join("tests/fixtures").join(name);
     check_tiny_at(&dir, name);

@@ -265,6 +265,16 @@ impl ChatTemplate {
             specials,
             suffix: Vec::new(),
         };
+        // A template that renders only the chat roles (system, user, assistant) would score
+        // prompts holding neither text: refused, as sentence-transformers refuses it.
+        let (query, document) = ("crossenc-query-probe", "crossenc-document-probe");
+        let probe = chat.render(query, document)?;
+        if !(probe.contains(query) && probe.contains(document)) {
+            bail!(
+                "the chat template of {} does not render a pair's \"query\" and \"document\" messages (sentence-transformers' roles for a causal-LM re-ranker): give the folder a chat_template.jinja that does, e.g. with messages | selectattr(\"role\", \"eq\", \"query\")",
+                dir.display()
+            );
+        }
         chat.suffix = chat.tail(tokenizer)?;
         Ok(chat)
     }
