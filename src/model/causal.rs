@@ -186,19 +186,7 @@ impl CausalReranker {
     /// The last hidden state `[tokens, hidden]`, before the final norm.
     pub fn encode(&self, w: &[f32], tokens: &Tokens) -> Result<Vec<f32>> {
         let (n, h) = (tokens.len(), self.hidden);
-        if let Some(id) = tokens.input_ids.iter().find(|&&i| i as usize >= self.vocab) {
-            bail!(
-                "token id {id} is outside the model's vocabulary (vocab_size {}): the tokenizer does not match config.json",
-                self.vocab
-            );
-        }
-        let longest = (0..tokens.sequences()).map(|s| tokens.sequence(s).len());
-        if let Some(len) = longest.max().filter(|&l| l > self.rotary.positions()) {
-            bail!(
-                "a prompt of {len} tokens is longer than the model's max_position_embeddings ({}): lower --max-length",
-                self.rotary.positions()
-            );
-        }
+        tokens.check(self.vocab, self.rotary.positions())?;
         let table = &w[self.embed_tokens.clone()];
         let mut x = Vec::with_capacity(n * h);
         timed("fwd embeddings", || {

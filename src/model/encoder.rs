@@ -59,7 +59,7 @@ impl LayerNames {
                 ..LayerNames::new(Family::Bert, i)
             }
         } else if family == Family::Gte {
-            // One `[3h, h]` tensor holds the query, key and value.
+            // One `[3h, h]` tensor holds the query, key and value: no key or value names.
             LayerNames {
                 prefix: format!("{base}.encoder.layer.{i}"),
                 query: "attention.qkv_proj",
@@ -95,10 +95,11 @@ impl LayerNames {
 /// (GTE's one `qkv_proj`).
 pub fn fused_qkv_names(cfg: &Config, i: usize) -> Vec<String> {
     let n = LayerNames::new(cfg.family, i);
-    match cfg.family {
-        Family::Gte => vec![n.name(n.query)],
-        _ => vec![n.name(n.query), n.name(n.key), n.name(n.value)],
-    }
+    [n.query, n.key, n.value]
+        .into_iter()
+        .filter(|part| !part.is_empty())
+        .map(|part| n.name(part))
+        .collect()
 }
 
 /// Layer `i`'s FFN output module (`output.dense`, DistilBERT's `ffn.lin2`).
@@ -183,12 +184,14 @@ impl RelativeEmbeddings {
 
     /// Adds the table's (and its norm's) gradients into `g` from dL/d(the layers' table).
     pub fn backward(&self, w: &[f32], g: &mut [f32], dout: &[f32], stats: &[f32]) {
-        let mut dtable = vec![0f32; dout.len()];
         match &self.norm {
-            Some(norm) => norm.backward(w, g, dout, &w[self.table.clone()], stats, &mut dtable),
-            None => dtable.copy_from_slice(dout),
+            Some(norm) => {
+                let mut dtable = vec![0f32; dout.len()];
+                norm.backward(w, g, dout, &w[self.table.clone()], stats, &mut dtable);
+                add(&mut g[self.table.clone()], &dtable);
+            }
+            None => add(&mut g[self.table.clone()], dout),
         }
-        add(&mut g[self.table.clone()], &dtable);
     }
 }
 
@@ -243,6 +246,8 @@ pub struct Scratch {
     di: Vec<f32>,
     du: Vec<f32>,
     d3: Vec<f32>,
+    /// DeBERTa: the gradient of the relative table as one layer read it.
+    dtable: Vec<f32>,
 }
 
 /// Dropout sites of GTE's gated activations, one per layer (apart from the three per layer
@@ -521,7 +526,8 @@ impl Layer {
                 return;
             };
             let (pos_k, pos_q, heads) = (&acts.pos_k, &acts.pos_q, self.heads.q);
-            let [dqkv, dpk, dpq] = disentangled::backward(
+            let [dpk, dpq] = disentangled::backward(
+                &mut s.d3,
                 &s.dh2,
                 &acts.qkv,
                 pos_k,
@@ -531,16 +537,16 @@ impl Layer {
                 &d.relative,
                 drop_p,
             );
-            s.d3.copy_from_slice(&dqkv);
             // The table's gradient through both projections and this layer's dropout.
-            let mut dtable = vec![0f32; acts.rel.len()];
+            s.dtable.clear();
+            s.dtable.resize(acts.rel.len(), 0.0);
             for (proj, dpos) in [(&d.pos_key, &dpk), (&d.pos_query, &dpq)] {
                 if let Some(proj) = proj {
-                    proj.backward(w, g, dpos, &acts.rel, InputGrad::Add(&mut dtable));
+                    proj.backward(w, g, dpos, &acts.rel, InputGrad::Add(&mut s.dtable));
                 }
             }
-            dropout::apply(self.pos_dropout(d, pass), &mut dtable);
-            add(drel, &dtable);
+            dropout::apply(self.pos_dropout(d, pass), &mut s.dtable);
+            add(drel, &s.dtable);
         });
         if let Some(rotary) = &self.rotary {
             timed("bwd rotary", || {

@@ -131,8 +131,9 @@ pub struct Tape {
     final_stats: Vec<f32>,
     hidden: Vec<f32>,
     head: HeadActs,
-    /// dL/d(the current layer's output), then dL/d(its input).
+    /// dL/d(the current layer's output), then dL/d(its input); dL/d(the last hidden state).
     dy: Vec<f32>,
+    dhidden: Vec<f32>,
     scratch: Scratch,
 }
 
@@ -343,7 +344,8 @@ impl ModernBert {
     ) {
         let h = self.hidden;
         let n = tokens.len();
-        let mut dhidden = vec![0f32; n * h];
+        let mut dhidden = std::mem::take(&mut tape.dhidden);
+        fit(&mut dhidden, n * h);
         timed("bwd head", || {
             self.head
                 .backward(w, g, tokens, &tape.head, dlogits, &mut dhidden, pass)
@@ -378,6 +380,7 @@ impl ModernBert {
             )
         });
         tape.dy = dy;
+        tape.dhidden = dhidden;
     }
 }
 
@@ -394,24 +397,7 @@ impl Embeddings {
         pass: Option<Pass>,
     ) -> Result<()> {
         let (n, h) = (tokens.len(), self.h);
-        if (0..tokens.sequences()).any(|s| tokens.sequence(s).is_empty()) {
-            bail!("the tokenizer produced an empty sequence (no special tokens?)");
-        }
-        if let Some(id) = tokens.input_ids.iter().find(|&&i| i as usize >= self.vocab) {
-            bail!(
-                "token id {id} is outside the model's vocabulary (vocab_size {}): the tokenizer does not match config.json",
-                self.vocab
-            );
-        }
-        if let Some(s) =
-            (0..tokens.sequences()).find(|&s| tokens.sequence(s).len() > self.positions)
-        {
-            bail!(
-                "a sequence of {} tokens is longer than the model's max_position_embeddings ({}): lower --max-length",
-                tokens.sequence(s).len(),
-                self.positions
-            );
-        }
+        tokens.check(self.vocab, self.positions)?;
         let table = &w[self.tok_embeddings.clone()];
         fit(z, n * h);
         for (row, &id) in z.chunks_exact_mut(h).zip(&tokens.input_ids) {

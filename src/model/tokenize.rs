@@ -60,6 +60,27 @@ impl Tokens {
     pub fn sequence(&self, s: usize) -> std::ops::Range<usize> {
         self.offsets[s]..self.offsets[s + 1]
     }
+
+    /// Checks the batch against a model before it indexes a table with it: no empty sequence,
+    /// every id below `vocab`, no sequence longer than `longest` (the positions the model
+    /// has), so that a tokenizer that does not match the weights is an error, not a bad read.
+    pub fn check(&self, vocab: usize, longest: usize) -> Result<()> {
+        let lens = (0..self.sequences()).map(|s| self.sequence(s).len());
+        if lens.clone().any(|l| l == 0) {
+            bail!("the tokenizer produced an empty sequence (no special tokens?)");
+        }
+        if let Some(id) = self.input_ids.iter().find(|&&i| i as usize >= vocab) {
+            bail!(
+                "token id {id} is outside the model's vocabulary (vocab_size {vocab}): the tokenizer does not match config.json"
+            );
+        }
+        if let Some(len) = lens.max().filter(|&l| l > longest) {
+            bail!(
+                "a sequence of {len} tokens is longer than the model's max_position_embeddings ({longest}): lower --max-length"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The model's tokenizer, set up for pairs: longest-first truncation at `max_length`, no padding

@@ -233,13 +233,15 @@ pub fn forward(
         });
 }
 
-/// dL/dqkv, dL/dpos_k and dL/dpos_q from dL/dctx, recomputing the probabilities (and
+/// dL/dqkv (written into `dqkv`, `[tokens, 3h]`), and dL/dpos_k and dL/dpos_q (returned) from
+/// dL/dctx, recomputing the probabilities (and
 /// regenerating the dropout masks) of the forward pass. Per head, with `dS` the scores'
 /// gradient (scaled): `dQ = dS K + dC pk`, `dK = dSᵀ Q + dP pq`, where `dC[i, δ]` and
 /// `dP[j, δ]` gather `dS[i, j]` by the table row `δ` of `(i, j)`, and `dpk += dCᵀ Q`,
 /// `dpq += dPᵀ K` (each sequence's share added in sequence order, so runs repeat exactly).
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
+    dqkv: &mut [f32],
     dctx: &[f32],
     qkv: &[f32],
     pos_k: &[f32],
@@ -248,12 +250,10 @@ pub fn backward(
     heads: usize,
     rel: &Relative,
     dropout: Option<Dropout>,
-) -> [Vec<f32>; 3] {
-    let n = offsets.last().copied().unwrap_or(0);
-    let h = dctx.len() / n.max(1);
-    let mut dqkv = vec![0f32; n * 3 * h];
+) -> [Vec<f32>; 2] {
+    let h = dctx.len() / offsets.last().copied().unwrap_or(0).max(1);
     // Each sequence's gradient of the table rows it reaches, `[reach, h]` each.
-    let shares: Vec<[Vec<f32>; 2]> = per_sequence(&mut dqkv, offsets, 3 * h)
+    let shares: Vec<[Vec<f32>; 2]> = per_sequence(dqkv, offsets, 3 * h)
         .into_par_iter()
         .enumerate()
         .map(|(s, dx)| {
@@ -337,8 +337,7 @@ pub fn backward(
         }
         total
     };
-    let (dpk, dpq) = (table_grad(rel.c2p, 0), table_grad(rel.p2c, 1));
-    [dqkv, dpk, dpq]
+    [table_grad(rel.c2p, 0), table_grad(rel.p2c, 1)]
 }
 
 #[cfg(test)]
@@ -457,7 +456,11 @@ mod tests {
                 forward(&mut ctx, &qkv, &pk, &pq, &offsets, heads, &rel, dropout);
                 let want = composed::forward(f, &inputs).unwrap();
                 assert!(max_diff(&ctx, &want) < 1e-5, "{what}: forward");
-                let got = backward(&probe, &qkv, &pk, &pq, &offsets, heads, &rel, dropout);
+                let mut dqkv = vec![f32::NAN; n * 3 * h];
+                let [dpk, dpq] = backward(
+                    &mut dqkv, &probe, &qkv, &pk, &pq, &offsets, heads, &rel, dropout,
+                );
+                let got = [dqkv, dpk, dpq];
                 let want = composed::backward(f, &inputs, &probe).unwrap();
                 for (k, on) in [(0, true), (1, c2p), (2, p2c)] {
                     match on {
