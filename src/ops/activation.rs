@@ -43,9 +43,13 @@ fn erf(x: f32) -> f32 {
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    // Round to nearest with the 1.5 * 2^23 trick (no SSE4.1 `roundps` needed).
+    // Round to nearest with the 1.5 * 2^23 trick (no SSE4.1 `roundps` needed): the sum's low
+    // mantissa bits then hold `k` as an integer, read without a float-to-int conversion (Rust's
+    // saturating `as i32` does not vectorise).
     const MAGIC: f32 = 12_582_912.0;
-    let k = (x * LOG2_E + MAGIC) - MAGIC;
+    let shifted = x * LOG2_E + MAGIC;
+    let k = shifted - MAGIC;
+    let ki = shifted.to_bits().wrapping_sub(MAGIC.to_bits()) as i32;
     // x - k ln 2, with ln 2 split in two so that k * the first part is exact.
     let r = x - k * 0.693_359_4 - k * -2.121_944_4e-4;
     let mut p = 1.987_569_1e-4f32;
@@ -55,7 +59,7 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5e-1;
     let e = p * r * r + r + 1.0;
-    let scale = f32::from_bits((((k as i32) + 127) << 23) as u32);
+    let scale = f32::from_bits(((ki + 127) << 23) as u32);
     e * scale
 }
 

@@ -1,9 +1,12 @@
 //! Multi-head self-attention over a packed batch: the rows of every sequence lie back to back
 //! (`offsets[s]..offsets[s + 1]`), with no padding, so no padding mask is needed and no work is
-//! spent on pad tokens. Forward and backward each run one task per sequence; each head's
-//! products are strided `gemm` calls on its columns of the fused QKV projection, with no
-//! transposes or copies. The probabilities are recomputed in the backward pass (as flash
-//! attention does) instead of being stored. [`Mask`] limits the keys a query sees: a sliding
+//! spent on pad tokens. Forward and backward each run one task per sequence. The forward's two
+//! products (`q kᵀ` and `p v`) are register-tiled kernels below: a head of a short pair is a
+//! product of some 30 x 32 x 30, where a general `gemm` call spends most of its time packing and
+//! dispatching (measured: 384 ms of a scoring pass of STS-B test with strided `gemm` calls). The
+//! backward's products are strided `gemm` calls on the head's columns of the fused QKV
+//! projection. The probabilities are recomputed in the backward pass (as flash attention does)
+//! instead of being stored. [`Mask`] limits the keys a query sees: a sliding
 //! window (ModernBERT's local layers) or the past (a causal LM); [`Heads`] allows fewer key/value
 //! heads than query heads (grouped-query attention).
 
@@ -13,6 +16,74 @@ use rayon::prelude::*;
 use super::activation::exp;
 use super::matmul::{matmul, Product, View};
 use super::Dropout;
+
+/// Query rows of a register tile in [`scores`] and [`context`].
+const ROWS: usize = 4;
+/// Keys (in [`scores`]) or output columns (in [`context`]) of a register tile: one AVX-512
+/// vector, two AVX2 ones. A head's probabilities are `[len, len rounded up to LANES]`, so
+/// softmax runs on whole vectors too.
+const LANES: usize = 16;
+
+/// `acc[r] += a[r] · b` for a tile: `ROWS` broadcasts times one vector.
+#[inline(always)]
+fn fma_tile(acc: &mut [[f32; LANES]; ROWS], a: [f32; ROWS], b: &[f32; LANES]) {
+    for r in 0..ROWS {
+        for l in 0..LANES {
+            acc[r][l] += a[r] * b[l];
+        }
+    }
+}
+
+/// `p = scale · q kᵀ` for one head of a `len`-token sequence, `p` row `i` at `i * lp` where
+/// `kt` (the keys transposed) is `[d, lp]`, zero past `len`, and `q` is `[len, d]`. Tiles of
+/// `ROWS` queries by `LANES` keys stay in registers over the `d` products.
+#[multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn scores(p: &mut [f32], q: &[f32], kt: &[f32], (len, d): (usize, usize), scale: f32) {
+    let lp = kt.len() / d;
+    for ib in (0..len).step_by(ROWS) {
+        // Rows past the sequence repeat its last; their results are not written.
+        let q: [&[f32]; ROWS] = std::array::from_fn(|r| &q[(ib + r).min(len - 1) * d..][..d]);
+        for jb in (0..lp).step_by(LANES) {
+            let mut acc = [[0f32; LANES]; ROWS];
+            for (c, k) in kt.chunks_exact(lp).enumerate() {
+                let k = k[jb..].first_chunk().expect("lp is a multiple of LANES");
+                fma_tile(&mut acc, std::array::from_fn(|r| q[r][c]), k);
+            }
+            for (r, a) in acc.iter().enumerate().take(len - ib) {
+                let row = &mut p[(ib + r) * lp + jb..][..LANES];
+                row.iter_mut().zip(a).for_each(|(o, a)| *o = a * scale);
+            }
+        }
+    }
+}
+
+/// `out = p v` for one head: `p` the probabilities (row `i` at `i * lp`), `v` the values
+/// `[len, dp]` (`d` rounded up to `LANES`, zero past `d`), output row `i` at
+/// `out[i * out_rs..][..d]`.
+#[multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn context((out, out_rs): (&mut [f32], usize), p: &[f32], v: &[f32], (len, d): (usize, usize)) {
+    let (lp, dp) = (p.len() / len, v.len() / len);
+    for ib in (0..len).step_by(ROWS) {
+        let pr: [&[f32]; ROWS] = std::array::from_fn(|r| &p[(ib + r).min(len - 1) * lp..][..len]);
+        for cb in (0..dp).step_by(LANES) {
+            let mut acc = [[0f32; LANES]; ROWS];
+            for (j, v) in v.chunks_exact(dp).enumerate() {
+                let v = v[cb..].first_chunk().expect("dp is a multiple of LANES");
+                fma_tile(&mut acc, std::array::from_fn(|r| pr[r][j]), v);
+            }
+            let n = LANES.min(d - cb);
+            for (r, a) in acc.iter().enumerate().take(len - ib) {
+                out[(ib + r) * out_rs + cb..][..n].copy_from_slice(&a[..n]);
+            }
+        }
+    }
+}
 
 /// Softmax of each `len`-wide row of `p`, in place; compiled for AVX-512 and AVX2 too.
 #[multiversion(targets(
@@ -24,6 +95,42 @@ pub(super) fn softmax_rows(p: &mut [f32], len: usize) {
         let max = super::max(row);
         row.iter_mut().for_each(|x| *x = exp(*x - max));
         let inv = 1.0 / super::sum(row);
+        row.iter_mut().for_each(|x| *x *= inv);
+    }
+}
+
+/// Softmax over the first `len` entries of each `lp`-wide row of `p` (`len <= lp`, `lp` a
+/// multiple of `LANES`), on whole vectors: the entries past `len` are set to `-inf` first and to
+/// 0 after. Rows are short (a pair's tokens), so each row's max and sum fold their lanes as a
+/// tree (a few shuffles) rather than one lane after another.
+#[multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn softmax_padded(p: &mut [f32], lp: usize, len: usize) {
+    #[inline(always)]
+    fn fold(row: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+        let mut acc = [init; LANES];
+        for c in row.chunks_exact(LANES) {
+            for l in 0..LANES {
+                acc[l] = f(acc[l], c[l]);
+            }
+        }
+        let mut w = LANES / 2;
+        while w > 0 {
+            for l in 0..w {
+                acc[l] = f(acc[l], acc[l + w]);
+            }
+            w /= 2;
+        }
+        acc[0]
+    }
+    for row in p.chunks_exact_mut(lp) {
+        row[len..].fill(f32::NEG_INFINITY);
+        let max = fold(row, f32::NEG_INFINITY, |a, b| if a > b { a } else { b });
+        row.iter_mut().for_each(|x| *x = exp(*x - max));
+        row[len..].fill(0.0);
+        let inv = 1.0 / fold(row, 0.0, |a, b| a + b);
         row.iter_mut().for_each(|x| *x *= inv);
     }
 }
@@ -94,6 +201,9 @@ impl Mask {
     }
 }
 
+/// Space for a head's queries and transposed keys (see [`Dims::operands`]).
+type Scratch<'a> = (&'a mut Vec<f32>, &'a mut Vec<f32>);
+
 /// Shape of one call, shared by both passes.
 #[derive(Clone, Copy)]
 struct Dims {
@@ -132,19 +242,54 @@ impl Dims {
         (d.row(s) * self.heads.q as u64 + head as u64) << 32
     }
 
-    /// Softmax probabilities of every query of `head` over the keys, `[len, len]` in `p`.
-    fn probs(&self, qkv: &[f32], len: usize, head: usize, p: &mut [f32]) {
-        let scaled = Product {
-            scale: self.scale,
-            ..Product::SERIAL
-        };
-        let k = self.qkv(qkv, len, 1, head).t();
-        matmul(p, len, self.qkv(qkv, len, 0, head), k, scaled);
+    /// Head `head`'s queries into `q`, `[len, d]`, and keys transposed into `kt`, `[d, lp]`,
+    /// zero past `len`: the layouts [`scores`] reads from (contiguous, so they stay in L1
+    /// across the tiles, where a token's QKV row is thousands of bytes wide).
+    fn operands(&self, x: &[f32], len: usize, head: usize, (q, kt): Scratch) {
+        let (d, width, col) = (self.heads.d, self.heads.width(), self.column(1, head));
+        self.gather(x, len, (0, head), d, q);
+        let lp = len.next_multiple_of(LANES);
+        kt.clear();
+        kt.resize(d * lp, 0.0);
+        for (c, dst) in kt.chunks_exact_mut(lp).enumerate() {
+            for (t, row) in dst.iter_mut().zip(x.chunks_exact(width).take(len)) {
+                *t = row[col + c];
+            }
+        }
+    }
+
+    /// Head `head`'s part `part` (0: Q, 2: V) into `buf`, `[len, dp]` (`dp >= d`, zero past
+    /// `d`).
+    fn gather(
+        &self,
+        x: &[f32],
+        len: usize,
+        (part, head): (usize, usize),
+        dp: usize,
+        buf: &mut Vec<f32>,
+    ) {
+        let (d, c0) = (self.heads.d, self.column(part, head));
+        buf.clear();
+        buf.resize(len * dp, 0.0);
+        for (dst, row) in buf
+            .chunks_exact_mut(dp)
+            .zip(x.chunks_exact(self.heads.width()))
+        {
+            dst[..d].copy_from_slice(&row[c0..c0 + d]);
+        }
+    }
+
+    /// Softmax probabilities of every query of `head` over the keys into `p`, `[len, lp]`
+    /// with zeros past `len`.
+    fn probs(&self, qkv: &[f32], len: usize, head: usize, (q, kt): Scratch, p: &mut [f32]) {
+        self.operands(qkv, len, head, (q, kt));
+        scores(p, q, kt, (len, self.heads.d), self.scale);
+        let lp = p.len() / len;
         if self.mask == Mask::All {
-            return softmax_rows(p, len);
+            return softmax_padded(p, lp, len);
         }
         // Softmax over the keys each query sees alone; the others get probability 0.
-        for (i, row) in p.chunks_exact_mut(len).enumerate() {
+        for (i, row) in p.chunks_exact_mut(lp).enumerate() {
             let (lo, hi) = self.mask.keys(i, len);
             softmax_rows(&mut row[lo..hi], hi - lo);
             row[..lo].fill(0.0);
@@ -152,9 +297,13 @@ impl Dims {
         }
     }
 
-    fn drop(&self, dropout: Option<Dropout>, s: usize, head: usize, p: &mut [f32]) {
+    /// Drops entries of `p` (`[len, lp]`), probability `(i, j)` by its index `i * len + j`.
+    fn drop(&self, dropout: Option<Dropout>, (s, len): (usize, usize), head: usize, p: &mut [f32]) {
         if let Some(d) = dropout {
-            d.apply_from(p, self.dropout_base(&d, s, head));
+            let base = self.dropout_base(&d, s, head);
+            for (i, row) in p.chunks_exact_mut(p.len() / len).enumerate() {
+                d.apply_from(&mut row[..len], base + (i * len) as u64);
+            }
         }
     }
 }
@@ -197,13 +346,14 @@ pub fn forward(
                 return;
             }
             let x = &qkv[o * width..(o + len) * width];
-            let mut p = vec![0f32; len * len];
+            let mut p = vec![0f32; len * len.next_multiple_of(LANES)];
+            let (mut q, mut kt, mut v) = (Vec::new(), Vec::new(), Vec::new());
+            let dp = heads.d.next_multiple_of(LANES);
             for head in 0..heads.q {
-                dm.probs(x, len, head, &mut p);
-                dm.drop(dropout, s, head, &mut p);
-                let v = dm.qkv(x, len, 2, head);
-                let pv = View::rows(&p, len, len, len);
-                matmul(&mut out[head * heads.d..], h, pv, v, Product::SERIAL);
+                dm.probs(x, len, head, (&mut q, &mut kt), &mut p);
+                dm.drop(dropout, (s, len), head, &mut p);
+                dm.gather(x, len, (2, head), dp, &mut v);
+                context((&mut out[head * heads.d..], h), &p, &v, (len, heads.d));
             }
         });
 }
@@ -233,31 +383,34 @@ pub fn backward(
             }
             let x = &qkv[o * width..(o + len) * width];
             let dout = &dctx[o * h..(o + len) * h];
+            // Probabilities and their gradients, `[len, lp]` with zeros past `len`.
+            let lp = len.next_multiple_of(LANES);
             let (mut p, mut pd, mut dp) = (
-                vec![0f32; len * len],
-                vec![0f32; len * len],
-                vec![0f32; len * len],
+                vec![0f32; len * lp],
+                vec![0f32; len * lp],
+                vec![0f32; len * lp],
             );
+            let (mut q, mut kt) = (Vec::new(), Vec::new());
             for head in 0..heads.q {
                 let c = head * heads.d;
                 let dout_h = View::rows(&dout[c..], len, heads.d, h);
-                dm.probs(x, len, head, &mut p);
+                dm.probs(x, len, head, (&mut q, &mut kt), &mut p);
                 pd.copy_from_slice(&p);
-                dm.drop(dropout, s, head, &mut pd);
+                dm.drop(dropout, (s, len), head, &mut pd);
                 // The group's first query head writes its key and value gradients, the rest add.
                 let shared = Product {
                     accumulate: head % group != 0,
                     ..Product::SERIAL
                 };
                 // dV = P_dropᵀ dO; dP = (dO Vᵀ) * keep.
-                let pdv = View::rows(&pd, len, len, len).t();
+                let pdv = View::rows(&pd, len, len, lp).t();
                 matmul(&mut dx[dm.column(2, head)..], width, pdv, dout_h, shared);
                 let vt = dm.qkv(x, len, 2, head).t();
-                matmul(&mut dp, len, dout_h, vt, Product::SERIAL);
-                dm.drop(dropout, s, head, &mut dp);
+                matmul(&mut dp, lp, dout_h, vt, Product::SERIAL);
+                dm.drop(dropout, (s, len), head, &mut dp);
                 // dS in place of dP; then dQ and dK.
-                softmax_backward_rows(&mut dp, &p, len, dm.scale);
-                let ds = View::rows(&dp, len, len, len);
+                softmax_backward_rows(&mut dp, &p, lp, dm.scale);
+                let ds = View::rows(&dp, len, len, lp);
                 let (q, k) = (dm.qkv(x, len, 0, head), dm.qkv(x, len, 1, head));
                 matmul(&mut dx[c..], width, ds, k, Product::SERIAL);
                 matmul(&mut dx[dm.column(1, head)..], width, ds.t(), q, shared);
@@ -309,21 +462,27 @@ mod tests {
 
     #[test]
     fn matches_composed_values_and_gradients() {
-        let offsets = [0, 4, 11, 12];
-        let n = 12;
-        // Multi-head, and grouped-query (4 query heads on 2 key/value heads); every head
-        // sees all keys, a window narrower than a sequence (2) or than none (8), or the past.
-        for heads in [Heads::new(24, 3), Heads { q: 4, kv: 2, d: 6 }] {
+        // Multi-head, and grouped-query (4 query heads on 2 key/value heads); heads narrower
+        // than the kernels' vectors, as wide (32), and one and a bit (20); sequences shorter
+        // and longer than a vector of keys (16). Every head sees all keys, a window narrower
+        // than a sequence (2) or than none (8), or the past.
+        for (offsets, heads) in [
+            (&[0, 4, 11, 12][..], Heads::new(24, 3)),
+            (&[0, 4, 11, 12], Heads { q: 4, kv: 2, d: 6 }),
+            (&[0, 21, 38, 39], Heads::new(64, 2)),
+            (&[0, 17, 50], Heads { q: 4, kv: 2, d: 20 }),
+        ] {
+            let n = *offsets.last().unwrap();
             let qkv = randn(n * heads.width(), 1.0, 1);
             let probe = randn(n * heads.out_width(), 1.0, 2);
             let qv = var(&qkv, &[n, heads.width()]);
             for mask in [Mask::All, Mask::Window(2), Mask::Window(8), Mask::Causal] {
-                let (want, g) = reference(composed(&qv, &offsets, heads, mask), &probe, &[&qv]);
+                let (want, g) = reference(composed(&qv, offsets, heads, mask), &probe, &[&qv]);
                 let mut ctx = vec![f32::NAN; n * heads.out_width()];
-                forward(&mut ctx, &qkv, &offsets, heads, mask, None);
+                forward(&mut ctx, &qkv, offsets, heads, mask, None);
                 assert!(max_diff(&ctx, &want) < 1e-5, "{heads:?} {mask:?}");
                 let mut dqkv = vec![f32::NAN; n * heads.width()];
-                backward(&mut dqkv, &probe, &qkv, &offsets, heads, mask, None);
+                backward(&mut dqkv, &probe, &qkv, offsets, heads, mask, None);
                 let d = rel_diff(&dqkv, &g[0]);
                 assert!(
                     d < 1e-4,
