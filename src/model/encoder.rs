@@ -17,6 +17,7 @@ use super::{add, fit, LayerNorm, Linear};
 use crate::ops::activation::Half;
 use crate::ops::attention::{Heads, Mask};
 use crate::ops::disentangled::{self, Relative};
+use crate::ops::int8::QuantizedRows;
 use crate::ops::linear::InputGrad;
 use crate::ops::profile::timed;
 use crate::ops::rotary::Rotary;
@@ -236,6 +237,8 @@ pub struct LayerActs {
     /// Input of the output LayerNorm and its row stats.
     z2: Vec<f32>,
     st2: Vec<f32>,
+    /// int8 scoring: the activation quantized as the output projection's input.
+    a_int8: QuantizedRows,
 }
 
 /// Gradient buffers of one layer's backward, shared by all layers.
@@ -418,21 +421,33 @@ impl Layer {
             let (y1, st1) = (&mut acts.y1, &mut acts.st1);
             self.attention_norm.forward(w, &acts.z1, y1, st1)
         });
-        timed("fwd intermediate", || {
-            self.intermediate.forward(w, &acts.y1, &mut acts.u)
-        });
-        timed("fwd activation", || match self.glu {
-            true => {
-                fit(&mut acts.g, n * m);
-                self.act
-                    .glu_forward(&mut acts.a, &mut acts.g, &acts.u, m, Half::Second);
-                dropout::apply(self.glu_dropout(pass, n), &mut acts.a);
-            }
-            false => self.act.forward(&mut acts.a, &acts.u),
-        });
-        timed("fwd output", || {
-            self.output.forward(w, &acts.a, &mut acts.z2)
-        });
+        if self.intermediate.is_quantized() && !self.glu {
+            // int8 scoring: the activation and its quantization in the product's epilogue.
+            timed("fwd intermediate + activation", || {
+                let (u, q) = (&mut acts.u, &mut acts.a_int8);
+                self.intermediate
+                    .forward_quantizing(w, &acts.y1, u, self.act, q)
+            });
+            timed("fwd output", || {
+                self.output.forward_quantized(w, &acts.a_int8, &mut acts.z2)
+            });
+        } else {
+            timed("fwd intermediate", || {
+                self.intermediate.forward(w, &acts.y1, &mut acts.u)
+            });
+            timed("fwd activation", || match self.glu {
+                true => {
+                    fit(&mut acts.g, n * m);
+                    self.act
+                        .glu_forward(&mut acts.a, &mut acts.g, &acts.u, m, Half::Second);
+                    dropout::apply(self.glu_dropout(pass, n), &mut acts.a);
+                }
+                false => self.act.forward(&mut acts.a, &acts.u),
+            });
+            timed("fwd output", || {
+                self.output.forward(w, &acts.a, &mut acts.z2)
+            });
+        }
         timed("fwd dropout + residual", || {
             dropout::apply(drop_ffn, &mut acts.z2);
             add(&mut acts.z2, &acts.y1);

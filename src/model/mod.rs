@@ -43,11 +43,11 @@ use head::{Head, HeadActs};
 use tokenize::Tokens;
 use weights::{two_mut, Weights};
 
-use crate::ops::int8::QuantizedWeight;
+use crate::ops::int8::{QuantizedRows, QuantizedWeight};
 use crate::ops::linear::WeightLayout;
 use crate::ops::profile::timed;
 use crate::ops::rotary::Rotary;
-use crate::ops::{layer_norm, linear, Pass};
+use crate::ops::{layer_norm, linear, Act, Pass};
 
 /// `torch.nn.LayerNorm`'s parameters: where its weight and bias live in the flat buffer.
 #[derive(Debug, Clone)]
@@ -184,12 +184,38 @@ impl Linear {
     pub fn forward(&self, w: &[f32], x: &[f32], y: &mut [f32]) {
         let bias = self.bias.clone().map(|b| &w[b]);
         match &self.int8 {
-            Some(q) => q.forward(y, x, bias),
+            Some(q) => q.forward(y, x, bias, None),
             None => {
                 let weight = &w[self.weight.clone()];
                 linear::forward(y, x, weight, bias, self.in_dim, self.layout)
             }
         }
+    }
+
+    pub fn is_quantized(&self) -> bool {
+        self.int8.is_some()
+    }
+
+    /// int8 scoring: `y = x · Wᵀ + b`, and `act(y)` quantized into `next` as the input of the
+    /// next layer's [`Linear::forward_quantized`]. For a quantized layer only.
+    pub fn forward_quantizing(
+        &self,
+        w: &[f32],
+        x: &[f32],
+        y: &mut [f32],
+        act: Act,
+        next: &mut QuantizedRows,
+    ) {
+        let bias = self.bias.clone().map(|b| &w[b]);
+        let q = self.int8.as_ref().expect("a quantized layer");
+        q.forward(y, x, bias, Some((act, next)));
+    }
+
+    /// int8 scoring from rows quantized ahead (by [`Linear::forward_quantizing`]).
+    pub fn forward_quantized(&self, w: &[f32], x: &QuantizedRows, y: &mut [f32]) {
+        let bias = self.bias.clone().map(|b| &w[b]);
+        let q = self.int8.as_ref().expect("a quantized layer");
+        q.forward_quantized(y, x, bias, None);
     }
 
     pub fn backward(&self, w: &[f32], g: &mut [f32], dy: &[f32], x: &[f32], dx: linear::InputGrad) {

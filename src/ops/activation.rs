@@ -164,7 +164,8 @@ impl Act {
             .for_each(|((dc, xc), yc)| self.serial_backward(dc, xc, yc));
     }
 
-    fn serial_forward(self, y: &mut [f32], x: &[f32]) {
+    /// `y = act(x)` on the calling thread.
+    pub(crate) fn serial_forward(self, y: &mut [f32], x: &[f32]) {
         match self {
             Act::Gelu => map(y, x, |v| Act::Gelu.f(v)),
             Act::GeluTanh => map(y, x, |v| Act::GeluTanh.f(v)),

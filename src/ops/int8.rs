@@ -18,7 +18,7 @@ use rten_tensor::NdTensorView;
 use std::cell::RefCell;
 
 use super::linear::WeightLayout;
-use super::ROW_BLOCK;
+use super::{Act, ROW_BLOCK};
 
 thread_local! {
     /// rten's executor is not `Sync`; every thread's picks the same kernel, so weights packed
@@ -101,24 +101,61 @@ impl QuantizedWeight {
         }
     }
 
-    /// `y` (`[rows, out]`) = `x` (`[rows, in]`) · `w`ᵀ (+ `bias`), the product in int8.
-    pub fn forward(&self, y: &mut [f32], x: &[f32], bias: Option<&[f32]>) {
-        let (k, n) = (self.in_dim, self.out_dim);
-        let rows = x.len() / k;
+    /// `y` (`[rows, out]`) = `x` (`[rows, in]`) · `w`ᵀ (+ `bias`), the product in int8; `next`
+    /// as in [`QuantizedWeight::forward_quantized`].
+    pub fn forward(
+        &self,
+        y: &mut [f32],
+        x: &[f32],
+        bias: Option<&[f32]>,
+        next: Option<(Act, &mut QuantizedRows)>,
+    ) {
+        INPUT.with_borrow_mut(|input| {
+            input.quantize(x, self.in_dim);
+            self.forward_quantized(y, input, bias, next)
+        });
+    }
+
+    /// `y` = `x` · `w`ᵀ (+ `bias`) from rows quantized ahead; with `next`, also `act(y)`
+    /// quantized into `next.1` in the same pass over each block of rows, as the next product's
+    /// input: the activation is never written out in f32, nor read back to be quantized.
+    pub fn forward_quantized(
+        &self,
+        y: &mut [f32],
+        x: &QuantizedRows,
+        bias: Option<&[f32]>,
+        mut next: Option<(Act, &mut QuantizedRows)>,
+    ) {
+        let (rows, n) = (x.scale.len(), self.out_dim);
+        if let Some((_, q)) = &mut next {
+            q.resize(rows, n);
+        }
         if rows == 0 {
             return;
         }
         let y = &mut y[..rows * n];
-        INPUT.with_borrow_mut(|input| {
-            input.quantize(x, k);
-            product(as_i32(y), &input.values, &self.packed);
-            y.par_chunks_mut(n * ROW_BLOCK)
-                .zip(input.scale.par_chunks(ROW_BLOCK))
-                .zip(input.zero.par_chunks(ROW_BLOCK))
-                .for_each(|((yb, sb), zb)| {
-                    dequantize_rows(yb, sb, zb, &self.scales, &self.col_sums, bias, n)
-                });
-        });
+        product(as_i32(y), &x.values, &self.packed);
+        let blocks = y
+            .par_chunks_mut(n * ROW_BLOCK)
+            .zip(x.scale.par_chunks(ROW_BLOCK))
+            .zip(x.zero.par_chunks(ROW_BLOCK));
+        let dequantize = |yb: &mut [f32], sb: &[f32], zb: &[u8]| {
+            dequantize_rows(yb, sb, zb, &self.scales, &self.col_sums, bias, n)
+        };
+        match next {
+            None => blocks.for_each(|((yb, sb), zb)| dequantize(yb, sb, zb)),
+            Some((act, q)) => {
+                blocks.zip(q.blocks_mut(n)).for_each_init(
+                    Vec::new,
+                    |a, (((yb, sb), zb), ((qv, qs), qz))| {
+                        dequantize(yb, sb, zb);
+                        a.resize(yb.len(), 0.0);
+                        act.serial_forward(a, yb);
+                        quantize_rows(qv, qs, qz, a, n);
+                    },
+                );
+            }
+        }
     }
 }
 
@@ -168,9 +205,9 @@ fn product(acc: &mut [i32], a: &[u8], b: &PackedBMatrix<i8>) {
         .expect("int8 product shapes are checked by the caller");
 }
 
-/// A quantized input: u8 values `[rows, k]`, and each row's scale and zero point.
+/// Rows quantized for a product: u8 values `[rows, k]`, and each row's scale and zero point.
 #[derive(Default)]
-struct Input {
+pub struct QuantizedRows {
     values: Vec<u8>,
     scale: Vec<f32>,
     zero: Vec<u8>,
@@ -178,22 +215,34 @@ struct Input {
 
 thread_local! {
     /// Reused from call to call, so scoring allocates nothing per layer.
-    static INPUT: RefCell<Input> = RefCell::default();
+    static INPUT: RefCell<QuantizedRows> = RefCell::default();
 }
 
-impl Input {
+impl QuantizedRows {
     /// Quantizes the rows of `x` (`[rows, k]`), each over its own range (0 included).
     fn quantize(&mut self, x: &[f32], k: usize) {
-        let rows = x.len() / k;
+        self.resize(x.len() / k, k);
+        self.blocks_mut(k)
+            .zip(x.par_chunks(k * ROW_BLOCK))
+            .for_each(|(((q, s), z), xb)| quantize_rows(q, s, z, xb, k));
+    }
+
+    fn resize(&mut self, rows: usize, k: usize) {
         self.values.resize(rows * k, 0);
         self.scale.resize(rows, 0.0);
         self.zero.resize(rows, 0);
+    }
+
+    /// Blocks of `ROW_BLOCK` rows: their values, scales and zero points.
+    #[allow(clippy::type_complexity)]
+    fn blocks_mut(
+        &mut self,
+        k: usize,
+    ) -> impl IndexedParallelIterator<Item = ((&mut [u8], &mut [f32]), &mut [u8])> {
         self.values
             .par_chunks_mut(k * ROW_BLOCK)
             .zip(self.scale.par_chunks_mut(ROW_BLOCK))
             .zip(self.zero.par_chunks_mut(ROW_BLOCK))
-            .zip(x.par_chunks(k * ROW_BLOCK))
-            .for_each(|(((q, s), z), xb)| quantize_rows(q, s, z, xb, k));
     }
 }
 
@@ -324,9 +373,9 @@ mod tests {
         let w = randn(o * i, 0.1, 6);
         let b = randn(o, 0.1, 7);
         let mut y = vec![f32::NAN; rows * o];
-        QuantizedWeight::new(&w, i, WeightLayout::OutIn).forward(&mut y, &x, Some(&b));
+        QuantizedWeight::new(&w, i, WeightLayout::OutIn).forward(&mut y, &x, Some(&b), None);
         let (q, scales) = quantize_weight(&w, i, WeightLayout::OutIn);
-        let mut input = Input::default();
+        let mut input = QuantizedRows::default();
         input.quantize(&x, i);
         for r in 0..rows {
             for j in 0..o {
@@ -352,11 +401,39 @@ mod tests {
         let wt: Vec<f32> = (0..i * o).map(|k| w[(k % o) * i + k / o]).collect();
         for (weight, layout) in [(&w, WeightLayout::OutIn), (&wt, WeightLayout::InOut)] {
             let mut y = vec![f32::NAN; rows * o];
-            QuantizedWeight::new(weight, i, layout).forward(&mut y, &x, Some(&b));
+            QuantizedWeight::new(weight, i, layout).forward(&mut y, &x, Some(&b), None);
             let err = rel_diff(&y, &want);
             assert!(err < 0.02, "{layout:?}: {err}");
             assert!(err > 0.0, "int8 cannot be exact on random weights");
         }
+    }
+
+    #[test]
+    fn the_fused_activation_equals_the_separate_passes_exactly() {
+        // Two layers, 70 rows (more than one block of rows, the last one short).
+        let (rows, i, m, o) = (70, 24, 40, 8);
+        let x = randn(rows * i, 1.0, 8);
+        let (w1, b1) = (randn(m * i, 0.3, 9), randn(m, 0.1, 10));
+        let (w2, b2) = (randn(o * m, 0.3, 11), randn(o, 0.1, 12));
+        let first = QuantizedWeight::new(&w1, i, WeightLayout::OutIn);
+        let second = QuantizedWeight::new(&w2, m, WeightLayout::OutIn);
+        let (mut u, mut a, mut want) = (
+            vec![0f32; rows * m],
+            vec![0f32; rows * m],
+            vec![0f32; rows * o],
+        );
+        first.forward(&mut u, &x, Some(&b1), None);
+        Act::Gelu.forward(&mut a, &u);
+        second.forward(&mut want, &a, Some(&b2), None);
+        let (mut fused_u, mut got, mut q) = (
+            vec![0f32; rows * m],
+            vec![0f32; rows * o],
+            QuantizedRows::default(),
+        );
+        first.forward(&mut fused_u, &x, Some(&b1), Some((Act::Gelu, &mut q)));
+        second.forward_quantized(&mut got, &q, Some(&b2), None);
+        assert_eq!(fused_u, u);
+        assert_eq!(got, want);
     }
 
     #[test]
@@ -365,7 +442,7 @@ mod tests {
         let mut x = randn(3 * k, 2.0, 4);
         x[..k].iter_mut().for_each(|v| *v = v.abs() + 1.0); // all positive: zero point 0
         x[k..2 * k].fill(0.0); // a zero row
-        let mut input = Input::default();
+        let mut input = QuantizedRows::default();
         input.quantize(&x, k);
         for r in 0..3 {
             let (s, z) = (input.scale[r], input.zero[r] as f32);
