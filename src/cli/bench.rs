@@ -72,12 +72,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let train_b = bench::train_steps(&mut ce, &train, args.batch_size, args.steps)?;
     let profile = crate::ops::profile::take();
     crate::ops::profile::enable(false);
+    // Before the matmul and bandwidth probes, whose buffers would count in it.
+    let rss = bench::peak_rss_mb();
     let (h, i) = (ce.config.hidden_size, ce.config.intermediate_size);
     let peak = bench::matmul_peak(512, h, i);
     let bandwidth = bench::memory_bandwidth();
     let params = ce.model.weights.len();
     let floor = bench::step_floor(train_b.flops_per_step, params, peak, bandwidth);
-    let rss = bench::peak_rss_mb();
     // int8 scoring on a second copy, after the training figures (and their peak RSS).
     let mut int8 = load()?;
     int8.batch_size = args.eval_batch_size;
