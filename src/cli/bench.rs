@@ -265,8 +265,11 @@ fn append_row(path: &std::path::Path, r: &Value) -> Result<()> {
     if old.is_empty() {
         writeln!(f, "# Benchmarks\n\nRows appended by `crossenc bench`. Train: pairs/s over timed steps of batch 16 (length-grouped, dropout on); inference: STS-B test, batch 32, sorted by length.")?;
     }
-    if !old.lines().any(|l| l == HEADER) {
-        let columns = HEADER.matches('|').count() - 1;
+    // A new table (header and separator) unless the file ends in a row of this one.
+    let bars = HEADER.matches('|').count();
+    let last = old.lines().rev().find(|l| !l.trim().is_empty());
+    if !last.is_some_and(|l| l.starts_with('|') && l.matches('|').count() == bars) {
+        let columns = bars - 1;
         writeln!(f, "\n{HEADER}\n{}|", "| --- ".repeat(columns))?;
     }
     let g = |p: &str| {
@@ -308,4 +311,30 @@ fn append_row(path: &std::path::Path, r: &Value) -> Result<()> {
         g("/ratio_int8_ort_int8"),
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_go_under_a_header_of_their_own_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("BENCHMARKS.md");
+        let report = json!({"cpu": "test cpu", "threads": 2, "train": {"pairs_per_s": 1.5}});
+        let headers = |text: &str| text.lines().filter(|l| *l == HEADER).count();
+        // A file ending in prose: a new table starts, and the next row joins it.
+        std::fs::write(
+            &path,
+            format!("# B\n\n{HEADER}\n| old row |\n\nSome prose.\n"),
+        )
+        .unwrap();
+        append_row(&path, &report).unwrap();
+        append_row(&path, &report).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(headers(&text), 2, "{text}");
+        let tail: Vec<&str> = text.lines().rev().take(4).collect();
+        assert!(tail[0].contains("test cpu, 2") && tail[1].contains("test cpu, 2"));
+        assert!(tail[2].starts_with("| --- ") && tail[3] == HEADER, "{text}");
+    }
 }
