@@ -15,14 +15,13 @@ use rayon::prelude::*;
 
 use super::activation::exp;
 use super::matmul::{matmul, Product, View};
-use super::Dropout;
+// `LANES` (16 floats: one AVX-512 vector, two AVX2 ones) are also the keys (in [`scores`]) or
+// output columns (in [`context`]) of a register tile; a head's probabilities are `[len, len
+// rounded up to LANES]`, so softmax runs on whole vectors too.
+use super::{Dropout, LANES};
 
 /// Query rows of a register tile in [`scores`] and [`context`].
 const ROWS: usize = 4;
-/// Keys (in [`scores`]) or output columns (in [`context`]) of a register tile: one AVX-512
-/// vector, two AVX2 ones. A head's probabilities are `[len, len rounded up to LANES]`, so
-/// softmax runs on whole vectors too.
-const LANES: usize = 16;
 
 /// `acc[r] += a[r] · b` for a tile: `ROWS` broadcasts times one vector.
 #[inline(always)]
@@ -108,14 +107,10 @@ pub(super) fn softmax_rows(p: &mut [f32], len: usize) {
     "x86_64+avx2+fma"
 ))]
 fn softmax_padded(p: &mut [f32], lp: usize, len: usize) {
+    /// [`super::lanes`], then its lanes folded pairwise.
     #[inline(always)]
     fn fold(row: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
-        let mut acc = [init; LANES];
-        for c in row.chunks_exact(LANES) {
-            for l in 0..LANES {
-                acc[l] = f(acc[l], c[l]);
-            }
-        }
+        let mut acc = super::lanes(row, init, &f);
         let mut w = LANES / 2;
         while w > 0 {
             for l in 0..w {
