@@ -1,12 +1,14 @@
 //! Multi-head self-attention over a packed batch: the rows of every sequence lie back to back
 //! (`offsets[s]..offsets[s + 1]`), with no padding, so no padding mask is needed and no work is
 //! spent on pad tokens. Forward and backward each run one task per sequence. The forward's two
-//! products (`q kᵀ` and `p v`) are register-tiled kernels below: a head of a short pair is a
+//! products (`k qᵀ` and `p v`) are register-tiled kernels below: a head of a short pair is a
 //! product of some 30 x 32 x 30, where a general `gemm` call spends most of its time packing and
-//! dispatching (measured: 384 ms of a scoring pass of STS-B test with strided `gemm` calls). The
-//! backward's products are strided `gemm` calls on the head's columns of the fused QKV
-//! projection. The probabilities are recomputed in the backward pass (as flash attention does)
-//! instead of being stored. [`Mask`] limits the keys a query sees: a sliding
+//! dispatching (measured: 384 ms of a scoring pass of STS-B test with strided `gemm` calls). A
+//! head's probabilities are kept transposed, a row per key and a column per query, so softmax
+//! runs down the columns with whole-vector max and sum and no lane folding (measured in a
+//! scoring pass: 341-387 -> 255-277 ms, 0.31-0.33 -> 0.24 of the QKV product's time). The backward's products are strided `gemm` calls on the head's columns of the
+//! fused QKV projection. The probabilities are recomputed in the backward pass (as flash
+//! attention does) instead of being stored. [`Mask`] limits the keys a query sees: a sliding
 //! window (ModernBERT's local layers) or the past (a causal LM); [`Heads`] allows fewer key/value
 //! heads than query heads (grouped-query attention).
 
@@ -15,12 +17,12 @@ use rayon::prelude::*;
 
 use super::activation::exp;
 use super::matmul::{matmul, Product, View};
-// `LANES` (16 floats: one AVX-512 vector, two AVX2 ones) are also the keys (in [`scores`]) or
-// output columns (in [`context`]) of a register tile; a head's probabilities are `[len, len
-// rounded up to LANES]`, so softmax runs on whole vectors too.
+// `LANES` (16 floats: one AVX-512 vector, two AVX2 ones) are also the queries (in [`scores`])
+// or output columns (in [`context`]) of a register tile; a head's transposed probabilities are
+// `[len, len rounded up to LANES]`, so softmax runs on whole vectors too.
 use super::{Dropout, LANES};
 
-/// Query rows of a register tile in [`scores`] and [`context`].
+/// Key rows (in [`scores`]) or query rows (in [`context`]) of a register tile.
 const ROWS: usize = 4;
 
 /// `acc[r] += a[r] · b` for a tile: `ROWS` broadcasts times one vector.
@@ -33,48 +35,50 @@ fn fma_tile(acc: &mut [[f32; LANES]; ROWS], a: [f32; ROWS], b: &[f32; LANES]) {
     }
 }
 
-/// `p = scale · q kᵀ` for one head of a `len`-token sequence, `p` row `i` at `i * lp` where
-/// `kt` (the keys transposed) is `[d, lp]`, zero past `len`, and `q` is `[len, d]`. Tiles of
-/// `ROWS` queries by `LANES` keys stay in registers over the `d` products.
+/// `pt = scale · k qᵀ` (the scores transposed) for one head of a `len`-token sequence, key
+/// `j`'s row at `j * lp`, where `qt` (the queries transposed) is `[d, lp]`, zero past `len`,
+/// and `k` is `[len, d]`. Tiles of `ROWS` keys by `LANES` queries stay in registers over the
+/// `d` products.
 #[multiversion(targets(
     "x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma",
     "x86_64+avx2+fma"
 ))]
-fn scores(p: &mut [f32], q: &[f32], kt: &[f32], (len, d): (usize, usize), scale: f32) {
-    let lp = kt.len() / d;
-    for ib in (0..len).step_by(ROWS) {
+fn scores(pt: &mut [f32], k: &[f32], qt: &[f32], (len, d): (usize, usize), scale: f32) {
+    let lp = qt.len() / d;
+    for jb in (0..len).step_by(ROWS) {
         // Rows past the sequence repeat its last; their results are not written.
-        let q: [&[f32]; ROWS] = std::array::from_fn(|r| &q[(ib + r).min(len - 1) * d..][..d]);
-        for jb in (0..lp).step_by(LANES) {
+        let k: [&[f32]; ROWS] = std::array::from_fn(|r| &k[(jb + r).min(len - 1) * d..][..d]);
+        for ib in (0..lp).step_by(LANES) {
             let mut acc = [[0f32; LANES]; ROWS];
-            for (c, k) in kt.chunks_exact(lp).enumerate() {
-                let k = k[jb..].first_chunk().expect("lp is a multiple of LANES");
-                fma_tile(&mut acc, std::array::from_fn(|r| q[r][c]), k);
+            for (c, q) in qt.chunks_exact(lp).enumerate() {
+                let q = q[ib..].first_chunk().expect("lp is a multiple of LANES");
+                fma_tile(&mut acc, std::array::from_fn(|r| k[r][c]), q);
             }
-            for (r, a) in acc.iter().enumerate().take(len - ib) {
-                let row = &mut p[(ib + r) * lp + jb..][..LANES];
+            for (r, a) in acc.iter().enumerate().take(len - jb) {
+                let row = &mut pt[(jb + r) * lp + ib..][..LANES];
                 row.iter_mut().zip(a).for_each(|(o, a)| *o = a * scale);
             }
         }
     }
 }
 
-/// `out = p v` for one head: `p` the probabilities (row `i` at `i * lp`), `v` the values
-/// `[len, dp]` (`d` rounded up to `LANES`, zero past `d`), output row `i` at
+/// `out = p v` for one head: `pt` the probabilities transposed (key `j`'s row at `j * lp`),
+/// `v` the values `[len, dp]` (`d` rounded up to `LANES`, zero past `d`), output row `i` at
 /// `out[i * out_rs..][..d]`.
 #[multiversion(targets(
     "x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma",
     "x86_64+avx2+fma"
 ))]
-fn context((out, out_rs): (&mut [f32], usize), p: &[f32], v: &[f32], (len, d): (usize, usize)) {
-    let (lp, dp) = (p.len() / len, v.len() / len);
+fn context((out, out_rs): (&mut [f32], usize), pt: &[f32], v: &[f32], (len, d): (usize, usize)) {
+    let (lp, dp) = (pt.len() / len, v.len() / len);
     for ib in (0..len).step_by(ROWS) {
-        let pr: [&[f32]; ROWS] = std::array::from_fn(|r| &p[(ib + r).min(len - 1) * lp..][..len]);
         for cb in (0..dp).step_by(LANES) {
             let mut acc = [[0f32; LANES]; ROWS];
-            for (j, v) in v.chunks_exact(dp).enumerate() {
+            for (p, v) in pt.chunks_exact(lp).zip(v.chunks_exact(dp)) {
                 let v = v[cb..].first_chunk().expect("dp is a multiple of LANES");
-                fma_tile(&mut acc, std::array::from_fn(|r| pr[r][j]), v);
+                // `ib + ROWS <= lp`: rows past the sequence read padding, and are not written.
+                let p = p[ib..].first_chunk().expect("lp is a multiple of ROWS");
+                fma_tile(&mut acc, *p, v);
             }
             let n = LANES.min(d - cb);
             for (r, a) in acc.iter().enumerate().take(len - ib) {
@@ -98,35 +102,70 @@ pub(super) fn softmax_rows(p: &mut [f32], len: usize) {
     }
 }
 
-/// Softmax over the first `len` entries of each `lp`-wide row of `p` (`len <= lp`, `lp` a
-/// multiple of `LANES`), on whole vectors: the entries past `len` are set to `-inf` first and to
-/// 0 after. Rows are short (a pair's tokens), so each row's max and sum fold their lanes as a
-/// tree (a few shuffles) rather than one lane after another.
+/// The vector of `row` at column `c` (a multiple of `LANES`, as the row's length is).
+#[inline(always)]
+fn vector(row: &mut [f32], c: usize) -> &mut [f32; LANES] {
+    row[c..].first_chunk_mut().expect("rows are whole vectors")
+}
+
+/// Softmax down each column of `pt` (rows `lp` wide, a multiple of `LANES`): the columns are
+/// queries and the rows keys, so the max and the sum run across rows, whole vectors at a time.
 #[multiversion(targets(
     "x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma",
     "x86_64+avx2+fma"
 ))]
-fn softmax_padded(p: &mut [f32], lp: usize, len: usize) {
-    /// [`super::lanes`], then its lanes folded pairwise.
-    #[inline(always)]
-    fn fold(row: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
-        let mut acc = super::lanes(row, init, &f);
-        let mut w = LANES / 2;
-        while w > 0 {
-            for l in 0..w {
-                acc[l] = f(acc[l], acc[l + w]);
+fn softmax_columns(pt: &mut [f32], lp: usize) {
+    for c in (0..lp).step_by(LANES) {
+        let mut max = [f32::NEG_INFINITY; LANES];
+        for row in pt.chunks_exact_mut(lp) {
+            let x = vector(row, c);
+            for l in 0..LANES {
+                max[l] = if x[l] > max[l] { x[l] } else { max[l] };
             }
-            w /= 2;
         }
-        acc[0]
+        let mut sum = [0f32; LANES];
+        for row in pt.chunks_exact_mut(lp) {
+            let x = vector(row, c);
+            for l in 0..LANES {
+                x[l] = exp(x[l] - max[l]);
+                sum[l] += x[l];
+            }
+        }
+        let inv: [f32; LANES] = std::array::from_fn(|l| 1.0 / sum[l]);
+        for row in pt.chunks_exact_mut(lp) {
+            let x = vector(row, c);
+            for l in 0..LANES {
+                x[l] *= inv[l];
+            }
+        }
     }
-    for row in p.chunks_exact_mut(lp) {
-        row[len..].fill(f32::NEG_INFINITY);
-        let max = fold(row, f32::NEG_INFINITY, |a, b| if a > b { a } else { b });
-        row.iter_mut().for_each(|x| *x = exp(*x - max));
-        row[len..].fill(0.0);
-        let inv = 1.0 / fold(row, 0.0, |a, b| a + b);
-        row.iter_mut().for_each(|x| *x *= inv);
+}
+
+/// [`softmax_columns`]' backward: `dSᵀ = Pᵀ (dPᵀ - colsum(Pᵀ dPᵀ)) * scale`, in place of
+/// `dpt`.
+#[multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn softmax_columns_backward(dpt: &mut [f32], pt: &[f32], lp: usize, scale: f32) {
+    for c in (0..lp).step_by(LANES) {
+        let at = |row: &[f32]| -> [f32; LANES] {
+            *row[c..].first_chunk().expect("lp is a multiple of LANES")
+        };
+        let mut dot = [0f32; LANES];
+        for (p, g) in pt.chunks_exact(lp).zip(dpt.chunks_exact(lp)) {
+            let (p, g) = (at(p), at(g));
+            for l in 0..LANES {
+                dot[l] += p[l] * g[l];
+            }
+        }
+        for (p, g) in pt.chunks_exact(lp).zip(dpt.chunks_exact_mut(lp)) {
+            let p = at(p);
+            let g = vector(g, c);
+            for l in 0..LANES {
+                g[l] = p[l] * (g[l] - dot[l]) * scale;
+            }
+        }
     }
 }
 
@@ -196,7 +235,7 @@ impl Mask {
     }
 }
 
-/// Space for a head's queries and transposed keys (see [`Dims::operands`]).
+/// Space for a head's keys and transposed queries (see [`Dims::operands`]).
 type Scratch<'a> = (&'a mut Vec<f32>, &'a mut Vec<f32>);
 
 /// Shape of one call, shared by both passes.
@@ -237,23 +276,23 @@ impl Dims {
         (d.row(s) * self.heads.q as u64 + head as u64) << 32
     }
 
-    /// Head `head`'s queries into `q`, `[len, d]`, and keys transposed into `kt`, `[d, lp]`,
+    /// Head `head`'s keys into `k`, `[len, d]`, and queries transposed into `qt`, `[d, lp]`,
     /// zero past `len`: the layouts [`scores`] reads from (contiguous, so they stay in L1
     /// across the tiles, where a token's QKV row is thousands of bytes wide).
-    fn operands(&self, x: &[f32], len: usize, head: usize, (q, kt): Scratch) {
-        let (d, width, col) = (self.heads.d, self.heads.width(), self.column(1, head));
-        self.gather(x, len, (0, head), d, q);
+    fn operands(&self, x: &[f32], len: usize, head: usize, (k, qt): Scratch) {
+        let (d, width, col) = (self.heads.d, self.heads.width(), self.column(0, head));
+        self.gather(x, len, (1, head), d, k);
         let lp = len.next_multiple_of(LANES);
-        kt.clear();
-        kt.resize(d * lp, 0.0);
-        for (c, dst) in kt.chunks_exact_mut(lp).enumerate() {
+        qt.clear();
+        qt.resize(d * lp, 0.0);
+        for (c, dst) in qt.chunks_exact_mut(lp).enumerate() {
             for (t, row) in dst.iter_mut().zip(x.chunks_exact(width).take(len)) {
                 *t = row[col + c];
             }
         }
     }
 
-    /// Head `head`'s part `part` (0: Q, 2: V) into `buf`, `[len, dp]` (`dp >= d`, zero past
+    /// Head `head`'s part `part` (1: K, 2: V) into `buf`, `[len, dp]` (`dp >= d`, zero past
     /// `d`).
     fn gather(
         &self,
@@ -274,30 +313,40 @@ impl Dims {
         }
     }
 
-    /// Softmax probabilities of every query of `head` over the keys into `p`, `[len, lp]`
-    /// with zeros past `len`.
-    fn probs(&self, qkv: &[f32], len: usize, head: usize, (q, kt): Scratch, p: &mut [f32]) {
-        self.operands(qkv, len, head, (q, kt));
-        scores(p, q, kt, (len, self.heads.d), self.scale);
-        let lp = p.len() / len;
-        if self.mask == Mask::All {
-            return softmax_padded(p, lp, len);
+    /// Softmax probabilities of every query of `head` over the keys, transposed, into `pt`
+    /// (`[len, lp]`: key `j`'s row holds every query's probability of it; the columns past
+    /// `len` hold padding that nothing reads).
+    fn probs(&self, qkv: &[f32], len: usize, head: usize, (k, qt): Scratch, pt: &mut [f32]) {
+        self.operands(qkv, len, head, (k, qt));
+        scores(pt, k, qt, (len, self.heads.d), self.scale);
+        let lp = pt.len() / len;
+        if self.mask != Mask::All {
+            // The keys a query does not see get probability 0.
+            for (j, row) in pt.chunks_exact_mut(lp).enumerate() {
+                for (i, s) in row[..len].iter_mut().enumerate() {
+                    let (lo, hi) = self.mask.keys(i, len);
+                    if !(lo..hi).contains(&j) {
+                        *s = f32::NEG_INFINITY;
+                    }
+                }
+            }
         }
-        // Softmax over the keys each query sees alone; the others get probability 0.
-        for (i, row) in p.chunks_exact_mut(lp).enumerate() {
-            let (lo, hi) = self.mask.keys(i, len);
-            softmax_rows(&mut row[lo..hi], hi - lo);
-            row[..lo].fill(0.0);
-            row[hi..].fill(0.0);
-        }
+        softmax_columns(pt, lp);
     }
 
-    /// Drops entries of `p` (`[len, lp]`), probability `(i, j)` by its index `i * len + j`.
-    fn drop(&self, dropout: Option<Dropout>, (s, len): (usize, usize), head: usize, p: &mut [f32]) {
+    /// Drops entries of `pt` (`[len, lp]`, transposed), probability `(i, j)` by its index
+    /// `i * len + j`.
+    fn drop(
+        &self,
+        dropout: Option<Dropout>,
+        (s, len): (usize, usize),
+        head: usize,
+        pt: &mut [f32],
+    ) {
         if let Some(d) = dropout {
             let base = self.dropout_base(&d, s, head);
-            for (i, row) in p.chunks_exact_mut(p.len() / len).enumerate() {
-                d.apply_from(&mut row[..len], base + (i * len) as u64);
+            for (j, row) in pt.chunks_exact_mut(pt.len() / len).enumerate() {
+                d.apply_strided(&mut row[..len], base + j as u64, len as u64);
             }
         }
     }
@@ -341,14 +390,14 @@ pub fn forward(
                 return;
             }
             let x = &qkv[o * width..(o + len) * width];
-            let mut p = vec![0f32; len * len.next_multiple_of(LANES)];
-            let (mut q, mut kt, mut v) = (Vec::new(), Vec::new(), Vec::new());
+            let mut pt = vec![0f32; len * len.next_multiple_of(LANES)];
+            let (mut k, mut qt, mut v) = (Vec::new(), Vec::new(), Vec::new());
             let dp = heads.d.next_multiple_of(LANES);
             for head in 0..heads.q {
-                dm.probs(x, len, head, (&mut q, &mut kt), &mut p);
-                dm.drop(dropout, (s, len), head, &mut p);
+                dm.probs(x, len, head, (&mut k, &mut qt), &mut pt);
+                dm.drop(dropout, (s, len), head, &mut pt);
                 dm.gather(x, len, (2, head), dp, &mut v);
-                context((&mut out[head * heads.d..], h), &p, &v, (len, heads.d));
+                context((&mut out[head * heads.d..], h), &pt, &v, (len, heads.d));
             }
         });
 }
@@ -378,37 +427,38 @@ pub fn backward(
             }
             let x = &qkv[o * width..(o + len) * width];
             let dout = &dctx[o * h..(o + len) * h];
-            // Probabilities and their gradients, `[len, lp]` with zeros past `len`.
+            // Probabilities and their gradients, transposed (`[len, lp]`, as [`Dims::probs`]);
+            // the columns past `len` hold padding that no product reads.
             let lp = len.next_multiple_of(LANES);
-            let (mut p, mut pd, mut dp) = (
+            let (mut pt, mut pdt, mut dpt) = (
                 vec![0f32; len * lp],
                 vec![0f32; len * lp],
                 vec![0f32; len * lp],
             );
-            let (mut q, mut kt) = (Vec::new(), Vec::new());
+            let (mut k, mut qt) = (Vec::new(), Vec::new());
             for head in 0..heads.q {
                 let c = head * heads.d;
                 let dout_h = View::rows(&dout[c..], len, heads.d, h);
-                dm.probs(x, len, head, (&mut q, &mut kt), &mut p);
-                pd.copy_from_slice(&p);
-                dm.drop(dropout, (s, len), head, &mut pd);
+                dm.probs(x, len, head, (&mut k, &mut qt), &mut pt);
+                pdt.copy_from_slice(&pt);
+                dm.drop(dropout, (s, len), head, &mut pdt);
                 // The group's first query head writes its key and value gradients, the rest add.
                 let shared = Product {
                     accumulate: head % group != 0,
                     ..Product::SERIAL
                 };
-                // dV = P_dropᵀ dO; dP = (dO Vᵀ) * keep.
-                let pdv = View::rows(&pd, len, len, lp).t();
-                matmul(&mut dx[dm.column(2, head)..], width, pdv, dout_h, shared);
-                let vt = dm.qkv(x, len, 2, head).t();
-                matmul(&mut dp, lp, dout_h, vt, Product::SERIAL);
-                dm.drop(dropout, (s, len), head, &mut dp);
-                // dS in place of dP; then dQ and dK.
-                softmax_backward_rows(&mut dp, &p, lp, dm.scale);
-                let ds = View::rows(&dp, len, len, lp);
+                // dV = P_dropᵀ dO; dPᵀ = (V dOᵀ) * keep.
+                let pdt = View::rows(&pdt, len, len, lp);
+                matmul(&mut dx[dm.column(2, head)..], width, pdt, dout_h, shared);
+                let v = dm.qkv(x, len, 2, head);
+                matmul(&mut dpt, lp, v, dout_h.t(), Product::SERIAL);
+                dm.drop(dropout, (s, len), head, &mut dpt);
+                // dSᵀ in place of dPᵀ; then dQ = dS K and dK = dSᵀ Q.
+                softmax_columns_backward(&mut dpt, &pt, lp, dm.scale);
+                let dst = View::rows(&dpt, len, len, lp);
                 let (q, k) = (dm.qkv(x, len, 0, head), dm.qkv(x, len, 1, head));
-                matmul(&mut dx[c..], width, ds, k, Product::SERIAL);
-                matmul(&mut dx[dm.column(1, head)..], width, ds.t(), q, shared);
+                matmul(&mut dx[c..], width, dst.t(), k, Product::SERIAL);
+                matmul(&mut dx[dm.column(1, head)..], width, dst, q, shared);
             }
         });
 }

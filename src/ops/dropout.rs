@@ -122,19 +122,25 @@ impl Dropout {
             .for_each(|(c, chunk)| self.apply_from(chunk, base + (c * CHUNK) as u64));
     }
 
-    /// Multiplies `x[i]` by `factor(base + i)`; compiled for AVX-512 (whose 64-bit multiplies
-    /// vectorise the hash) and AVX2 too.
+    /// Multiplies `x[i]` by `factor(base + i)`.
     pub fn apply_from(&self, x: &mut [f32], base: u64) {
+        self.apply_strided(x, base, 1)
+    }
+
+    /// Multiplies `x[i]` by `factor(base + i · stride)`: a column of a row-major table, whose
+    /// elements are indexed by row; compiled for AVX-512 (whose 64-bit multiplies vectorise
+    /// the hash) and AVX2 too.
+    pub fn apply_strided(&self, x: &mut [f32], base: u64, stride: u64) {
         #[multiversion(targets(
             "x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma",
             "x86_64+avx2+fma"
         ))]
-        fn run(d: &Dropout, x: &mut [f32], base: u64) {
+        fn run(d: &Dropout, x: &mut [f32], base: u64, stride: u64) {
             for (i, v) in x.iter_mut().enumerate() {
-                *v *= d.factor(base + i as u64);
+                *v *= d.factor(base + i as u64 * stride);
             }
         }
-        run(self, x, base)
+        run(self, x, base, stride)
     }
 }
 
