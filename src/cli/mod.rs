@@ -66,8 +66,8 @@ pub struct ModelArgs {
     /// Seed of a newly created head.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Score with int8 linear layers: about three times as fast on CPUs with AVX-512 VNNI, at a small cost
-    /// in accuracy (see the README).
+    /// Score with int8 linear layers: about three times as fast on CPUs with AVX-512 VNNI, at
+    /// a small cost in accuracy (see the README).
     #[arg(long, value_name = "int8")]
     pub quantize: Option<Quantization>,
 }

@@ -6,11 +6,12 @@
 //! dispatching (measured: 384 ms of a scoring pass of STS-B test with strided `gemm` calls). A
 //! head's probabilities are kept transposed, a row per key and a column per query, so softmax
 //! runs down the columns with whole-vector max and sum and no lane folding (measured in a
-//! scoring pass: 341-387 -> 255-277 ms, 0.31-0.33 -> 0.24 of the QKV product's time). The backward's products are strided `gemm` calls on the head's columns of the
-//! fused QKV projection. The probabilities are recomputed in the backward pass (as flash
-//! attention does) instead of being stored. [`Mask`] limits the keys a query sees: a sliding
-//! window (ModernBERT's local layers) or the past (a causal LM); [`Heads`] allows fewer key/value
-//! heads than query heads (grouped-query attention).
+//! scoring pass: 341-387 -> 255-277 ms, 0.31-0.33 -> 0.24 of the QKV product's time). The
+//! backward's products are strided `gemm` calls on the head's columns of the fused QKV
+//! projection. The probabilities are recomputed in the backward pass (as flash attention does)
+//! instead of being stored. [`Mask`] limits the keys a query sees: a sliding window
+//! (ModernBERT's local layers) or the past (a causal LM); [`Heads`] allows fewer key/value heads
+//! than query heads (grouped-query attention).
 
 use multiversion::multiversion;
 use rayon::prelude::*;

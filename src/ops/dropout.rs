@@ -127,9 +127,9 @@ impl Dropout {
         self.apply_strided(x, base, 1)
     }
 
-    /// Multiplies `x[i]` by `factor(base + i · stride)`: a column of a row-major table, whose
-    /// elements are indexed by row; compiled for AVX-512 (whose 64-bit multiplies vectorise
-    /// the hash) and AVX2 too.
+    /// Multiplies `x[i]` by `factor(base + i · stride)`: a column of a table whose elements are
+    /// indexed row after row (attention's probabilities, kept transposed); compiled for AVX-512
+    /// (whose 64-bit multiplies vectorise the hash) and AVX2 too.
     pub fn apply_strided(&self, x: &mut [f32], base: u64, stride: u64) {
         #[multiversion(targets(
             "x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma",
