@@ -4,7 +4,7 @@
 //! not cost the others their precision. The product accumulates in i32 and is turned back into
 //! f32 in place (`acc · row scale · channel scale + bias`); everything else stays f32.
 //!
-//! The products run, on CPUs with AVX-512 VNNI, on this module's own kernel ([`vnni`]: no
+//! The products run, on CPUs with AVX-512 VNNI, on this module's own kernel (`vnni`: no
 //! packing of the inputs, the dequantization in its epilogue); elsewhere on `rten-gemm`'s u8 x
 //! i8 kernels, the best for the CPU chosen at run time: AVX-512BW or AVX2 (`vpmaddubsw` +
 //! `vpmaddwd`), or a generic one. Where the kernel sums two u8 x i8 products in 16 bits
@@ -25,7 +25,7 @@ use super::{Act, ROW_BLOCK};
 #[cfg(target_arch = "x86_64")]
 mod vnni;
 
-/// Whether the products run on [`vnni`]'s kernel.
+/// Whether the products run on `vnni`'s kernel.
 fn own_kernel() -> bool {
     #[cfg(target_arch = "x86_64")]
     return vnni::available();
