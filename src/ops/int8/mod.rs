@@ -112,6 +112,12 @@ impl QuantizedWeight {
 
     /// A weight already quantized: `q` int8 `[in, out]`, one scale per output channel.
     fn from_int8(q: &[i8], scales: Vec<f32>, in_dim: usize) -> Self {
+        Self::for_kernel(q, scales, in_dim, own_kernel())
+    }
+
+    /// As [`QuantizedWeight::from_int8`], laid out for crossenc's kernel (`own`, where the CPU
+    /// has it) or rten's.
+    fn for_kernel(q: &[i8], scales: Vec<f32>, in_dim: usize, own: bool) -> Self {
         let out_dim = q.len() / in_dim;
         let mut col_sums = vec![0i32; out_dim];
         for row in q.chunks_exact(out_dim) {
@@ -121,12 +127,15 @@ impl QuantizedWeight {
                 .for_each(|(c, &v)| *c += v as i32);
         }
         #[cfg(target_arch = "x86_64")]
-        let packed = match own_kernel() {
+        let packed = match own {
             true => Packed::Vnni(vnni::Panels::new(q, in_dim)),
             false => Packed::Rten(prepack(q, in_dim)),
         };
         #[cfg(not(target_arch = "x86_64"))]
-        let packed = Packed::Rten(prepack(q, in_dim));
+        let packed = {
+            debug_assert!(!own, "crossenc's kernel is for x86_64");
+            Packed::Rten(prepack(q, in_dim))
+        };
         QuantizedWeight {
             packed,
             scales,
@@ -399,12 +408,12 @@ mod tests {
         acc
     }
 
-    /// The product on the kernel this CPU runs, through the layer with unit scales and zero
-    /// points: each output is its accumulator as f32, which holds every integer of magnitude
-    /// up to 2^24 exactly.
-    fn kernel_product(a: &[u8], b: &[i8], k: usize) -> Vec<i32> {
+    /// The product on crossenc's kernel (`own`) or rten's, through the layer with unit scales
+    /// and zero points: each output is its accumulator as f32, which holds every integer of
+    /// magnitude up to 2^24 exactly.
+    fn kernel_product(a: &[u8], b: &[i8], k: usize, own: bool) -> Vec<i32> {
         let (rows, n) = (a.len() / k, b.len() / k);
-        let weight = QuantizedWeight::from_int8(b, vec![1.0; n], k);
+        let weight = QuantizedWeight::for_kernel(b, vec![1.0; n], k, own);
         let x = QuantizedRows {
             values: a.to_vec(),
             scale: vec![1.0; rows],
@@ -415,8 +424,18 @@ mod tests {
         y.iter().map(|&v| v as i32).collect()
     }
 
+    /// The kernels this CPU can run: rten's (the one it picks for the CPU), and crossenc's
+    /// where the CPU has VNNI.
+    fn kernels() -> Vec<bool> {
+        let mut own = vec![false];
+        if own_kernel() {
+            own.push(true);
+        }
+        own
+    }
+
     #[test]
-    fn the_kernel_equals_the_plain_loop_exactly() {
+    fn each_kernel_equals_the_plain_loop_exactly() {
         let limit = weight_limit() as i8;
         let lowest = if with_executor(|e| e.may_saturate()) {
             -limit
@@ -440,13 +459,18 @@ mod tests {
                 .collect();
             let want = reference(&a, &b, k);
             assert!(want.iter().all(|v| v.unsigned_abs() <= 1 << 24));
-            assert_eq!(kernel_product(&a, &b, k), want, "{m}x{k}x{n}");
+            for own in kernels() {
+                assert_eq!(kernel_product(&a, &b, k, own), want, "{m}x{k}x{n} {own}");
+            }
             // Extremes: every product at its largest magnitude, of either sign.
             for (av, bv) in [(255, limit), (255, lowest), (0, limit), (1, lowest)] {
                 let (a, b) = (vec![av; m * k], vec![bv; k * n]);
                 let want = reference(&a, &b, k);
                 assert!(want.iter().all(|v| v.unsigned_abs() <= 1 << 24));
-                assert_eq!(kernel_product(&a, &b, k), want, "{m}x{k}x{n} {av} {bv}");
+                for own in kernels() {
+                    let got = kernel_product(&a, &b, k, own);
+                    assert_eq!(got, want, "{m}x{k}x{n} {av} {bv} {own}");
+                }
             }
         }
     }
@@ -497,30 +521,39 @@ mod tests {
 
     #[test]
     fn the_fused_activation_equals_the_separate_passes_exactly() {
-        // Two layers, 70 rows (more than one block of rows, the last one short).
+        // Two layers, 70 rows (more than one block of rows, the last one short), on each
+        // kernel; the two kernels also give the same bits.
         let (rows, i, m, o) = (70, 24, 40, 8);
         let x = randn(rows * i, 1.0, 8);
         let (w1, b1) = (randn(m * i, 0.3, 9), randn(m, 0.1, 10));
         let (w2, b2) = (randn(o * m, 0.3, 11), randn(o, 0.1, 12));
-        let first = QuantizedWeight::new(&w1, i, WeightLayout::OutIn);
-        let second = QuantizedWeight::new(&w2, m, WeightLayout::OutIn);
-        let (mut u, mut a, mut want) = (
-            vec![0f32; rows * m],
-            vec![0f32; rows * m],
-            vec![0f32; rows * o],
-        );
-        first.forward(&mut u, &x, Some(&b1), None);
-        Act::Gelu.forward(&mut a, &u);
-        second.forward(&mut want, &a, Some(&b2), None);
-        let (mut fused_u, mut got, mut q) = (
-            vec![0f32; rows * m],
-            vec![0f32; rows * o],
-            QuantizedRows::default(),
-        );
-        first.forward(&mut fused_u, &x, Some(&b1), Some((Act::Gelu, &mut q)));
-        second.forward_quantized(&mut got, &q, Some(&b2), None);
-        assert_eq!(fused_u, u);
-        assert_eq!(got, want);
+        let layer = |w: &[f32], k: usize, own: bool| {
+            let (q, scales) = quantize_weight(w, k, WeightLayout::OutIn);
+            QuantizedWeight::for_kernel(&q, scales, k, own)
+        };
+        let mut outputs = Vec::new();
+        for own in kernels() {
+            let (first, second) = (layer(&w1, i, own), layer(&w2, m, own));
+            let (mut u, mut a, mut want) = (
+                vec![0f32; rows * m],
+                vec![0f32; rows * m],
+                vec![0f32; rows * o],
+            );
+            first.forward(&mut u, &x, Some(&b1), None);
+            Act::Gelu.forward(&mut a, &u);
+            second.forward(&mut want, &a, Some(&b2), None);
+            let (mut fused_u, mut got, mut q) = (
+                vec![0f32; rows * m],
+                vec![0f32; rows * o],
+                QuantizedRows::default(),
+            );
+            first.forward(&mut fused_u, &x, Some(&b1), Some((Act::Gelu, &mut q)));
+            second.forward_quantized(&mut got, &q, Some(&b2), None);
+            assert_eq!(fused_u, u, "{own}");
+            assert_eq!(got, want, "{own}");
+            outputs.push(got);
+        }
+        assert!(outputs.windows(2).all(|w| w[0] == w[1]));
     }
 
     #[test]
