@@ -76,9 +76,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut best: Option<Round> = None;
     let mut reference_best: Option<Value> = None;
     let mut rounds = Vec::new();
-    let mut rss = None;
-    for k in 0..args.rounds.max(1) {
-        let round = measure(&args, &load, &train, &test, k == 0, &mut rss)?;
+    for _ in 0..args.rounds.max(1) {
+        let round = measure(&args, &load, &train, &test)?;
         let reference = match &args.reference {
             Some(dir) => Some(reference(&args, dir, threads)?),
             None => None,
@@ -107,6 +106,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         peak,
         bandwidth,
         params,
+        rss,
     } = best.expect("at least one round");
     let floor = bench::step_floor(train_b.flops_per_step, params, peak, bandwidth);
     let mut report = json!({
@@ -175,45 +175,43 @@ struct Round {
     peak: f64,
     bandwidth: f64,
     params: usize,
+    /// Peak RSS after the training steps: the first round's is the one that counts (later
+    /// rounds' would include the earlier rounds' probe buffers).
+    rss: Option<f64>,
 }
 
 impl Round {
     /// Each figure the better of the two rounds' (the matmul peak and bandwidth too, so the
-    /// floor is the lowest either round saw).
+    /// floor is the lowest either round saw); `self` is the earlier round.
     fn best_with(self, o: Round) -> Round {
-        let pick = |a: (bench::InferBench, Rows), b: (bench::InferBench, Rows)| {
-            if b.0.pairs_per_s > a.0.pairs_per_s {
+        /// The faster of two figures, with its per-op table.
+        fn faster<T>(a: (T, Rows), b: (T, Rows), pairs_per_s: impl Fn(&T) -> f64) -> (T, Rows) {
+            if pairs_per_s(&b.0) > pairs_per_s(&a.0) {
                 b
             } else {
                 a
             }
-        };
+        }
         Round {
-            infer: pick(self.infer, o.infer),
-            int8: pick(self.int8, o.int8),
-            train: if o.train.0.pairs_per_s > self.train.0.pairs_per_s {
-                o.train
-            } else {
-                self.train
-            },
+            infer: faster(self.infer, o.infer, |b| b.pairs_per_s),
+            int8: faster(self.int8, o.int8, |b| b.pairs_per_s),
+            train: faster(self.train, o.train, |b| b.pairs_per_s),
             quantize_s: self.quantize_s.min(o.quantize_s),
             peak: self.peak.max(o.peak),
             bandwidth: self.bandwidth.max(o.bandwidth),
             params: self.params,
+            rss: self.rss,
         }
     }
 }
 
-/// One round of crossenc's figures: scoring, training, int8 scoring, the matmul peak and the
-/// memory bandwidth. In the first round, `rss` is read after training (the probes' buffers
-/// would count in it).
+/// One round of crossenc's figures: scoring, training, peak RSS (read before the probes,
+/// whose buffers would count in it), int8 scoring, the matmul peak and the memory bandwidth.
 fn measure(
     args: &BenchArgs,
     load: &dyn Fn() -> Result<CrossEncoder>,
     train: &[crate::data::Example],
     test: &[crate::data::Example],
-    first: bool,
-    rss: &mut Option<f64>,
 ) -> Result<Round> {
     let mut ce = load()?;
     ce.batch_size = args.eval_batch_size;
@@ -222,9 +220,7 @@ fn measure(
     let train_b = bench::train_steps(&mut ce, train, args.batch_size, args.steps)?;
     let profile = crate::ops::profile::take();
     crate::ops::profile::enable(false);
-    if first {
-        *rss = bench::peak_rss_mb();
-    }
+    let rss = bench::peak_rss_mb();
     let (h, i) = (ce.config.hidden_size, ce.config.intermediate_size);
     let params = ce.model.weights.len();
     drop(ce);
@@ -244,6 +240,7 @@ fn measure(
         peak: bench::matmul_peak(512, h, i),
         bandwidth: bench::memory_bandwidth(),
         params,
+        rss,
     })
 }
 

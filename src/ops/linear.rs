@@ -33,8 +33,8 @@ impl WeightLayout {
 
 /// Rows per thread from which [`forward`] gives each thread a share of the rows, whole, rather
 /// than letting the gemm crate split one product: on MiniLM's four shapes, 2 threads, best of
-/// 40, the split is 0-8% faster at 450 and 870 rows, but up to 20% slower on the wide layers at
-/// 30 and 120 rows.
+/// 40, the split is 1-7% faster at 870 rows and 0-8% at 450, but up to 21% slower on the wide
+/// layers at 30 and 120 rows.
 const SPLIT_ROWS: usize = 128;
 
 /// `y` (`[rows, out]`) = `x` (`[rows, in]`) · `w`ᵀ + `b`, `w` stored as `layout` says.

@@ -2,7 +2,7 @@
 //! with finer scales. Weights are quantized once, symmetric int8 per output channel; each call
 //! quantizes its input per row (per token) to u8 with a zero point, so one outlier token does
 //! not cost the others their precision. The product accumulates in i32 and is turned back into
-//! f32 in place (`acc · row scale · channel scale + bias`); everything else stays f32.
+//! f32 (`acc · row scale · channel scale + bias`); everything else stays f32.
 //!
 //! The products run, on CPUs with AVX-512 VNNI, on this module's own kernel (`vnni`: no
 //! packing of the inputs, the dequantization in its epilogue); elsewhere on `rten-gemm`'s u8 x
@@ -43,8 +43,8 @@ fn with_executor<R>(f: impl FnOnce(&GemmExecutor<u8, i8, i32>) -> R) -> R {
     EXECUTOR.with(f)
 }
 
-/// The int8 kernel this CPU runs, for `/info` and `bench`: rten's name, the instruction that
-/// does its multiply-adds, and the weights' bits.
+/// The int8 kernel this CPU runs, for `/info` and `bench`: crossenc's own, or rten's name, the
+/// instruction that does its multiply-adds, and the weights' bits.
 pub fn kernel() -> String {
     if own_kernel() {
         return "crossenc avx512-vnni (vpdpbusd, 8-bit weights)".into();
@@ -178,9 +178,6 @@ impl QuantizedWeight {
             return;
         }
         let (y, k) = (&mut y[..rows * n], self.in_dim);
-        let dequantize = |yb: &mut [f32], sb: &[f32], zb: &[u8]| {
-            dequantize_rows(yb, sb, zb, &self.scales, &self.col_sums, bias, n)
-        };
         if let Packed::Rten(b) = &self.packed {
             product(as_i32(y), &x.values, b);
         }
@@ -203,7 +200,7 @@ impl QuantizedWeight {
                 };
                 vnni::forward(yb, ab, w, &dq)
             }
-            Packed::Rten(_) => dequantize(yb, sb, zb),
+            Packed::Rten(_) => dequantize_rows(yb, sb, zb, &self.scales, &self.col_sums, bias, n),
         };
         match next {
             None => blocks.for_each(|(((yb, ab), sb), zb)| block(yb, ab, sb, zb)),
