@@ -25,7 +25,7 @@ fn check_family_at(dir: &std::path::Path, name: &str, arch: &str) {
             LossKind::CrossEntropy,
         ),
     };
-    let mut t = Trainable::new(&ce, AdamWConfig::default()).unwrap();
+    let mut t = Trainable::new(&mut ce, AdamWConfig::default()).unwrap();
     let enc = ce.tokenizer().encode_pairs(&pairs).unwrap();
     let batch: Vec<_> = enc.iter().collect();
     let before = t

@@ -129,8 +129,8 @@ fn int8_scores_are_as_close_to_f32_as_onnx_runtime_int8() {
             ce.set_batch_size(bs);
             errors.push(max_abs_diff(&ce.predict(&pairs).unwrap().values, &want));
         }
-        let ce = CrossEncoder::load(dir.to_str().unwrap(), &opts).unwrap();
-        let refused = crossenc::train::Trainable::new(&ce, Default::default());
+        let mut ce = CrossEncoder::load(dir.to_str().unwrap(), &opts).unwrap();
+        let refused = crossenc::train::Trainable::new(&mut ce, Default::default());
         assert!(refused.is_err(), "{name}: a quantized model must not train");
         // Each pair is quantized on its own (per token): the batch does not change its scores.
         assert_eq!(
@@ -412,13 +412,13 @@ fn check_causal_reranker(name: &str) {
     let dir = repo().join("tests/fixtures").join(name);
     check_tiny_at(&dir, name);
     let g = read_json(&dir.join("golden.json"));
-    let ce = load(&dir, g["max_length"].as_u64().unwrap() as usize);
+    let mut ce = load(&dir, g["max_length"].as_u64().unwrap() as usize);
     let batch = packed_golden_pairs(&ce, &g, name);
     let cut = (0..batch.sequences())
         .filter(|&s| batch.sequence(s).len() == ce.tokenizer().max_length)
         .count();
     assert!(cut >= 2, "the fixture must cut prompts at the max length");
-    let refused = crossenc::train::Trainable::new(&ce, Default::default());
+    let refused = crossenc::train::Trainable::new(&mut ce, Default::default());
     assert!(refused.is_err(), "a causal-LM re-ranker does not train yet");
     let out = tempfile::tempdir().unwrap();
     assert!(

@@ -847,7 +847,7 @@ fn one_batch_of_16_equals_two_accumulated_batches_of_8() {
     let run = |parts: &[(usize, usize)]| {
         let mut ce = tiny_bert();
         let enc = ce.tokenizer().encode_pairs(&pairs).unwrap();
-        let mut t = Trainable::new(&ce, AdamWConfig::default()).unwrap();
+        let mut t = Trainable::new(&mut ce, AdamWConfig::default()).unwrap();
         let mut first = Vec::new();
         for step in 0..3 {
             for &(from, to) in parts {

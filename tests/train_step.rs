@@ -28,7 +28,7 @@ fn one_step_matches_pytorch() {
         eps: o["eps"].as_f64().unwrap(),
         weight_decay: o["weight_decay"].as_f64().unwrap(),
     };
-    let mut t = Trainable::new(&ce, adamw).unwrap();
+    let mut t = Trainable::new(&mut ce, adamw).unwrap();
     let pairs = golden_pairs(&g);
     let enc = ce.tokenizer().encode_pairs(&pairs).unwrap();
     let labels = f32s(&g["labels"]);
@@ -252,7 +252,7 @@ fn newer_families_gradients_match_pytorch() {
             ..Default::default()
         };
         let mut ce = CrossEncoder::load(dir.to_str().unwrap(), &opts).unwrap();
-        let mut t = Trainable::new(&ce, AdamWConfig::default()).unwrap();
+        let mut t = Trainable::new(&mut ce, AdamWConfig::default()).unwrap();
         let enc = ce.tokenizer().encode_pairs(&golden_pairs(&g)).unwrap();
         let batch: Vec<_> = enc.iter().collect();
         let labels = f32s(&g["labels"]);

@@ -169,13 +169,11 @@ impl CausalReranker {
         })
     }
 
-    /// Runs every layer's linear products in int8 from now on.
-    pub fn quantize(&mut self, w: &[f32]) {
-        for l in &mut self.layers {
-            for linear in [&mut l.qkv, &mut l.o_proj, &mut l.gate_up, &mut l.down] {
-                linear.quantize(w);
-            }
-        }
+    /// Every layer's linear layers.
+    pub fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
+        self.layers
+            .iter_mut()
+            .flat_map(|l| [&mut l.qkv, &mut l.o_proj, &mut l.gate_up, &mut l.down])
     }
 
     /// The word-embedding table's range in the flat buffer and its row width.

@@ -196,8 +196,10 @@ impl CrossEncoder {
     /// A model of the same tokenizer, activation and settings as `template` with another
     /// config and weights (a resized encoder, say).
     pub fn with_params(template: &CrossEncoder, config: Config, params: &Params) -> Result<Self> {
+        let mut model = SequenceClassifier::new(&config, params)?;
+        model.freeze();
         Ok(CrossEncoder {
-            model: SequenceClassifier::new(&config, params)?,
+            model,
             config,
             tokenizer: template.tokenizer.clone(),
             activation: template.activation,
@@ -234,8 +236,9 @@ impl CrossEncoder {
         SequenceClassifier::check(&config, &params)?;
         let new_head_params = head::init_missing(&config, &mut params, opts.seed)?;
         let mut model = SequenceClassifier::new(&config, &params)?;
-        if opts.quantize.is_some() {
-            timed("quantize", || model.quantize());
+        match opts.quantize {
+            Some(_) => timed("quantize", || model.quantize()),
+            None => timed("freeze", || model.freeze()),
         }
         Ok(CrossEncoder {
             config,
@@ -250,12 +253,13 @@ impl CrossEncoder {
     }
 
     /// Replaces the weights with those of the model folder `dir` (same config), quantized
-    /// as the old ones were.
+    /// as the old ones were, and ready to score as after [`CrossEncoder::load`].
     pub fn reload_weights(&mut self, dir: &Path) -> Result<()> {
         let quantized = self.model.is_quantized();
         self.model = SequenceClassifier::new(&self.config, &Params::load(dir, &self.config)?)?;
-        if quantized {
-            self.model.quantize();
+        match quantized {
+            true => self.model.quantize(),
+            false => self.model.freeze(),
         }
         Ok(())
     }

@@ -309,16 +309,14 @@ impl Layer {
         })
     }
 
-    /// Runs the layer's four products in int8 from now on.
-    pub fn quantize(&mut self, w: &[f32]) {
-        for linear in [
+    /// The layer's four linear layers.
+    pub fn linears_mut(&mut self) -> [&mut Linear; 4] {
+        [
             &mut self.qkv,
             &mut self.attention_output,
             &mut self.intermediate,
             &mut self.output,
-        ] {
-            linear.quantize(w);
-        }
+        ]
     }
 
     /// The dropout sites of this layer: attention probabilities, attention output, FFN output.

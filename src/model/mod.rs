@@ -45,6 +45,7 @@ use weights::{two_mut, Weights};
 
 use crate::ops::int8::{QuantizedRows, QuantizedWeight};
 use crate::ops::linear::WeightLayout;
+use crate::ops::matmul::{own_kernel, Panels};
 use crate::ops::profile::timed;
 use crate::ops::rotary::Rotary;
 use crate::ops::{layer_norm, linear, Act, Pass};
@@ -121,6 +122,9 @@ pub struct Linear {
     pub out_dim: usize,
     /// The weight quantized for int8 scoring; the forward uses it when present.
     int8: Option<QuantizedWeight>,
+    /// `Wᵀ` laid out for the f32 kernel, for a model that only scores; the forward uses it
+    /// when present.
+    panels: Option<Panels>,
 }
 
 impl Linear {
@@ -147,6 +151,7 @@ impl Linear {
             in_dim,
             out_dim,
             int8: None,
+            panels: None,
         })
     }
 
@@ -172,6 +177,7 @@ impl Linear {
             in_dim,
             out_dim: outs.iter().sum(),
             int8: None,
+            panels: None,
         })
     }
 
@@ -179,6 +185,21 @@ impl Linear {
     pub fn quantize(&mut self, w: &[f32]) {
         let weight = &w[self.weight.clone()];
         self.int8 = Some(QuantizedWeight::new(weight, self.in_dim, self.layout));
+        self.panels = None;
+    }
+
+    /// From now on the forward reads the weight as `w` holds it now, laid out once for the
+    /// f32 kernel (where the CPU runs it) rather than on every call.
+    pub fn freeze(&mut self, w: &[f32]) {
+        if own_kernel() {
+            let weight = &w[self.weight.clone()];
+            self.panels = Some(linear::panels(weight, self.in_dim, self.layout));
+        }
+    }
+
+    /// Back to reading the weight from the model's buffer, whose values may now change.
+    pub fn thaw(&mut self) {
+        self.panels = None;
     }
 
     pub fn forward(&self, w: &[f32], x: &[f32], y: &mut [f32]) {
@@ -187,7 +208,8 @@ impl Linear {
             Some(q) => q.forward(y, x, bias, None),
             None => {
                 let weight = &w[self.weight.clone()];
-                linear::forward(y, x, weight, bias, self.in_dim, self.layout)
+                let panels = self.panels.as_ref();
+                linear::forward(y, x, weight, bias, self.in_dim, self.layout, panels)
             }
         }
     }
@@ -384,10 +406,10 @@ impl Transformer {
         })
     }
 
-    /// Runs every layer's linear products in int8 from now on (embeddings, LayerNorm,
-    /// attention and the head stay f32).
-    fn quantize(&mut self, w: &[f32]) {
-        self.layers.iter_mut().for_each(|l| l.quantize(w));
+    /// Every layer's linear layers (the embeddings, LayerNorm, attention and the head stay
+    /// outside: they are what int8 scoring keeps in f32).
+    fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
+        self.layers.iter_mut().flat_map(|l| l.linears_mut())
     }
 
     /// The last hidden state `[tokens, hidden]`, dropout off, keeping one layer's buffers.
@@ -462,6 +484,8 @@ impl Transformer {
 /// An encoder with a sequence-classification head: transformers'
 /// `*ForSequenceClassification`, for any supported family. It owns the weights.
 pub struct SequenceClassifier {
+    /// The parameters. A frozen model's (see [`SequenceClassifier::freeze`]) must be thawed
+    /// before they change.
     pub weights: Weights,
     body: Body,
     quantized: bool,
@@ -479,6 +503,17 @@ enum Body {
     ModernBert(modernbert::ModernBert),
     /// A causal LM scored by its "yes" and "no" logits (scoring only).
     Causal(causal::CausalReranker),
+}
+
+impl Body {
+    /// The encoder's linear layers, whichever the family.
+    fn linears_mut(&mut self) -> Box<dyn Iterator<Item = &mut Linear> + '_> {
+        match self {
+            Body::Bert { transformer, .. } => Box::new(transformer.linears_mut()),
+            Body::ModernBert(m) => Box::new(m.linears_mut()),
+            Body::Causal(m) => Box::new(m.linears_mut()),
+        }
+    }
 }
 
 impl SequenceClassifier {
@@ -524,12 +559,21 @@ impl SequenceClassifier {
     /// weights stay, for saving.
     pub fn quantize(&mut self) {
         let w = &self.weights.data;
-        match &mut self.body {
-            Body::Bert { transformer, .. } => transformer.quantize(w),
-            Body::ModernBert(m) => m.quantize(w),
-            Body::Causal(m) => m.quantize(w),
-        }
+        self.body.linears_mut().for_each(|l| l.quantize(w));
         self.quantized = true;
+    }
+
+    /// For a model that only scores: lays every linear layer's weight out once for the f32
+    /// kernel (see [`Linear::freeze`]). Until [`SequenceClassifier::thaw`], the forward reads
+    /// the weights as they are now.
+    pub fn freeze(&mut self) {
+        let w = &self.weights.data;
+        self.body.linears_mut().for_each(|l| l.freeze(w));
+    }
+
+    /// Drops what [`SequenceClassifier::freeze`] laid out, before the weights change (training).
+    pub fn thaw(&mut self) {
+        self.body.linears_mut().for_each(Linear::thaw);
     }
 
     pub fn is_quantized(&self) -> bool {

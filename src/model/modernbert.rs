@@ -245,13 +245,11 @@ impl ModernBert {
         })
     }
 
-    /// Runs every layer's linear products in int8 from now on.
-    pub fn quantize(&mut self, w: &[f32]) {
-        for l in &mut self.layers {
-            for linear in [&mut l.wqkv, &mut l.wo, &mut l.wi, &mut l.mlp_wo] {
-                linear.quantize(w);
-            }
-        }
+    /// Every layer's linear layers.
+    pub fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
+        self.layers
+            .iter_mut()
+            .flat_map(|l| [&mut l.wqkv, &mut l.wo, &mut l.wi, &mut l.mlp_wo])
     }
 
     /// The word-embedding table's range in the flat buffer and its row width.

@@ -176,8 +176,8 @@ impl Trainable {
     /// AdamW updates the word-embedding table lazily (see [`optim`]): call
     /// [`Trainable::flush`] before reading the weights as a whole.
     /// Fails on a quantized model (its int8 forward is for scoring only) and on a causal-LM
-    /// re-ranker (scoring only).
-    pub fn new(ce: &CrossEncoder, adamw: AdamWConfig) -> Result<Self> {
+    /// re-ranker (scoring only). Weights laid out for scoring are dropped: they would go stale.
+    pub fn new(ce: &mut CrossEncoder, adamw: AdamWConfig) -> Result<Self> {
         anyhow::ensure!(
             !ce.model.is_quantized(),
             "a model quantized for scoring cannot be trained; load it without --quantize"
@@ -187,6 +187,7 @@ impl Trainable {
             "{} is a causal-LM re-ranker: crossenc scores it, but cannot train it yet",
             ce.source_dir.display()
         );
+        ce.model.thaw();
         let w = &ce.model.weights;
         let mut opt = AdamW::new(w.entries(), adamw);
         let (table, width) = ce.model.word_table();
