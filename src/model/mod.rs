@@ -242,6 +242,10 @@ impl Linear {
 
     pub fn backward(&self, w: &[f32], g: &mut [f32], dy: &[f32], x: &[f32], dx: linear::InputGrad) {
         debug_assert!(self.int8.is_none(), "a quantized model is not trained");
+        debug_assert!(
+            self.panels.is_none(),
+            "a frozen model is thawed before training"
+        );
         let (dw, db) = weight_and_bias(g, &self.weight, &self.bias);
         let weight = &w[self.weight.clone()];
         linear::backward(dx, dw, db, dy, x, weight, self.in_dim, self.layout);

@@ -1,8 +1,8 @@
 //! The f32 product on AVX-512, for the linear layers: the right-hand side in [`Panels`], the
 //! left-hand side's elements broadcast straight from its rows (no packing), the bias or the
 //! destination added in the epilogue. Beside the gemm crate, on MiniLM's shapes with a layer's
-//! weights cold in cache (as in a pass over six layers), this runs 200-216 GFLOP/s against
-//! 181-200 on 2 Zen 4 cores: the weights stream from one contiguous panel, not from rows
+//! weights cold in cache (as in a pass over six layers), this runs 194-216 GFLOP/s against
+//! 176-200 on 2 Zen 4 cores: the weights stream from one contiguous panel, not from rows
 //! `n` floats apart that the gemm crate packs on every call.
 //!
 //! Register tile: `MR` rows by `NV` vectors of 16 columns (24 accumulators, 3 panel vectors and
