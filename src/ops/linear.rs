@@ -1,5 +1,6 @@
-//! `torch.nn.Linear` (`y = x · Wᵀ + b`) over row-major slices: the bias is the product's
-//! starting value, the backward is two products and a column sum.
+//! `torch.nn.Linear` (`y = x · Wᵀ + b`) over row-major slices: the bias goes into the product
+//! (its starting value, or the own kernel's epilogue), the backward is two products and a
+//! column sum.
 //!
 //! The weight is stored as `[out, in]` (PyTorch's layout), or transposed as `[in, out]` where
 //! that makes the products faster: measured with the gemm crate on 2 AVX-512 cores and 900
