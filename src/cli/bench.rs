@@ -124,6 +124,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let mut big = bench::resized(&load()?, bench::BERT_BASE)?;
         let steps = args.steps.min(10);
         let train_big = bench::train_steps(&mut big, &train, args.batch_size, steps)?;
+        // Training thawed it: scored as a loaded model is, its weights laid out once.
+        big.model.freeze();
         let infer_big = bench::inference(&big, &test[..test.len().min(256)], 1)?;
         report["bert_base"] = json!({
             "train": train_big, "inference": infer_big,
