@@ -531,7 +531,40 @@ fn quantize_int8_scores_near_f32_in_predict_and_rank() {
     let bad = crossenc(&["predict", "-m", model, "-i", "x", "--quantize", "int4"]);
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("supported: int8"), "{err}");
+    assert!(err.contains("supported: int8, bf16"), "{err}");
+}
+
+/// `--quantize bf16` (alias `--dtype`) scores closer to f32 than int8 where the CPU has AVX-512
+/// BF16, and elsewhere is refused with a message that says why and what to use instead.
+#[test]
+fn bf16_scores_near_f32_or_is_refused_with_a_reason() {
+    let (dir, g) = golden();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("pairs.jsonl");
+    write_pairs_jsonl(&input, &g);
+    let model = dir.to_str().unwrap();
+    let args = [
+        "predict",
+        "-m",
+        model,
+        "-i",
+        input.to_str().unwrap(),
+        "--dtype",
+        "bf16",
+    ];
+    let out = crossenc(&args);
+    if crossenc::ops::bf16::available() {
+        let got = score_lines(&stdout(&out));
+        let d = max_abs_diff(&got, &f32s(&g["predict_scores"]));
+        assert!(d > 0.0 && d < 0.01, "bf16 predict differs from f32 by {d}");
+    } else {
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("AVX-512 BF16") && err.contains("int8"),
+            "{err}"
+        );
+    }
 }
 
 /// `--shard I/N` scores a contiguous block of the rows; three shards' outputs, concatenated in

@@ -181,6 +181,69 @@ fn int8_minilm_hidden_state_keeps_its_direction() {
     }
 }
 
+/// bf16 scoring on every family's tiny models: scores near f32's (measured 0.0008-0.028; on
+/// the six shared models equal to four decimals to PyTorch's with the same layers rounded to
+/// bf16, `scripts/quantized_golden_errors.py`), and independent of the batch (each output sums its
+/// products in one order). Where the CPU lacks AVX-512 BF16 the loader refuses, and says so.
+#[test]
+fn bf16_scores_every_family_close_to_f32() {
+    let newer = [
+        "tiny-modernbert",
+        "tiny-modernbert-mean",
+        "tiny-gte",
+        "tiny-deberta-v3",
+        "tiny-deberta-v2",
+        "tiny-qwen3-reranker",
+        "tiny-qwen2-reranker",
+    ];
+    let dirs = TINY
+        .iter()
+        .map(|n| (*n, shared(&format!("golden/{n}"))))
+        .chain(
+            newer
+                .iter()
+                .map(|n| (*n, repo().join("tests/fixtures").join(n))),
+        );
+    for (name, dir) in dirs {
+        let g = read_json(&require(dir.join("golden.json")));
+        let opts = LoadOptions {
+            max_length: Some(g["max_length"].as_u64().unwrap() as usize),
+            quantize: Some(Quantization::Bf16),
+            ..Default::default()
+        };
+        if !crossenc::ops::bf16::available() {
+            let err = CrossEncoder::load(dir.to_str().unwrap(), &opts)
+                .err()
+                .unwrap();
+            assert!(err.to_string().contains("AVX-512 BF16"), "{err}");
+            continue;
+        }
+        let pairs = golden_pairs(&g);
+        let mut errors = Vec::new();
+        for bs in [1, 8] {
+            let mut ce = CrossEncoder::load(dir.to_str().unwrap(), &opts).unwrap();
+            assert_eq!(ce.quantization(), Some(Quantization::Bf16));
+            ce.set_batch_size(bs);
+            let got = ce.predict(&pairs).unwrap().values;
+            errors.push(max_abs_diff(&got, &f32s(&g["predict_scores"])));
+        }
+        eprintln!("{name}: bf16 differs from f32 by {:.4}", errors[0]);
+        assert_eq!(
+            errors[0], errors[1],
+            "{name}: bf16 scores depend on the batch"
+        );
+        assert!(
+            errors[0] > 0.0,
+            "{name}: bf16 scores equal f32's: not rounded?"
+        );
+        assert!(
+            errors[0] < 0.04,
+            "{name}: bf16 differs from f32 by {}",
+            errors[0]
+        );
+    }
+}
+
 const TINY: [&str; 6] = [
     "tiny-bert",
     "tiny-bert-3labels",

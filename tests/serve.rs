@@ -222,7 +222,7 @@ fn an_api_key_guards_every_route_but_health_and_metrics() {
 }
 
 #[test]
-fn a_quantized_server_says_so_and_scores_close_to_f32() {
+fn quantized_servers_say_so_and_score_close_to_f32() {
     let dir = shared("golden/tiny-bert");
     let g = read_json(&dir.join("golden.json"));
     let s = Server::start(&dir, &["--quantize", "int8"]);
@@ -236,6 +236,17 @@ fn a_quantized_server_says_so_and_scores_close_to_f32() {
     assert_eq!(status, 200);
     let d = max_abs_diff(&scores_of(&out), &f32s(&g["predict_scores"]));
     assert!(d > 0.0 && d < 0.15, "int8 scores differ from f32 by {d}");
+    // bf16 where the CPU has it (elsewhere the loader refuses it: tests/cli.rs).
+    if crossenc::ops::bf16::available() {
+        let s = Server::start(&dir, &["--quantize", "bf16"]);
+        let info: Value = serde_json::from_str(&s.get("/info").1).unwrap();
+        assert_eq!(info["model_dtype"], "bfloat16");
+        assert!(info["int8_kernel"].is_null());
+        let (status, out) = s.post("/predict", json!({ "inputs": golden_pairs(&g) }));
+        assert_eq!(status, 200);
+        let d = max_abs_diff(&scores_of(&out), &f32s(&g["predict_scores"]));
+        assert!(d > 0.0 && d < 0.01, "bf16 scores differ from f32 by {d}");
+    }
 }
 
 /// A Qwen3 re-ranker (a causal LM) behind `/rerank`: text-embeddings-inference does not serve

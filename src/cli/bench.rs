@@ -8,7 +8,7 @@ use std::process::Command;
 use super::data_args::DataArgs;
 use crate::bench;
 use crate::ops::profile::Rows;
-use crate::{CrossEncoder, LoadOptions};
+use crate::{CrossEncoder, LoadOptions, Quantization};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -86,6 +86,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "train_pairs_per_s": round.train.0.pairs_per_s,
             "pairs_per_s": round.infer.0.pairs_per_s,
             "int8_pairs_per_s": round.int8.0.pairs_per_s,
+            "bf16_pairs_per_s": round.bf16.as_ref().map(|b| b.0.pairs_per_s),
             "matmul_peak_gflops": round.peak,
             "reference": reference,
         }));
@@ -102,6 +103,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         infer: (infer, infer_profile),
         train: (train_b, profile),
         int8: (infer_int8, int8_profile),
+        bf16,
         quantize_s,
         peak,
         bandwidth,
@@ -150,10 +152,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
     report["profile_train_ms_per_step"] = ms(&profile, args.steps);
     report["profile_inference_ms"] = ms(&infer_profile, 1);
     report["profile_inference_int8_ms"] = ms(&int8_profile, 1);
+    if let Some((infer_bf16, _)) = &bf16 {
+        report["inference_bf16"] = json!(infer_bf16);
+        report["ratio_bf16_f32"] = json!(infer_bf16.pairs_per_s / infer.pairs_per_s);
+    }
     println!("{}", serde_json::to_string_pretty(&report)?);
     print_profile("training step", &profile, args.steps);
     print_profile("scoring STS-B test", &infer_profile, 1);
     print_profile("scoring STS-B test, int8", &int8_profile, 1);
+    if let Some((_, bf16_profile)) = &bf16 {
+        print_profile("scoring STS-B test, bf16", bf16_profile, 1);
+    }
     if let Some(path) = &args.append {
         append_row(path, &report)?;
         if let Some(big) = report.get("bert_base") {
@@ -173,6 +182,8 @@ struct Round {
     infer: (bench::InferBench, Rows),
     train: (bench::TrainBench, Rows),
     int8: (bench::InferBench, Rows),
+    /// Where the CPU has AVX-512 BF16.
+    bf16: Option<(bench::InferBench, Rows)>,
     quantize_s: f64,
     peak: f64,
     bandwidth: f64,
@@ -197,6 +208,10 @@ impl Round {
         Round {
             infer: faster(self.infer, o.infer, |b| b.pairs_per_s),
             int8: faster(self.int8, o.int8, |b| b.pairs_per_s),
+            bf16: match (self.bf16, o.bf16) {
+                (Some(a), Some(b)) => Some(faster(a, b, |b| b.pairs_per_s)),
+                (a, b) => a.or(b),
+            },
             train: faster(self.train, o.train, |b| b.pairs_per_s),
             quantize_s: self.quantize_s.min(o.quantize_s),
             peak: self.peak.max(o.peak),
@@ -208,7 +223,8 @@ impl Round {
 }
 
 /// One round of crossenc's figures: scoring, training, peak RSS (read before the probes,
-/// whose buffers would count in it), int8 scoring, the matmul peak and the memory bandwidth.
+/// whose buffers would count in it), int8 and bf16 scoring, the matmul peak and the memory
+/// bandwidth.
 fn measure(
     args: &BenchArgs,
     load: &dyn Fn() -> Result<CrossEncoder>,
@@ -230,14 +246,24 @@ fn measure(
     let mut int8 = load()?;
     int8.batch_size = args.eval_batch_size;
     let started = std::time::Instant::now();
-    int8.model.quantize();
+    int8.model.quantize(Quantization::Int8)?;
     let quantize_s = started.elapsed().as_secs_f64();
     let int8_b = profiled_inference(&int8, test)?;
     drop(int8);
+    let bf16 = match crate::ops::bf16::available() {
+        true => {
+            let mut bf16 = load()?;
+            bf16.batch_size = args.eval_batch_size;
+            bf16.model.quantize(Quantization::Bf16)?;
+            Some(profiled_inference(&bf16, test)?)
+        }
+        false => None,
+    };
     Ok(Round {
         infer,
         train: (train_b, profile),
         int8: int8_b,
+        bf16,
         quantize_s,
         peak: bench::matmul_peak(512, h, i),
         bandwidth: bench::memory_bandwidth(),
@@ -371,7 +397,7 @@ fn commit() -> String {
         )
 }
 
-const HEADER: &str = "| date | cpu, threads | commit | model | train pairs/s | s/step | step floor s | tokens/s | padding | s/epoch | train GFLOP/s | infer pairs/s | infer GFLOP/s | matmul peak | GB/s | peak RSS MB | ref train pairs/s | ref infer pairs/s | ORT fp32 | ORT int8 | train x | infer x | int8 pairs/s | int8 x ORT int8 |";
+const HEADER: &str = "| date | cpu, threads | commit | model | train pairs/s | s/step | step floor s | tokens/s | padding | s/epoch | train GFLOP/s | infer pairs/s | infer GFLOP/s | matmul peak | GB/s | peak RSS MB | ref train pairs/s | ref infer pairs/s | ORT fp32 | ORT int8 | train x | infer x | int8 pairs/s | int8 x ORT int8 | bf16 pairs/s |";
 
 /// Appends a row to the Markdown table in `path`, starting a new table when the file has none
 /// with today's columns.
@@ -404,7 +430,7 @@ fn append_row(path: &std::path::Path, r: &Value) -> Result<()> {
         .unwrap_or_default();
     writeln!(
         f,
-        "| {date} | {}, {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {date} | {}, {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         r["cpu"].as_str().unwrap_or(""),
         r["threads"],
         r["commit"].as_str().unwrap_or(""),
@@ -429,6 +455,7 @@ fn append_row(path: &std::path::Path, r: &Value) -> Result<()> {
         g("/ratio_inference"),
         g("/inference_int8/pairs_per_s"),
         g("/ratio_int8_ort_int8"),
+        g("/inference_bf16/pairs_per_s"),
     )?;
     Ok(())
 }

@@ -78,6 +78,8 @@ impl Activation {
 pub enum Quantization {
     /// Dynamic int8: weights per output channel, inputs per token (see [`crate::ops::int8`]).
     Int8,
+    /// bfloat16 weights and inputs, f32 sums (see [`crate::ops::bf16`]); CPUs with AVX-512 BF16.
+    Bf16,
 }
 
 impl std::str::FromStr for Quantization {
@@ -85,7 +87,10 @@ impl std::str::FromStr for Quantization {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "int8" => Ok(Quantization::Int8),
-            _ => Err(format!("unknown quantization \"{s}\" (supported: int8)")),
+            "bf16" | "bfloat16" => Ok(Quantization::Bf16),
+            _ => Err(format!(
+                "unknown quantization \"{s}\" (supported: int8, bf16)"
+            )),
         }
     }
 }
@@ -94,6 +99,7 @@ impl std::fmt::Display for Quantization {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str(match self {
             Quantization::Int8 => "int8",
+            Quantization::Bf16 => "bf16",
         })
     }
 }
@@ -237,7 +243,7 @@ impl CrossEncoder {
         let new_head_params = head::init_missing(&config, &mut params, opts.seed)?;
         let mut model = SequenceClassifier::new(&config, &params)?;
         match opts.quantize {
-            Some(_) => timed("quantize", || model.quantize()),
+            Some(q) => timed("quantize", || model.quantize(q))?,
             None => timed("freeze", || model.freeze()),
         }
         Ok(CrossEncoder {
@@ -255,18 +261,18 @@ impl CrossEncoder {
     /// Replaces the weights with those of the model folder `dir` (same config), quantized
     /// as the old ones were, and ready to score as after [`CrossEncoder::load`].
     pub fn reload_weights(&mut self, dir: &Path) -> Result<()> {
-        let quantized = self.model.is_quantized();
+        let quantization = self.model.quantization();
         self.model = SequenceClassifier::new(&self.config, &Params::load(dir, &self.config)?)?;
-        match quantized {
-            true => self.model.quantize(),
-            false => self.model.freeze(),
+        match quantization {
+            Some(q) => self.model.quantize(q)?,
+            None => self.model.freeze(),
         }
         Ok(())
     }
 
     /// How the linear layers compute: `None` for f32.
     pub fn quantization(&self) -> Option<Quantization> {
-        self.model.is_quantized().then_some(Quantization::Int8)
+        self.model.quantization()
     }
 
     pub fn num_labels(&self) -> usize {

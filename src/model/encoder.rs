@@ -419,7 +419,7 @@ impl Layer {
             let (y1, st1) = (&mut acts.y1, &mut acts.st1);
             self.attention_norm.forward(w, &acts.z1, y1, st1)
         });
-        if self.intermediate.is_quantized() && !self.glu {
+        if self.intermediate.is_int8() && !self.glu {
             // int8 scoring: the activation and its quantization in the product's epilogue.
             timed("fwd intermediate + activation", || {
                 let (u, q) = (&mut acts.u, &mut acts.a_int8);

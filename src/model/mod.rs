@@ -43,12 +43,14 @@ use head::{Head, HeadActs};
 use tokenize::Tokens;
 use weights::{two_mut, Weights};
 
+use crate::ops::bf16::Bf16Weight;
 use crate::ops::int8::{QuantizedRows, QuantizedWeight};
 use crate::ops::linear::WeightLayout;
 use crate::ops::matmul::{own_kernel, Panels};
 use crate::ops::profile::timed;
 use crate::ops::rotary::Rotary;
 use crate::ops::{layer_norm, linear, Act, Pass};
+use crate::Quantization;
 
 /// `torch.nn.LayerNorm`'s parameters: where its weight and bias live in the flat buffer.
 #[derive(Debug, Clone)]
@@ -111,6 +113,13 @@ fn weight_and_bias<'a>(
     }
 }
 
+/// A linear layer's weight in a scoring precision below f32.
+#[derive(Debug, Clone)]
+enum Reduced {
+    Int8(QuantizedWeight),
+    Bf16(Bf16Weight),
+}
+
 /// `torch.nn.Linear(in_dim, out_dim)`'s parameters in the flat buffer.
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -120,8 +129,8 @@ pub struct Linear {
     layout: WeightLayout,
     pub in_dim: usize,
     pub out_dim: usize,
-    /// The weight quantized for int8 scoring; the forward uses it when present.
-    int8: Option<QuantizedWeight>,
+    /// The weight in int8 or bf16, for scoring; the forward uses it when present.
+    reduced: Option<Reduced>,
     /// `Wᵀ` laid out for the f32 kernel, for a model that only scores; the forward uses it
     /// when present.
     panels: Option<Panels>,
@@ -150,7 +159,7 @@ impl Linear {
             layout: w.layout(&weight),
             in_dim,
             out_dim,
-            int8: None,
+            reduced: None,
             panels: None,
         })
     }
@@ -176,15 +185,18 @@ impl Linear {
             layout: WeightLayout::OutIn,
             in_dim,
             out_dim: outs.iter().sum(),
-            int8: None,
+            reduced: None,
             panels: None,
         })
     }
 
-    /// From now on the forward runs in int8 on the weight as `w` holds it now.
-    pub fn quantize(&mut self, w: &[f32]) {
-        let weight = &w[self.weight.clone()];
-        self.int8 = Some(QuantizedWeight::new(weight, self.in_dim, self.layout));
+    /// From now on the forward runs in `q`'s precision on the weight as `w` holds it now.
+    pub fn quantize(&mut self, w: &[f32], q: Quantization) {
+        let (weight, k, layout) = (&w[self.weight.clone()], self.in_dim, self.layout);
+        self.reduced = Some(match q {
+            Quantization::Int8 => Reduced::Int8(QuantizedWeight::new(weight, k, layout)),
+            Quantization::Bf16 => Reduced::Bf16(Bf16Weight::new(weight, k, layout)),
+        });
         self.panels = None;
     }
 
@@ -204,8 +216,9 @@ impl Linear {
 
     pub fn forward(&self, w: &[f32], x: &[f32], y: &mut [f32]) {
         let bias = self.bias.clone().map(|b| &w[b]);
-        match &self.int8 {
-            Some(q) => q.forward(y, x, bias, None),
+        match &self.reduced {
+            Some(Reduced::Int8(q)) => q.forward(y, x, bias, None),
+            Some(Reduced::Bf16(b)) => b.forward(y, x, bias),
             None => {
                 let weight = &w[self.weight.clone()];
                 let panels = self.panels.as_ref();
@@ -214,8 +227,15 @@ impl Linear {
         }
     }
 
-    pub fn is_quantized(&self) -> bool {
-        self.int8.is_some()
+    pub fn is_int8(&self) -> bool {
+        matches!(self.reduced, Some(Reduced::Int8(_)))
+    }
+
+    fn int8(&self) -> &QuantizedWeight {
+        match &self.reduced {
+            Some(Reduced::Int8(q)) => q,
+            _ => panic!("not an int8 layer"),
+        }
     }
 
     /// int8 scoring: `y = x · Wᵀ + b`, and `act(y)` quantized into `next` as the input of the
@@ -229,19 +249,17 @@ impl Linear {
         next: &mut QuantizedRows,
     ) {
         let bias = self.bias.clone().map(|b| &w[b]);
-        let q = self.int8.as_ref().expect("a quantized layer");
-        q.forward(y, x, bias, Some((act, next)));
+        self.int8().forward(y, x, bias, Some((act, next)));
     }
 
     /// int8 scoring from rows quantized ahead (by [`Linear::forward_quantizing`]).
     pub fn forward_quantized(&self, w: &[f32], x: &QuantizedRows, y: &mut [f32]) {
         let bias = self.bias.clone().map(|b| &w[b]);
-        let q = self.int8.as_ref().expect("a quantized layer");
-        q.forward_quantized(y, x, bias, None);
+        self.int8().forward_quantized(y, x, bias, None);
     }
 
     pub fn backward(&self, w: &[f32], g: &mut [f32], dy: &[f32], x: &[f32], dx: linear::InputGrad) {
-        debug_assert!(self.int8.is_none(), "a quantized model is not trained");
+        debug_assert!(self.reduced.is_none(), "a quantized model is not trained");
         debug_assert!(
             self.panels.is_none(),
             "a frozen model is thawed before training"
@@ -492,7 +510,7 @@ pub struct SequenceClassifier {
     /// before they change.
     pub weights: Weights,
     body: Body,
-    quantized: bool,
+    quantization: Option<Quantization>,
 }
 
 /// The engine of a family. One lives per model, so its variants' sizes do not matter.
@@ -545,7 +563,7 @@ impl SequenceClassifier {
         Ok(SequenceClassifier {
             weights,
             body,
-            quantized: false,
+            quantization: None,
         })
     }
 
@@ -559,12 +577,20 @@ impl SequenceClassifier {
         }
     }
 
-    /// Scores with int8 linear layers from now on (see [`crate::ops::int8`]); the f32
-    /// weights stay, for saving.
-    pub fn quantize(&mut self) {
+    /// Scores with int8 or bf16 linear layers from now on (see [`crate::ops::int8`] and
+    /// [`crate::ops::bf16`]); the f32 weights stay, for saving. bf16 needs a CPU with AVX-512
+    /// BF16.
+    pub fn quantize(&mut self, q: Quantization) -> Result<()> {
+        if q == Quantization::Bf16 && !crate::ops::bf16::available() {
+            anyhow::bail!(
+                "bf16 scoring needs a CPU with AVX-512 BF16 (avx512_bf16 in lscpu's flags), \
+                 which this one lacks: score in f32 (no --quantize) or int8 instead"
+            );
+        }
         let w = &self.weights.data;
-        self.body.linears_mut().for_each(|l| l.quantize(w));
-        self.quantized = true;
+        self.body.linears_mut().for_each(|l| l.quantize(w, q));
+        self.quantization = Some(q);
+        Ok(())
     }
 
     /// For a model that only scores: lays every linear layer's weight out once for the f32
@@ -580,8 +606,9 @@ impl SequenceClassifier {
         self.body.linears_mut().for_each(Linear::thaw);
     }
 
-    pub fn is_quantized(&self) -> bool {
-        self.quantized
+    /// How the linear layers compute: `None` for f32.
+    pub fn quantization(&self) -> Option<Quantization> {
+        self.quantization
     }
 
     /// The last hidden state `[tokens, hidden]`, dropout off.

@@ -6,7 +6,9 @@
 //! dispatching (measured: 384 ms of a scoring pass of STS-B test with strided `gemm` calls). A
 //! head's probabilities are kept transposed, a row per key and a column per query, so softmax
 //! runs down the columns with whole-vector max and sum and no lane folding (measured in a
-//! scoring pass: 341-387 -> 255-277 ms, 0.31-0.33 -> 0.24 of the QKV product's time). The
+//! scoring pass: 341-387 -> 255-277 ms, 0.31-0.33 -> 0.24 of the QKV product's time). On
+//! AVX-512 the tiles are two vectors wide, of fused multiply-adds ([`avx512`]; the attention of a
+//! scoring pass of STS-B test 242-292 -> 190-209 ms). The
 //! backward's products are strided `gemm` calls on the head's columns of the fused QKV
 //! projection. The probabilities are recomputed in the backward pass (as flash attention does)
 //! instead of being stored. [`Mask`] limits the keys a query sees: a sliding window
@@ -38,18 +40,25 @@ fn fma_tile(acc: &mut [[f32; LANES]; ROWS], a: [f32; ROWS], b: &[f32; LANES]) {
 
 /// `pt = scale · k qᵀ` (the scores transposed) for one head of a `len`-token sequence, key
 /// `j`'s row at `j * lp`, where `qt` (the queries transposed) is `[d, lp]`, zero past `len`,
-/// and `k` is `[len, d]`. Tiles of `ROWS` keys by `LANES` queries stay in registers over the
-/// `d` products.
+/// and `k` is `[len, d]`: the queries from `from` on (the ones before are [`avx512`]'s). Tiles
+/// of `ROWS` keys by `LANES` queries stay in registers over the `d` products.
 #[multiversion(targets(
     "x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma",
     "x86_64+avx2+fma"
 ))]
-fn scores(pt: &mut [f32], k: &[f32], qt: &[f32], (len, d): (usize, usize), scale: f32) {
+fn scores(
+    pt: &mut [f32],
+    k: &[f32],
+    qt: &[f32],
+    (len, d): (usize, usize),
+    scale: f32,
+    from: usize,
+) {
     let lp = qt.len() / d;
     for jb in (0..len).step_by(ROWS) {
         // Rows past the sequence repeat its last; their results are not written.
         let k: [&[f32]; ROWS] = std::array::from_fn(|r| &k[(jb + r).min(len - 1) * d..][..d]);
-        for ib in (0..lp).step_by(LANES) {
+        for ib in (from..lp).step_by(LANES) {
             let mut acc = [[0f32; LANES]; ROWS];
             for (c, q) in qt.chunks_exact(lp).enumerate() {
                 let q = q[ib..].first_chunk().expect("lp is a multiple of LANES");
@@ -65,15 +74,21 @@ fn scores(pt: &mut [f32], k: &[f32], qt: &[f32], (len, d): (usize, usize), scale
 
 /// `out = p v` for one head: `pt` the probabilities transposed (key `j`'s row at `j * lp`),
 /// `v` the values `[len, dp]` (`d` rounded up to `LANES`, zero past `d`), output row `i` at
-/// `out[i * out_rs..][..d]`.
+/// `out[i * out_rs..][..d]`: the columns from `from` on (the ones before are [`avx512`]'s).
 #[multiversion(targets(
     "x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma",
     "x86_64+avx2+fma"
 ))]
-fn context((out, out_rs): (&mut [f32], usize), pt: &[f32], v: &[f32], (len, d): (usize, usize)) {
+fn context(
+    (out, out_rs): (&mut [f32], usize),
+    pt: &[f32],
+    v: &[f32],
+    (len, d): (usize, usize),
+    from: usize,
+) {
     let (lp, dp) = (pt.len() / len, v.len() / len);
     for ib in (0..len).step_by(ROWS) {
-        for cb in (0..dp).step_by(LANES) {
+        for cb in (from..dp).step_by(LANES) {
             let mut acc = [[0f32; LANES]; ROWS];
             for (p, v) in pt.chunks_exact(lp).zip(v.chunks_exact(dp)) {
                 let v = v[cb..].first_chunk().expect("dp is a multiple of LANES");
@@ -84,6 +99,112 @@ fn context((out, out_rs): (&mut [f32], usize), pt: &[f32], v: &[f32], (len, d): 
             let n = LANES.min(d - cb);
             for (r, a) in acc.iter().enumerate().take(len - ib) {
                 out[(ib + r) * out_rs + cb..][..n].copy_from_slice(&a[..n]);
+            }
+        }
+    }
+}
+
+/// Floats across a tile of [`avx512`]'s kernels: two vectors.
+const WIDE: usize = 2 * LANES;
+
+/// Columns of a row `width` floats wide that [`avx512`]'s kernels take, where the CPU runs
+/// them; the generic kernels take the rest.
+fn wide_part(width: usize) -> usize {
+    match super::matmul::own_kernel() {
+        true => width - width % WIDE,
+        false => 0,
+    }
+}
+
+/// [`scores`] and [`context`] on AVX-512, over whole tiles of `ROWS` by `WIDE`: eight
+/// accumulators, each a fused multiply-add a step, where the generic kernels' `ROWS` by
+/// `LANES` tiles of separate multiplies and adds leave the FMA units idle half the time
+/// (AVX2's 16 registers would not hold the wider tile).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{ROWS, WIDE};
+    use std::arch::x86_64::*;
+
+    /// [`super::scores`] for queries `0..wide` (a multiple of `WIDE`).
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn scores(
+        pt: &mut [f32],
+        k: &[f32],
+        qt: &[f32],
+        (len, d): (usize, usize),
+        scale: f32,
+        wide: usize,
+    ) {
+        let lp = qt.len() / d;
+        assert!(wide.is_multiple_of(WIDE) && wide <= lp && pt.len() >= len * lp);
+        for jb in (0..len).step_by(ROWS) {
+            // Rows past the sequence repeat its last; their results are not written.
+            let k: [&[f32]; ROWS] = std::array::from_fn(|r| &k[(jb + r).min(len - 1) * d..][..d]);
+            for ib in (0..wide).step_by(WIDE) {
+                let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
+                for (c, q) in qt.chunks_exact(lp).enumerate() {
+                    let q: &[f32; WIDE] = q[ib..].first_chunk().expect("wide <= lp");
+                    // SAFETY: `q` holds two vectors.
+                    let q = unsafe { [_mm512_loadu_ps(&q[0]), _mm512_loadu_ps(&q[16])] };
+                    for (acc, k) in acc.iter_mut().zip(k) {
+                        let a = _mm512_set1_ps(k[c]);
+                        acc[0] = _mm512_fmadd_ps(a, q[0], acc[0]);
+                        acc[1] = _mm512_fmadd_ps(a, q[1], acc[1]);
+                    }
+                }
+                let scale = _mm512_set1_ps(scale);
+                for (r, acc) in acc.iter().enumerate().take(len - jb) {
+                    let row: &mut [f32; WIDE] = pt[(jb + r) * lp + ib..]
+                        .first_chunk_mut()
+                        .expect("wide <= lp");
+                    // SAFETY: `row` holds two vectors.
+                    unsafe {
+                        _mm512_storeu_ps(&mut row[0], _mm512_mul_ps(acc[0], scale));
+                        _mm512_storeu_ps(&mut row[16], _mm512_mul_ps(acc[1], scale));
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`super::context`] for columns `0..wide` (a multiple of `WIDE`).
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn context(
+        (out, out_rs): (&mut [f32], usize),
+        pt: &[f32],
+        v: &[f32],
+        (len, d): (usize, usize),
+        wide: usize,
+    ) {
+        let (lp, dp) = (pt.len() / len, v.len() / len);
+        assert!(wide.is_multiple_of(WIDE) && wide <= dp && lp.is_multiple_of(ROWS));
+        for ib in (0..len).step_by(ROWS) {
+            for cb in (0..wide).step_by(WIDE) {
+                let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
+                for (p, v) in pt.chunks_exact(lp).zip(v.chunks_exact(dp)) {
+                    let v: &[f32; WIDE] = v[cb..].first_chunk().expect("wide <= dp");
+                    // SAFETY: `v` holds two vectors.
+                    let v = unsafe { [_mm512_loadu_ps(&v[0]), _mm512_loadu_ps(&v[16])] };
+                    // `ib + ROWS <= lp`: rows past the sequence read padding, not written.
+                    let p: &[f32; ROWS] = p[ib..].first_chunk().expect("lp is a multiple of ROWS");
+                    for (acc, &p) in acc.iter_mut().zip(p) {
+                        let a = _mm512_set1_ps(p);
+                        acc[0] = _mm512_fmadd_ps(a, v[0], acc[0]);
+                        acc[1] = _mm512_fmadd_ps(a, v[1], acc[1]);
+                    }
+                }
+                // Columns past `d` are left alone: masked stores.
+                let n = WIDE.min(d - cb);
+                let masks = [n.min(16), n.saturating_sub(16)].map(|m| ((1u32 << m) - 1) as u16);
+                for (r, acc) in acc.iter().enumerate().take(len - ib) {
+                    let row = &mut out[(ib + r) * out_rs + cb..][..n];
+                    let at = row.as_mut_ptr();
+                    // SAFETY: the masks keep both stores within the `n` floats of `row`.
+                    unsafe {
+                        _mm512_mask_storeu_ps(at, masks[0], acc[0]);
+                        _mm512_mask_storeu_ps(at.wrapping_add(16), masks[1], acc[1]);
+                    }
+                }
             }
         }
     }
@@ -319,8 +440,14 @@ impl Dims {
     /// `len` hold padding that nothing reads).
     fn probs(&self, qkv: &[f32], len: usize, head: usize, (k, qt): Scratch, pt: &mut [f32]) {
         self.operands(qkv, len, head, (k, qt));
-        scores(pt, k, qt, (len, self.heads.d), self.scale);
-        let lp = pt.len() / len;
+        let (lp, dims) = (pt.len() / len, (len, self.heads.d));
+        let wide = wide_part(lp);
+        #[cfg(target_arch = "x86_64")]
+        if wide > 0 {
+            // SAFETY: `wide_part` is non-zero only where the CPU has AVX-512.
+            unsafe { avx512::scores(pt, k, qt, dims, self.scale, wide) };
+        }
+        scores(pt, k, qt, dims, self.scale, wide);
         if self.mask != Mask::All {
             // The keys a query does not see get probability 0.
             for (j, row) in pt.chunks_exact_mut(lp).enumerate() {
@@ -394,11 +521,18 @@ pub fn forward(
             let mut pt = vec![0f32; len * len.next_multiple_of(LANES)];
             let (mut k, mut qt, mut v) = (Vec::new(), Vec::new(), Vec::new());
             let dp = heads.d.next_multiple_of(LANES);
+            let wide = wide_part(dp);
             for head in 0..heads.q {
                 dm.probs(x, len, head, (&mut k, &mut qt), &mut pt);
                 dm.drop(dropout, (s, len), head, &mut pt);
                 dm.gather(x, len, (2, head), dp, &mut v);
-                context((&mut out[head * heads.d..], h), &pt, &v, (len, heads.d));
+                let (out, dims) = ((&mut out[head * heads.d..], h), (len, heads.d));
+                #[cfg(target_arch = "x86_64")]
+                if wide > 0 {
+                    // SAFETY: `wide_part` is non-zero only where the CPU has AVX-512.
+                    unsafe { avx512::context((&mut *out.0, h), &pt, &v, dims, wide) };
+                }
+                context(out, &pt, &v, dims, wide);
             }
         });
 }
@@ -509,14 +643,16 @@ mod tests {
     #[test]
     fn matches_composed_values_and_gradients() {
         // Multi-head, and grouped-query (4 query heads on 2 key/value heads); heads narrower
-        // than the kernels' vectors, as wide (32), and one and a bit (20); sequences shorter
-        // and longer than a vector of keys (16). Every head sees all keys, a window narrower
-        // than a sequence (2) or than none (8), or the past.
+        // than the kernels' vectors, as wide (32), one and a bit (20), and a wide tile and a
+        // bit (40); sequences shorter and longer than a vector of keys (16), and than a wide
+        // tile (33). Every head sees all keys, a window narrower than a sequence (2) or than
+        // none (8), or the past.
         for (offsets, heads) in [
             (&[0, 4, 11, 12][..], Heads::new(24, 3)),
             (&[0, 4, 11, 12], Heads { q: 4, kv: 2, d: 6 }),
             (&[0, 21, 38, 39], Heads::new(64, 2)),
             (&[0, 17, 50], Heads { q: 4, kv: 2, d: 20 }),
+            (&[0, 33, 36], Heads { q: 2, kv: 1, d: 40 }),
         ] {
             let n = *offsets.last().unwrap();
             let qkv = randn(n * heads.width(), 1.0, 1);

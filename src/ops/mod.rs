@@ -10,6 +10,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod bf16;
 pub mod composed;
 pub mod disentangled;
 pub mod dropout;

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
 use crate::model::tokenize::PairTokenizer;
-use crate::{CrossEncoder, Scores};
+use crate::{CrossEncoder, Quantization, Scores};
 use batcher::{Batcher, Job, Rejected};
 use metrics::Metrics;
 
@@ -167,8 +167,12 @@ pub async fn serve(
         "labels": ce.config.id2label,
         "activation": ce.activation.torch_name(),
         "max_input_length": ce.tokenizer.max_length,
-        "model_dtype": ce.quantization().map_or("float32".to_string(), |q| q.to_string()),
-        "int8_kernel": ce.quantization().map(|_| crate::ops::int8::kernel()),
+        "model_dtype": match ce.quantization() {
+            None => "float32",
+            Some(Quantization::Int8) => "int8",
+            Some(Quantization::Bf16) => "bfloat16",
+        },
+        "int8_kernel": (ce.quantization() == Some(Quantization::Int8)).then(crate::ops::int8::kernel),
         "max_batch_tokens": cfg.max_batch_tokens,
         "max_client_batch_size": cfg.max_client_batch_size,
         "max_concurrent_requests": cfg.max_queue,

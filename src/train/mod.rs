@@ -179,7 +179,7 @@ impl Trainable {
     /// re-ranker (scoring only). Weights laid out for scoring are dropped: they would go stale.
     pub fn new(ce: &mut CrossEncoder, adamw: AdamWConfig) -> Result<Self> {
         anyhow::ensure!(
-            !ce.model.is_quantized(),
+            ce.model.quantization().is_none(),
             "a model quantized for scoring cannot be trained; load it without --quantize"
         );
         anyhow::ensure!(
