@@ -7,7 +7,7 @@
 //! head's probabilities are kept transposed, a row per key and a column per query, so softmax
 //! runs down the columns with whole-vector max and sum and no lane folding (measured in a
 //! scoring pass: 341-387 -> 255-277 ms, 0.31-0.33 -> 0.24 of the QKV product's time). On
-//! AVX-512 the tiles are two vectors wide, of fused multiply-adds ([`avx512`]; the attention of a
+//! AVX-512 the tiles are two vectors wide, of fused multiply-adds (`avx512`; the attention of a
 //! scoring pass of STS-B test 242-292 -> 190-209 ms). The
 //! backward's products are strided `gemm` calls on the head's columns of the fused QKV
 //! projection. The probabilities are recomputed in the backward pass (as flash attention does)
