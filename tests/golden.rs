@@ -114,32 +114,13 @@ fn int8_scores_are_as_close_to_f32_as_onnx_runtime_int8() {
     let (mut ours, mut theirs) = (0.0, 0.0);
     for name in TINY {
         let dir = shared(&format!("golden/{name}"));
-        let g = read_json(&dir.join("golden.json"));
-        let pairs = golden_pairs(&g);
-        let want = f32s(&g["predict_scores"]);
-        let opts = LoadOptions {
-            max_length: Some(g["max_length"].as_u64().unwrap() as usize),
-            quantize: Some(Quantization::Int8),
-            ..Default::default()
-        };
-        let mut errors = Vec::new();
-        for bs in [1, 8] {
-            let mut ce = CrossEncoder::load(dir.to_str().unwrap(), &opts).unwrap();
-            assert_eq!(ce.quantization(), Some(Quantization::Int8));
-            ce.set_batch_size(bs);
-            errors.push(max_abs_diff(&ce.predict(&pairs).unwrap().values, &want));
-        }
-        let mut ce = CrossEncoder::load(dir.to_str().unwrap(), &opts).unwrap();
+        let d = reduced_error(&dir, name, Quantization::Int8);
+        let mut ce =
+            CrossEncoder::load(dir.to_str().unwrap(), &reduced(&dir, Quantization::Int8)).unwrap();
         let refused = crossenc::train::Trainable::new(&mut ce, Default::default());
         assert!(refused.is_err(), "{name}: a quantized model must not train");
-        // Each pair is quantized on its own (per token): the batch does not change its scores.
-        assert_eq!(
-            errors[0], errors[1],
-            "{name}: int8 scores depend on the batch"
-        );
-        let (d, ort_d) = (errors[0], ort[name].as_f64().unwrap() as f32);
-        eprintln!("{name}: int8 differs from f32 by {d:.4} (ONNX Runtime int8: {ort_d:.4})");
-        assert!(d > 0.0, "{name}: int8 scores equal f32's: not quantized?");
+        let ort_d = ort[name].as_f64().unwrap() as f32;
+        eprintln!("{name}: ONNX Runtime int8 differs from f32 by {ort_d:.4}");
         assert!(d < bound, "{name}: int8 scores differ from f32 by {d}");
         ours += d;
         theirs += ort_d;
@@ -187,62 +168,73 @@ fn int8_minilm_hidden_state_keeps_its_direction() {
 /// products in one order). Where the CPU lacks AVX-512 BF16 the loader refuses, and says so.
 #[test]
 fn bf16_scores_every_family_close_to_f32() {
-    let newer = [
-        "tiny-modernbert",
-        "tiny-modernbert-mean",
-        "tiny-gte",
-        "tiny-deberta-v3",
-        "tiny-deberta-v2",
-        "tiny-qwen3-reranker",
-        "tiny-qwen2-reranker",
-    ];
     let dirs = TINY
         .iter()
         .map(|n| (*n, shared(&format!("golden/{n}"))))
         .chain(
-            newer
+            NEWER
                 .iter()
                 .map(|n| (*n, repo().join("tests/fixtures").join(n))),
         );
     for (name, dir) in dirs {
-        let g = read_json(&require(dir.join("golden.json")));
-        let opts = LoadOptions {
-            max_length: Some(g["max_length"].as_u64().unwrap() as usize),
-            quantize: Some(Quantization::Bf16),
-            ..Default::default()
-        };
         if !crossenc::ops::bf16::available() {
+            let opts = reduced(&dir, Quantization::Bf16);
             let err = CrossEncoder::load(dir.to_str().unwrap(), &opts)
                 .err()
                 .unwrap();
             assert!(err.to_string().contains("AVX-512 BF16"), "{err}");
             continue;
         }
-        let pairs = golden_pairs(&g);
-        let mut errors = Vec::new();
-        for bs in [1, 8] {
-            let mut ce = CrossEncoder::load(dir.to_str().unwrap(), &opts).unwrap();
-            assert_eq!(ce.quantization(), Some(Quantization::Bf16));
-            ce.set_batch_size(bs);
-            let got = ce.predict(&pairs).unwrap().values;
-            errors.push(max_abs_diff(&got, &f32s(&g["predict_scores"])));
-        }
-        eprintln!("{name}: bf16 differs from f32 by {:.4}", errors[0]);
-        assert_eq!(
-            errors[0], errors[1],
-            "{name}: bf16 scores depend on the batch"
-        );
-        assert!(
-            errors[0] > 0.0,
-            "{name}: bf16 scores equal f32's: not rounded?"
-        );
-        assert!(
-            errors[0] < 0.04,
-            "{name}: bf16 differs from f32 by {}",
-            errors[0]
-        );
+        let d = reduced_error(&dir, name, Quantization::Bf16);
+        assert!(d < 0.04, "{name}: bf16 differs from f32 by {d}");
     }
 }
+
+/// Loading options for the golden model in `dir`, its linear layers in `q`.
+fn reduced(dir: &std::path::Path, q: Quantization) -> LoadOptions {
+    let g = read_json(&require(dir.join("golden.json")));
+    LoadOptions {
+        max_length: Some(g["max_length"].as_u64().unwrap() as usize),
+        quantize: Some(q),
+        ..Default::default()
+    }
+}
+
+/// The largest change of the golden model's scores (in `dir`) when its linear layers run in
+/// `q`: not zero, and the same at batch sizes 1 and 8 (each pair is rounded on its own, and
+/// each output sums its products in one order).
+fn reduced_error(dir: &std::path::Path, name: &str, q: Quantization) -> f32 {
+    let g = read_json(&require(dir.join("golden.json")));
+    let pairs = golden_pairs(&g);
+    let errors = [1, 8].map(|bs| {
+        let mut ce = CrossEncoder::load(dir.to_str().unwrap(), &reduced(dir, q)).unwrap();
+        assert_eq!(ce.quantization(), Some(q));
+        ce.set_batch_size(bs);
+        let got = ce.predict(&pairs).unwrap().values;
+        max_abs_diff(&got, &f32s(&g["predict_scores"]))
+    });
+    eprintln!("{name}: {q} differs from f32 by {:.4}", errors[0]);
+    assert_eq!(
+        errors[0], errors[1],
+        "{name}: {q} scores depend on the batch"
+    );
+    assert!(
+        errors[0] > 0.0,
+        "{name}: {q} scores equal f32's: not rounded?"
+    );
+    errors[0]
+}
+
+/// The newer families' tiny models, in `tests/fixtures` (`scripts/golden_families.py`).
+const NEWER: [&str; 7] = [
+    "tiny-modernbert",
+    "tiny-modernbert-mean",
+    "tiny-gte",
+    "tiny-deberta-v3",
+    "tiny-deberta-v2",
+    "tiny-qwen3-reranker",
+    "tiny-qwen2-reranker",
+];
 
 const TINY: [&str; 6] = [
     "tiny-bert",
@@ -520,43 +512,9 @@ fn int8_scores_the_newer_families() {
         8 => 0.05,
         _ => 0.1,
     };
-    for name in [
-        "tiny-modernbert",
-        "tiny-modernbert-mean",
-        "tiny-gte",
-        "tiny-deberta-v3",
-        "tiny-deberta-v2",
-        "tiny-qwen3-reranker",
-        "tiny-qwen2-reranker",
-    ] {
+    for name in NEWER {
         let dir = repo().join("tests/fixtures").join(name);
-        let g = read_json(&require(dir.join("golden.json")));
-        let opts = LoadOptions {
-            max_length: Some(g["max_length"].as_u64().unwrap() as usize),
-            quantize: Some(Quantization::Int8),
-            ..Default::default()
-        };
-        let pairs = golden_pairs(&g);
-        let mut errors = Vec::new();
-        for bs in [1, 8] {
-            let mut ce = CrossEncoder::load(dir.to_str().unwrap(), &opts).unwrap();
-            ce.set_batch_size(bs);
-            let got = ce.predict(&pairs).unwrap().values;
-            errors.push(max_abs_diff(&got, &f32s(&g["predict_scores"])));
-        }
-        eprintln!("{name}: int8 differs from f32 by {:.4}", errors[0]);
-        assert_eq!(
-            errors[0], errors[1],
-            "{name}: int8 scores depend on the batch"
-        );
-        assert!(
-            errors[0] > 0.0,
-            "{name}: int8 scores equal f32's: not quantized?"
-        );
-        assert!(
-            errors[0] < bound,
-            "{name}: int8 scores differ from f32 by {}",
-            errors[0]
-        );
+        let d = reduced_error(&dir, name, Quantization::Int8);
+        assert!(d < bound, "{name}: int8 scores differ from f32 by {d}");
     }
 }

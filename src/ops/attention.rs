@@ -195,7 +195,7 @@ mod avx512 {
                 }
                 // Columns past `d` are left alone: masked stores.
                 let n = WIDE.min(d - cb);
-                let masks = [n.min(16), n.saturating_sub(16)].map(|m| ((1u32 << m) - 1) as u16);
+                let masks = crate::ops::column_masks::<2>(d, cb);
                 for (r, acc) in acc.iter().enumerate().take(len - ib) {
                     let row = &mut out[(ib + r) * out_rs + cb..][..n];
                     let at = row.as_mut_ptr();

@@ -211,10 +211,7 @@ mod avx512 {
         bias: Option<&[f32]>,
     ) {
         // Columns past `n` get an empty mask: no load or store touches them.
-        let masks: [__mmask16; NV] = std::array::from_fn(|v| {
-            let left = n.saturating_sub(c0 + 16 * v).min(16);
-            ((1u32 << left) - 1) as __mmask16
-        });
+        let masks = crate::ops::column_masks::<NV>(n, c0);
         assert!(y.len() >= (r0 + R) * n);
         for (r, acc) in acc.iter().enumerate() {
             for (v, &acc) in acc.iter().enumerate() {

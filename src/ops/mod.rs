@@ -29,6 +29,17 @@ pub use dropout::{Dropout, Pass};
 /// rows add up in the same order on every run.
 const ROW_BLOCK: usize = 16;
 
+/// Store masks of `NV` vectors of 16 floats from column `c0` of rows `n` wide: a lane's bit is
+/// set where its column lies within the row. The AVX-512 kernels store their tiles' column tails
+/// through them.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn column_masks<const NV: usize>(n: usize, c0: usize) -> [u16; NV] {
+    std::array::from_fn(|v| {
+        let left = n.saturating_sub(c0 + 16 * v).min(16);
+        ((1u32 << left) - 1) as u16
+    })
+}
+
 /// Lanes of the reductions below: independent partial results that the compiler keeps in
 /// vector registers (a single running sum is a chain of dependent adds that cannot vectorise).
 const LANES: usize = 16;

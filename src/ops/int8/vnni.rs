@@ -169,10 +169,7 @@ fn store<const R: usize>(
     dq: &Dequantize,
 ) {
     // Columns past `n` get an empty mask: no load or store touches them.
-    let masks: [__mmask16; NV] = std::array::from_fn(|v| {
-        let left = n.saturating_sub(c0 + 16 * v).min(16);
-        ((1u32 << left) - 1) as __mmask16
-    });
+    let masks = crate::ops::column_masks::<NV>(n, c0);
     for (r, acc) in acc.iter().enumerate() {
         let row = r0 + r;
         let zero = _mm512_set1_epi32(dq.zero[row] as i32);

@@ -42,10 +42,7 @@ fn product_avx512(dst: &mut [f32], dst_rs: usize, lhs: View, rhs: &Panels, start
     for (p, panel) in rhs.data.chunks_exact(k * PANEL).enumerate() {
         let c0 = p * PANEL;
         // Columns past `n` get an empty mask: no load or store touches them.
-        let masks: [__mmask16; NV] = std::array::from_fn(|v| {
-            let left = rhs.n.saturating_sub(c0 + 16 * v).min(16);
-            ((1u32 << left) - 1) as __mmask16
-        });
+        let masks = crate::ops::column_masks::<NV>(rhs.n, c0);
         for r0 in (0..lhs.rows).step_by(MR) {
             let out = Out {
                 dst: dst.as_mut_ptr().wrapping_add(r0 * dst_rs + c0),
