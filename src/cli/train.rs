@@ -306,8 +306,6 @@ fn train_in(mut args: TrainArgs, group: &Arc<dyn Group>) -> Result<()> {
         results.push((format!("dev (best, step {step})"), m.clone()));
     }
     if let Some(test) = &test_set {
-        // Trained no more: scored as a loaded model is, its weights laid out once.
-        ce.model.freeze();
         let m = eval::pair_metrics(&ce, task, test)?;
         if !args.quiet {
             println!("test: {}", eval::format(&m));

@@ -125,26 +125,20 @@ mod tests {
         }
     }
 
-    /// Each kernel is picked at run time for the CPU the tests run on. Under
-    /// `CROSSENC_EXPECT_CPU=avx2` (`scripts/test-avx2.sh`, on an emulated AVX2-only CPU) that CPU
-    /// must be one: AVX2 and FMA, no AVX-512, so the whole run took the AVX2 paths.
+    /// `scripts/test-avx2.sh` runs the tests on an emulated AVX2-only CPU: this checks that the
+    /// CPU is one (AVX2 and FMA, no AVX-512), so that the run took the AVX2 paths, which the
+    /// kernels pick at run time. On a host with AVX-512 it fails, hence ignored in plain runs.
     #[test]
     #[cfg(target_arch = "x86_64")]
-    fn kernels_follow_the_cpu() {
-        let avx512 = is_x86_feature_detected!("avx512f");
-        let vnni = avx512 && is_x86_feature_detected!("avx512vnni");
-        assert_eq!(super::matmul::own_kernel(), avx512);
-        assert!(!super::bf16::available() || is_x86_feature_detected!("avx512bf16"));
-        assert!(super::int8::kernel().contains("vpdpbusd") || !vnni);
-        if std::env::var("CROSSENC_EXPECT_CPU").as_deref() == Ok("avx2") {
-            assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"));
-            assert!(
-                !avx512,
-                "the CPU has AVX-512: not the AVX2-only one expected"
-            );
-            assert!(!super::bf16::available());
-            assert_eq!(super::int8::weight_bits(), 7, "{}", super::int8::kernel());
-        }
+    #[ignore = "a check of the emulated CPU of scripts/test-avx2.sh, which runs it"]
+    fn the_cpu_is_avx2_only() {
+        assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"));
+        assert!(
+            !is_x86_feature_detected!("avx512f"),
+            "the CPU has AVX-512: not the AVX2-only one expected"
+        );
+        assert!(!super::bf16::available());
+        assert_eq!(super::int8::weight_bits(), 7, "{}", super::int8::kernel());
     }
 }
 

@@ -505,7 +505,8 @@ pub fn check_labels(loss: LossKind, examples: &[Example]) -> Result<()> {
 }
 
 /// Trains `ce` on `train` as `cfg` says, evaluating on `dev`, into the model folder `output`:
-/// a loop of named steps (`Run::step`, `log`, `evaluate_and_save`, `finish`).
+/// a loop of named steps (`Run::step`, `log`, `evaluate_and_save`, `finish`). On rank 0, `ce`
+/// comes back ready to score, as [`CrossEncoder::load`] leaves a model.
 pub fn train(
     ce: &mut CrossEncoder,
     train: &[Example],
@@ -879,13 +880,18 @@ impl<'a> Run<'a> {
                 .zip(self.st.best_metric)
                 .map(|(s, v)| (s, Metrics::from([(cfg.metric.clone(), v)])));
         }
-        if let Some((best_step, _)) = self.best.as_ref().filter(|(s, _)| *s != self.st.step) {
-            // The weights in memory are the last step's; the output folder holds the best ones.
-            self.progress.report(&format!(
-                "best {} at step {best_step}; reloading it",
-                cfg.metric
-            ));
-            ce.reload_weights(self.output)?;
+        match self.best.as_ref().filter(|(s, _)| *s != self.st.step) {
+            Some((best_step, _)) => {
+                // The weights in memory are the last step's; the output folder holds the best
+                // ones (reloaded ready to score).
+                self.progress.report(&format!(
+                    "best {} at step {best_step}; reloading it",
+                    cfg.metric
+                ));
+                ce.reload_weights(self.output)?;
+            }
+            // Trained no more: laid out to score, as a loaded model is.
+            None => ce.model.freeze(),
         }
         plot::write_training_svg(self.output)?;
         Ok(Summary {
