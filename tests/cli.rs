@@ -339,6 +339,21 @@ fn bad_inputs_give_clear_errors() {
         &crossenc(&["predict", "-m", d, "-i", latin1.to_str().unwrap()]),
         &["latin1.csv line 2: not UTF-8 text"],
     );
+    // An output path that cannot be written: the error names it, and no temporary file stays.
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let o = out_dir.to_str().unwrap();
+    fails_with(
+        &crossenc(&["predict", "-m", d, "-i", &two, "--output", o]),
+        &[o, "Is a directory"],
+    );
+    let mut left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("out"))
+        .collect();
+    left.sort();
+    assert_eq!(left, ["out"], "a failed write left its temporary file");
 }
 
 #[test]
@@ -668,4 +683,74 @@ fn qwen3_reranker_predicts_and_ranks_as_sentence_transformers() {
         let d = (r["score"].as_f64().unwrap() as f32 - want[i]).abs();
         assert!(d < 1e-4, "rank score of pair {i} differs by {d}");
     }
+}
+
+/// A text past the tokenizer's head size is cut before it is tokenized, to the same tokens as
+/// the whole text truncated: one long side, the other, both (the max length leaves an odd
+/// budget, so the longer side's extra token is checked), with and without spaces near the cut.
+#[test]
+fn long_texts_encode_as_when_tokenized_whole() {
+    let (dir, _) = golden();
+    let ce = crossenc::CrossEncoder::load(dir.to_str().unwrap(), &Default::default()).unwrap();
+    let tok = ce.tokenizer();
+    let mut whole = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    whole
+        .with_truncation(Some(tokenizers::TruncationParams {
+            max_length: tok.max_length,
+            ..Default::default()
+        }))
+        .unwrap();
+    let words = "the cat sat on a mat, unbelievably tired; ".repeat(4000);
+    let glued = "abcdefghij".repeat(20000);
+    let short = "a short query";
+    let cases = [
+        (short, &words[..]),
+        (&words[..], short),
+        (&words[..30000], &words[..]),
+        (&words[..], &words[..30000]),
+        (&words[..], &glued[..]),
+        (&glued[..], short),
+    ];
+    assert!(cases
+        .iter()
+        .all(|(a, b)| a.len().max(b.len()) > tok.head_bytes()));
+    let got = tok.encode_pairs(&cases).unwrap();
+    for ((a, b), got) in cases.iter().zip(&got) {
+        let want = whole.encode((*a, *b), true).unwrap();
+        assert_eq!(
+            got.get_ids(),
+            want.get_ids(),
+            "{} + {} bytes",
+            a.len(),
+            b.len()
+        );
+        assert_eq!(got.get_type_ids(), want.get_type_ids());
+    }
+}
+
+/// A 5 MB text is scored from its head (the work bounded by the max length, not the text),
+/// as its first 300 bytes score, with a note naming its line.
+#[test]
+fn predict_scores_a_5_mb_text_from_its_head_and_says_so() {
+    let (dir, _) = golden();
+    let d = dir.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let text = "The quick brown fox jumps over the lazy dog. ".repeat(111_112);
+    let input = tmp.path().join("long.tsv");
+    std::fs::write(
+        &input,
+        format!("a query\t{}\na query\t{}\n", &text[..300], text),
+    )
+    .unwrap();
+    let (out, peak_mb) = peak_rss_of(&["predict", "-m", d, "-i", input.to_str().unwrap()]);
+    let scores = score_lines(&stdout(&out));
+    assert_eq!(scores[0], scores[1]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("long.tsv line 2: a text of 5000040 bytes"),
+        "{err}"
+    );
+    assert!(!err.contains("line 1:"), "{err}");
+    // The tiny model loads in a few MB: tokenized whole, the text took over 1 GB.
+    assert!(peak_mb < 100.0, "peak RSS {peak_mb} MB");
 }

@@ -446,6 +446,32 @@ fn a_chat_template_without_the_pair_roles_is_refused() {
     assert!(msg.contains("does not render a pair's"), "{msg}");
 }
 
+/// A template is input like any other: nested loops (10^10 steps, unbounded text) are refused
+/// at load, naming the template and the limit, within the template's bounded work.
+#[test]
+fn a_chat_template_that_loops_without_bound_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(
+        &repo().join("tests/fixtures/tiny-qwen3-reranker"),
+        tmp.path(),
+    );
+    let template = tmp.path().join("chat_template.jinja");
+    std::fs::write(
+        &template,
+        "{% for i in range(100000) %}{% for j in range(100000) %}xxxxxxxxxx{% endfor %}{% endfor %}",
+    )
+    .unwrap();
+    let input = tmp.path().join("pairs.tsv");
+    std::fs::write(&input, "a query\ta document\n").unwrap();
+    let model = tmp.path().to_str().unwrap();
+    let (out, peak_mb) = peak_rss_of(&["predict", "-m", model, "-i", input.to_str().unwrap()]);
+    fails_with(
+        &out,
+        &[template.to_str().unwrap(), "limit of 1000000 steps"],
+    );
+    assert!(peak_mb < 100.0, "peak RSS {peak_mb} MB");
+}
+
 /// Copies the files of `from` into `to`.
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     for entry in std::fs::read_dir(from).unwrap() {

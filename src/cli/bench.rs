@@ -122,10 +122,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "inference_int8": infer_int8, "int8_kernel": crate::ops::int8::kernel(),
         "quantize_s": quantize_s, "ratio_int8_f32": infer_int8.pairs_per_s / infer.pairs_per_s,
     });
+    let mut big_profile = None;
     if args.bert_base {
         let mut big = bench::resized(&load()?, bench::BERT_BASE)?;
         let steps = args.steps.min(10);
+        crate::ops::profile::enable(true);
         let train_big = bench::train_steps(&mut big, &train, args.batch_size, steps)?;
+        big_profile = Some((crate::ops::profile::take(), steps));
+        crate::ops::profile::enable(false);
         // Training thawed it: scored as a loaded model is, its weights laid out once.
         big.model.freeze();
         let infer_big = bench::inference(&big, &test[..test.len().min(256)], 1)?;
@@ -152,6 +156,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     report["profile_train_ms_per_step"] = ms(&profile, args.steps);
     report["profile_inference_ms"] = ms(&infer_profile, 1);
     report["profile_inference_int8_ms"] = ms(&int8_profile, 1);
+    if let Some((rows, steps)) = &big_profile {
+        report["bert_base"]["profile_train_ms_per_step"] = ms(rows, *steps);
+    }
     if let Some((infer_bf16, _)) = &bf16 {
         report["inference_bf16"] = json!(infer_bf16);
         report["ratio_bf16_f32"] = json!(infer_bf16.pairs_per_s / infer.pairs_per_s);
@@ -160,6 +167,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     print_profile("training step", &profile, args.steps);
     print_profile("scoring STS-B test", &infer_profile, 1);
     print_profile("scoring STS-B test, int8", &int8_profile, 1);
+    if let Some((rows, steps)) = &big_profile {
+        print_profile("training step, bert-base size", rows, *steps);
+    }
     if let Some((_, bf16_profile)) = &bf16 {
         print_profile("scoring STS-B test, bf16", bf16_profile, 1);
     }

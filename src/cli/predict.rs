@@ -75,6 +75,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     }
     let pairs = data::read_pairs(&table, &cols)?;
     let ce = args.model.load()?;
+    note_cut_texts(&table, &pairs, &ce.tokenizer);
     let scores = if args.raw {
         ce.logits(&pairs)?
     } else {
@@ -105,4 +106,33 @@ pub fn run(args: PredictArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Names on stderr the rows with a text so long that only a prefix of it is tokenized (it is
+/// scored on its first max-length tokens, as every longer text is): the first few, then a count.
+fn note_cut_texts(
+    table: &Table,
+    pairs: &[(String, String)],
+    tok: &crate::model::tokenize::PairTokenizer,
+) {
+    const SHOWN: usize = 5;
+    let cap = tok.head_bytes();
+    let cut: Vec<(usize, usize)> = table
+        .rows
+        .iter()
+        .zip(pairs)
+        .filter_map(|(row, (a, b))| Some((row.line, a.len().max(b.len()))).filter(|p| p.1 > cap))
+        .collect();
+    for (line, bytes) in cut.iter().take(SHOWN) {
+        eprintln!(
+            "note: {} line {line}: a text of {bytes} bytes, scored on its first {} tokens (the max length) from a prefix of it",
+            table.source, tok.max_length
+        );
+    }
+    if cut.len() > SHOWN {
+        eprintln!(
+            "note: {} more rows with texts over {cap} bytes, cut likewise",
+            cut.len() - SHOWN
+        );
+    }
 }

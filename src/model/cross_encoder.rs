@@ -390,11 +390,9 @@ impl CrossEncoder {
             &dir.join("tokenizer_config.json"),
             serde_json::to_string_pretty(&self.tokenizer_config()?)?.as_bytes(),
         )?;
-        let tmp = tmp_path(&dir.join("model.safetensors"));
-        self.model.weights.save(&tmp)?;
-        std::fs::rename(&tmp, dir.join("model.safetensors"))
-            .with_context(|| format!("cannot write {}", dir.join("model.safetensors").display()))?;
-        Ok(())
+        replace_file(&dir.join("model.safetensors"), |tmp| {
+            self.model.weights.save(tmp)
+        })
     }
 
     /// The source tokenizer_config.json with our max length and token-type choice recorded.
@@ -507,15 +505,24 @@ fn read_activation(dir: &Path, config: &Config) -> Result<Activation> {
     }
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp-{}", std::process::id()));
-    path.with_file_name(name)
-}
-
 /// Writes `bytes` to a temporary file beside `path`, then renames it into place.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    replace_file(path, |tmp| {
+        std::fs::write(tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))
+    })
+}
+
+/// Has `write` fill a temporary file beside `path`, then renames it into place; on any
+/// failure the temporary file is removed, so a failed write leaves `path` as it was.
+fn replace_file(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = path.with_file_name(name);
+    let written = write(&tmp).and_then(|()| {
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }

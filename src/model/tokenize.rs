@@ -88,6 +88,8 @@ impl Tokens {
 #[derive(Clone)]
 pub struct PairTokenizer {
     tokenizer: Tokenizer,
+    /// The same without truncation, to count a text's tokens.
+    counter: Tokenizer,
     pub max_length: usize,
     /// Whether the HF tokenizer returns `token_type_ids` (its `model_input_names`).
     pub with_type_ids: bool,
@@ -141,6 +143,12 @@ impl PairTokenizer {
                 special + 1
             );
         }
+        let mut counter = tokenizer.clone();
+        // The file's own truncation, if any, would cap the count.
+        counter
+            .with_truncation(None)
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        counter.with_padding(None);
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length,
@@ -152,26 +160,102 @@ impl PairTokenizer {
         tokenizer.with_padding(None);
         Ok(PairTokenizer {
             tokenizer,
+            counter,
             max_length,
             with_type_ids: returns_type_ids(tok_cfg.as_ref(), cfg),
             chat,
         })
     }
 
+    /// Bytes of a text beyond which it is cut before it is tokenized (see [`Self::head`]).
+    pub fn head_bytes(&self) -> usize {
+        self.max_length.saturating_mul(HEAD_BYTES_PER_TOKEN)
+    }
+
+    /// Tokens of `text` alone, without special tokens.
+    fn count(&self, text: &str) -> Result<usize> {
+        let e = self
+            .counter
+            .encode(text, false)
+            .map_err(|e| anyhow!("tokenization failed: {e}"))?;
+        Ok(e.len())
+    }
+
+    /// The shortest of `text`'s prefixes cut at a word boundary near `bytes`, `2 · bytes`, ...
+    /// that holds more than `floor` tokens (or the whole text), with its token count. Its
+    /// tokens are the whole text's first ones: truncated to the max length, it encodes as the
+    /// whole text does, for the cost of a prefix rather than of the text (a 5 MB document
+    /// tokenized whole took 1.2 GB and 5 s).
+    fn prefix_over<'t>(
+        &self,
+        text: &'t str,
+        bytes: usize,
+        floor: usize,
+    ) -> Result<(&'t str, usize)> {
+        let mut bytes = bytes.max(1);
+        loop {
+            let head = cut_at_word(text, bytes);
+            let n = self.count(head)?;
+            if n > floor || head.len() == text.len() {
+                return Ok((head, n));
+            }
+            bytes = bytes.saturating_mul(2);
+        }
+    }
+
+    /// A text as it is tokenized: whole, or past [`Self::head_bytes`] its prefix that keeps
+    /// the first `max_length` tokens.
+    fn head<'t>(&self, text: &'t str) -> Result<&'t str> {
+        match text.len() > self.head_bytes() {
+            true => Ok(self
+                .prefix_over(text, self.head_bytes(), self.max_length)?
+                .0),
+            false => Ok(text),
+        }
+    }
+
+    /// A pair as it is tokenized: each text as [`Self::head`] cuts it, the cut one then kept
+    /// longer in tokens than the other where its whole text is (longest-first truncation gives
+    /// the odd token to the longer text). Where both are cut, the one of more bytes is taken
+    /// as the longer.
+    fn pair_heads<'t>(&self, a: &'t str, b: &'t str) -> Result<(&'t str, &'t str)> {
+        let cap = self.head_bytes();
+        let (cut_a, cut_b) = (a.len() > cap, b.len() > cap);
+        if !(cut_a || cut_b) {
+            return Ok((a, b));
+        }
+        let side = |t: &'t str, cut: bool| match cut {
+            true => self.prefix_over(t, cap, self.max_length),
+            false => Ok((t, self.count(t)?)),
+        };
+        let ((mut ha, na), (mut hb, nb)) = (side(a, cut_a)?, side(b, cut_b)?);
+        if cut_a && (!cut_b || a.len() > b.len()) && na <= nb {
+            ha = self.prefix_over(a, 2 * ha.len(), nb)?.0;
+        } else if cut_b && (!cut_a || b.len() > a.len()) && nb <= na {
+            hb = self.prefix_over(b, 2 * hb.len(), na)?.0;
+        }
+        Ok((ha, hb))
+    }
+
     /// Encodes pairs in parallel, in input order.
     pub fn encode_pairs<S: AsRef<str>>(&self, pairs: &[(S, S)]) -> Result<Vec<Encoding>> {
         let Some(chat) = &self.chat else {
+            let heads = pairs
+                .iter()
+                .map(|(a, b)| self.pair_heads(a.as_ref(), b.as_ref()))
+                .collect::<Result<Vec<_>>>()?;
             return self.encode(
-                pairs
-                    .iter()
-                    .map(|(a, b)| EncodeInput::Dual(a.as_ref().into(), b.as_ref().into()))
+                heads
+                    .into_iter()
+                    .map(|(a, b)| EncodeInput::Dual(a.into(), b.into()))
                     .collect(),
             );
         };
-        let texts: Vec<(&str, &str)> = pairs
+        // The prompt is cut as one sequence: each text needs only its first `max_length` tokens.
+        let texts = pairs
             .iter()
-            .map(|(a, b)| (a.as_ref(), b.as_ref()))
-            .collect();
+            .map(|(a, b)| Ok((self.head(a.as_ref())?, self.head(b.as_ref())?)))
+            .collect::<Result<Vec<_>>>()?;
         let prompts = texts
             .par_iter()
             .map(|(a, b)| chat.render(a, b))
@@ -196,10 +280,14 @@ impl PairTokenizer {
 
     /// Encodes single texts (a bi-encoder's input) in parallel, in input order.
     pub fn encode_texts<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Encoding>> {
+        let heads = texts
+            .iter()
+            .map(|t| self.head(t.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
         self.encode(
-            texts
-                .iter()
-                .map(|t| EncodeInput::Single(t.as_ref().into()))
+            heads
+                .into_iter()
+                .map(|t| EncodeInput::Single(t.into()))
                 .collect(),
         )
     }
@@ -215,6 +303,34 @@ impl PairTokenizer {
     }
 }
 
+/// Bytes per token of max length past which a text is cut before it is tokenized: English
+/// runs 4-6 bytes a token; a text whose prefix tokenizes shorter is cut again at twice the size.
+const HEAD_BYTES_PER_TOKEN: usize = 8;
+
+/// `text` cut near `bytes`: after the last whitespace of the second half of its first
+/// `bytes`, else after its last other non-alphanumeric character (both end a word for every
+/// pre-tokenizer), else at a character boundary.
+fn cut_at_word(text: &str, bytes: usize) -> &str {
+    if text.len() <= bytes {
+        return text;
+    }
+    let mut end = bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let window = &text[end / 2..end];
+    let at = |pos: Option<usize>| pos.map(|i| end / 2 + i);
+    let boundary = at(window.rfind(char::is_whitespace))
+        .or_else(|| at(window.rfind(|c: char| !c.is_alphanumeric())))
+        .unwrap_or(end);
+    &text[..boundary]
+}
+
+/// The work one render of a chat template may do (minijinja's fuel: about one unit per
+/// instruction and per 64 bytes of text made), which bounds its time and its memory (about
+/// 64 MB). A real re-ranker's template spends a few hundred units plus its texts' size.
+const TEMPLATE_FUEL: u64 = 1_000_000;
+
 /// A causal-LM re-ranker's prompt, as sentence-transformers builds it: a pair becomes the
 /// messages `[{role: query, content: a}, {role: document, content: b}]`, rendered by the model's
 /// chat template (Jinja, as transformers renders it: blocks trimmed, Python's string methods) and
@@ -223,6 +339,8 @@ impl PairTokenizer {
 /// read at the last token, which must stay the template's.
 pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
+    /// Where the template came from, for errors.
+    name: String,
     /// The special tokens the template may name (`eos_token`, ...), from tokenizer_config.json.
     specials: Map<String, Value>,
     /// The template's tail: the tokens every prompt ends with.
@@ -233,6 +351,13 @@ impl ChatTemplate {
     /// From `chat_template.jinja`, or `chat_template` in tokenizer_config.json.
     fn from_dir(dir: &Path, tokenizer: &Tokenizer, tok_cfg: Option<&Value>) -> Result<Self> {
         let file = dir.join("chat_template.jinja");
+        let name = match file.exists() {
+            true => file.display().to_string(),
+            false => format!(
+                "{}'s \"chat_template\"",
+                dir.join("tokenizer_config.json").display()
+            ),
+        };
         let source = match file.exists() {
             true => std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?,
@@ -257,6 +382,8 @@ impl ChatTemplate {
             .lstrip_blocks(true)
             .build()?;
         env.set_syntax(syntax);
+        // A template is input like any other: its loops and the text it builds are bounded.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
             "raise_exception",
@@ -268,7 +395,7 @@ impl ChatTemplate {
             },
         );
         env.add_template_owned("chat", source)
-            .with_context(|| format!("the chat template of {} does not parse", dir.display()))?;
+            .with_context(|| format!("the chat template {name} does not parse"))?;
         let specials = tok_cfg
             .and_then(Value::as_object)
             .map(|c| {
@@ -283,6 +410,7 @@ impl ChatTemplate {
             .unwrap_or_default();
         let mut chat = ChatTemplate {
             env,
+            name,
             specials,
             suffix: Vec::new(),
         };
@@ -308,10 +436,20 @@ impl ChatTemplate {
             json!([{"role": "query", "content": query}, {"role": "document", "content": document}]),
         );
         ctx.insert("add_generation_prompt".into(), Value::from(false));
-        self.env
+        let rendered = self
+            .env
             .get_template("chat")?
-            .render(minijinja::value::Serde(Value::Object(ctx)))
-            .context("the chat template failed on a pair (it must render the \"query\" and \"document\" roles)")
+            .render(minijinja::value::Serde(Value::Object(ctx)));
+        rendered.map_err(|e| match e.kind() {
+            minijinja::ErrorKind::OutOfFuel => anyhow!(
+                "the chat template {} did more work on one pair than the limit of {TEMPLATE_FUEL} steps (about that many instructions, or 64 bytes of text each): a re-ranker's template renders two messages, it does not loop without bound",
+                self.name
+            ),
+            _ => anyhow!(e).context(format!(
+                "the chat template {} failed on a pair (it must render the \"query\" and \"document\" roles)",
+                self.name
+            )),
+        })
     }
 
     /// The tokens every prompt ends with: the longest common tail of two prompts whose texts

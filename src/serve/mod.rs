@@ -106,7 +106,9 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
             let status = e.status();
             if status == StatusCode::PAYLOAD_TOO_LARGE {
                 let limit = state.body_limit;
-                let message = format!("the request body is over {limit} bytes (--body-limit)");
+                let message = format!(
+                    "the request body is over the server's limit of {limit} bytes: send fewer or shorter texts"
+                );
                 ApiError::new(status, "Validation", message)
             } else {
                 ApiError::new(status, "Empty", e.body_text())
@@ -289,7 +291,7 @@ async fn authorize(State(s): State<Arc<AppState>>, req: Request, next: Next) -> 
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer_token)
         .unwrap_or("");
     if bool::from(sent.as_bytes().ct_eq(key.as_bytes())) {
         return next.run(req).await;
@@ -297,13 +299,21 @@ async fn authorize(State(s): State<Arc<AppState>>, req: Request, next: Next) -> 
     let e = ApiError::new(
         StatusCode::UNAUTHORIZED,
         "Unauthorized",
-        "missing or wrong API key: send Authorization: Bearer <key> (--api-key)",
+        "missing or wrong API key: send the header Authorization: Bearer <key>",
     );
     if path.starts_with("/v1/") || path.starts_with("/v2/") {
         cohere::CohereError(e).into_response()
     } else {
         e.into_response()
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header, the scheme in any case (RFC 7235).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
 }
 
 /// Counts every request by route and status, with its latency.
@@ -334,7 +344,7 @@ async fn score(
             StatusCode::PAYLOAD_TOO_LARGE,
             "Validation",
             format!(
-                "batch size {} is over the limit of {} (--max-client-batch-size)",
+                "batch size {} is over the server's limit of {}: send fewer pairs per request",
                 pairs.len(),
                 s.max_client_batch_size
             ),

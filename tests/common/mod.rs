@@ -163,3 +163,31 @@ pub fn listening_url(child: &mut std::process::Child) -> String {
         }
     }
 }
+
+/// Runs crossenc and samples its peak resident memory (Linux `VmHWM`) in MB until it exits.
+pub fn peak_rss_of(args: &[&str]) -> (std::process::Output, f64) {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_crossenc"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = format!("/proc/{}/status", child.id());
+    let sampler = std::thread::spawn(move || {
+        let mut peak = 0f64;
+        while let Ok(s) = std::fs::read_to_string(&status) {
+            if let Some(kb) = s
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            {
+                peak = peak.max(kb / 1024.0);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        peak
+    });
+    let out = child.wait_with_output().unwrap();
+    (out, sampler.join().unwrap())
+}

@@ -282,15 +282,16 @@ mod tests {
             (9, 7, 70),
             (20, 6, 49),
             (13, 384, 1152),
+            (70, 100, 50),
         ] {
-            let (a, b) = (randn(m * k, 1.0, 1), randn(k * n, 1.0, 2));
+            let (a, b) = (randn(2 * m * k, 1.0, 1), randn(k * n, 1.0, 2));
             let (bias, init) = (randn(n, 1.0, 3), randn(m * n, 1.0, 4));
-            // `rhs` given row-major and transposed; `lhs` row-major and transposed.
+            // `rhs` given row-major and transposed; `lhs` row-major, transposed (packed into
+            // tiles by the kernel) and strided both ways.
             for rhs_t in [false, true] {
                 let (rrs, rcs) = if rhs_t { (1, k) } else { (n, 1) };
                 let panels = Panels::new(View::new(&b, k, n, rrs, rcs));
-                for lhs_t in [false, true] {
-                    let (lrs, lcs) = if lhs_t { (1, m) } else { (k, 1) };
+                for (lrs, lcs) in [(k, 1), (1, m), (2, 2 * m)] {
                     let lhs = View::new(&a, m, k, lrs, lcs);
                     let repeated: Vec<f32> = (0..m * n).map(|i| bias[i % n]).collect();
                     for (start, from) in [
@@ -302,7 +303,7 @@ mod tests {
                         product(&mut dst, n, lhs, &panels, start);
                         let want = plain((m, k, n), &a, (lrs, lcs), &b, (rrs, rcs), &from);
                         let err = rel_diff(&dst, &want);
-                        assert!(err < 1e-5, "{m}x{k}x{n} {rhs_t} {lhs_t}: {err}");
+                        assert!(err < 1e-5, "{m}x{k}x{n} {rhs_t} {lrs},{lcs}: {err}");
                     }
                 }
             }
