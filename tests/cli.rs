@@ -214,12 +214,65 @@ fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Map<String, serde_json
     std::fs::write(path, v.to_string()).unwrap();
 }
 
+/// A safetensors file's header and where its data begins.
+fn safetensors_header(bytes: &[u8]) -> (serde_json::Value, usize) {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    (serde_json::from_slice(&bytes[8..8 + n]).unwrap(), 8 + n)
+}
+
+/// The name and first byte of the first (by name) F32 tensor.
+fn first_f32(bytes: &[u8]) -> (String, usize) {
+    let (header, data) = safetensors_header(bytes);
+    let mut names: Vec<_> = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, t)| t["dtype"] == "F32")
+        .collect();
+    names.sort_by_key(|(n, _)| n.to_string());
+    let (name, t) = names[0];
+    (
+        name.clone(),
+        data + t["data_offsets"][0].as_u64().unwrap() as usize,
+    )
+}
+
+/// The name of the weight that [`poison_first_f32_weight`] edits.
+fn first_f32_weight(path: &Path) -> String {
+    first_f32(&std::fs::read(path).unwrap()).0
+}
+
+/// Writes `value` over the first element of the first F32 tensor.
+fn poison_first_f32_weight(path: &Path, value: f32) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let (_, at) = first_f32(&bytes);
+    bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+    std::fs::write(path, bytes).unwrap();
+}
+
 #[test]
 fn bad_models_give_clear_errors() {
     let m = broken_model(|d| {
         std::fs::write(d.join("model.safetensors"), b"not a safetensors file").unwrap()
     });
     fails_with(&predict_one(m.path()), &["model.safetensors", "corrupt"]);
+
+    // A NaN or an infinity in a weight: refused at load (f32, int8 and bf16 alike), by name.
+    for value in [f32::NAN, f32::INFINITY] {
+        let m = broken_model(|d| poison_first_f32_weight(&d.join("model.safetensors"), value));
+        let name = first_f32_weight(&m.path().join("model.safetensors"));
+        for extra in [&[][..], &["--quantize", "int8"]] {
+            let input = m.path().join("in.jsonl");
+            std::fs::write(&input, "{\"a\": \"x\", \"b\": \"y\"}\n").unwrap();
+            let (model, input) = (m.path().to_str().unwrap(), input.to_str().unwrap());
+            let mut args = vec!["predict", "-m", model, "-i", input];
+            args.extend(extra);
+            fails_with(
+                &crossenc(&args),
+                &[&format!("weight \"{name}\""), "element 0"],
+            );
+        }
+    }
 
     let m = broken_model(|d| std::fs::remove_file(d.join("model.safetensors")).unwrap());
     fails_with(&predict_one(m.path()), &["no weights", "model.safetensors"]);

@@ -76,6 +76,14 @@ impl Weights {
             let t = &params.tensors[name];
             let start = data.len();
             let values = t.flatten_all()?.to_vec1::<f32>()?;
+            // A NaN or an infinity would turn every score it reaches into NaN, silently.
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                bail!(
+                    "weight \"{name}\" in {} holds {} at element {i}: the checkpoint is corrupt (a diverged training run?)",
+                    params.source.display(),
+                    values[i]
+                );
+            }
             let flip = t.dims().len() == 2 && transposed.contains(name);
             match flip {
                 true => data.extend(transpose(&values, t.dim(0)?, t.dim(1)?)),
