@@ -189,5 +189,8 @@ pub fn peak_rss_of(args: &[&str]) -> (std::process::Output, f64) {
         peak
     });
     let out = child.wait_with_output().unwrap();
-    (out, sampler.join().unwrap())
+    let peak = sampler.join().unwrap();
+    // A process gone before the first sample would pass any bound on its memory.
+    assert!(peak > 0.0, "no memory sample of crossenc {args:?}");
+    (out, peak)
 }
