@@ -407,6 +407,14 @@ fn bad_inputs_give_clear_errors() {
         .collect();
     left.sort();
     assert_eq!(left, ["out"], "a failed write left its temporary file");
+    // The input as the output, by another path: refused, the input kept.
+    let before = std::fs::read_to_string(&two).unwrap();
+    let same = format!("{}/./two.jsonl", tmp.path().display());
+    fails_with(
+        &crossenc(&["predict", "-m", d, "-i", &two, "--output", &same]),
+        &["is the input file"],
+    );
+    assert_eq!(std::fs::read_to_string(&two).unwrap(), before);
 }
 
 #[test]
@@ -744,15 +752,8 @@ fn qwen3_reranker_predicts_and_ranks_as_sentence_transformers() {
 #[test]
 fn long_texts_encode_as_when_tokenized_whole() {
     let (dir, _) = golden();
-    let ce = crossenc::CrossEncoder::load(dir.to_str().unwrap(), &Default::default()).unwrap();
+    let (ce, whole) = with_whole_tokenizer(&dir);
     let tok = ce.tokenizer();
-    let mut whole = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
-    whole
-        .with_truncation(Some(tokenizers::TruncationParams {
-            max_length: tok.max_length,
-            ..Default::default()
-        }))
-        .unwrap();
     let words = "the cat sat on a mat, unbelievably tired; ".repeat(4000);
     let glued = "abcdefghij".repeat(20000);
     let short = "a short query";
@@ -781,6 +782,91 @@ fn long_texts_encode_as_when_tokenized_whole() {
     }
 }
 
+/// A model and its HF tokenizer set to truncate whole texts at the model's max length.
+fn with_whole_tokenizer(dir: &Path) -> (crossenc::CrossEncoder, tokenizers::Tokenizer) {
+    let ce = crossenc::CrossEncoder::load(dir.to_str().unwrap(), &Default::default()).unwrap();
+    let mut whole = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    whole
+        .with_truncation(Some(tokenizers::TruncationParams {
+            max_length: ce.tokenizer().max_length,
+            ..Default::default()
+        }))
+        .unwrap();
+    whole.with_padding(None);
+    (ce, whole)
+}
+
+/// Long texts in many scripts, cut before tokenizing wherever a multi-byte character, a
+/// combining mark, an emoji sequence or a flag falls at a cut, encode as the whole texts do, on
+/// WordPiece, byte-level BPE and Unigram tokenizers.
+#[test]
+fn long_texts_in_any_script_encode_as_when_tokenized_whole() {
+    let scripts = [
+        "日本語の文章は単語の間に空白を置かずに書きます。中文文本也没有空格",
+        "ภาษาไทยเขียนติดกันโดยไม่เว้นวรรคระหว่างคำ",
+        "हिन्दी में संयुक्ताक्षर और मात्राएँ होती हैं ",
+        "Съешь же ещё этих мягких французских булок, да выпей чаю. ",
+        "النص العربي يكتب من اليمين إلى اليسار، وفيه حركات مثل بَ ",
+        "👨\u{200d}👩\u{200d}👧\u{200d}👦🇫🇷🇯🇵👍🏽❤\u{fe0f}",
+        "cafe\u{301} nai\u{308}ve man\u{303}ana Z\u{335}\u{30d}a\u{336}l\u{35c}g ",
+        "the α–β range — “quoted” text ",
+    ];
+    let mut dirs = vec![
+        shared("golden/tiny-bert"),
+        shared("golden/tiny-roberta"),
+        shared("golden/tiny-xlm-roberta"),
+    ];
+    dirs.extend(minilm());
+    for dir in &dirs {
+        let (ce, whole) = with_whole_tokenizer(dir);
+        let tok = ce.tokenizer();
+        let head = tok.head_bytes();
+        for script in scripts {
+            let pool = script.repeat(head * 40 / script.len() + 1);
+            let mut cases = Vec::new();
+            // Every byte offset of a character at the first cut and at twice it, and a text
+            // past the growth's end; each alone, with a short text, and against a long one.
+            for (len, shifts) in [(head + 1, 4), (2 * head + 3, 4), (33 * head, 1)] {
+                for shift in 0..shifts {
+                    let text = format!(
+                        "{}{}",
+                        &"x y "[..shift.min(4)],
+                        &pool[..pool.floor_char_boundary(len)]
+                    );
+                    cases.push((text.clone(), "a short query".to_string()));
+                    cases.push(("a short query".to_string(), text.clone()));
+                    cases.push((
+                        text.clone(),
+                        pool[..pool.floor_char_boundary(len / 2 + shift)].to_string(),
+                    ));
+                }
+            }
+            let got = tok.encode_pairs(&cases).unwrap();
+            for ((a, b), got) in cases.iter().zip(&got) {
+                let want = whole.encode((a.as_str(), b.as_str()), true).unwrap();
+                assert_eq!(
+                    got.get_ids(),
+                    want.get_ids(),
+                    "{}: {script:?}, {} + {} bytes",
+                    dir.display(),
+                    a.len(),
+                    b.len()
+                );
+            }
+            let texts: Vec<&str> = cases.iter().map(|(a, _)| a.as_str()).collect();
+            for (text, got) in texts.iter().zip(tok.encode_texts(&texts).unwrap()) {
+                let want = whole.encode(*text, true).unwrap();
+                assert_eq!(
+                    got.get_ids(),
+                    want.get_ids(),
+                    "{}: {script:?}",
+                    dir.display()
+                );
+            }
+        }
+    }
+}
+
 /// A 5 MB text is scored from its head (the work bounded by the max length, not the text),
 /// as its first 300 bytes score, with a note naming its line.
 #[test]
@@ -806,4 +892,92 @@ fn predict_scores_a_5_mb_text_from_its_head_and_says_so() {
     assert!(!err.contains("line 1:"), "{err}");
     // The tiny model loads in a few MB: tokenized whole, the text took over 1 GB.
     assert!(peak_mb < 100.0, "peak RSS {peak_mb} MB");
+}
+
+/// A 5 MB text with no word break is cut like any long text: bounded work and memory.
+#[test]
+fn predict_scores_a_5_mb_word_from_its_head() {
+    let (dir, _) = golden();
+    let d = dir.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("word.tsv");
+    let word = "abcdefghij".repeat(500_000);
+    std::fs::write(&input, format!("a query\t{word}\n")).unwrap();
+    let (out, peak_mb) = peak_rss_of(&["predict", "-m", d, "-i", input.to_str().unwrap()]);
+    assert_eq!(score_lines(&stdout(&out)).len(), 1);
+    // Counted whole while the prefix's tokens were too few, it took 484 MB and 7.9 s.
+    assert!(peak_mb < 100.0, "peak RSS {peak_mb} MB");
+}
+
+/// A line longer than the readers' limit (a 300 MB sparse file, one line of NULs) is refused,
+/// naming the file and line, before the file is read whole.
+#[test]
+fn a_line_over_the_limit_is_refused_in_bounded_memory() {
+    let (dir, _) = golden();
+    let d = dir.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = tmp.path().join("docs.txt");
+    let file = std::fs::File::create(&docs).unwrap();
+    std::io::Write::write_all(&mut &file, b"a first document\n").unwrap();
+    file.set_len(300 << 20).unwrap();
+    let docs = docs.to_str().unwrap();
+    let (out, peak_mb) = peak_rss_of(&["rank", "-m", d, "-q", "a query", "--docs", docs]);
+    fails_with(&out, &[&format!("{docs} line 2 is longer than 16 MiB")]);
+    assert!(peak_mb < 100.0, "peak RSS {peak_mb} MB");
+    let (out, _) = peak_rss_of(&["predict", "-m", d, "-i", docs]);
+    fails_with(&out, &[&format!("{docs} line 2 is longer than 16 MiB")]);
+}
+
+/// Output to a closed pipe (`| head -1`) ends quietly; to a full device, with an error; never
+/// a panic.
+#[test]
+fn a_closed_or_full_stdout_ends_without_a_panic() {
+    use std::process::{Command, Stdio};
+    let (dir, g) = golden();
+    let d = dir.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = tmp.path().join("docs.txt");
+    std::fs::write(&docs, "one document\nanother document\n").unwrap();
+    let pairs = tmp.path().join("pairs.jsonl");
+    write_pairs_jsonl(&pairs, &g);
+    let stsb = shared("data/stsb/stsb-en-test.csv");
+    let commands: [Vec<&str>; 4] = [
+        vec![
+            "rank",
+            "-m",
+            d,
+            "-q",
+            "a query",
+            "--docs",
+            docs.to_str().unwrap(),
+        ],
+        vec!["demo", "-m", d],
+        vec!["eval", "-m", d, "--data", stsb.to_str().unwrap()],
+        vec!["predict", "-m", d, "-i", pairs.to_str().unwrap()],
+    ];
+    for args in &commands {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_crossenc"))
+            .args(args)
+            .env("HF_HUB_OFFLINE", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?} to a closed pipe: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("error"),
+            "{args:?}: {err}"
+        );
+
+        let out = Command::new(env!("CARGO_BIN_EXE_crossenc"))
+            .args(args)
+            .env("HF_HUB_OFFLINE", "1")
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        fails_with(&out, &["cannot write to standard output", "No space left"]);
+    }
 }

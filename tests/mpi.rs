@@ -139,36 +139,139 @@ fn two_ranks_end_with_a_single_processs_weights() {
     assert!(max_abs_diff(&one, &two) < 1e-5, "{one:?} vs {two:?}");
 }
 
-#[test]
-fn a_rank_that_dies_ends_the_job_with_an_error() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (model, data) = setup(tmp.path());
-    let out = tmp.path().join("out");
-    let mut child = mpirun(2, &train_args(&model, &data, &out, 4))
-        .env("CROSSENC_FAULT", "kill-rank-1")
+/// The exit status and standard error of a job that must end by itself within `limit`.
+fn ends_within(mut cmd: Command, limit: Duration) -> (std::process::ExitStatus, String) {
+    let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Read while it runs: a full pipe would hold the job.
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut err).unwrap();
+        err
+    });
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        if started.elapsed() > Duration::from_secs(120) {
+        if started.elapsed() > limit {
             let _ = child.kill();
-            panic!("the job hung after a rank died");
+            panic!("the job hung: {}", reader.join().unwrap());
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    (status, reader.join().unwrap())
+}
+
+/// A job whose ranks run these executables with these arguments (mpirun's MPMD form).
+fn mpmd(ranks: &[(&Path, Vec<String>)]) -> Command {
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["--allow-run-as-root", "--oversubscribe"])
+        .env("HF_HUB_OFFLINE", "1");
+    for (i, (exe, args)) in ranks.iter().enumerate() {
+        if i > 0 {
+            cmd.arg(":");
+        }
+        cmd.args(["-np", "1"]).arg(exe).args(args);
+    }
+    cmd
+}
+
+#[test]
+fn a_rank_that_dies_ends_the_job_with_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = setup(tmp.path());
+    let out = tmp.path().join("out");
+    let mut job = mpirun(2, &train_args(&model, &data, &out, 4));
+    job.env("CROSSENC_FAULT", "kill-rank-1");
+    let (status, err) = ends_within(job, Duration::from_secs(120));
     assert!(!status.success(), "the job succeeded without its rank 1");
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(err.contains("rank 1"), "{err}");
     assert!(
         !out.join("model.safetensors").exists(),
         "a model was written by a failed run"
     );
+}
+
+/// A rank that stops without dying (a frozen node) would hold the others inside MPI forever:
+/// past --rank-timeout they end the job, saying where they waited.
+#[test]
+fn a_rank_that_hangs_ends_the_job_after_the_rank_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = setup(tmp.path());
+    let out = tmp.path().join("out");
+    let mut args = train_args(&model, &data, &out, 4);
+    args.extend(["--rank-timeout".to_string(), "3".to_string()]);
+    let mut job = mpirun(2, &args);
+    job.env("CROSSENC_FAULT", "hang-rank-1");
+    let (status, err) = ends_within(job, Duration::from_secs(90));
+    assert!(!status.success());
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("error on rank 0 of 2: waited 3 s for the other ranks at "),
+        "{err}"
+    );
+    assert!(err.contains("raise --rank-timeout"), "{err}");
+    assert!(!out.join("model.safetensors").exists());
+}
+
+/// Ranks started with another data file, other settings or another build would sum the
+/// gradients of different runs: every rank refuses before the first step, naming what differs;
+/// a rank that cannot read its data ends the job with its error.
+#[test]
+fn ranks_started_unlike_refuse_to_train() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = setup(tmp.path());
+    let other = tmp.path().join("other.csv");
+    let text = std::fs::read_to_string(&data).unwrap();
+    std::fs::write(&other, text.replacen(",5.0", ",4.0", 1)).unwrap();
+    assert_ne!(std::fs::read_to_string(&other).unwrap(), text);
+    let exe = Path::new(env!("CARGO_BIN_EXE_crossenc"));
+    // The same program with one more byte: another build, as far as its checksum goes.
+    let rebuilt = tmp.path().join("crossenc");
+    let mut bytes = std::fs::read(exe).unwrap();
+    bytes.push(0);
+    std::fs::write(&rebuilt, bytes).unwrap();
+    std::fs::set_permissions(
+        &rebuilt,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let args = |data: &Path| train_args(&model, data, &out, 4);
+    let mut lr = args(&data);
+    let at = lr.iter().position(|a| a == "2e-5").unwrap();
+    lr[at] = "3e-5".into();
+    let cases: [(&Path, Vec<String>, &str); 4] = [
+        (
+            exe,
+            args(&other),
+            "differs from rank 0 in its training data",
+        ),
+        (exe, lr, "differs from rank 0 in its settings"),
+        (
+            &rebuilt,
+            args(&data),
+            "differs from rank 0 in its executable",
+        ),
+        (
+            exe,
+            args(Path::new("/no/such/train.csv")),
+            "error on rank 1 of 2: cannot read /no/such/train.csv",
+        ),
+    ];
+    for (exe1, args1, says) in cases {
+        let job = mpmd(&[(exe, args(&data)), (exe1, args1)]);
+        let (status, err) = ends_within(job, Duration::from_secs(120));
+        assert!(!status.success(), "{says}: the job succeeded");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(err.contains(says), "{says}: {err}");
+        assert!(!out.join("model.safetensors").exists(), "{says}");
+    }
 }
 
 #[test]

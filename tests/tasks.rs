@@ -352,6 +352,39 @@ fn rerank_data_errors_name_the_file_and_line() {
         ]),
         &["test.tsv line 2", "document \"nope\""],
     );
+    // Duplicate ids split a document's or a query's judgments (MAP and MRR halved): refused.
+    let eval_beir = |dir: &Path| {
+        crossenc(&[
+            "eval",
+            "--task",
+            "rerank",
+            "--model",
+            &tiny(),
+            "--data",
+            dir.to_str().unwrap(),
+        ])
+    };
+    let dup = dir.path().join("dup");
+    for (file, line) in [("corpus.jsonl", 57), ("queries.jsonl", 5)] {
+        write_beir(&dup, 4);
+        let path = dup.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let first = text.lines().next().unwrap().to_string();
+        std::fs::write(&path, text + &first + "\n").unwrap();
+        let id = if file == "corpus.jsonl" {
+            "\"d1\""
+        } else {
+            "\"q0\""
+        };
+        fails_with(
+            &eval_beir(&dup),
+            &[
+                &format!("{file} line {line}"),
+                id,
+                "already the id of line 1",
+            ],
+        );
+    }
     let out = dir.path().join("m");
     let (model, out) = (tiny(), out.to_str().unwrap().to_string());
     let train_rerank = |data: &Path| {

@@ -163,7 +163,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         report["inference_bf16"] = json!(infer_bf16);
         report["ratio_bf16_f32"] = json!(infer_bf16.pairs_per_s / infer.pairs_per_s);
     }
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    outln!("{}", serde_json::to_string_pretty(&report)?)?;
     print_profile("training step", &profile, args.steps);
     print_profile("scoring STS-B test", &infer_profile, 1);
     print_profile("scoring STS-B test, int8", &int8_profile, 1);

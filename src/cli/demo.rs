@@ -22,10 +22,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
             "A cat is sleeping on the couch.",
         ),
     ];
-    println!("Similarity:");
+    outln!("Similarity:")?;
     let scores = ce.predict(&pairs)?;
     for ((a, b), row) in pairs.iter().zip(scores.rows()) {
-        println!("  {:.4}  \"{a}\" / \"{b}\"", row[0]);
+        outln!("  {:.4}  \"{a}\" / \"{b}\"", row[0])?;
     }
     let query = "What is the capital of France?";
     let docs = [
@@ -33,9 +33,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "London is the capital of the UK.",
         "France is known for its wine and cheese.",
     ];
-    println!("\nRanking for \"{query}\":");
+    outln!("\nRanking for \"{query}\":")?;
     for (rank, (i, score)) in ce.rank(query, &docs, None)?.into_iter().enumerate() {
-        println!("  {}. {score:.4}  {}", rank + 1, docs[i]);
+        outln!("  {}. {score:.4}  {}", rank + 1, docs[i])?;
     }
     Ok(())
 }

@@ -44,9 +44,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     eval::check_task(args.task, ce.num_labels(), &examples, &args.data)?;
     let m = eval::pair_metrics(&ce, args.task, &examples)?;
     if args.json {
-        println!("{}", serde_json::to_string(&m)?);
+        outln!("{}", serde_json::to_string(&m)?)?;
     } else {
-        println!("{} pairs: {}", examples.len(), eval::format(&m));
+        outln!("{} pairs: {}", examples.len(), eval::format(&m))?;
     }
     Ok(())
 }
@@ -83,18 +83,18 @@ fn rerank(args: EvalArgs) -> Result<()> {
         }
     }
     if args.json {
-        println!("{}", serde_json::Value::Object(out));
+        outln!("{}", serde_json::Value::Object(out))?;
     } else {
-        println!(
+        outln!(
             "{} queries, {} documents, top {} re-ranked by {}",
             data.queries.len(),
             data.docs.len(),
             args.top_k,
             args.model.model
-        );
+        )?;
         for (name, m) in &out {
             let m: eval::Metrics = serde_json::from_value(m.clone())?;
-            println!("{name:<40} {}", eval::format(&m));
+            outln!("{name:<40} {}", eval::format(&m))?;
         }
     }
     Ok(())

@@ -1,5 +1,13 @@
 //! The `crossenc` command line: one file per subcommand, each a thin layer over the library.
 
+/// `println!` that returns an error where `println!` panics: on a closed standard output
+/// (`| head`), which `main` ends quietly, and on a full or failing one, which it reports.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_line(format_args!($($arg)*))
+    };
+}
+
 mod bench;
 mod data_args;
 mod demo;
@@ -175,9 +183,25 @@ pub fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader has all it wanted (`crossenc rank ... | head -1`).
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes one line of a command's output to standard output (see `outln!`).
+pub fn write_line(line: std::fmt::Arguments) -> Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{line}").context("cannot write to standard output")
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

@@ -1,4 +1,4 @@
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
 use std::io::Write;
@@ -51,6 +51,15 @@ impl From<Header> for HeaderMode {
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
+    if let Some(out) = &args.output {
+        let same = |a: &std::path::Path| std::fs::canonicalize(a).ok();
+        if args.input != "-" && same(out).is_some() && same(out) == same(args.input.as_ref()) {
+            bail!(
+                "--output {} is the input file: its scores would replace the pairs; write them elsewhere",
+                out.display()
+            );
+        }
+    }
     let mut cols = Columns {
         texts: args
             .text_cols
@@ -101,8 +110,8 @@ pub fn run(args: PredictArgs) -> Result<()> {
         Some(path) => crate::model::cross_encoder::write_atomic(path, &out)?,
         None => {
             let mut stdout = std::io::stdout().lock();
-            stdout.write_all(&out)?;
-            stdout.flush()?;
+            (stdout.write_all(&out).and_then(|()| stdout.flush()))
+                .context("cannot write to standard output")?;
         }
     }
     Ok(())

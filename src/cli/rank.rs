@@ -39,14 +39,14 @@ pub fn run(args: RankArgs) -> Result<()> {
                 "rank": rank + 1, "index": index, "line": doc.line, "id": doc.id,
                 "score": score, "text": docs[index],
             });
-            println!("{row}");
+            outln!("{row}")?;
         } else {
-            println!(
+            outln!(
                 "{:>4}  {:>5}  {score:.4}  {}",
                 rank + 1,
                 doc.line,
                 docs[index]
-            );
+            )?;
         }
     }
     Ok(())

@@ -45,34 +45,37 @@ pub fn run(args: SearchArgs) -> Result<()> {
         let first: Vec<f32> = scores.rows().map(|r| r[0]).collect();
         let order = crate::eval::ranking::rank_by_score(&first);
         if !args.json {
-            println!(
+            outln!(
                 "query: {query}  ({} candidates from {})",
                 hits.len(),
                 args.retriever
-            );
-            println!(
+            )?;
+            outln!(
                 "{:>4}  {:>8}  {:>10}  {:<12}  text",
-                "rank", "score", "first", "id"
-            );
+                "rank",
+                "score",
+                "first",
+                "id"
+            )?;
         }
         for (rank, &i) in order.iter().take(args.show).enumerate() {
             let (doc, first_score) = hits[i];
             let score = scores.row(i)[0];
             if args.json {
-                println!(
+                outln!(
                     "{}",
                     json!({"query": query, "rank": rank + 1, "id": docs[doc].id, "score": score,
                            "first_stage_rank": i + 1, "first_stage_score": first_score,
                            "text": texts[doc]})
-                );
+                )?;
             } else {
                 let text: String = texts[doc].chars().take(90).collect();
-                println!(
+                outln!(
                     "{:>4}  {score:>8.4}  {:>10}  {:<12}  {text}",
                     rank + 1,
                     format!("{first_score:.3} #{}", i + 1),
                     docs[doc].id
-                );
+                )?;
             }
         }
     }

@@ -53,9 +53,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
-        println!("listening on http://{}", listener.local_addr()?);
+        outln!("listening on http://{}", listener.local_addr()?)?;
         serve::serve(ce, cfg, listener, serve::shutdown_signal()).await?;
-        println!("shut down");
+        outln!("shut down")?;
         Ok::<_, anyhow::Error>(())
     });
     // Connections closed at the drain deadline may still hold blocking work: don't wait.

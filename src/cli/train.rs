@@ -117,6 +117,11 @@ pub struct TrainArgs {
     /// No progress output.
     #[arg(long, short)]
     quiet: bool,
+    /// Under mpirun: seconds a rank waits for the others at one exchange before it ends the job
+    /// (a rank that is stopped or hung would hold the rest forever). It must exceed rank 0's
+    /// longest evaluation or save, which the others wait out.
+    #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
+    rank_timeout: u64,
 }
 
 /// Training pairs from BEIR data: each query's positives, each followed by mined negatives.
@@ -138,14 +143,14 @@ fn rerank_lists(args: &TrainArgs) -> Result<Vec<Example>> {
     let (lists, left_out) =
         search::mine_training_lists(&data, &retriever, args.neg_range, args.negatives)?;
     if !args.quiet {
-        println!(
+        outln!(
             "mined {} negatives per positive from {} ranks {}:{} for {} queries ({left_out} left out: too few candidates)",
             args.negatives,
             args.retriever,
             args.neg_range.0,
             args.neg_range.1,
             data.queries.len() - left_out
-        );
+        )?;
     }
     if lists.is_empty() {
         bail!(
@@ -160,7 +165,8 @@ fn rerank_lists(args: &TrainArgs) -> Result<Vec<Example>> {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    let group: Arc<dyn Group> = Arc::from(group::from_env()?);
+    let timeout = std::time::Duration::from_secs(args.rank_timeout);
+    let group: Arc<dyn Group> = Arc::from(group::from_env(timeout)?);
     match train_in(args, &group) {
         // Under MPI the other ranks would wait for this one forever: end the job.
         Err(e) if group.size() > 1 => {
@@ -273,7 +279,7 @@ fn train_in(mut args: TrainArgs, group: &Arc<dyn Group>) -> Result<()> {
         group: group.clone(),
     };
     if !args.quiet {
-        println!(
+        outln!(
             "training {} on {} ({} pairs{}), {} epochs, batch {}, into {}",
             args.model,
             args.train,
@@ -284,7 +290,7 @@ fn train_in(mut args: TrainArgs, group: &Arc<dyn Group>) -> Result<()> {
             cfg.epochs,
             cfg.batch_size,
             args.output.display()
-        );
+        )?;
     }
     let summary = train::train(
         &mut ce,
@@ -308,7 +314,7 @@ fn train_in(mut args: TrainArgs, group: &Arc<dyn Group>) -> Result<()> {
     if let Some(test) = &test_set {
         let m = eval::pair_metrics(&ce, task, test)?;
         if !args.quiet {
-            println!("test: {}", eval::format(&m));
+            outln!("test: {}", eval::format(&m))?;
         }
         results.push(("test".to_string(), m));
     }
@@ -324,12 +330,12 @@ fn train_in(mut args: TrainArgs, group: &Arc<dyn Group>) -> Result<()> {
     }
     .write(&args.output)?;
     if !args.quiet {
-        println!(
+        outln!(
             "saved to {} ({} steps, {:.0} s)",
             args.output.display(),
             summary.steps,
             summary.seconds
-        );
+        )?;
     }
     Ok(())
 }

@@ -99,24 +99,55 @@ impl Table {
     }
 }
 
-/// The UTF-8 text of `path`, or of standard input for `-`.
+/// The longest line a text file may hold. Lines are read whole, so this bounds the memory a
+/// file without line breaks (a binary or a sparse file given by mistake) can take; a text
+/// past a model's max length is scored from its head anyway.
+pub const LINE_LIMIT: usize = 16 << 20;
+
+/// The UTF-8 text of `path`, or of standard input for `-`; a line over [`LINE_LIMIT`] is an
+/// error naming it, raised as soon as that much of it is read.
 pub fn read_text(path: &str) -> Result<String> {
-    let mut text = String::new();
-    if path == "-" {
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("cannot read standard input")?;
-    } else {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
-        text = String::from_utf8(bytes).map_err(|e| {
-            let at = e.utf8_error().valid_up_to();
-            let line = 1 + e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count();
-            anyhow::anyhow!(
-                "{path} line {line}: not UTF-8 text (byte {at}); save the file as UTF-8"
-            )
-        })?;
+    let name = match path {
+        "-" => "standard input",
+        _ => path,
+    };
+    let mut input: Box<dyn Read> = match path {
+        "-" => Box::new(std::io::stdin().lock()),
+        _ => Box::new(std::fs::File::open(path).with_context(|| format!("cannot read {path}"))?),
+    };
+    let mut bytes = Vec::new();
+    let (mut line, mut line_start) = (1, 0);
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        let n = match input.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {name}")),
+        };
+        let base = bytes.len();
+        bytes.extend_from_slice(&chunk[..n]);
+        for (i, _) in chunk[..n].iter().enumerate().filter(|(_, &b)| b == b'\n') {
+            check_line(name, line, base + i - line_start)?;
+            (line, line_start) = (line + 1, base + i + 1);
+        }
+        check_line(name, line, bytes.len() - line_start)?;
     }
-    Ok(text)
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = 1 + e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count();
+        anyhow::anyhow!("{name} line {line}: not UTF-8 text (byte {at}); save the file as UTF-8")
+    })
+}
+
+fn check_line(name: &str, line: usize, len: usize) -> Result<()> {
+    if len > LINE_LIMIT {
+        bail!(
+            "{name} line {line} is longer than {} MiB, the limit for one line: one row or document a line (a model reads only a text's first tokens anyway)",
+            LINE_LIMIT >> 20
+        );
+    }
+    Ok(())
 }
 
 fn read_text_table(path: &str, header: HeaderMode, names: &[String]) -> Result<Table> {

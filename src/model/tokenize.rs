@@ -12,6 +12,8 @@ use tokenizers::{
     TruncationStrategy,
 };
 
+use unicode_segmentation::GraphemeCursor;
+
 use super::config::Config;
 
 /// A packed batch on the host: the tokens of every sequence back to back, no padding.
@@ -174,32 +176,45 @@ impl PairTokenizer {
 
     /// Tokens of `text` alone, without special tokens.
     fn count(&self, text: &str) -> Result<usize> {
-        let e = self
-            .counter
+        Ok(self.encode_alone(text)?.len())
+    }
+
+    fn encode_alone(&self, text: &str) -> Result<Encoding> {
+        self.counter
             .encode(text, false)
-            .map_err(|e| anyhow!("tokenization failed: {e}"))?;
-        Ok(e.len())
+            .map_err(|e| anyhow!("tokenization failed: {e}"))
     }
 
     /// The shortest of `text`'s prefixes cut at a word boundary near `bytes`, `2 · bytes`, ...
-    /// that holds more than `floor` tokens (or the whole text), with its token count. Its
-    /// tokens are the whole text's first ones: truncated to the max length, it encodes as the
-    /// whole text does, for the cost of a prefix rather than of the text (a 5 MB document
-    /// tokenized whole took 1.2 GB and 5 s).
+    /// whose tokens before its last word number more than `floor` (or the whole text), with
+    /// that number. Those tokens are the whole text's first ones (a cut may change only the
+    /// word it falls in): truncated to the max length, the prefix encodes as the whole text
+    /// does, for the cost of a prefix rather than of the text (a 5 MB document tokenized whole
+    /// took 1.2 GB and 5 s). The growth stops at [`HEAD_GROWTH`] times `bytes`: a text whose
+    /// first words there tokenize to so few tokens (one unbroken "word" of thousands of
+    /// characters, which WordPiece reads as one `[UNK]`) is taken as that prefix, so that the
+    /// work is bounded whatever the text holds.
     fn prefix_over<'t>(
         &self,
         text: &'t str,
         bytes: usize,
         floor: usize,
     ) -> Result<(&'t str, usize)> {
-        let mut bytes = bytes.max(1);
+        let bytes = bytes.max(1);
+        let mut size = bytes;
         loop {
-            let head = cut_at_word(text, bytes);
-            let n = self.count(head)?;
-            if n > floor || head.len() == text.len() {
+            let head = cut_at_word(text, size);
+            let whole = head.len() == text.len();
+            let last = size >= bytes.saturating_mul(HEAD_GROWTH);
+            let e = self.encode_alone(head)?;
+            let n = match whole || last {
+                true => e.len(),
+                false => before_last_word(&e),
+            };
+            if n > floor || whole || last {
                 return Ok((head, n));
             }
-            bytes = bytes.saturating_mul(2);
+            size = size.saturating_mul(2);
         }
     }
 
@@ -307,23 +322,53 @@ impl PairTokenizer {
 /// runs 4-6 bytes a token; a text whose prefix tokenizes shorter is cut again at twice the size.
 const HEAD_BYTES_PER_TOKEN: usize = 8;
 
-/// `text` cut near `bytes`: after the last whitespace of the second half of its first
-/// `bytes`, else after its last other non-alphanumeric character (both end a word for every
-/// pre-tokenizer), else at a character boundary.
+/// How far [`PairTokenizer::prefix_over`] grows a prefix: up to this many times the first cut.
+const HEAD_GROWTH: usize = 16;
+
+/// Tokens of `e` before its last pre-tokenized word: a cut in that word may tokenize it
+/// otherwise than the whole text does, never the words before it.
+fn before_last_word(e: &Encoding) -> usize {
+    let words = e.get_word_ids();
+    match words.iter().rev().find_map(|w| *w) {
+        Some(last) => words.iter().take_while(|w| **w != Some(last)).count(),
+        None => e.len(),
+    }
+}
+
+/// `text` cut near `bytes`, always between two graphemes (a character with its combining
+/// marks, an emoji sequence, a flag): before the last whitespace of the second half of its
+/// first `bytes`, else before its last other non-alphanumeric character (both end a word for
+/// every pre-tokenizer), else at the last grapheme boundary.
 fn cut_at_word(text: &str, bytes: usize) -> &str {
     if text.len() <= bytes {
         return text;
     }
-    let mut end = bytes;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let window = &text[end / 2..end];
-    let at = |pos: Option<usize>| pos.map(|i| end / 2 + i);
-    let boundary = at(window.rfind(char::is_whitespace))
-        .or_else(|| at(window.rfind(|c: char| !c.is_alphanumeric())))
+    let end = floor_grapheme(text, bytes);
+    let start = floor_grapheme(text, end / 2);
+    let break_at = |word_end: fn(char) -> bool| {
+        text[start..end]
+            .char_indices()
+            .rev()
+            .map(|(i, c)| (start + i, c))
+            .find(|&(i, c)| word_end(c) && floor_grapheme(text, i) == i)
+            .map(|(i, _)| i)
+    };
+    let boundary = break_at(char::is_whitespace)
+        .or_else(|| break_at(|c| !c.is_alphanumeric()))
+        .filter(|&i| i > 0)
         .unwrap_or(end);
     &text[..boundary]
+}
+
+/// The last grapheme boundary of `text` at or before byte `pos`.
+fn floor_grapheme(text: &str, pos: usize) -> usize {
+    let pos = text.floor_char_boundary(pos);
+    let mut cursor = GraphemeCursor::new(pos, text.len(), true);
+    // The whole text is the cursor's one chunk, so it never asks for more context.
+    match cursor.is_boundary(text, 0) {
+        Ok(true) | Err(_) => pos,
+        Ok(false) => cursor.prev_boundary(text, 0).ok().flatten().unwrap_or(0),
+    }
 }
 
 /// The work one render of a chat template may do (minijinja's fuel: about one unit per

@@ -107,11 +107,19 @@ fn text_field(path: &str, n: usize, v: &Value) -> Result<String> {
 pub fn read_beir(dir: &Path, split: &str) -> Result<Beir> {
     let corpus_path = dir.join("corpus.jsonl");
     let docs = read_corpus(&corpus_path.to_string_lossy())?;
-    let doc_index: HashMap<&str, usize> = docs
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (d.id.as_str(), i))
-        .collect();
+    // qrels name documents by id: two documents of one id would split its judgments.
+    let mut doc_index: HashMap<&str, usize> = HashMap::with_capacity(docs.len());
+    for (i, d) in docs.iter().enumerate() {
+        if let Some(first) = doc_index.insert(d.id.as_str(), i) {
+            bail!(
+                "{} line {}: document id \"{}\" is already the id of line {}: ids must be unique",
+                corpus_path.display(),
+                d.line,
+                d.id,
+                docs[first].line
+            );
+        }
+    }
 
     let queries_path = dir.join("queries.jsonl");
     let qp = queries_path.to_string_lossy();
@@ -122,7 +130,13 @@ pub fn read_beir(dir: &Path, split: &str) -> Result<Beir> {
         }
         let v = parse_line(&qp, i + 1, line)?;
         let id = id_field(&v).with_context(|| format!("{qp} line {}: no \"_id\" field", i + 1))?;
-        query_text.insert(id, text_field(&qp, i + 1, &v)?);
+        if let Some((line, _)) = query_text.insert(id.clone(), (i + 1, text_field(&qp, i + 1, &v)?))
+        {
+            bail!(
+                "{qp} line {}: query id \"{id}\" is already the id of line {line}: ids must be unique",
+                i + 1
+            );
+        }
     }
 
     let qrels_path = dir.join("qrels").join(format!("{split}.tsv"));
@@ -153,7 +167,7 @@ pub fn read_beir(dir: &Path, split: &str) -> Result<Beir> {
         let q = match position.get(qid) {
             Some(&q) => q,
             None => {
-                let text = query_text
+                let (_, text) = query_text
                     .get(qid)
                     .with_context(|| format!("{rp} line {n}: query \"{qid}\" is not in {qp}"))?;
                 queries.push(Query {

@@ -1,6 +1,7 @@
 //! Fine-tuning: the trainer loop, losses, AdamW, the learning-rate schedule and checkpoints.
 
 pub mod card;
+mod fingerprint;
 pub mod group;
 pub mod loss;
 pub mod optim;
@@ -515,7 +516,17 @@ pub fn train(
     output: &Path,
     mode: OutputMode,
 ) -> Result<Summary> {
+    let started = Instant::now();
     check(ce, train, cfg)?;
+    let pairs: Vec<(&str, &str)> = train.iter().map(|e| (e.a.as_str(), e.b.as_str())).collect();
+    let encodings = ce.tokenizer.encode_pairs(&pairs)?;
+    let labels: Vec<f32> = train.iter().map(|e| e.label as f32).collect();
+    if cfg.group.size() > 1 {
+        group::agree(
+            cfg.group.as_ref(),
+            &fingerprint::start(ce, &encodings, &labels, cfg)?,
+        )?;
+    }
     if cfg.group.rank() == 0 {
         prepare_output(output, mode)?;
     }
@@ -523,7 +534,7 @@ pub fn train(
     cfg.group.barrier();
     // The saved model predicts as the loss trained it to.
     ce.activation = cfg.loss.activation();
-    let mut run = Run::start(ce, train, cfg, output, mode)?;
+    let mut run = Run::start(ce, encodings, labels, started, cfg, output, mode)?;
     while run.st.step < run.last_step {
         let lr = run.step(ce)?;
         run.log(lr)?;
@@ -571,9 +582,10 @@ fn check(ce: &CrossEncoder, train: &[Example], cfg: &TrainConfig) -> Result<()> 
 }
 
 /// `CROSSENC_FAULT=kill-rank-1` makes rank 1 of a data-parallel run die at its second step, as a
-/// crashed or killed node would: a fault injected by the tests of the job's failure handling.
-fn injected_kill() -> bool {
-    std::env::var("CROSSENC_FAULT").is_ok_and(|v| v == "kill-rank-1")
+/// crashed or killed node would, and `hang-rank-1` makes it stop there for good, as a frozen
+/// node would: faults injected by the tests of the job's failure handling.
+fn injected_fault() -> Option<String> {
+    std::env::var("CROSSENC_FAULT").ok()
 }
 
 /// A training run in progress: the tokenized data, the schedule, the optimizer and the
@@ -610,18 +622,16 @@ impl<'a> Run<'a> {
     /// checkpoint when resuming.
     fn start(
         ce: &mut CrossEncoder,
-        train: &[Example],
+        encodings: Vec<Encoding>,
+        labels: Vec<f32>,
+        started: Instant,
         cfg: &'a TrainConfig,
         output: &'a Path,
         mode: OutputMode,
     ) -> Result<Self> {
-        let started = Instant::now();
         let g = cfg.list_size.max(1);
-        let pairs: Vec<(&str, &str)> = train.iter().map(|e| (e.a.as_str(), e.b.as_str())).collect();
-        let encodings = ce.tokenizer.encode_pairs(&pairs)?;
-        let labels: Vec<f32> = train.iter().map(|e| e.label as f32).collect();
         // A training item is one pair, or one query's list of pairs (its length: the longest).
-        let items = train.len() / g;
+        let items = encodings.len() / g;
         let lengths: Vec<usize> = encodings
             .chunks(g)
             .map(|list| list.iter().map(Encoding::len).max().unwrap_or(0))
@@ -658,6 +668,10 @@ impl<'a> Run<'a> {
                 saved.check_resumable(&st, output)?;
                 resumed_from = Some(saved.step);
                 st = saved;
+            }
+            if cfg.group.size() > 1 {
+                let here = fingerprint::resumed(st.step, &ce.model.weights.data);
+                group::agree(cfg.group.as_ref(), &[here])?;
             }
         }
         let root = cfg.group.rank() == 0;
@@ -725,8 +739,14 @@ impl<'a> Run<'a> {
         };
         let group = cfg.group.as_ref();
         let (rank, ranks) = (group.rank(), group.size());
-        if rank == 1 && self.st.step == 1 && injected_kill() {
-            std::process::abort();
+        if rank == 1 && self.st.step == 1 {
+            match injected_fault().as_deref() {
+                Some("kill-rank-1") => std::process::abort(),
+                Some("hang-rank-1") => loop {
+                    std::thread::park();
+                },
+                _ => {}
+            }
         }
         let pairs_of = |items: &[usize]| -> Vec<usize> {
             items.iter().flat_map(|&i| i * g..(i + 1) * g).collect()
