@@ -16,7 +16,7 @@ fn main() -> anyhow::Result<()> {
         .get(1)
         .map_or("target/fixtures/all-MiniLM-L6-v2", String::as_str);
     let reps: usize = args.get(2).map_or(Ok(20), |s| s.parse())?;
-    let group = crossenc::train::group::from_env()?;
+    let group = crossenc::train::group::from_env(std::time::Duration::from_secs(600))?;
     let params = CrossEncoder::load(model, &LoadOptions::default())?
         .model()
         .weights

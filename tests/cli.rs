@@ -697,6 +697,58 @@ fn three_shards_concatenated_score_as_one_run() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a shard I/N"));
 }
 
+/// A shard of a large file is read in the shard's memory, not the file's: the file is streamed
+/// twice (rows counted, then read up to the shard's end), in CSV, TSV and JSONL alike.
+#[test]
+fn a_shard_of_a_large_file_is_read_in_bounded_memory() {
+    let (dir, _) = golden();
+    let model = dir.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = 150_000;
+    let text = |i: usize| format!("row {i} says the cat sat on the mat");
+    let files = [
+        (
+            "big.tsv",
+            (0..rows)
+                .map(|i| format!("{}\t{}\n", text(i), text(i + 1)))
+                .collect::<String>(),
+        ),
+        (
+            "big.csv",
+            (0..rows)
+                .map(|i| format!("\"{}\",{}\n", text(i), text(i + 1)))
+                .collect(),
+        ),
+        (
+            "big.jsonl",
+            (0..rows)
+                .map(|i| format!("{}\n", serde_json::json!({"a": text(i), "b": text(i + 1)})))
+                .collect(),
+        ),
+    ];
+    for (name, body) in files {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, body).unwrap();
+        let input = path.to_str().unwrap();
+        let (out, peak_mb) =
+            peak_rss_of(&["predict", "-m", model, "-i", input, "--shard", "1500/1501"]);
+        let printed = stdout(&out);
+        // The last shard: rows 149901..=150000 of the file, each line naming its row.
+        let lines: Vec<u64> = printed
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["line"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(lines.len(), 100, "{name}");
+        assert_eq!(lines.last(), Some(&(rows as u64)), "{name}");
+        // Read whole, this 11-14 MB file took 100-145 MB (36 MB streamed).
+        assert!(peak_mb < 60.0, "{name}: peak RSS {peak_mb} MB");
+    }
+}
+
 /// A Qwen3 re-ranker (causal LM, chat-template prompt, "yes"/"no" logits) scores through
 /// `predict` and `rank` as sentence-transformers scored it.
 #[test]

@@ -60,7 +60,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
             );
         }
     }
-    let mut cols = Columns {
+    let cols = Columns {
         texts: args
             .text_cols
             .as_deref()
@@ -69,18 +69,13 @@ pub fn run(args: PredictArgs) -> Result<()> {
         label: None,
         label_names: None,
     };
-    let mut table = Table::read(&args.input, args.header.into(), &cols.names())?;
+    let (header, names) = (args.header.into(), cols.names());
+    let table = match args.shard {
+        Some(shard) => Table::read_shard(&args.input, header, &names, shard)?,
+        None => Table::read(&args.input, header, &names)?,
+    };
     if let Some(note) = &table.note {
         eprintln!("{note}");
-    }
-    if let Some(shard) = args.shard {
-        // The columns come from the whole file, so that every shard (even an empty one) reads
-        // the same ones.
-        let (a, b) = table.text_columns(&cols)?;
-        cols.texts = Some((table.columns[a].clone(), table.columns[b].clone()));
-        let keep = shard.range(table.rows.len());
-        table.rows.truncate(keep.end);
-        table.rows.drain(..keep.start);
     }
     let pairs = data::read_pairs(&table, &cols)?;
     let ce = args.model.load()?;

@@ -1,9 +1,13 @@
 //! A small table model over CSV/TSV/JSONL: named columns, rows that remember their line.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
-use std::io::Read;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read};
+use std::ops::Range;
 use std::path::Path;
+use std::rc::Rc;
 
 use super::Columns;
 
@@ -36,6 +40,9 @@ pub struct Table {
     pub source: String,
     pub columns: Vec<String>,
     pub rows: Vec<Row>,
+    /// The file's first data row, where the text and label columns are found: a shard's
+    /// `rows` may not hold it, and every shard must find the same columns.
+    pub first: Option<Row>,
     /// What the reader assumed that the user may want to override (shown on stderr).
     pub note: Option<String>,
 }
@@ -62,7 +69,17 @@ impl Table {
                 format!("{spec} has the splits train, validation and test, not \"{split}\"")
             })?;
             let source = format!("{spec} ({file})");
-            return parse_delimited(&source, text, b',', true, HeaderMode::No, names);
+            let input = Checked::new(&source, Box::new(text.as_bytes()));
+            let all = 0..usize::MAX;
+            return Ok(parse(
+                &source,
+                input,
+                Some(Format::Csv),
+                HeaderMode::No,
+                names,
+                all,
+            )?
+            .0);
         }
         let paths = super::resolve_source(spec, split)?;
         let mut tables = paths.iter().map(|p| Table::read(p, header, names));
@@ -90,12 +107,38 @@ impl Table {
         let table = if path.to_ascii_lowercase().ends_with(".parquet") {
             parse_parquet(path)?
         } else {
-            read_text_table(path, header, names)?
+            parse_text(path, header, names, 0..usize::MAX)?.0
         };
-        if table.rows.is_empty() {
-            bail!("{path}: no data rows");
+        table.with_rows()
+    }
+
+    /// Reads shard `shard` of `path`'s rows. A file is read twice, its rows counted and then
+    /// read up to the shard's end, so that memory holds the shard alone; standard input and
+    /// Parquet are read whole.
+    pub fn read_shard(
+        path: &str,
+        header: HeaderMode,
+        names: &[String],
+        shard: super::Shard,
+    ) -> Result<Table> {
+        if path == "-" || path.to_ascii_lowercase().ends_with(".parquet") {
+            let mut table = Table::read(path, header, names)?;
+            let keep = shard.range(table.rows.len());
+            table.rows.truncate(keep.end);
+            table.rows.drain(..keep.start);
+            return Ok(table);
         }
-        Ok(table)
+        let (_, total) = parse_text(path, header, names, usize::MAX..usize::MAX)?;
+        parse_text(path, header, names, shard.range(total))?
+            .0
+            .with_rows()
+    }
+
+    fn with_rows(self) -> Result<Table> {
+        if self.first.is_none() {
+            bail!("{}: no data rows", self.source);
+        }
+        Ok(self)
     }
 }
 
@@ -107,67 +150,173 @@ pub const LINE_LIMIT: usize = 16 << 20;
 /// The UTF-8 text of `path`, or of standard input for `-`; a line over [`LINE_LIMIT`] is an
 /// error naming it, raised as soon as that much of it is read.
 pub fn read_text(path: &str) -> Result<String> {
-    let name = match path {
-        "-" => "standard input",
-        _ => path,
-    };
-    let mut input: Box<dyn Read> = match path {
-        "-" => Box::new(std::io::stdin().lock()),
-        _ => Box::new(std::fs::File::open(path).with_context(|| format!("cannot read {path}"))?),
-    };
     let mut bytes = Vec::new();
-    let (mut line, mut line_start) = (1, 0);
-    let mut chunk = vec![0u8; 1 << 16];
-    loop {
-        let n = match input.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot read {name}")),
-        };
-        let base = bytes.len();
-        bytes.extend_from_slice(&chunk[..n]);
-        for (i, _) in chunk[..n].iter().enumerate().filter(|(_, &b)| b == b'\n') {
-            check_line(name, line, base + i - line_start)?;
-            (line, line_start) = (line + 1, base + i + 1);
-        }
-        check_line(name, line, bytes.len() - line_start)?;
-    }
+    let mut input = Checked::open(path)?;
+    let name = input.name.clone();
+    input
+        .read_to_end(&mut bytes)
+        .map_err(|e| read_error(&name, e))?;
     String::from_utf8(bytes).map_err(|e| {
         let at = e.utf8_error().valid_up_to();
         let line = 1 + e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count();
-        anyhow::anyhow!("{name} line {line}: not UTF-8 text (byte {at}); save the file as UTF-8")
+        not_utf8(&name, line)
     })
 }
 
-fn check_line(name: &str, line: usize, len: usize) -> Result<()> {
-    if len > LINE_LIMIT {
-        bail!(
-            "{name} line {line} is longer than {} MiB, the limit for one line: one row or document a line (a model reads only a text's first tokens anyway)",
-            LINE_LIMIT >> 20
-        );
-    }
-    Ok(())
+fn not_utf8(name: &str, line: usize) -> anyhow::Error {
+    anyhow!("{name} line {line}: not UTF-8 text; save the file as UTF-8")
 }
 
-fn read_text_table(path: &str, header: HeaderMode, names: &[String]) -> Result<Table> {
-    let text = read_text(path)?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+/// A file as the readers take it: no line over [`LINE_LIMIT`] (an error naming it, raised
+/// when that much of the line is read), and, for a parser that streams, its line ends noted
+/// ([`LineNumbers`]).
+struct Checked {
+    inner: Box<dyn Read>,
+    name: String,
+    /// Bytes read, and where the line being read starts.
+    offset: u64,
+    line_start: u64,
+    line: usize,
+    ends: Option<Rc<RefCell<VecDeque<u64>>>>,
+}
+
+impl Checked {
+    fn new(name: &str, inner: Box<dyn Read>) -> Checked {
+        Checked {
+            inner,
+            name: name.to_string(),
+            offset: 0,
+            line_start: 0,
+            line: 1,
+            ends: None,
+        }
+    }
+
+    /// The file `path`, or standard input for `-`.
+    fn open(path: &str) -> Result<Checked> {
+        Ok(match path {
+            "-" => Checked::new("standard input", Box::new(std::io::stdin().lock())),
+            _ => Checked::new(
+                path,
+                Box::new(std::fs::File::open(path).with_context(|| format!("cannot read {path}"))?),
+            ),
+        })
+    }
+
+    /// The same, noting its line ends for the numbers returned.
+    fn numbered(mut self) -> (Checked, LineNumbers) {
+        let ends = Rc::new(RefCell::new(VecDeque::new()));
+        self.ends = Some(ends.clone());
+        (self, LineNumbers { ends, line: 1 })
+    }
+
+    fn check(&self, len: u64) -> std::io::Result<()> {
+        match len > LINE_LIMIT as u64 {
+            true => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{} line {} is longer than {} MiB, the limit for one line: one row or document a line (a model reads only a text's first tokens anyway)",
+                    self.name,
+                    self.line,
+                    LINE_LIMIT >> 20
+                ),
+            )),
+            false => Ok(()),
+        }
+    }
+}
+
+impl Read for Checked {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for (i, _) in buf[..n].iter().enumerate().filter(|(_, &b)| b == b'\n') {
+            let at = self.offset + i as u64;
+            self.check(at - self.line_start)?;
+            if let Some(ends) = &self.ends {
+                ends.borrow_mut().push_back(at);
+            }
+            (self.line, self.line_start) = (self.line + 1, at + 1);
+        }
+        self.offset += n as u64;
+        self.check(self.offset - self.line_start)?;
+        Ok(n)
+    }
+}
+
+/// A read error: a line over the limit as it says, anything else as unreadable.
+fn read_error(name: &str, e: std::io::Error) -> anyhow::Error {
+    match e.kind() {
+        std::io::ErrorKind::InvalidData => anyhow!(e),
+        _ => anyhow!(e).context(format!("cannot read {name}")),
+    }
+}
+
+/// Numbers a streamed file's lines by byte offset, from the line ends [`Checked`] noted; the
+/// ends behind the parser are dropped, so that memory stays what the parser buffers.
+struct LineNumbers {
+    ends: Rc<RefCell<VecDeque<u64>>>,
+    line: usize,
+}
+
+impl LineNumbers {
+    /// 1 + the line ends before byte `at` (offsets must come in order).
+    fn before(&mut self, at: u64) -> usize {
+        let mut ends = self.ends.borrow_mut();
+        while ends.front().is_some_and(|&e| e < at) {
+            ends.pop_front();
+            self.line += 1;
+        }
+        self.line
+    }
+}
+
+/// Parses a CSV, TSV or JSONL file (the format from its extension, else from its first
+/// line), keeping the data rows numbered `keep` (0-based) and reading no further; returns the
+/// table and the data rows counted (all of them, unless `keep` ends first).
+fn parse_text(
+    path: &str,
+    header: HeaderMode,
+    names: &[String],
+    keep: Range<usize>,
+) -> Result<(Table, usize)> {
     let ext = Path::new(path)
         .extension()
         .and_then(|e| e.to_str())
         .unwrap_or("")
         .to_ascii_lowercase();
     let format = match ext.as_str() {
-        "jsonl" | "ndjson" | "json" => Format::Jsonl,
-        "tsv" | "tab" => Format::Tsv,
-        "csv" => Format::Csv,
-        _ => sniff(text),
+        "jsonl" | "ndjson" | "json" => Some(Format::Jsonl),
+        "tsv" | "tab" => Some(Format::Tsv),
+        "csv" => Some(Format::Csv),
+        _ => None,
     };
+    parse(path, Checked::open(path)?, format, header, names, keep)
+}
+
+/// [`parse_text`] on any input; `None` sniffs the format.
+fn parse(
+    name: &str,
+    input: Checked,
+    format: Option<Format>,
+    header: HeaderMode,
+    names: &[String],
+    keep: Range<usize>,
+) -> Result<(Table, usize)> {
+    let (input, lines) = input.numbered();
+    let mut input = BufReader::with_capacity(1 << 16, input);
+    let head = input.fill_buf().map_err(|e| read_error(name, e))?;
+    let bom = match head.starts_with("\u{feff}".as_bytes()) {
+        true => 3,
+        false => 0,
+    };
+    let format = format.unwrap_or_else(|| sniff(&head[bom..]));
+    input.consume(bom);
+    let from = (bom as u64, lines);
+    let columns = (header, names);
     match format {
-        Format::Jsonl => parse_jsonl(path, text),
-        Format::Csv => parse_delimited(path, text, b',', true, header, names),
-        Format::Tsv => parse_delimited(path, text, b'\t', false, header, names),
+        Format::Jsonl => parse_jsonl(name, input, from, keep),
+        Format::Csv => parse_delimited(name, input, from, (b',', true), columns, keep),
+        Format::Tsv => parse_delimited(name, input, from, (b'\t', false), columns, keep),
     }
 }
 
@@ -215,7 +364,7 @@ impl Table {
         if let Some((a, b)) = &cols.texts {
             return Ok((self.column(a)?, self.column(b)?));
         }
-        let first = &self.rows[0];
+        let first = self.first()?;
         let texts: Vec<usize> = (0..self.columns.len())
             .filter(|&i| {
                 first
@@ -242,7 +391,7 @@ impl Table {
             return self.column(l);
         }
         let (a, b) = self.text_columns(cols)?;
-        let first = &self.rows[0];
+        let first = self.first()?;
         (0..self.columns.len())
             .find(|&i| {
                 i != a && i != b && i > a.min(b) && first.values.get(i).is_some_and(is_number)
@@ -257,6 +406,12 @@ impl Table {
                     self.source
                 )
             })
+    }
+
+    fn first(&self) -> Result<&Row> {
+        self.first
+            .as_ref()
+            .with_context(|| format!("{}: no data rows", self.source))
     }
 
     /// The text in column `col` of `row` (numbers are taken as text too).
@@ -330,11 +485,15 @@ fn is_number(v: &Value) -> bool {
     }
 }
 
-fn sniff(text: &str) -> Format {
-    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-    if first.trim_start().starts_with('{') {
+/// The format of a file without a known extension, from its first (buffered) line.
+fn sniff(head: &[u8]) -> Format {
+    let first = head
+        .split(|&b| b == b'\n')
+        .find(|l| !l.trim_ascii().is_empty())
+        .unwrap_or_default();
+    if first.trim_ascii_start().starts_with(b"{") {
         Format::Jsonl
-    } else if first.contains('\t') {
+    } else if first.contains(&b'\t') {
         Format::Tsv
     } else {
         Format::Csv
@@ -357,7 +516,7 @@ fn parse_parquet(path: &str) -> Result<Table> {
     let file = std::fs::File::open(path).with_context(|| format!("cannot read {path}"))?;
     let reader = SerializedFileReader::new(file)
         .with_context(|| format!("{path} is not a valid Parquet file"))?;
-    let mut objects = Vec::new();
+    let mut objects = Objects::new(0..usize::MAX);
     let rows = reader
         .get_row_iter(None)
         .with_context(|| format!("cannot read rows of {path}"))?;
@@ -376,51 +535,100 @@ fn parse_parquet(path: &str) -> Result<Table> {
                 (name.clone(), v)
             })
             .collect();
-        objects.push((i + 1, Ok(Value::Object(obj))));
+        objects.push(i + 1, Ok(Value::Object(obj)));
     }
-    from_objects(path, objects)
+    Ok(objects.table(path)?.0)
 }
 
-fn parse_jsonl(path: &str, text: &str) -> Result<Table> {
-    let mut objects = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
+fn parse_jsonl(
+    path: &str,
+    mut input: impl BufRead,
+    (mut offset, mut lines): (u64, LineNumbers),
+    keep: Range<usize>,
+) -> Result<(Table, usize)> {
+    let mut objects = Objects::new(keep);
+    let mut buf = Vec::new();
+    // The first row always: every shard finds its columns there.
+    while objects.count < objects.keep.end.max(1) {
+        buf.clear();
+        let n = input
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| read_error(path, e))?;
+        if n == 0 {
+            break;
+        }
+        let line = lines.before(offset);
+        offset += n as u64;
+        let text = std::str::from_utf8(&buf).map_err(|_| not_utf8(path, line))?;
+        if text.trim().is_empty() {
             continue;
         }
-        let v = serde_json::from_str::<Value>(line).map_err(|e| format!("invalid JSON ({e})"));
-        objects.push((i + 1, v));
+        objects.push(
+            line,
+            serde_json::from_str::<Value>(text).map_err(|e| format!("invalid JSON ({e})")),
+        );
     }
-    from_objects(path, objects)
+    objects.table(path)
 }
 
-/// A table from JSON objects, one a line (or why the line is none); the columns are the union
-/// of their keys in first-seen order.
-fn from_objects(path: &str, values: Vec<(usize, Result<Value, String>)>) -> Result<Table> {
-    let mut columns: Vec<String> = Vec::new();
-    let mut objects = Vec::with_capacity(values.len());
-    for (line, v) in values {
+/// A JSONL line: an object, or why it is none.
+type Line = Result<serde_json::Map<String, Value>, String>;
+
+/// A table built from JSON objects, one a line (or why the line is none), as they are read:
+/// it keeps those numbered `keep` and the first; its columns are the union of all their keys
+/// in first-seen order.
+struct Objects {
+    keep: Range<usize>,
+    columns: Vec<String>,
+    kept: Vec<(usize, Line)>,
+    first: Option<(usize, Line)>,
+    count: usize,
+    /// Whether any line held an object: a file where none does is not JSONL at all.
+    any: bool,
+}
+
+impl Objects {
+    fn new(keep: Range<usize>) -> Self {
+        Objects {
+            keep,
+            columns: Vec::new(),
+            kept: Vec::new(),
+            first: None,
+            count: 0,
+            any: false,
+        }
+    }
+
+    fn push(&mut self, line: usize, v: Result<Value, String>) {
         let obj = match v {
             Ok(Value::Object(obj)) => Ok(obj),
             Ok(_) => Err("expected a JSON object".to_string()),
             Err(e) => Err(e),
         };
         if let Ok(obj) = &obj {
+            self.any = true;
             for k in obj.keys() {
-                if !columns.contains(k) {
-                    columns.push(k.clone());
+                if !self.columns.contains(k) {
+                    self.columns.push(k.clone());
                 }
             }
         }
-        objects.push((line, obj));
+        if self.count == 0 {
+            self.first = Some((line, obj.clone()));
+        }
+        if self.keep.contains(&self.count) {
+            self.kept.push((line, obj));
+        }
+        self.count += 1;
     }
-    if objects.iter().all(|(_, o)| o.is_err()) {
-        if let Some((line, Err(e))) = objects.first() {
+
+    /// The table, and the objects counted.
+    fn table(self, path: &str) -> Result<(Table, usize)> {
+        if let (false, Some((line, Err(e)))) = (self.any, &self.first) {
             bail!("{path} line {line}: {e}");
         }
-    }
-    let rows = objects
-        .into_iter()
-        .map(|(line, obj)| match obj {
+        let columns = self.columns;
+        let row = |(line, obj): (usize, Result<serde_json::Map<String, Value>, String>)| match obj {
             Ok(mut obj) => Row {
                 line,
                 values: columns
@@ -434,60 +642,78 @@ fn from_objects(path: &str, values: Vec<(usize, Result<Value, String>)>) -> Resu
                 values: Vec::new(),
                 error: Some(e),
             },
-        })
-        .collect();
-    Ok(Table {
-        source: path.to_string(),
-        columns,
-        rows,
-        note: None,
-    })
+        };
+        let rows = self.kept.into_iter().map(row).collect();
+        let first = self.first.map(row);
+        let table = Table {
+            source: path.to_string(),
+            columns,
+            rows,
+            first,
+            note: None,
+        };
+        Ok((table, self.count))
+    }
 }
+
+/// Rows the header check reads: the first and the 20 below it (see [`numeric_below`]).
+const HEADER_SAMPLE: usize = 21;
 
 fn parse_delimited(
     path: &str,
-    text: &str,
-    delimiter: u8,
-    quoting: bool,
-    header: HeaderMode,
-    names: &[String],
-) -> Result<Table> {
+    input: impl Read,
+    (skipped, mut lines): (u64, LineNumbers),
+    (delimiter, quoting): (u8, bool),
+    (header, names): (HeaderMode, &[String]),
+    keep: Range<usize>,
+) -> Result<(Table, usize)> {
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .quoting(quoting)
         .has_headers(false)
         .flexible(true)
-        .from_reader(text.as_bytes());
-    let mut records = Vec::new();
+        .from_reader(input);
+    let mut records = reader.byte_records();
     // Lines counted from the records' byte offsets: the csv crate's own line count runs one
     // short after CRLF line ends (STS-B's files are CRLF), and there it reports a record as
     // starting at the `\n` of the line end before it, so that byte is counted too.
-    let (mut seen, mut line) = (0usize, 1usize);
-    for rec in reader.records() {
-        let rec = rec.with_context(|| {
-            format!("{path}: malformed {}", if quoting { "CSV" } else { "TSV" })
-        })?;
-        if let Some(p) = rec.position() {
-            let upto = (p.byte() as usize + 1).min(text.len());
-            line += text.as_bytes()[seen.min(upto)..upto]
+    let mut next = || -> Result<Option<(usize, Vec<String>)>> {
+        for rec in records.by_ref() {
+            let rec = rec.map_err(|e| match e.kind() {
+                csv::ErrorKind::Io(io) => {
+                    read_error(path, std::io::Error::new(io.kind(), io.to_string()))
+                }
+                _ => anyhow!(e).context(format!(
+                    "{path}: malformed {}",
+                    if quoting { "CSV" } else { "TSV" }
+                )),
+            })?;
+            let line = lines.before(skipped + rec.position().map_or(0, |p| p.byte() + 1));
+            let fields = rec
                 .iter()
-                .filter(|&&b| b == b'\n')
-                .count();
-            seen = upto;
+                .map(|f| String::from_utf8(f.to_vec()).map_err(|_| not_utf8(path, line)))
+                .collect::<Result<Vec<_>>>()?;
+            if !(fields.len() == 1 && fields[0].trim().is_empty()) {
+                return Ok(Some((line, fields)));
+            }
         }
-        if rec.len() == 1 && rec[0].trim().is_empty() {
-            continue;
+        Ok(None)
+    };
+    let mut sample = Vec::new();
+    while sample.len() < HEADER_SAMPLE {
+        match next()? {
+            Some(r) => sample.push(r),
+            None => break,
         }
-        records.push((line, rec.iter().map(str::to_string).collect::<Vec<_>>()));
     }
     let mut note = None;
-    let has_header = match (header, records.first()) {
+    let has_header = match (header, sample.first()) {
         (HeaderMode::Yes, _) => true,
         (HeaderMode::No, _) | (HeaderMode::Auto, None) => false,
         (HeaderMode::Auto, Some((_, first))) => {
             let header_like = looks_like_header(first);
             let named = first.iter().any(|f| names.iter().any(|n| n == f.trim()));
-            let confirmed = header_like && (named || numeric_below(&records));
+            let confirmed = header_like && (named || numeric_below(&sample));
             if header_like && !confirmed {
                 note = Some(format!(
                     "{path}: the first row was read as data; if it names the columns, pass --header yes"
@@ -496,28 +722,47 @@ fn parse_delimited(
             confirmed
         }
     };
-    let columns: Vec<String> = if has_header && !records.is_empty() {
-        records.remove(0).1
-    } else {
-        (0..records.first().map_or(0, |r| r.1.len()))
-            .map(|i| i.to_string())
-            .collect()
+    let mut sample = sample.into_iter();
+    let columns: Vec<String> = match has_header {
+        true => sample.next().map(|r| r.1).unwrap_or_default(),
+        false => Vec::new(),
     };
     // Rows of the wrong width are kept as read: `Table::check` reports (or skips) them.
-    let rows = records
-        .into_iter()
-        .map(|(line, fields)| Row {
-            line,
-            values: fields.into_iter().map(Value::String).collect(),
-            error: None,
-        })
-        .collect();
-    Ok(Table {
+    let row = |(line, fields): (usize, Vec<String>)| Row {
+        line,
+        values: fields.into_iter().map(Value::String).collect(),
+        error: None,
+    };
+    let (mut first, mut rows, mut count) = (None, Vec::new(), 0);
+    let mut rest = sample
+        .map(Ok)
+        .chain(std::iter::from_fn(|| next().transpose()));
+    while count < keep.end.max(1) {
+        let Some(record) = rest.next().transpose()? else {
+            break;
+        };
+        if count == 0 {
+            first = Some(row(record.clone()));
+        }
+        if keep.contains(&count) {
+            rows.push(row(record));
+        }
+        count += 1;
+    }
+    let columns = match has_header {
+        true => columns,
+        false => (0..first.as_ref().map_or(0, |r| r.values.len()))
+            .map(|i| i.to_string())
+            .collect(),
+    };
+    let table = Table {
         source: path.to_string(),
         columns,
         rows,
+        first,
         note,
-    })
+    };
+    Ok((table, count))
 }
 
 /// Whether some column holds a number in every one of the (up to 20) rows after the first:
