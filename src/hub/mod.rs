@@ -1,8 +1,9 @@
-//! Models and datasets from the Hugging Face hub, through the standard HF cache (`hf-hub`,
-//! cargo feature `hub`, on by default).
+//! Models and datasets from the Hugging Face hub, through the standard HF cache (cargo feature
+//! `hub`, on by default).
 //!
-//! `HF_HOME` and `HF_ENDPOINT` are honoured by hf-hub itself; `HF_HUB_OFFLINE=1` is honoured
-//! here: files then come from the cache only, and a cold cache is an error that says so.
+//! `HF_HOME`, `HF_ENDPOINT` and `HF_HUB_OFFLINE=1` are honoured: offline, files come from the
+//! cache only, and a cold cache is an error that says so. Names the server sends are checked
+//! before they become cache paths (see `download.rs`).
 //! Without the feature, local folders and files work as ever and a hub id is an error that
 //! says how to get downloads.
 
