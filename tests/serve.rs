@@ -648,6 +648,129 @@ fn a_client_that_stalls_mid_request_cannot_hold_up_shutdown() {
     assert!(exit.success(), "{exit:?}");
 }
 
+/// A raw connection to the server, for requests no client library sends.
+fn connect(s: &Server) -> std::net::TcpStream {
+    std::net::TcpStream::connect(s.url.trim_start_matches("http://")).unwrap()
+}
+
+/// Everything the server sends on `conn` until it closes it; fails if a read waits past `limit`.
+fn read_until_closed(conn: &mut std::net::TcpStream, limit: Duration) -> String {
+    use std::io::Read;
+    conn.set_read_timeout(Some(limit)).unwrap();
+    let mut answer = Vec::new();
+    let read = conn.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    match read {
+        Ok(_) => answer,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => answer,
+        Err(e) => panic!("the connection is still open after {limit:?} ({e}); read: {answer:?}"),
+    }
+}
+
+#[test]
+fn a_half_sent_request_head_is_closed_after_the_header_timeout() {
+    use std::io::Write;
+    let s = Server::start(
+        &shared("golden/tiny-bert"),
+        &["--header-timeout-seconds", "1"],
+    );
+    let mut conn = connect(&s);
+    conn.write_all(b"POST /rerank HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let start = std::time::Instant::now();
+    read_until_closed(&mut conn, Duration::from_secs(10));
+    let waited = start.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "closed only after {waited:?}"
+    );
+    // The server goes on serving others.
+    assert_eq!(s.get("/health").0, 200);
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    use std::io::Write;
+    let s = Server::start(
+        &shared("golden/tiny-bert"),
+        &["--header-timeout-seconds", "1"],
+    );
+    let mut conn = connect(&s);
+    // HTTP/1.1 keeps the connection open after the answer by default.
+    conn.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let start = std::time::Instant::now();
+    let answer = read_until_closed(&mut conn, Duration::from_secs(10));
+    let waited = start.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        waited < Duration::from_secs(5),
+        "closed only after {waited:?}"
+    );
+}
+
+#[test]
+fn a_half_sent_body_is_answered_408_and_closed() {
+    use std::io::Write;
+    let s = Server::start(
+        &shared("golden/tiny-bert"),
+        &["--body-timeout-seconds", "1"],
+    );
+    for (route, field) in [("/rerank", "error"), ("/v2/rerank", "message")] {
+        let mut conn = connect(&s);
+        let head = format!(
+            "POST {route} HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n"
+        );
+        conn.write_all(head.as_bytes()).unwrap();
+        conn.write_all(br#"{"query": "#).unwrap();
+        let start = std::time::Instant::now();
+        let answer = read_until_closed(&mut conn, Duration::from_secs(10));
+        let waited = start.elapsed();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{route}: {answer}");
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+        let body: Value = serde_json::from_str(body).unwrap();
+        let error = body[field].as_str().unwrap_or("");
+        assert!(
+            error.contains("did not arrive within 1 s"),
+            "{route}: {body}"
+        );
+        assert!(
+            waited < Duration::from_secs(5),
+            "{route}: closed only after {waited:?}"
+        );
+    }
+}
+
+#[test]
+fn top_n_0_is_refused_alike_on_every_rerank_route() {
+    let s = Server::start(&shared("golden/tiny-bert"), &[]);
+    for (route, body, field) in [
+        (
+            "/rerank",
+            json!({ "query": "q", "texts": ["a", "b"], "top_n": 0 }),
+            "error",
+        ),
+        (
+            "/v1/rerank",
+            json!({ "query": "q", "documents": ["a", "b"], "top_n": 0 }),
+            "message",
+        ),
+        (
+            "/v2/rerank",
+            json!({ "query": "q", "documents": ["a", "b"], "top_n": 0 }),
+            "message",
+        ),
+    ] {
+        let (status, out) = s.post(route, body);
+        assert_eq!(status, 400, "{route}: {out}");
+        let error = out[field].as_str().unwrap_or("");
+        assert!(
+            error.contains("`top_n` must be at least 1"),
+            "{route}: {out}"
+        );
+    }
+}
+
 #[test]
 fn a_dead_inference_thread_fails_health_and_exits_non_zero() {
     let mut s = Server::start_with_env(

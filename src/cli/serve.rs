@@ -28,6 +28,13 @@ pub struct ServeArgs {
     /// Seconds that shutdown (SIGTERM, Ctrl-C) waits for open requests before closing them.
     #[arg(long, default_value_t = 20)]
     drain_seconds: u64,
+    /// Seconds a connection may take to send a request's headers, counted from when it opened
+    /// or was last answered, so idle keep-alive connections are closed after it too.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout_seconds: u64,
+    /// Seconds a request body may take to arrive after its headers; later is answered 408.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout_seconds: u64,
     /// Require `Authorization: Bearer <key>` on every route but /health and /metrics (also
     /// read from CROSSENC_API_KEY, which keeps the key out of the process list).
     #[arg(long, env = "CROSSENC_API_KEY", hide_env_values = true)]
@@ -43,6 +50,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_queue: args.max_concurrent_requests,
         body_limit: args.body_limit,
         drain: std::time::Duration::from_secs(args.drain_seconds),
+        header_timeout: std::time::Duration::from_secs(args.header_timeout_seconds),
+        body_timeout: std::time::Duration::from_secs(args.body_timeout_seconds),
         api_key: args.api_key.filter(|k| !k.is_empty()),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::sync::Arc;
 
-use super::{ranked, score, ApiError, AppState, JsonBody};
+use super::{check_top_n, ranked, score, ApiError, AppState, JsonBody};
 
 /// Cohere's fields; the others it defines (`model`: the server scores with the model it
 /// loaded; `rank_fields`, `max_chunks_per_doc`, `max_tokens_per_doc`, `priority`) are accepted
@@ -81,9 +81,7 @@ async fn rerank(
     if req.documents.is_empty() {
         return Err(bad_request("`documents` cannot be empty".into()));
     }
-    if req.top_n == Some(0) {
-        return Err(bad_request("`top_n` must be at least 1".into()));
-    }
+    check_top_n(req.top_n).map_err(CohereError)?;
     let texts = req
         .documents
         .iter()

@@ -6,6 +6,11 @@
 //! `/openapi.json` describes every route. With an API key, every route but `/health` and
 //! `/metrics` wants `Authorization: Bearer <key>`.
 //!
+//! Slow clients: a connection that has not sent a whole request head `header_timeout` after it
+//! opened or after its last answer (idle keep-alive included) is closed, and a body that has not
+//! arrived `body_timeout` after its head is answered 408 and the connection closed, so that
+//! half-sent requests and idle connections cannot pile up.
+//!
 //! Stopping: on the shutdown signal the server stops accepting, answers what is in flight, and
 //! after `drain` closes whatever is still open (a client that never finishes its request
 //! cannot hold it up). If the inference thread dies, `/health` answers 503 and the server shuts
@@ -24,6 +29,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -31,6 +39,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 use crate::model::tokenize::PairTokenizer;
@@ -51,6 +60,11 @@ pub struct ServeConfig {
     pub body_limit: usize,
     /// How long shutdown waits for open requests before closing them.
     pub drain: Duration,
+    /// How long a connection may take to send a request head, counted from when it opened or
+    /// was last answered: it also closes idle keep-alive connections.
+    pub header_timeout: Duration,
+    /// How long a request body may take to arrive after its head.
+    pub body_timeout: Duration,
     /// The bearer token clients must send, if any.
     pub api_key: Option<String>,
 }
@@ -62,6 +76,7 @@ struct AppState {
     info: serde_json::Value,
     max_client_batch_size: usize,
     body_limit: usize,
+    body_timeout: Duration,
     api_key: Option<String>,
     /// False once the inference thread has died.
     healthy: Arc<AtomicBool>,
@@ -94,15 +109,25 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A JSON body whose every failure is a JSON error: 413 over the size limit, 422 for invalid
-/// JSON or wrong types.
+/// A JSON body whose every failure is a JSON error: 413 over the size limit, 408 when it does
+/// not arrive within the body timeout, 422 for invalid JSON or wrong types.
 struct JsonBody<T>(T);
 
 impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+        let read = tokio::time::timeout(state.body_timeout, Bytes::from_request(req, state));
+        // Dropping the unread body makes hyper close the connection after the answer.
+        let read = read.await.map_err(|_| {
+            let secs = state.body_timeout.as_secs();
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "Timeout",
+                format!("the request body did not arrive within {secs} s of its headers"),
+            )
+        })?;
+        let bytes = read.map_err(|e| {
             let status = e.status();
             if status == StatusCode::PAYLOAD_TOO_LARGE {
                 let limit = state.body_limit;
@@ -159,7 +184,7 @@ struct PredictRequest {
 pub async fn serve(
     ce: CrossEncoder,
     cfg: ServeConfig,
-    listener: tokio::net::TcpListener,
+    listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
@@ -205,6 +230,7 @@ pub async fn serve(
         info,
         max_client_batch_size: cfg.max_client_batch_size,
         body_limit: cfg.body_limit,
+        body_timeout: cfg.body_timeout,
         api_key: cfg.api_key.clone(),
         healthy: healthy.clone(),
     });
@@ -232,22 +258,22 @@ pub async fn serve(
         .layer(middleware::from_fn_with_state(state.clone(), record))
         .layer(DefaultBodyLimit::max(cfg.body_limit))
         .with_state(state);
-    let (stopping_tx, mut stopping) = watch::channel(false);
-    let stop = async move {
+    let (stopping_tx, stopping) = watch::channel(false);
+    tokio::spawn(async move {
         tokio::select! {
             _ = shutdown => {}
             _ = died.changed() => {}
         }
         let _ = stopping_tx.send(true);
-    };
-    let server = axum::serve(listener, app).with_graceful_shutdown(stop);
+    });
+    let server = serve_http1(listener, app, cfg.header_timeout, stopping.clone());
     let deadline = async move {
-        let _ = stopping.wait_for(|s| *s).await;
+        stopped(stopping).await;
         tokio::time::sleep(cfg.drain).await;
     };
     tokio::select! {
-        served = std::future::IntoFuture::into_future(server) => served?,
-        _ = deadline => eprintln!(
+        () = server => {}
+        () = deadline => eprintln!(
             "requests still open {:?} after shutdown began: closing them",
             cfg.drain
         ),
@@ -264,6 +290,74 @@ pub async fn serve(
         anyhow::bail!("the inference thread died (a panic while scoring)");
     }
     Ok(())
+}
+
+/// Serves HTTP/1.1 on `listener` until `stopping` turns true, then lets each open connection
+/// answer what it has in flight, and returns once all have closed. Not `axum::serve`: that
+/// gives hyper no timer, so no header timeout.
+async fn serve_http1(
+    listener: TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    stopping: watch::Receiver<bool>,
+) {
+    // Every connection holds a receiver: the sender's `closed` resolves when the last is gone.
+    let (open_tx, open) = watch::channel(());
+    let stop = stopped(stopping.clone());
+    tokio::pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(header_timeout);
+        let service = TowerToHyperService::new(app.clone());
+        let stop = stopped(stopping.clone());
+        let open = open.clone();
+        tokio::spawn(async move {
+            let conn = http.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            // A connection's errors are its client's (a header timeout, a reset): not reported.
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stop => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(open);
+        });
+    }
+    drop(listener);
+    drop(open);
+    open_tx.closed().await;
+}
+
+/// Resolves once `stopping` is true, or its sender is gone.
+async fn stopped(mut stopping: watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|s| *s).await;
+}
+
+/// After a failed accept: a connection's own failure (reset before it was accepted) is skipped;
+/// the process's (out of file descriptors, say) is reported and retried a second later.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    eprintln!("cannot accept a connection: {e}; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// 200 while the inference thread runs, 503 once it has died.
@@ -426,6 +520,7 @@ async fn rerank(
             "`texts` cannot be empty",
         ));
     }
+    check_top_n(req.top_n)?;
     let pairs: Vec<(String, String)> = req
         .texts
         .iter()
@@ -446,6 +541,19 @@ async fn rerank(
         }
     }
     Ok(Json(ranks))
+}
+
+/// One rule for every re-rank route (Cohere's): `top_n` 0 asks for nothing, so it is refused
+/// rather than answered `[]`.
+fn check_top_n(top_n: Option<usize>) -> Result<(), ApiError> {
+    if top_n == Some(0) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "Validation",
+            "`top_n` must be at least 1; leave it out to rank them all",
+        ));
+    }
+    Ok(())
 }
 
 /// (index, first score) of the best `top_n` rows (all by default), best first; ties keep the

@@ -12,8 +12,9 @@ fn answers(ok: Value, error: &str) -> Value {
     let error = json!({ "$ref": format!("#/components/schemas/{error}") });
     let mut out = json!({ "200": { "description": "OK", "content": { "application/json": { "schema": ok } } } });
     for (code, what) in [
-        ("400", "empty input"),
+        ("400", "empty input, or top_n 0"),
         ("401", "missing or wrong API key"),
+        ("408", "the body did not arrive in time"),
         ("413", "too many inputs, a body or input too long"),
         ("422", "invalid JSON or fields"),
         ("503", "queue full or shutting down"),
@@ -47,7 +48,7 @@ pub fn spec() -> Value {
                 "CohereError": { "type": "object", "properties": { "message": string } },
                 "RerankRequest": { "type": "object", "required": ["query", "texts"], "properties": {
                     "query": string, "texts": { "type": "array", "items": string },
-                    "top_n": { "type": "integer", "minimum": 0 }, "return_text": { "type": "boolean" },
+                    "top_n": { "type": "integer", "minimum": 1 }, "return_text": { "type": "boolean" },
                     "raw_scores": { "type": "boolean" }, "truncate": { "type": "boolean" } } },
                 "Rank": { "type": "object", "required": ["index", "score"], "properties": {
                     "index": { "type": "integer" }, "score": { "type": "number" }, "text": string } },
