@@ -25,7 +25,8 @@ pub struct TrainArgs {
     /// The model to start from: a folder or hub id (a bare encoder gets a new head).
     #[arg(long, short)]
     model: String,
-    /// Where the trained model, metrics.jsonl, training.svg and checkpoints go.
+    /// Where the trained model, metrics.jsonl, training.svg and checkpoints go (not the --model
+    /// folder: the run replaces the model there).
     #[arg(long, short)]
     output: PathBuf,
     /// What to train: regression on graded labels (STS-B), binary or multiclass
@@ -329,6 +330,17 @@ fn train_in(mut args: TrainArgs, group: &Arc<dyn Group>) -> Result<()> {
         },
     )?;
     if group.rank() > 0 {
+        return Ok(());
+    }
+    if summary.already_finished {
+        // Its model, card and log stay as the finished run left them.
+        if !args.quiet {
+            println!(
+                "{} already finished ({} steps): nothing to resume",
+                args.output.display(),
+                summary.steps
+            );
+        }
         return Ok(());
     }
     let mut results = Vec::new();
