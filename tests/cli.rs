@@ -324,6 +324,116 @@ fn bad_models_give_clear_errors() {
     fails_with(&predict_one(m.path()), &["tokenizer.json"]);
 }
 
+/// A head that does not fit the labels is refused by tensor name and shape rather than scored
+/// with a new random head; a fresh head is made only where the checkpoint has none.
+#[test]
+fn a_head_that_does_not_fit_is_refused_by_name_and_shape() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.jsonl");
+    std::fs::write(&input, "{\"a\": \"x\", \"b\": \"y\"}\n").unwrap();
+    let predict = |model: &Path, extra: &[&str]| {
+        let mut args = vec!["predict", "-m", model.to_str().unwrap()];
+        args.extend_from_slice(&["-i", input.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        crossenc(&args)
+    };
+    let three = shared("golden/tiny-bert-3labels");
+    fails_with(
+        &predict(&three, &["--num-labels", "1"]),
+        &[
+            "weight \"classifier.weight\"",
+            "has shape [3, 32]",
+            "num_labels 1 needs [1, 32]",
+            "--num-labels",
+        ],
+    );
+    // config.json's labels and the checkpoint's head disagree.
+    let m = broken_model(|d| {
+        edit_json(&d.join("config.json"), |c| {
+            c.insert(
+                "id2label".into(),
+                serde_json::json!({"0": "no", "1": "yes"}),
+            );
+        })
+    });
+    fails_with(
+        &predict(m.path(), &[]),
+        &["\"classifier.weight\"", "[1, 32]", "needs [2, 32]"],
+    );
+    // A head in integers is no head.
+    let m = broken_model(|d| {
+        let p = d.join("model.safetensors");
+        let mut t = candle_core::safetensors::load(&p, &candle_core::Device::Cpu).unwrap();
+        let bias = candle_core::Tensor::new(&[0i64], &candle_core::Device::Cpu).unwrap();
+        t.insert("classifier.bias".into(), bias);
+        candle_core::safetensors::save(&t, &p).unwrap();
+    });
+    fails_with(
+        &predict(m.path(), &[]),
+        &["\"classifier.bias\"", "I64", "floating point"],
+    );
+    // Without a classifier (a bare encoder with its pooler), --num-labels sizes a new one.
+    let m = broken_model(|d| {
+        let p = d.join("model.safetensors");
+        let mut t = candle_core::safetensors::load(&p, &candle_core::Device::Cpu).unwrap();
+        t.retain(|name, _| !name.starts_with("classifier."));
+        candle_core::safetensors::save(&t, &p).unwrap();
+    });
+    let out = predict(m.path(), &["--num-labels", "2"]);
+    let scores = stdout(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("created classifier.weight, classifier.bias"),
+        "{err}"
+    );
+    let row: serde_json::Value = serde_json::from_str(scores.trim()).unwrap();
+    assert_eq!(row["scores"].as_array().unwrap().len(), 2, "{scores}");
+}
+
+/// Settings that make no sense are refused by flag before anything is read or written.
+#[test]
+fn train_refuses_nonsense_settings_naming_the_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("pairs.csv");
+    std::fs::write(&data, "a,b,label\nx y,z w,0\nu v,s t,1\n").unwrap();
+    let out = tmp.path().join("out");
+    let model = shared("golden/tiny-bert");
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "-m", model.to_str().unwrap()];
+        args.extend_from_slice(&["-o", out.to_str().unwrap()]);
+        args.extend_from_slice(&["--train", data.to_str().unwrap()]);
+        args.push("--quiet");
+        args.extend_from_slice(extra);
+        crossenc(&args)
+    };
+    let cases: [(&[&str], &[&str]); 11] = [
+        (&["--max-steps", "0"], &["--max-steps", ">= 1"]),
+        (&["--lr", "-1e-5"], &["--lr", ">= 0"]),
+        (&["--lr", "NaN"], &["--lr", ">= 0"]),
+        (&["--max-grad-norm", "0"], &["--max-grad-norm", "> 0"]),
+        (&["--max-grad-norm", "-1"], &["--max-grad-norm", "> 0"]),
+        (&["--weight-decay", "-0.01"], &["--weight-decay", ">= 0"]),
+        (&["--warmup-ratio", "1.5"], &["--warmup-ratio", "[0, 1]"]),
+        (&["--warmup-ratio", "-0.1"], &["--warmup-ratio", "[0, 1]"]),
+        (
+            &["--label-range", "0:inf"],
+            &["--label-range", "infinite end"],
+        ),
+        (
+            &["--metric", "spearmann"],
+            &["--metric \"spearmann\"", "known: pearson, spearman"],
+        ),
+        (
+            &["--text-cols", "a,b", "--label-col", "b"],
+            &["pairs.csv", "\"b\" is also a text column", "--label-col"],
+        ),
+    ];
+    for (extra, needles) in cases {
+        fails_with(&train(extra), needles);
+        assert!(!out.exists(), "{extra:?} wrote {}", out.display());
+    }
+}
+
 #[test]
 fn bad_inputs_give_clear_errors() {
     let (dir, _) = golden();

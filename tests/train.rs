@@ -751,6 +751,189 @@ fn a_write_that_fails_mid_run_names_the_file_and_leaves_no_half_written_checkpoi
         2,
         "the steps before the failure stay logged: {log}"
     );
+    // What the failed run left (its log, an empty checkpoints folder) does not block a rerun
+    // without --overwrite; a file of the user's beside it still does.
+    let rerun = || tiny_train(&data, &out, &["--save-steps", "2", "--log-steps", "1"]);
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+    fails_with(&rerun(), &["is not empty", "--overwrite"]);
+    std::fs::remove_file(out.join("notes.txt")).unwrap();
+    stdout(&rerun());
+    let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 6, "only the rerun's steps: {log}");
+    assert!(out.join("model.safetensors").exists());
+}
+
+/// A copy of tiny-bert in `dir`.
+fn tiny_bert_copy(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for f in std::fs::read_dir(shared("golden/tiny-bert")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), dir.join(f.file_name())).unwrap();
+    }
+    dir.to_path_buf()
+}
+
+/// With --overwrite, training into the model's own folder would remove the model before the
+/// run could replace it: refused however the path is spelled, and the model stays whole.
+#[test]
+fn training_into_the_model_folder_is_refused_and_leaves_the_model_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = stsb_head(tmp.path(), 16);
+    let model = tiny_bert_copy(&tmp.path().join("model"));
+    let files = |dir: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, std::fs::read(e.path()).unwrap())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = files(&model);
+    let spelled = tmp.path().join("model/../model/.");
+    let out = crossenc(&[
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--output",
+        spelled.to_str().unwrap(),
+        "--train",
+        data.to_str().unwrap(),
+        "--label-range",
+        "0:5",
+        "--overwrite",
+        "--quiet",
+    ]);
+    fails_with(&out, &["--output", "is the --model folder"]);
+    assert!(files(&model) == before, "the model folder changed");
+}
+
+/// Each tensor of a model folder's weights, by name.
+fn weights_of(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let map = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut v: Vec<_> = map
+        .into_iter()
+        .map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// A run's evaluations as metrics.jsonl holds them, without their timings.
+fn evaluations(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("eval").is_some())
+        .map(|mut v| {
+            v.as_object_mut().unwrap().remove("seconds");
+            v
+        })
+        .collect()
+}
+
+/// With an evaluation and a checkpoint every step, a run stopped after step 4 and resumed
+/// evaluates as the uninterrupted run does and keeps the same best model. The dev pairs' Spearman
+/// stays -2/21 at every step: the resumed run used to read it back one ulp off from the
+/// checkpoint, so that step 4's tie became a new best. The partial checkpoint a kill -9 leaves
+/// is cleaned up, and resuming the finished run changes nothing.
+#[test]
+fn a_resumed_run_keeps_the_uninterrupted_run_s_best_model_and_a_finished_one_stays() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = stsb_head(tmp.path(), 80);
+    let dev_pairs: Vec<String> = std::fs::read_to_string(stsb("dev"))
+        .unwrap()
+        .lines()
+        .skip(16)
+        .take(8)
+        .map(String::from)
+        .collect();
+    let dev = tmp.path().join("dev.csv");
+    std::fs::write(&dev, dev_pairs.join("\n")).unwrap();
+    let every = [
+        "--dev",
+        dev.to_str().unwrap(),
+        "--eval-steps",
+        "1",
+        "--save-steps",
+        "1",
+        "--lr",
+        "1e-5",
+    ];
+    let run =
+        |out: &Path, extra: &[&str]| stdout(&tiny_train(&data, out, &[&every, extra].concat()));
+    let full = tmp.path().join("full");
+    run(&full, &[]);
+    let resumed = tmp.path().join("resumed");
+    run(&resumed, &["--max-steps", "4"]);
+    let partial = resumed.join("checkpoints/.checkpoint-5.tmp-999999");
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::write(partial.join("model.safetensors"), "half").unwrap();
+    run(&resumed, &["--resume"]);
+    let spearman: Vec<f64> = evaluations(&full)
+        .iter()
+        .map(|v| v["eval"]["spearman"].as_f64().unwrap())
+        .collect();
+    assert!(
+        spearman.iter().all(|&s| (s + 2.0 / 21.0).abs() < 1e-12),
+        "{spearman:?}"
+    );
+    assert_eq!(evaluations(&resumed), evaluations(&full));
+    let best_step = |dir: &Path| read_json(&dir.join("trainer_state.json"))["best_step"].clone();
+    assert_eq!(best_step(&full), 1);
+    assert_eq!(best_step(&resumed), 1);
+    assert!(
+        weights_of(&resumed) == weights_of(&full),
+        "another model was kept"
+    );
+    assert!(!partial.exists(), "the partial checkpoint stayed");
+
+    // Resuming the finished run trains nothing and rewrites nothing.
+    let snapshot = || {
+        [
+            "model.safetensors",
+            "metrics.jsonl",
+            "README.md",
+            "trainer_state.json",
+        ]
+        .map(|f| {
+            let p = resumed.join(f);
+            (
+                std::fs::read(&p).unwrap(),
+                std::fs::metadata(&p).unwrap().modified().unwrap(),
+            )
+        })
+    };
+    let before = snapshot();
+    let model = shared("golden/tiny-bert");
+    let mut again = vec![
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--train",
+        data.to_str().unwrap(),
+        "--output",
+        resumed.to_str().unwrap(),
+        "--label-range",
+        "0:5",
+        "--batch-size",
+        "8",
+        "--resume",
+    ];
+    again.extend(every);
+    let said = stdout(&crossenc(&again));
+    assert!(
+        said.contains("already finished (10 steps): nothing to resume"),
+        "{said}"
+    );
+    assert!(
+        snapshot() == before,
+        "the finished run's files were rewritten"
+    );
 }
 
 #[test]

@@ -66,6 +66,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             &args.model,
             &LoadOptions {
                 labels: Some(crate::model::config::generic_labels(1)),
+                replace_head: true,
                 ..Default::default()
             },
         )

@@ -20,7 +20,7 @@ pub struct DataArgs {
     #[arg(long)]
     pub skip_bad_rows: bool,
     /// Map labels linearly from LO:HI into [0, 1], e.g. 0:5 for STS-B's raw scores.
-    #[arg(long, value_parser = parse_span::<f64>)]
+    #[arg(long, value_parser = parse_label_range)]
     pub label_range: Option<(f64, f64)>,
     /// Class names, in the order of the model's outputs (`--task multiclass`): the label column
     /// holds a name or its 0-based index.
@@ -40,8 +40,18 @@ where
             .map_err(|_| format!("\"{v}\" is not a valid bound"))
     };
     let (lo, hi) = (parse(lo)?, parse(hi)?);
-    if hi <= lo {
-        return Err(format!("the range {lo}:{hi} is empty"));
+    // Written so that NaN fails too.
+    if lo.partial_cmp(&hi) != Some(std::cmp::Ordering::Less) {
+        return Err(format!("{lo}:{hi} is not a range: LO must be below HI"));
+    }
+    Ok((lo, hi))
+}
+
+/// `--label-range LO:HI` with finite ends: an infinite one maps every label to 0 or NaN.
+fn parse_label_range(s: &str) -> Result<(f64, f64), String> {
+    let (lo, hi) = parse_span::<f64>(s)?;
+    if !(lo.is_finite() && hi.is_finite()) {
+        return Err(format!("the range {lo}:{hi} has an infinite end"));
     }
     Ok((lo, hi))
 }

@@ -68,7 +68,8 @@ pub struct ModelArgs {
     /// Pairs per forward pass.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
-    /// Outputs of a new head, when the model has none (a bare encoder).
+    /// Outputs of a new head, when the model has none (a bare encoder); a head of another size
+    /// is refused.
     #[arg(long)]
     pub num_labels: Option<usize>,
     /// Seed of a newly created head.
@@ -86,6 +87,7 @@ impl ModelArgs {
         let opts = LoadOptions {
             max_length: self.max_length,
             labels: self.num_labels.map(crate::model::config::generic_labels),
+            replace_head: false,
             seed: self.seed,
             activation: None,
             quantize: self.quantize,

@@ -25,7 +25,8 @@ pub struct TrainArgs {
     /// The model to start from: a folder or hub id (a bare encoder gets a new head).
     #[arg(long, short)]
     model: String,
-    /// Where the trained model, metrics.jsonl, training.svg and checkpoints go.
+    /// Where the trained model, metrics.jsonl, training.svg and checkpoints go (not the --model
+    /// folder: the run replaces the model there).
     #[arg(long, short)]
     output: PathBuf,
     /// What to train: regression on graded labels (STS-B), binary or multiclass
@@ -70,16 +71,16 @@ pub struct TrainArgs {
     /// How batches are formed: grouped by length (little padding) or random.
     #[arg(long, value_enum, default_value = "random")]
     batching: Batching,
-    #[arg(long, default_value_t = 2e-5)]
+    #[arg(long, default_value_t = 2e-5, value_parser = non_negative, allow_hyphen_values = true)]
     lr: f64,
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, value_parser = non_negative, allow_hyphen_values = true)]
     weight_decay: f64,
     /// Linear warm-up steps (overrides --warmup-ratio).
     #[arg(long)]
     warmup_steps: Option<usize>,
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = fraction, allow_hyphen_values = true)]
     warmup_ratio: f64,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = positive, allow_hyphen_values = true)]
     max_grad_norm: f64,
     /// Batches whose gradients are summed into one optimizer step.
     #[arg(long, default_value_t = 1)]
@@ -100,19 +101,19 @@ pub struct TrainArgs {
     /// Write a resumable checkpoint every N steps.
     #[arg(long)]
     save_steps: Option<usize>,
-    /// Continue from the newest checkpoint in --output.
+    /// Continue from the newest checkpoint in --output (a run that finished stays as it is).
     #[arg(long, conflicts_with = "overwrite")]
     resume: bool,
     /// Replace the run in a non-empty --output: its model, log, plot, card and checkpoints are
     /// removed first (other files stay). Without it (or --resume) a non-empty --output is
-    /// refused.
+    /// refused, unless all it holds is what a failed run left (its log, partial checkpoints).
     #[arg(long)]
     overwrite: bool,
     /// Log every N steps.
     #[arg(long, default_value_t = 20)]
     log_steps: usize,
     /// Stop after N steps (the schedule still spans every epoch).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     max_steps: Option<usize>,
     /// No progress output.
     #[arg(long, short)]
@@ -122,6 +123,35 @@ pub struct TrainArgs {
     /// longest evaluation or save, which the others wait out.
     #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
     rank_timeout: u64,
+}
+
+/// A finite number that `ok` accepts: the flags below make no sense for other values (NaN
+/// included), and would otherwise be found out, if at all, mid-run.
+fn number_where(s: &str, ok: fn(f64) -> bool, what: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && ok(v) => Ok(v),
+        _ => Err(format!("expected {what}")),
+    }
+}
+
+fn non_negative(s: &str) -> Result<f64, String> {
+    number_where(s, |v| v >= 0.0, "a number >= 0")
+}
+
+fn positive(s: &str) -> Result<f64, String> {
+    number_where(s, |v| v > 0.0, "a number > 0")
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    number_where(s, |v| (0.0..=1.0).contains(&v), "a number in [0, 1]")
+}
+
+/// `--max-steps 0` would train nothing and save no model.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("expected a whole number >= 1".into()),
+    }
 }
 
 /// Training pairs from BEIR data: each query's positives, each followed by mined negatives.
@@ -240,6 +270,7 @@ fn train_in(mut args: TrainArgs, group: &Arc<dyn Group>) -> Result<()> {
     let opts = LoadOptions {
         max_length: args.max_length,
         labels: Some(labels),
+        replace_head: true,
         seed: args.seed,
         activation: None,
         quantize: None,
@@ -305,6 +336,17 @@ fn train_in(mut args: TrainArgs, group: &Arc<dyn Group>) -> Result<()> {
         },
     )?;
     if group.rank() > 0 {
+        return Ok(());
+    }
+    if summary.already_finished {
+        // Its model, card and log stay as the finished run left them.
+        if !args.quiet {
+            println!(
+                "{} already finished ({} steps): nothing to resume",
+                args.output.display(),
+                summary.steps
+            );
+        }
         return Ok(());
     }
     let mut results = Vec::new();

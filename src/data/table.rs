@@ -387,10 +387,19 @@ impl Table {
 
     /// The label column: as given, else the first numeric column after the text columns.
     pub fn label_column(&self, cols: &Columns) -> Result<usize> {
-        if let Some(l) = &cols.label {
-            return self.column(l);
-        }
         let (a, b) = self.text_columns(cols)?;
+        if let Some(l) = &cols.label {
+            let l = self.column(l)?;
+            // The label would be part of the input: a model trained on it learns nothing else.
+            if l == a || l == b {
+                bail!(
+                    "{}: the label column \"{}\" is also a text column: --label-col and --text-cols must name different columns",
+                    self.source,
+                    self.columns[l]
+                );
+            }
+            return Ok(l);
+        }
         let first = self.first()?;
         (0..self.columns.len())
             .find(|&i| {

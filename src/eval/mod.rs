@@ -37,6 +37,25 @@ impl Task {
             Task::Rerank => "ndcg@10",
         }
     }
+
+    /// The metrics its evaluation reports, so that `train --metric` is checked before any step
+    /// (re-ranking's `recall@K`, whose K is the candidates' depth, aside).
+    pub fn metric_names(self) -> &'static [&'static str] {
+        match self {
+            Task::Regression => &["pearson", "spearman"],
+            Task::Binary => &[
+                "accuracy",
+                "accuracy_threshold",
+                "average_precision",
+                "f1",
+                "f1_threshold",
+                "precision",
+                "recall",
+            ],
+            Task::Multiclass => &["accuracy", "macro_f1", "macro_precision", "macro_recall"],
+            Task::Rerank => &["map", "mrr@10", "ndcg@10"],
+        }
+    }
 }
 
 impl Task {
@@ -147,4 +166,31 @@ pub fn format(m: &Metrics) -> String {
         .map(|(k, v)| format!("{k} {v:.4}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(m: &Metrics) -> Vec<&str> {
+        m.keys().map(String::as_str).collect()
+    }
+
+    /// The names `train --metric` accepts are the ones the evaluations report.
+    #[test]
+    fn metric_names_are_what_each_evaluation_reports() {
+        let binary = classification::binary_metrics(&[0.2, 0.8], &[false, true]);
+        assert_eq!(names(&binary), Task::Binary.metric_names());
+        let multiclass = classification::multiclass_metrics(&[0, 1], &[0, 1]);
+        assert_eq!(names(&multiclass), Task::Multiclass.metric_names());
+        let relevant = std::collections::HashMap::from([(0, 1)]);
+        let query = ranking::RankedQuery {
+            ranked: &[0, 1],
+            relevant: &relevant,
+        };
+        let ranking = ranking::ranking_metrics(&[query], 2);
+        let mut want = Task::Rerank.metric_names().to_vec();
+        want.push("recall@2");
+        assert_eq!(names(&ranking), want);
+    }
 }

@@ -45,6 +45,14 @@ impl Params {
             if name.ends_with(".position_ids") {
                 continue;
             }
+            // Integers cast to f32 would be used as weights, silently.
+            if !t.dtype().is_float() {
+                bail!(
+                    "weight \"{name}\" in {} is {:?}: weights must be floating point",
+                    source.display(),
+                    t.dtype()
+                );
+            }
             tensors.insert(name, t.to_dtype(DType::F32)?);
         }
         Ok(Params { tensors, source })

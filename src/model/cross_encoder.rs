@@ -131,8 +131,12 @@ impl Scores {
 pub struct LoadOptions {
     /// Overrides the folder's max length (still capped by the position table).
     pub max_length: Option<usize>,
-    /// Label names for a new head (replaces the checkpoint's head if the count differs).
+    /// The head's label names: a bare encoder's new head gets one output per name; a
+    /// checkpoint's head with another count is refused unless `replace_head`.
     pub labels: Option<Vec<String>>,
+    /// Replace a head trained for another label count than `labels` by a new one (fine-tuning
+    /// for a new task); scoring leaves it unset, as a random head scores nothing.
+    pub replace_head: bool,
     /// Seed of a newly created head.
     pub seed: u64,
     pub activation: Option<Activation>,
@@ -145,6 +149,7 @@ impl Default for LoadOptions {
         LoadOptions {
             max_length: None,
             labels: None,
+            replace_head: false,
             seed: 42,
             activation: None,
             quantize: None,
@@ -224,6 +229,11 @@ impl CrossEncoder {
     pub fn load(id_or_path: &str, opts: &LoadOptions) -> Result<Self> {
         let dir = hub::resolve_model(id_or_path)?;
         let mut config = Config::from_file(&dir.join("config.json"))?;
+        // The head shapes the checkpoint's own labels imply, which new labels may replace.
+        let replaceable = match opts.replace_head {
+            true => head::head_params(&config),
+            false => Vec::new(),
+        };
         if let Some(labels) = &opts.labels {
             if labels.is_empty() {
                 bail!("a model needs at least one label");
@@ -240,7 +250,7 @@ impl CrossEncoder {
         }
         let mut params = Params::load(&dir, &config)?;
         SequenceClassifier::check(&config, &params)?;
-        let new_head_params = head::init_missing(&config, &mut params, opts.seed)?;
+        let new_head_params = head::init_missing(&config, &replaceable, &mut params, opts.seed)?;
         let mut model = SequenceClassifier::new(&config, &params)?;
         match opts.quantize {
             Some(q) => timed("quantize", || model.quantize(q))?,

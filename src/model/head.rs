@@ -77,20 +77,31 @@ fn head_names(family: Family) -> Result<(&'static str, &'static str)> {
     })
 }
 
-/// Creates the head parameters that the checkpoint lacks (or whose label count differs from
-/// the config), initialised as transformers does: normal(0, `initializer_range`) weights, zero
-/// biases, norm weights 1. Returns the names it created.
-pub fn init_missing(cfg: &Config, params: &mut Params, seed: u64) -> Result<Vec<String>> {
+/// Creates the head parameters that the checkpoint lacks (a bare encoder's), initialised as
+/// transformers does: normal(0, `initializer_range`) weights, zero biases, norm weights 1.
+/// Returns the names it created. A head tensor of another shape than `cfg` implies is refused
+/// by name and shape (scored with a random head instead, it would give meaningless scores),
+/// unless `replaceable` holds its name and shape: a head trained for another label count, which
+/// a run fine-tuning for a new task replaces.
+pub fn init_missing(
+    cfg: &Config,
+    replaceable: &[(String, Vec<usize>)],
+    params: &mut Params,
+    seed: u64,
+) -> Result<Vec<String>> {
     let mut rng = StdRng::seed_from_u64(seed);
     let normal = Normal::new(0.0f32, cfg.initializer_range as f32)?;
     let mut created = Vec::new();
     for (name, shape) in head_params(cfg) {
-        if params
-            .tensors
-            .get(&name)
-            .is_some_and(|t| t.dims() == shape.as_slice())
-        {
-            continue;
+        match params.tensors.get(&name).map(|t| t.dims().to_vec()) {
+            Some(dims) if dims == shape => continue,
+            Some(dims) if !replaceable.contains(&(name.clone(), dims.clone())) => bail!(
+                "weight \"{name}\" in {} has shape {dims:?}, but num_labels {} needs {shape:?} \
+                 (--num-labels sizes only the new head of a bare encoder)",
+                params.source.display(),
+                cfg.num_labels()
+            ),
+            _ => {}
         }
         let t = if name.ends_with(".bias") {
             Tensor::zeros(shape.as_slice(), DType::F32, &Device::Cpu)?

@@ -162,6 +162,8 @@ pub struct Summary {
     pub best: Option<(usize, Metrics)>,
     pub last: Option<Metrics>,
     pub seconds: f64,
+    /// `--resume` found the run finished: nothing was trained or written.
+    pub already_finished: bool,
 }
 
 /// What training adds to a model: the flat gradient buffer, AdamW's state, and the tape of
@@ -388,12 +390,14 @@ pub fn epoch_batches(
 /// What [`train`] does with an output folder that already holds files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputMode {
-    /// A new run: a folder that holds anything is refused, so no earlier run is mixed in.
+    /// A new run: a folder that holds anything is refused, so no earlier run is mixed in, unless
+    /// all it holds is what a failed run left (a log, partial checkpoints: nothing to resume).
     New,
     /// Remove the files an earlier run wrote there (model, log, plot, card, checkpoints; nothing
     /// else), then train from scratch.
     Overwrite,
-    /// Continue from the newest checkpoint there; refused when there is none.
+    /// Continue from the newest checkpoint there; refused when there is none. A run that
+    /// finished is left as it is.
     Resume,
 }
 
@@ -404,6 +408,7 @@ fn run_files() -> impl Iterator<Item = &'static str> {
         "training.svg",
         "README.md",
         "checkpoints",
+        "trainer_state.json",
     ])
 }
 
@@ -411,7 +416,7 @@ fn run_files() -> impl Iterator<Item = &'static str> {
 fn prepare_output(output: &Path, mode: OutputMode) -> Result<()> {
     let has_files = std::fs::read_dir(output).is_ok_and(|mut d| d.next().is_some());
     match mode {
-        OutputMode::New if has_files => bail!(
+        OutputMode::New if has_files && !failed_run_only(output)? => bail!(
             "{} is not empty: pass --overwrite to replace the run in it, --resume to continue it, or choose a new --output",
             output.display()
         ),
@@ -419,24 +424,53 @@ fn prepare_output(output: &Path, mode: OutputMode) -> Result<()> {
             "{} holds no checkpoint to resume from (a run writes them with --save-steps): drop --resume to start over",
             state::checkpoints_dir(output).display()
         ),
+        // A killed run's partial checkpoints go (a failed run's log is rewritten when opened).
+        OutputMode::New | OutputMode::Resume => state::remove_partial(output)?,
         OutputMode::Overwrite => {
             for name in run_files() {
-                let path = output.join(name);
-                let removed = if path.is_dir() {
-                    std::fs::remove_dir_all(&path)
-                } else {
-                    std::fs::remove_file(&path)
-                };
-                if let Err(e) = removed {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        return Err(e).with_context(|| format!("cannot remove {}", path.display()));
-                    }
-                }
+                remove_if_present(&output.join(name))?;
             }
         }
-        _ => {}
     }
     std::fs::create_dir_all(output).with_context(|| format!("cannot create {}", output.display()))
+}
+
+/// Removes a file or folder, if there is one.
+fn remove_if_present(path: &Path) -> Result<()> {
+    let removed = if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    match removed {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether all that `output` holds is what a failed run leaves: our log (every line a JSON
+/// object with a step) and a checkpoints folder with no complete checkpoint. No model, nothing
+/// to resume, no file of anyone else's: a new run may start there.
+fn failed_run_only(output: &Path) -> Result<bool> {
+    for entry in std::fs::read_dir(output)? {
+        let path = entry?.path();
+        let ours = match path.file_name().and_then(|n| n.to_str()) {
+            Some("metrics.jsonl") => std::fs::read_to_string(&path).is_ok_and(|log| {
+                log.lines().all(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .is_ok_and(|v| v.get("step").is_some())
+                })
+            }),
+            Some("checkpoints") => path.is_dir() && state::only_partial(output)?,
+            _ => false,
+        };
+        if !ours {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Appends JSON lines to `OUTPUT/metrics.jsonl`.
@@ -517,7 +551,18 @@ pub fn train(
     mode: OutputMode,
 ) -> Result<Summary> {
     let started = Instant::now();
-    check(ce, train, cfg)?;
+    check(ce, train, cfg, output)?;
+    // The saved model predicts as the loss trained it to.
+    ce.activation = cfg.loss.activation();
+    let plan = Plan::new(cfg, train.len() / cfg.list_size.max(1));
+    if mode == OutputMode::Resume {
+        // (With other settings it is resumed, and refused, as any other run.)
+        if let Some(done) = state::read_final(output)? {
+            if done.step >= plan.last_step && done.same_settings(&plan.state) {
+                return finished_before(ce, cfg, output, &done);
+            }
+        }
+    }
     let pairs: Vec<(&str, &str)> = train.iter().map(|e| (e.a.as_str(), e.b.as_str())).collect();
     let encodings = ce.tokenizer.encode_pairs(&pairs)?;
     let labels: Vec<f32> = train.iter().map(|e| e.label as f32).collect();
@@ -532,9 +577,7 @@ pub fn train(
     }
     // The other ranks read a checkpoint to resume from only once rank 0 has checked the folder.
     cfg.group.barrier();
-    // The saved model predicts as the loss trained it to.
-    ce.activation = cfg.loss.activation();
-    let mut run = Run::start(ce, encodings, labels, started, cfg, output, mode)?;
+    let mut run = Run::start(ce, (encodings, labels), started, cfg, output, mode, plan)?;
     while run.st.step < run.last_step {
         let lr = run.step(ce)?;
         run.log(lr)?;
@@ -543,8 +586,101 @@ pub fn train(
     run.finish(ce, dev)
 }
 
+/// What `--resume` of a run that had finished returns, training and writing nothing: the
+/// summary its state records; `ce` is the model it saved, ready to score.
+fn finished_before(
+    ce: &mut CrossEncoder,
+    cfg: &TrainConfig,
+    output: &Path,
+    done: &TrainerState,
+) -> Result<Summary> {
+    if cfg.group.rank() == 0 {
+        ce.reload_weights(output)?;
+    }
+    Ok(Summary {
+        steps: done.step,
+        best: recorded_best(done, &cfg.metric),
+        last: None,
+        seconds: 0.0,
+        already_finished: true,
+    })
+}
+
+/// The best dev metric and its step as a trainer state records them.
+fn recorded_best(st: &TrainerState, metric: &str) -> Option<(usize, Metrics)> {
+    st.best_step
+        .zip(st.best_metric)
+        .map(|(s, v)| (s, Metrics::from([(metric.to_string(), v)])))
+}
+
+/// Whether a dev metric beats the best so far: strictly, so that a tie keeps the earlier
+/// model, and any number beats NaN (a correlation of constant scores).
+fn better(value: f64, best: Option<f64>) -> bool {
+    let rank = |v: f64| if v.is_nan() { f64::NEG_INFINITY } else { v };
+    best.is_none_or(|b| rank(value) > rank(b))
+}
+
+/// The steps a run takes: its state at step 0 and where it stops.
+struct Plan {
+    steps_per_epoch: usize,
+    warmup_steps: usize,
+    /// `max_steps`, or the schedule's end.
+    last_step: usize,
+    state: TrainerState,
+}
+
+impl Plan {
+    /// The plan of `cfg` over `items` training items (pairs, or a query's lists).
+    fn new(cfg: &TrainConfig, items: usize) -> Plan {
+        let micro_per_epoch = items.div_ceil(cfg.batch_size);
+        let steps_per_epoch = micro_per_epoch.div_ceil(cfg.grad_accum);
+        let total_steps = steps_per_epoch * cfg.epochs;
+        let warmup_steps = cfg
+            .warmup_steps
+            .unwrap_or((cfg.warmup_ratio * total_steps as f64).ceil() as usize);
+        Plan {
+            steps_per_epoch,
+            warmup_steps,
+            last_step: cfg.max_steps.unwrap_or(total_steps).min(total_steps),
+            state: TrainerState {
+                step: 0,
+                total_steps,
+                seed: cfg.seed,
+                train_examples: items,
+                best_metric: None,
+                best_step: None,
+                schedule: Some(state::Schedule {
+                    lr: cfg.lr,
+                    warmup_steps,
+                    batch_size: cfg.batch_size,
+                    grad_accum: cfg.grad_accum,
+                }),
+            },
+        }
+    }
+}
+
 /// The rules a training run must meet before anything is written.
-fn check(ce: &CrossEncoder, train: &[Example], cfg: &TrainConfig) -> Result<()> {
+fn check(ce: &CrossEncoder, train: &[Example], cfg: &TrainConfig, output: &Path) -> Result<()> {
+    // The run replaces the files of its output: --overwrite would remove the model it starts
+    // from, and a run that then failed would leave none.
+    if let (Ok(model), Ok(out)) = (ce.source_dir.canonicalize(), output.canonicalize()) {
+        if model == out {
+            bail!(
+                "--output {} is the --model folder: training replaces the model there; choose another --output",
+                output.display()
+            );
+        }
+    }
+    let known = cfg.task.metric_names();
+    if !known.contains(&cfg.metric.as_str()) {
+        bail!(
+            "unknown --metric \"{}\" for --task {} (known: {})",
+            cfg.metric,
+            cfg.task.name(),
+            known.join(", ")
+        );
+    }
     if cfg.batch_size == 0 || cfg.grad_accum == 0 || cfg.epochs == 0 {
         bail!("batch size, gradient accumulation and epochs must be at least 1");
     }
@@ -622,46 +758,32 @@ impl<'a> Run<'a> {
     /// checkpoint when resuming.
     fn start(
         ce: &mut CrossEncoder,
-        encodings: Vec<Encoding>,
-        labels: Vec<f32>,
+        (encodings, labels): (Vec<Encoding>, Vec<f32>),
         started: Instant,
         cfg: &'a TrainConfig,
         output: &'a Path,
         mode: OutputMode,
+        plan: Plan,
     ) -> Result<Self> {
         let g = cfg.list_size.max(1);
         // A training item is one pair, or one query's list of pairs (its length: the longest).
-        let items = encodings.len() / g;
         let lengths: Vec<usize> = encodings
             .chunks(g)
             .map(|list| list.iter().map(Encoding::len).max().unwrap_or(0))
             .collect();
-        let micro_per_epoch = items.div_ceil(cfg.batch_size);
-        let steps_per_epoch = micro_per_epoch.div_ceil(cfg.grad_accum);
-        let total_steps = steps_per_epoch * cfg.epochs;
-        let warmup = cfg
-            .warmup_steps
-            .unwrap_or((cfg.warmup_ratio * total_steps as f64).ceil() as usize);
+        let Plan {
+            steps_per_epoch,
+            warmup_steps,
+            last_step,
+            state: mut st,
+        } = plan;
+        let total_steps = st.total_steps;
         let schedule = LinearSchedule {
             peak: cfg.lr,
-            warmup_steps: warmup,
+            warmup_steps,
             total_steps,
         };
         let mut t = Trainable::new(ce, cfg.adamw)?;
-        let mut st = TrainerState {
-            step: 0,
-            total_steps,
-            seed: cfg.seed,
-            train_examples: items,
-            best_metric: None,
-            best_step: None,
-            schedule: Some(state::Schedule {
-                lr: cfg.lr,
-                warmup_steps: warmup,
-                batch_size: cfg.batch_size,
-                grad_accum: cfg.grad_accum,
-            }),
-        };
         let mut resumed_from = None;
         if mode == OutputMode::Resume {
             if let Some(saved) = state::restore_latest(output, &mut ce.model.weights, &mut t.opt)? {
@@ -675,6 +797,10 @@ impl<'a> Run<'a> {
             }
         }
         let root = cfg.group.rank() == 0;
+        if root && resumed_from.is_some() {
+            // Past the step a finished run stopped at: it is no longer finished.
+            remove_if_present(&state::final_state_path(output))?;
+        }
         let log = root
             .then(|| MetricsLog::open(output, resumed_from))
             .transpose()?;
@@ -682,7 +808,6 @@ impl<'a> Run<'a> {
             true => cfg.progress.clone(),
             false => Arc::new(Silent),
         };
-        let last_step = cfg.max_steps.unwrap_or(total_steps).min(total_steps);
         progress.start(last_step as u64, st.step as u64);
         if let Some(step) = resumed_from {
             progress.report(&format!("resumed from step {step} of {total_steps}"));
@@ -861,7 +986,7 @@ impl<'a> Run<'a> {
             log.write(json!({"step": step, "epoch": epoch, "eval": m, "seconds": secs}))?;
             self.progress
                 .report(&format!("eval at step {step}: {}", eval::format(&m)));
-            if self.st.best_metric.is_none_or(|b| value > b) {
+            if better(value, self.st.best_metric) {
                 self.st.best_metric = Some(value);
                 self.st.best_step = Some(step);
                 ce.save(self.output)?;
@@ -887,6 +1012,7 @@ impl<'a> Run<'a> {
                 best: None,
                 last: None,
                 seconds: self.started.elapsed().as_secs_f64(),
+                already_finished: false,
             });
         }
         if dev.is_none() {
@@ -894,11 +1020,7 @@ impl<'a> Run<'a> {
         } else if self.best.is_none() {
             // Resumed after the best model was already saved: report what the checkpoint
             // recorded.
-            self.best = self
-                .st
-                .best_step
-                .zip(self.st.best_metric)
-                .map(|(s, v)| (s, Metrics::from([(cfg.metric.clone(), v)])));
+            self.best = recorded_best(&self.st, &cfg.metric);
         }
         match self.best.as_ref().filter(|(s, _)| *s != self.st.step) {
             Some((best_step, _)) => {
@@ -914,11 +1036,32 @@ impl<'a> Run<'a> {
             None => ce.model.freeze(),
         }
         plot::write_training_svg(self.output)?;
+        // Last: a run killed before this line is resumed, not taken for finished.
+        state::save_final(self.output, &self.st)?;
         Ok(Summary {
             steps: self.st.step,
             best: self.best,
             last: self.last_metrics,
             seconds: self.started.elapsed().as_secs_f64(),
+            already_finished: false,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::better;
+
+    /// A tie keeps the earlier model; any number beats NaN, which beats only having none.
+    #[test]
+    fn only_a_strictly_better_metric_replaces_the_best() {
+        assert!(better(0.5, None));
+        assert!(better(f64::NAN, None));
+        assert!(!better(0.5, Some(0.5)));
+        assert!(!better(0.4, Some(0.5)));
+        assert!(better(0.6, Some(0.5)));
+        assert!(better(-1.0, Some(f64::NAN)));
+        assert!(!better(f64::NAN, Some(f64::NAN)));
+        assert!(!better(f64::NAN, Some(-1.0)));
     }
 }
