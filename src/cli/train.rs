@@ -341,11 +341,11 @@ fn train_in(mut args: TrainArgs, group: &Arc<dyn Group>) -> Result<()> {
     if summary.already_finished {
         // Its model, card and log stay as the finished run left them.
         if !args.quiet {
-            println!(
+            outln!(
                 "{} already finished ({} steps): nothing to resume",
                 args.output.display(),
                 summary.steps
-            );
+            )?;
         }
         return Ok(());
     }
