@@ -1067,8 +1067,9 @@ fn predict_scores_a_5_mb_word_from_its_head() {
     std::fs::write(&input, format!("a query\t{word}\n")).unwrap();
     let (out, peak_mb) = peak_rss_of(&["predict", "-m", d, "-i", input.to_str().unwrap()]);
     assert_eq!(score_lines(&stdout(&out)).len(), 1);
-    // Counted whole while the prefix's tokens were too few, it took 484 MB and 7.9 s.
-    assert!(peak_mb < 100.0, "peak RSS {peak_mb} MB");
+    // About 85 MB: the program and model 26, the line's copies and the prefix's tokenizing the
+    // rest. Counted whole while the prefix's tokens were too few, the word took 484 MB and 7.9 s.
+    assert!(peak_mb < 150.0, "peak RSS {peak_mb} MB");
 }
 
 /// A line longer than the readers' limit (a 300 MB sparse file, one line of NULs) is refused,
