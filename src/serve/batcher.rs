@@ -4,6 +4,7 @@
 use anyhow::Result;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokenizers::Encoding;
 use tokio::sync::{mpsc, oneshot};
 
@@ -13,7 +14,16 @@ use crate::{CrossEncoder, Scores};
 pub struct Job {
     pub encodings: Vec<Encoding>,
     pub raw: bool,
-    pub reply: oneshot::Sender<Result<Scores>>,
+    /// When it was queued, for its queue time.
+    pub queued: Instant,
+    pub reply: oneshot::Sender<Answer>,
+}
+
+/// A job's scores, with how long it waited and how long its pass took.
+pub struct Answer {
+    pub scores: Result<Scores>,
+    pub queue: Duration,
+    pub inference: Duration,
 }
 
 /// The handle request handlers submit to.
@@ -49,9 +59,10 @@ impl Batcher {
 
     /// Queues a job, or refuses at once when the queue is full (the caller answers 503).
     pub fn submit(&self, job: Job) -> std::result::Result<(), Rejected> {
-        self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
+        let pairs = job.encodings.len() as f64;
+        self.metrics.queued(1.0, pairs);
         self.tx.try_send(job).map_err(|e| {
-            self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.queued(-1.0, -pairs);
             match e {
                 mpsc::error::TrySendError::Full(_) => Rejected::QueueFull,
                 mpsc::error::TrySendError::Closed(_) => Rejected::ShuttingDown,
@@ -97,14 +108,22 @@ fn run(ce: CrossEncoder, mut rx: mpsc::Receiver<Job>, metrics: Arc<Metrics>, hea
                 Err(_) => break,
             }
         }
-        metrics.queue_depth.fetch_sub(jobs.len(), Ordering::Relaxed);
-        metrics.record_batch(jobs.len(), jobs.iter().map(|j| j.encodings.len()).sum());
+        let pairs = jobs.iter().map(|j| j.encodings.len()).sum();
+        metrics.record_batch(jobs.len(), pairs, tokens);
+        let started = Instant::now();
         // Raw and activated requests share one forward pass: activation is per job.
         let all: Vec<Encoding> = jobs
             .iter()
             .flat_map(|j| j.encodings.iter().cloned())
             .collect();
-        match ce.score_encodings(&all, false) {
+        let scored = ce.score_encodings(&all, false);
+        let inference = started.elapsed();
+        let answer = |job: &Job, scores| Answer {
+            scores,
+            queue: started.saturating_duration_since(job.queued),
+            inference,
+        };
+        match scored {
             Ok(logits) => {
                 let mut offset = 0;
                 for job in jobs {
@@ -112,15 +131,15 @@ fn run(ce: CrossEncoder, mut rx: mpsc::Receiver<Job>, metrics: Arc<Metrics>, hea
                     let rows = &logits.values
                         [offset * logits.num_labels..(offset + n) * logits.num_labels];
                     offset += n;
-                    let _ = job
-                        .reply
-                        .send(activate(&ce, rows, logits.num_labels, job.raw));
+                    let a = answer(&job, activate(&ce, rows, logits.num_labels, job.raw));
+                    let _ = job.reply.send(a);
                 }
             }
             Err(e) => {
                 let msg = format!("{e:#}");
                 for job in jobs {
-                    let _ = job.reply.send(Err(anyhow::anyhow!(msg.clone())));
+                    let a = answer(&job, Err(anyhow::anyhow!(msg.clone())));
+                    let _ = job.reply.send(a);
                 }
             }
         }

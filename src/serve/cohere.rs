@@ -46,7 +46,8 @@ pub(super) struct CohereError(pub ApiError);
 impl IntoResponse for CohereError {
     fn into_response(self) -> Response {
         let e = self.0;
-        (e.status, Json(json!({ "message": e.message }))).into_response()
+        let failure = axum::Extension(e.failure());
+        (e.status, failure, Json(json!({ "message": e.message }))).into_response()
     }
 }
 

@@ -1,128 +1,233 @@
-//! Prometheus text exposition of the server's counters.
+//! The server's Prometheus metrics, through `metrics-exporter-prometheus` (the crate TEI uses).
 //!
-//! Written by hand: a handful of counters, one gauge and two histograms, in a text format
-//! of a few lines; a metrics crate would add a registry and an exporter for no gain here.
+//! Where a metric means what one of TEI's does, it has TEI's name and labels (`te_request_count`,
+//! `te_request_failure{err}`, `te_request_*_duration`, `te_batch_next_*`, `te_queue_size`), so a
+//! dashboard built for TEI reads crossenc; the rest keep crossenc's names. The recorder is this
+//! server's own, not the process's global one, and the handles of fixed-label series are
+//! registered once, so recording a request is a few atomic adds.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use anyhow::Result;
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+use std::time::Duration;
 
-const LATENCY_BUCKETS: [f64; 12] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
-const BATCH_BUCKETS: [f64; 8] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
-
-#[derive(Default)]
-struct Histogram {
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
+/// What one scored request took, for its log line and TEI's duration histograms.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    pub pairs: usize,
+    pub tokens: usize,
+    pub tokenization: Duration,
+    pub queue: Duration,
+    pub inference: Duration,
 }
 
-impl Histogram {
-    fn observe(&mut self, buckets: &[f64], v: f64) {
-        if self.counts.is_empty() {
-            self.counts = vec![0; buckets.len()];
-        }
-        for (c, b) in self.counts.iter_mut().zip(buckets) {
-            if v <= *b {
-                *c += 1;
-            }
-        }
-        self.sum += v;
-        self.count += 1;
-    }
+const METADATA: Metadata<'static> = Metadata::new("crossenc::serve", Level::INFO, None);
 
-    fn render(&self, out: &mut String, name: &str, labels: &str, buckets: &[f64]) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (i, b) in buckets.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {}",
-                self.counts.get(i).copied().unwrap_or(0)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
-            self.count
-        );
-        let set = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{set} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{set} {}", self.count);
-    }
-}
-
-#[derive(Default)]
-struct Inner {
-    requests: BTreeMap<(String, u16), u64>,
-    latency: BTreeMap<String, Histogram>,
-    batch_requests: Histogram,
-    batch_pairs: Histogram,
-    batches: u64,
-}
-
-#[derive(Default)]
 pub struct Metrics {
-    inner: Mutex<Inner>,
-    pub queue_depth: AtomicUsize,
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    request_count: Counter,
+    request_success: Counter,
+    request_duration: Histogram,
+    tokenization_duration: Histogram,
+    queue_duration: Histogram,
+    inference_duration: Histogram,
+    input_length: Histogram,
+    batch_size: Histogram,
+    batch_tokens: Histogram,
+    batch_requests: Histogram,
+    batches: Counter,
+    /// Pairs waiting for the inference thread (TEI counts inputs).
+    queue_size: Gauge,
+    /// Requests waiting for the inference thread (what `--max-concurrent-requests` bounds).
+    queue_depth: Gauge,
+}
+
+/// `n` buckets from `first`, each `ratio` times the last.
+fn geometric(first: f64, ratio: f64, n: i32) -> Vec<f64> {
+    (0..n).map(|i| first * ratio.powi(i)).collect()
 }
 
 impl Metrics {
-    pub fn record_request(&self, route: &str, status: u16, seconds: f64) {
-        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        *m.requests.entry((route.to_string(), status)).or_default() += 1;
-        m.latency
-            .entry(route.to_string())
-            .or_default()
-            .observe(&LATENCY_BUCKETS, seconds);
+    /// `max_input_length` bounds the buckets of the per-pair token counts.
+    pub fn new(max_input_length: usize) -> Result<Self> {
+        // TEI's buckets, so its dashboards' quantiles read the same: durations from 15 µs up
+        // by half again each (to ~15 s), counts in powers of two.
+        let mut lengths = geometric(1.0, 2.0, 20);
+        lengths.retain(|b| *b <= max_input_length.max(1) as f64);
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Suffix("_duration".into()),
+                &geometric(1.5e-5, 1.5, 35),
+            )?
+            .set_buckets_for_metric(Matcher::Full("te_request_input_length".into()), &lengths)?
+            .set_buckets_for_metric(
+                Matcher::Full("te_batch_next_size".into()),
+                &geometric(1.0, 2.0, 13),
+            )?
+            .set_buckets_for_metric(
+                Matcher::Full("te_batch_next_tokens".into()),
+                &geometric(1.0, 2.0, 21),
+            )?
+            .set_buckets_for_metric(
+                Matcher::Full("crossenc_request_duration_seconds".into()),
+                &[
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ],
+            )?
+            .set_buckets_for_metric(
+                Matcher::Full("crossenc_batch_requests".into()),
+                &geometric(1.0, 2.0, 8),
+            )?
+            .build_recorder();
+        let describe = |name: &'static str, help: &'static str| {
+            recorder.describe_counter(name.into(), None, help.into());
+            recorder.describe_histogram(name.into(), None, help.into());
+            recorder.describe_gauge(name.into(), None, help.into());
+        };
+        describe("te_request_count", "Scoring requests received.");
+        describe("te_request_success", "Scoring requests answered 2xx.");
+        describe(
+            "te_request_failure",
+            "Scoring requests refused or failed, by cause.",
+        );
+        describe(
+            "te_request_duration",
+            "Seconds from a scoring request to its answer.",
+        );
+        describe(
+            "te_request_tokenization_duration",
+            "Seconds tokenizing a request.",
+        );
+        describe(
+            "te_request_queue_duration",
+            "Seconds a request waited for inference.",
+        );
+        describe(
+            "te_request_inference_duration",
+            "Seconds of the pass that scored a request.",
+        );
+        describe("te_request_input_length", "Tokens of each pair scored.");
+        describe("te_batch_next_size", "Pairs scored in one inference pass.");
+        describe(
+            "te_batch_next_tokens",
+            "Tokens scored in one inference pass.",
+        );
+        describe("te_queue_size", "Pairs waiting for the inference thread.");
+        describe(
+            "crossenc_requests_total",
+            "HTTP requests by route and status.",
+        );
+        describe(
+            "crossenc_request_duration_seconds",
+            "Request latency by route.",
+        );
+        describe(
+            "crossenc_batches_total",
+            "Forward passes of the inference thread.",
+        );
+        describe(
+            "crossenc_batch_requests",
+            "Requests merged into one inference pass.",
+        );
+        describe(
+            "crossenc_queue_depth",
+            "Requests waiting for the inference thread.",
+        );
+        let batch = [Label::from_static_parts("method", "batch")];
+        let counter = |name: &'static str, labels: &[Label]| {
+            recorder.register_counter(&Key::from_parts(name, labels.to_vec()), &METADATA)
+        };
+        let histogram = |name: &'static str| {
+            recorder.register_histogram(&Key::from_static_name(name), &METADATA)
+        };
+        let gauge =
+            |name: &'static str| recorder.register_gauge(&Key::from_static_name(name), &METADATA);
+        Ok(Metrics {
+            handle: recorder.handle(),
+            request_count: counter("te_request_count", &batch),
+            request_success: counter("te_request_success", &batch),
+            request_duration: histogram("te_request_duration"),
+            tokenization_duration: histogram("te_request_tokenization_duration"),
+            queue_duration: histogram("te_request_queue_duration"),
+            inference_duration: histogram("te_request_inference_duration"),
+            input_length: histogram("te_request_input_length"),
+            batch_size: histogram("te_batch_next_size"),
+            batch_tokens: histogram("te_batch_next_tokens"),
+            batch_requests: histogram("crossenc_batch_requests"),
+            batches: counter("crossenc_batches_total", &[]),
+            queue_size: gauge("te_queue_size"),
+            queue_depth: gauge("crossenc_queue_depth"),
+            recorder,
+        })
     }
 
-    pub fn record_batch(&self, requests: usize, pairs: usize) {
-        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        m.batches += 1;
-        m.batch_requests.observe(&BATCH_BUCKETS, requests as f64);
-        m.batch_pairs.observe(&BATCH_BUCKETS, pairs as f64);
+    /// Every HTTP request, by route and status (no TEI name: TEI counts by method and cause).
+    pub fn record_request(&self, route: &str, status: u16, elapsed: Duration) {
+        let labels = [
+            Label::new("route", route.to_string()),
+            Label::new("status", status.to_string()),
+        ];
+        let key = Key::from_parts("crossenc_requests_total", labels.to_vec());
+        self.recorder.register_counter(&key, &METADATA).increment(1);
+        let key = Key::from_parts("crossenc_request_duration_seconds", labels[..1].to_vec());
+        self.recorder
+            .register_histogram(&key, &METADATA)
+            .record(elapsed.as_secs_f64());
+    }
+
+    /// A request to a scoring route, as TEI counts it: `failure` is the `err` label of one that
+    /// was not answered 2xx.
+    pub fn record_scoring(&self, elapsed: Duration, stats: Option<Stats>, failure: Option<&str>) {
+        self.request_count.increment(1);
+        if let Some(err) = failure {
+            let key = Key::from_parts(
+                "te_request_failure",
+                vec![Label::new("err", err.to_string())],
+            );
+            self.recorder.register_counter(&key, &METADATA).increment(1);
+            return;
+        }
+        self.request_success.increment(1);
+        self.request_duration.record(elapsed.as_secs_f64());
+        if let Some(s) = stats {
+            self.tokenization_duration
+                .record(s.tokenization.as_secs_f64());
+            self.queue_duration.record(s.queue.as_secs_f64());
+            self.inference_duration.record(s.inference.as_secs_f64());
+        }
+    }
+
+    /// The token counts of a request's pairs, once tokenized.
+    pub fn record_input_lengths(&self, lengths: impl Iterator<Item = usize>) {
+        for n in lengths {
+            self.input_length.record(n as f64);
+        }
+    }
+
+    /// A job queued (`+`) or taken by the inference thread (`-`).
+    pub fn queued(&self, requests: f64, pairs: f64) {
+        self.queue_depth.increment(requests);
+        self.queue_size.increment(pairs);
+    }
+
+    pub fn record_batch(&self, requests: usize, pairs: usize, tokens: usize) {
+        self.batches.increment(1);
+        self.batch_requests.record(requests as f64);
+        self.batch_size.record(pairs as f64);
+        self.batch_tokens.record(tokens as f64);
+        self.queued(-(requests as f64), -(pairs as f64));
+    }
+
+    /// Drains recorded histogram samples into their buckets; without it they pile up between
+    /// scrapes.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
     }
 
     pub fn render(&self) -> String {
-        let m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = String::new();
-        out.push_str("# HELP crossenc_requests_total HTTP requests by route and status.\n# TYPE crossenc_requests_total counter\n");
-        for ((route, status), n) in &m.requests {
-            let _ = writeln!(
-                out,
-                "crossenc_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-            );
-        }
-        out.push_str("# HELP crossenc_request_duration_seconds Request latency.\n# TYPE crossenc_request_duration_seconds histogram\n");
-        for (route, h) in &m.latency {
-            h.render(
-                &mut out,
-                "crossenc_request_duration_seconds",
-                &format!("route=\"{route}\""),
-                &LATENCY_BUCKETS,
-            );
-        }
-        out.push_str("# HELP crossenc_batches_total Forward passes of the inference thread.\n# TYPE crossenc_batches_total counter\n");
-        let _ = writeln!(out, "crossenc_batches_total {}", m.batches);
-        out.push_str("# HELP crossenc_batch_requests Requests merged into one inference pass.\n# TYPE crossenc_batch_requests histogram\n");
-        m.batch_requests
-            .render(&mut out, "crossenc_batch_requests", "", &BATCH_BUCKETS);
-        out.push_str("# HELP crossenc_batch_pairs Pairs scored in one inference pass.\n# TYPE crossenc_batch_pairs histogram\n");
-        m.batch_pairs
-            .render(&mut out, "crossenc_batch_pairs", "", &BATCH_BUCKETS);
-        out.push_str("# HELP crossenc_queue_depth Requests waiting for the inference thread.\n# TYPE crossenc_queue_depth gauge\n");
-        let _ = writeln!(
-            out,
-            "crossenc_queue_depth {}",
-            self.queue_depth.load(Ordering::Relaxed)
-        );
-        out
+        self.handle.render()
     }
 }

@@ -11,6 +11,10 @@
 //! arrived `body_timeout` after its head is answered 408 and the connection closed, so that
 //! half-sent requests and idle connections cannot pile up.
 //!
+//! Logs: one `tracing` event per request, in a `request{method, route}` span, with its status,
+//! pairs, tokens and times (tokenization, queue, inference, total), and an error's message;
+//! never the texts. Metrics: see `metrics.rs`.
+//!
 //! Stopping: on the shutdown signal the server stops accepting, answers what is in flight, and
 //! after `drain` closes whatever is still open (a client that never finishes its request
 //! cannot hold it up). If the inference thread dies, `/health` answers 503 and the server shuts
@@ -45,7 +49,15 @@ use tokio::sync::{oneshot, watch};
 use crate::model::tokenize::PairTokenizer;
 use crate::{CrossEncoder, Quantization, Scores};
 use batcher::{Batcher, Job, Rejected};
-use metrics::Metrics;
+use metrics::{Metrics, Stats};
+use std::cell::Cell;
+use tracing::Instrument;
+
+tokio::task_local! {
+    /// The scored request's stats, set by `score` for the `record` middleware that wraps it
+    /// (the handler runs in the middleware's task).
+    static STATS: Cell<Option<Stats>>;
+}
 
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -101,11 +113,42 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({ "error": self.message, "error_type": self.kind })),
-        )
-            .into_response()
+        let failure = self.failure();
+        let body = Json(json!({ "error": self.message, "error_type": self.kind }));
+        (self.status, axum::Extension(failure), body).into_response()
+    }
+}
+
+impl ApiError {
+    /// What the `record` middleware logs and counts of this error.
+    fn failure(&self) -> Failure {
+        Failure {
+            kind: self.kind,
+            message: self.message.clone(),
+        }
+    }
+}
+
+/// An error answer's type and message, carried in the response's extensions to its log line.
+#[derive(Clone)]
+struct Failure {
+    kind: &'static str,
+    message: String,
+}
+
+impl Failure {
+    /// TEI's `err` label of `te_request_failure` for this error type.
+    fn err_label(&self) -> &'static str {
+        match self.kind {
+            "Validation" | "Empty" => "validation",
+            "Tokenizer" => "tokenization",
+            "Overloaded" => "overloaded",
+            "Backend" => "inference",
+            "Unhealthy" => "unhealthy",
+            "Timeout" => "timeout",
+            "Unauthorized" => "unauthorized",
+            _ => "other",
+        }
     }
 }
 
@@ -187,7 +230,15 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(ce.tokenizer.max_length)?);
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.upkeep();
+        }
+    });
     let info = json!({
         "model_id": cfg.model_id,
         "model_type": ce.config.family.model_type(),
@@ -264,6 +315,7 @@ pub async fn serve(
             _ = shutdown => {}
             _ = died.changed() => {}
         }
+        tracing::info!("shutting down: no new connections; answering those in flight");
         let _ = stopping_tx.send(true);
     });
     let server = serve_http1(listener, app, cfg.header_timeout, stopping.clone());
@@ -273,11 +325,12 @@ pub async fn serve(
     };
     tokio::select! {
         () = server => {}
-        () = deadline => eprintln!(
+        () = deadline => tracing::warn!(
             "requests still open {:?} after shutdown began: closing them",
             cfg.drain
         ),
     }
+    tracing::info!("every connection closed");
     if !healthy.load(Ordering::SeqCst) {
         anyhow::bail!("the inference thread died (a panic while scoring): see the error above");
     }
@@ -356,7 +409,7 @@ async fn accept_failed(e: std::io::Error) {
     ) {
         return;
     }
-    eprintln!("cannot accept a connection: {e}; retrying in 1 s");
+    tracing::error!("cannot accept a connection: {e}; retrying in 1 s");
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
@@ -410,20 +463,61 @@ fn bearer_token(value: &str) -> Option<&str> {
         .then(|| token.trim_start_matches(' '))
 }
 
-/// Counts every request by route and status, with its latency.
+/// Logs and counts every request: by route and status, and on the scoring routes as TEI does.
 async fn record(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched".to_string(), |p| p.as_str().to_string());
+    let span = tracing::info_span!("request", method = %req.method(), route = %route);
     let start = Instant::now();
-    let resp = next.run(req).await;
-    s.metrics.record_request(
-        &route,
-        resp.status().as_u16(),
-        start.elapsed().as_secs_f64(),
-    );
+    let (resp, stats) = STATS
+        .scope(Cell::new(None), async {
+            let resp = next.run(req).await;
+            (resp, STATS.with(Cell::get))
+        })
+        .instrument(span.clone())
+        .await;
+    let elapsed = start.elapsed();
+    let status = resp.status().as_u16();
+    s.metrics.record_request(&route, status, elapsed);
+    let failure = resp.extensions().get::<Failure>();
+    if matches!(
+        route.as_str(),
+        "/rerank" | "/predict" | "/v1/rerank" | "/v2/rerank"
+    ) {
+        let err = (status >= 300).then(|| failure.map_or("other", Failure::err_label));
+        s.metrics.record_scoring(elapsed, stats, err);
+    }
+    let _entered = span.enter();
+    log_answer(status, elapsed, stats, failure);
     resp
+}
+
+/// A request's log line: info for a success, warn for a 4xx, error for a 5xx.
+fn log_answer(status: u16, elapsed: Duration, stats: Option<Stats>, failure: Option<&Failure>) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    macro_rules! answered {
+        ($level:ident) => {
+            tracing::$level!(
+                status,
+                pairs = stats.map(|s| s.pairs),
+                tokens = stats.map(|s| s.tokens),
+                tokenization_ms = stats.map(|s| ms(s.tokenization)),
+                queue_ms = stats.map(|s| ms(s.queue)),
+                inference_ms = stats.map(|s| ms(s.inference)),
+                total_ms = ms(elapsed),
+                error_type = failure.map(|f| f.kind),
+                error = failure.map(|f| f.message.as_str()),
+                "answered"
+            )
+        };
+    }
+    match status {
+        500.. => answered!(error),
+        400..=499 => answered!(warn),
+        _ => answered!(info),
+    }
 }
 
 /// Tokenizes off the async workers, queues, and waits for the inference thread's answer.
@@ -445,6 +539,7 @@ async fn score(
         ));
     }
     let tok = s.tokenizer.clone();
+    let tokenizing = Instant::now();
     let encodings = tokio::task::spawn_blocking(move || tok.encode_pairs(&pairs))
         .await
         .map_err(|e| {
@@ -473,11 +568,16 @@ async fn score(
             ));
         }
     }
+    let tokenization = tokenizing.elapsed();
+    let lengths = encodings.iter().map(tokenizers::Encoding::len);
+    let (pairs, tokens) = (encodings.len(), lengths.clone().sum());
+    s.metrics.record_input_lengths(lengths);
     let (reply, rx) = oneshot::channel();
     s.batcher
         .submit(Job {
             encodings,
             raw,
+            queued: Instant::now(),
             reply,
         })
         .map_err(|r| match r {
@@ -492,21 +592,29 @@ async fn score(
                 "the server is shutting down",
             ),
         })?;
-    rx.await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Backend",
-                "the inference thread stopped",
-            )
-        })?
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Backend",
-                format!("{e:#}"),
-            )
-        })
+    let answer = rx.await.map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Backend",
+            "the inference thread stopped",
+        )
+    })?;
+    let stats = Stats {
+        pairs,
+        tokens,
+        tokenization,
+        queue: answer.queue,
+        inference: answer.inference,
+    };
+    // Outside `record` (no such task-local) there is nobody to tell.
+    let _ = STATS.try_with(|c| c.set(Some(stats)));
+    answer.scores.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Backend",
+            format!("{e:#}"),
+        )
+    })
 }
 
 async fn rerank(
