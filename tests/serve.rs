@@ -1129,3 +1129,68 @@ fn a_body_not_declared_json_is_answered_415() {
         );
     }
 }
+
+/// Runs `program` with `args`, killed past `limit`: (whether it succeeded, its output).
+fn run_within(program: &std::path::Path, args: &[&str], limit: Duration) -> (bool, String) {
+    let mut child = Command::new(program)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let ok = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.success();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    (ok, text.into_owned())
+}
+
+/// Issue 39: schemathesis (every check, valid and invalid data) finds no answer that the
+/// document does not describe, with and without an API key.
+#[test]
+fn schemathesis_finds_no_failure_with_and_without_an_api_key() {
+    let Some(st) = optional(repo().join("target/fixtures/py/bin/st")) else {
+        return;
+    };
+    let dir = shared("golden/tiny-bert");
+    for key in [None, Some("k3y")] {
+        let extra: Vec<&str> = key.map_or(vec![], |k| vec!["--api-key", k]);
+        let s = Server::start(&dir, &extra);
+        let spec = format!("{}/openapi.json", s.url);
+        let auth = format!("Authorization: Bearer {}", key.unwrap_or(""));
+        let mut args = vec!["run", &spec, "--checks", "all", "--mode", "all", "-n", "40"];
+        args.extend(["--seed", "39", "--generation-database", "none"]);
+        args.extend(["--request-timeout", "30"]);
+        if key.is_some() {
+            args.extend(["-H", &auth]);
+        }
+        let (ok, out) = run_within(&st, &args, Duration::from_secs(300));
+        assert!(ok, "key {key:?}:\n{out}");
+    }
+}
+
+/// Issue 39: a real TEI client, Haystack's HuggingFaceTEIRanker, ranks as `/rerank` does and
+/// sends `truncation_direction`, which the server honours.
+#[test]
+fn a_real_tei_client_reranks_like_rerank() {
+    let Some(python) = optional(repo().join("target/fixtures/py/bin/python")) else {
+        return;
+    };
+    let s = Server::start(&shared("golden/tiny-bert"), &["--api-key", "k3y"]);
+    let script = repo().join("scripts/haystack_tei.py");
+    let args = [script.to_str().unwrap(), &s.url, "k3y"];
+    let (ok, out) = run_within(&python, &args, Duration::from_secs(120));
+    assert!(ok, "{out}");
+    assert!(out.contains("\"ranked\": 3"), "{out}");
+}
