@@ -1130,10 +1130,12 @@ fn a_body_not_declared_json_is_answered_415() {
     }
 }
 
-/// Runs `program` with `args`, killed past `limit`: (whether it succeeded, its output).
+/// Runs `program` with `args` in `target/` (schemathesis writes its crash cache where it
+/// runs), killed past `limit`: (whether it succeeded, its output).
 fn run_within(program: &std::path::Path, args: &[&str], limit: Duration) -> (bool, String) {
     let mut child = Command::new(program)
         .args(args)
+        .current_dir(repo().join("target"))
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
