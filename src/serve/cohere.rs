@@ -12,16 +12,29 @@ use std::sync::Arc;
 
 use super::{check_top_n, ranked, score, ApiError, AppState, JsonBody};
 
-/// Cohere's fields; the others it defines (`model`: the server scores with the model it
-/// loaded; `rank_fields`, `max_chunks_per_doc`, `max_tokens_per_doc`, `priority`) are accepted
-/// and have no effect: crossenc truncates to the model's max length.
+/// Cohere's fields. `model` and the others it defines (`rank_fields`, `max_chunks_per_doc`,
+/// `max_tokens_per_doc`, `priority`) are checked for their type, as Cohere checks them, and
+/// have no effect: the server scores with the model it loaded, truncated to its max length.
+/// Unknown fields are ignored, as Cohere ignores them; null is "left out", as Cohere's SDKs
+/// send an optional argument given as None.
 #[derive(Deserialize)]
 pub(super) struct Request {
     query: String,
     /// Strings, or (v1) objects whose `text` is scored.
     documents: Vec<serde_json::Value>,
+    #[serde(default, deserialize_with = "super::top_n")]
     top_n: Option<usize>,
     return_documents: Option<bool>,
+    #[serde(rename = "model")]
+    _model: Option<String>,
+    #[serde(rename = "rank_fields")]
+    _rank_fields: Option<Vec<String>>,
+    #[serde(rename = "max_chunks_per_doc")]
+    _max_chunks_per_doc: Option<u64>,
+    #[serde(rename = "max_tokens_per_doc")]
+    _max_tokens_per_doc: Option<u64>,
+    #[serde(rename = "priority")]
+    _priority: Option<u64>,
 }
 
 /// Typed, so that scores are written as f32 (as `/rerank` writes them), not widened to f64.
@@ -102,9 +115,11 @@ async fn rerank(
         .collect::<Result<Vec<String>, _>>()?;
     let pairs = texts
         .iter()
-        .map(|t| (req.query.clone(), t.clone()))
+        .map(|t| (req.query.clone(), Some(t.clone())))
         .collect();
-    let scores = score(&s, pairs, false, true).await.map_err(CohereError)?;
+    let scores = score(&s, pairs, false, true, Default::default())
+        .await
+        .map_err(CohereError)?;
     let order = ranked(&scores, req.top_n);
     let with_text = req.return_documents.unwrap_or(false);
     let results: Vec<Ranked> = order

@@ -85,7 +85,9 @@ struct AppState {
     batcher: Batcher,
     tokenizer: PairTokenizer,
     metrics: Arc<Metrics>,
-    info: serde_json::Value,
+    info: Info,
+    /// The model's labels, by output index.
+    labels: Vec<String>,
     max_client_batch_size: usize,
     body_limit: usize,
     body_timeout: Duration,
@@ -152,14 +154,37 @@ impl Failure {
     }
 }
 
-/// A JSON body whose every failure is a JSON error: 413 over the size limit, 408 when it does
-/// not arrive within the body timeout, 422 for invalid JSON or wrong types.
+/// A JSON body whose every failure is a JSON error: 415 unless it is declared JSON, 413 over
+/// the size limit, 408 when it does not arrive within the body timeout, 422 for invalid JSON or
+/// wrong types.
 struct JsonBody<T>(T);
+
+/// Whether a `Content-Type` names JSON (`application/json` or `application/<x>+json`, any
+/// parameters), as axum's `Json` and so TEI require.
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    let Some((kind, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (sub.eq_ignore_ascii_case("json") || sub.to_ascii_lowercase().ends_with("+json"))
+}
 
 impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        if !content_type.is_some_and(is_json) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Validation",
+                "the request body must be JSON, sent with Content-Type: application/json",
+            ));
+        }
         let read = tokio::time::timeout(state.body_timeout, Bytes::from_request(req, state));
         // Dropping the unread body makes hyper close the connection after the answer.
         let read = read.await.map_err(|_| {
@@ -192,11 +217,50 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
     }
 }
 
+/// TEI's `truncation_direction`: which end of a text over the max length is cut. `Left` keeps
+/// its end.
+#[derive(Deserialize, Clone, Copy, Default)]
+enum TruncationDirection {
+    #[serde(alias = "left")]
+    Left,
+    #[default]
+    #[serde(alias = "right")]
+    Right,
+}
+
+impl From<TruncationDirection> for tokenizers::TruncationDirection {
+    fn from(d: TruncationDirection) -> Self {
+        match d {
+            TruncationDirection::Left => Self::Left,
+            TruncationDirection::Right => Self::Right,
+        }
+    }
+}
+
+/// `top_n` as any whole JSON number at least 0, or null. Any number over the texts' count asks
+/// for them all, so one beyond `usize` (or written `1e30`) does too rather than being refused.
+fn top_n<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(u) = n.as_u64() {
+        return Ok(Some(usize::try_from(u).unwrap_or(usize::MAX)));
+    }
+    match n.as_f64() {
+        // `as` saturates: a number beyond usize becomes usize::MAX.
+        Some(f) if f >= 0.0 && f.fract() == 0.0 => Ok(Some(f as usize)),
+        _ => Err(serde::de::Error::custom(format!(
+            "invalid top_n {n}: expected a whole number, at least 1"
+        ))),
+    }
+}
+
+/// TEI's fields, and `top_n`; unknown fields are ignored, as TEI ignores them.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RerankRequest {
     query: String,
     texts: Vec<String>,
+    #[serde(default, deserialize_with = "top_n")]
     top_n: Option<usize>,
     #[serde(default)]
     return_text: bool,
@@ -204,6 +268,8 @@ struct RerankRequest {
     raw_scores: bool,
     /// Truncate pairs longer than the model's max length (default); false makes them an error.
     truncate: Option<bool>,
+    #[serde(default)]
+    truncation_direction: TruncationDirection,
 }
 
 #[derive(Serialize)]
@@ -214,13 +280,88 @@ struct Rank {
     text: Option<String>,
 }
 
+/// TEI's `/predict` input: a text, a pair (`[a, b]`; `[a]` is a text), or a batch of both
+/// (`[[a], [a, b]]`). Lengths are checked after parsing, for a clearer error.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    untagged,
+    expecting = "a string, a pair [string, string], or a batch [[string], [string, string], ...]"
+)]
+enum PredictInput {
+    Text(String),
+    Batch(Vec<Vec<String>>),
+    Single(Vec<String>),
+}
+
+/// TEI's fields; unknown fields are ignored, as TEI ignores them.
+#[derive(Deserialize)]
 struct PredictRequest {
-    inputs: Vec<(String, String)>,
+    inputs: PredictInput,
     #[serde(default)]
     raw_scores: bool,
     truncate: Option<bool>,
+    #[serde(default)]
+    truncation_direction: TruncationDirection,
+}
+
+/// One label's score, as TEI writes it.
+#[derive(Serialize)]
+struct Prediction {
+    score: f32,
+    label: String,
+}
+
+/// TEI's `/predict` answer: a list of predictions (best first) for one input, a list of those
+/// for a batch.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum PredictResponse {
+    Single(Vec<Prediction>),
+    Batch(Vec<Vec<Prediction>>),
+}
+
+/// `/info`: TEI's fields, then crossenc's own (`architecture` and on).
+#[derive(Serialize, Clone)]
+struct Info {
+    model_id: String,
+    /// Always null: a local folder has no hub commit.
+    model_sha: Option<String>,
+    model_dtype: &'static str,
+    served_model_name: String,
+    model_type: ModelType,
+    max_concurrent_requests: usize,
+    max_input_length: usize,
+    max_batch_tokens: usize,
+    /// Always null: batches are bounded by tokens only.
+    max_batch_requests: Option<usize>,
+    max_client_batch_size: usize,
+    /// `truncate` defaults to true.
+    auto_truncate: bool,
+    tokenization_workers: usize,
+    version: &'static str,
+    /// Always null, as TEI's outside its own builds.
+    sha: Option<&'static str>,
+    docker_label: Option<&'static str>,
+    /// The model's family (its config's `model_type`).
+    architecture: &'static str,
+    labels: Vec<String>,
+    activation: &'static str,
+    int8_kernel: Option<String>,
+    max_body_bytes: usize,
+}
+
+/// TEI's `model_type`: `{"reranker": {...}}` for a one-label model, `{"classifier": {...}}`.
+#[derive(Serialize, Clone)]
+#[serde(rename_all = "lowercase")]
+enum ModelType {
+    Classifier(ClassifierModel),
+    Reranker(ClassifierModel),
+}
+
+#[derive(Serialize, Clone)]
+struct ClassifierModel {
+    id2label: std::collections::BTreeMap<String, String>,
+    label2id: std::collections::BTreeMap<String, usize>,
 }
 
 /// Builds the router; `shutdown` resolves when the server should stop accepting requests.
@@ -239,24 +380,49 @@ pub async fn serve(
             upkeep.upkeep();
         }
     });
-    let info = json!({
-        "model_id": cfg.model_id,
-        "model_type": ce.config.family.model_type(),
-        "labels": ce.config.id2label,
-        "activation": ce.activation.torch_name(),
-        "max_input_length": ce.tokenizer.max_length,
-        "model_dtype": match ce.quantization() {
+    let labels = ce.config.id2label.clone();
+    let classes = ClassifierModel {
+        id2label: labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i.to_string(), l.clone()))
+            .collect(),
+        label2id: labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.clone(), i))
+            .collect(),
+    };
+    let info = Info {
+        model_id: cfg.model_id.clone(),
+        model_sha: None,
+        model_dtype: match ce.quantization() {
             None => "float32",
             Some(Quantization::Int8) => "int8",
             Some(Quantization::Bf16) => "bfloat16",
         },
-        "int8_kernel": (ce.quantization() == Some(Quantization::Int8)).then(crate::ops::int8::kernel),
-        "max_batch_tokens": cfg.max_batch_tokens,
-        "max_client_batch_size": cfg.max_client_batch_size,
-        "max_concurrent_requests": cfg.max_queue,
-        "max_body_bytes": cfg.body_limit,
-        "version": env!("CARGO_PKG_VERSION"),
-    });
+        served_model_name: cfg.model_id.clone(),
+        // As TEI: one label scores relevance, several classify.
+        model_type: match labels.len() {
+            1 => ModelType::Reranker(classes),
+            _ => ModelType::Classifier(classes),
+        },
+        max_concurrent_requests: cfg.max_queue,
+        max_input_length: ce.tokenizer.max_length,
+        max_batch_tokens: cfg.max_batch_tokens,
+        max_batch_requests: None,
+        max_client_batch_size: cfg.max_client_batch_size,
+        auto_truncate: true,
+        tokenization_workers: rayon::current_num_threads(),
+        version: env!("CARGO_PKG_VERSION"),
+        sha: None,
+        docker_label: None,
+        architecture: ce.config.family.model_type(),
+        labels: labels.clone(),
+        activation: ce.activation.torch_name(),
+        int8_kernel: (ce.quantization() == Some(Quantization::Int8)).then(crate::ops::int8::kernel),
+        max_body_bytes: cfg.body_limit,
+    };
     let tokenizer = ce.tokenizer.clone();
     let mut ce = ce;
     ce.max_batch_tokens = cfg.max_batch_tokens;
@@ -279,6 +445,7 @@ pub async fn serve(
         tokenizer,
         metrics,
         info,
+        labels,
         max_client_batch_size: cfg.max_client_batch_size,
         body_limit: cfg.body_limit,
         body_timeout: cfg.body_timeout,
@@ -521,11 +688,13 @@ fn log_answer(status: u16, elapsed: Duration, stats: Option<Stats>, failure: Opt
 }
 
 /// Tokenizes off the async workers, queues, and waits for the inference thread's answer.
+/// Scores texts alone (`None`) and pairs, truncating from `direction`.
 async fn score(
     s: &Arc<AppState>,
-    pairs: Vec<(String, String)>,
+    pairs: Vec<(String, Option<String>)>,
     raw: bool,
     truncate: bool,
+    direction: TruncationDirection,
 ) -> Result<Scores, ApiError> {
     if pairs.len() > s.max_client_batch_size {
         return Err(ApiError::new(
@@ -540,22 +709,23 @@ async fn score(
     }
     let tok = s.tokenizer.clone();
     let tokenizing = Instant::now();
-    let encodings = tokio::task::spawn_blocking(move || tok.encode_pairs(&pairs))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Tokenizer",
-                e.to_string(),
-            )
-        })?
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Tokenizer",
-                format!("{e:#}"),
-            )
-        })?;
+    let encodings =
+        tokio::task::spawn_blocking(move || tok.encode_inputs(&pairs, direction.into()))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Tokenizer",
+                    e.to_string(),
+                )
+            })?
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Tokenizer",
+                    format!("{e:#}"),
+                )
+            })?;
     if !truncate {
         if let Some(i) = encodings
             .iter()
@@ -629,12 +799,20 @@ async fn rerank(
         ));
     }
     check_top_n(req.top_n)?;
-    let pairs: Vec<(String, String)> = req
+    let pairs = req
         .texts
         .iter()
-        .map(|t| (req.query.clone(), t.clone()))
+        .map(|t| (req.query.clone(), Some(t.clone())))
         .collect();
-    let scores = score(&s, pairs, req.raw_scores, req.truncate.unwrap_or(true)).await?;
+    let truncate = req.truncate.unwrap_or(true);
+    let scores = score(
+        &s,
+        pairs,
+        req.raw_scores,
+        truncate,
+        req.truncation_direction,
+    )
+    .await?;
     let mut ranks: Vec<Rank> = ranked(&scores, req.top_n)
         .into_iter()
         .map(|(index, score)| Rank {
@@ -674,37 +852,65 @@ fn ranked(scores: &Scores, top_n: Option<usize>) -> Vec<(usize, f32)> {
 async fn predict(
     State(s): State<Arc<AppState>>,
     JsonBody(req): JsonBody<PredictRequest>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    if req.inputs.is_empty() {
+) -> Result<Json<PredictResponse>, ApiError> {
+    let (batch, inputs) = match req.inputs {
+        PredictInput::Text(t) => (false, vec![vec![t]]),
+        PredictInput::Single(seq) => (false, vec![seq]),
+        PredictInput::Batch(seqs) => (true, seqs),
+    };
+    if inputs.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "Empty",
             "`inputs` cannot be empty",
         ));
     }
-    let scores = score(&s, req.inputs, req.raw_scores, req.truncate.unwrap_or(true)).await?;
-    let labels: Vec<String> = s.info["labels"]
-        .as_array()
+    let inputs = inputs
         .into_iter()
-        .flatten()
-        .filter_map(|l| l.as_str().map(String::from))
-        .collect();
-    let out: Vec<serde_json::Value> = scores
-        .rows()
-        .map(|row| {
-            if row.len() == 1 {
-                json!({ "score": row[0] })
-            } else {
-                let mut per_label: Vec<(usize, f32)> = row.iter().copied().enumerate().collect();
-                per_label.sort_by(|a, b| b.1.total_cmp(&a.1));
-                json!(per_label
-                    .into_iter()
-                    .map(|(i, v)| json!({ "label": labels[i], "score": v }))
-                    .collect::<Vec<_>>())
+        .enumerate()
+        .map(|(i, seq)| {
+            let mut seq = seq.into_iter();
+            match (seq.next(), seq.next(), seq.next()) {
+                (Some(a), b, None) => Ok((a, b)),
+                _ => Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Validation",
+                    format!("input {i} must be one text or a pair of texts"),
+                )),
             }
         })
+        .collect::<Result<Vec<_>, _>>()?;
+    let truncate = req.truncate.unwrap_or(true);
+    let scores = score(
+        &s,
+        inputs,
+        req.raw_scores,
+        truncate,
+        req.truncation_direction,
+    )
+    .await?;
+    let mut out: Vec<Vec<Prediction>> = scores
+        .rows()
+        .map(|row| {
+            let mut per_label: Vec<Prediction> = row
+                .iter()
+                .zip(&s.labels)
+                .map(|(&score, label)| Prediction {
+                    score,
+                    label: label.clone(),
+                })
+                .collect();
+            per_label.sort_by(|a, b| b.score.total_cmp(&a.score));
+            per_label
+        })
         .collect();
-    Ok(Json(serde_json::Value::Array(out)))
+    Ok(Json(match (batch, out.pop()) {
+        (false, Some(one)) => PredictResponse::Single(one),
+        (_, last) => {
+            out.extend(last);
+            PredictResponse::Batch(out)
+        }
+    }))
 }
 
 /// Resolves on SIGTERM or SIGINT.
