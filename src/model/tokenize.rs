@@ -407,7 +407,7 @@ impl PairTokenizer {
 const HEAD_BYTES_PER_TOKEN: usize = 8;
 
 /// How far [`PairTokenizer::prefix_over`] grows a prefix: up to this many times the first cut.
-const HEAD_GROWTH: usize = 16;
+const HEAD_GROWTH: usize = 4;
 
 /// Tokens of `e` before its last pre-tokenized word: a cut in that word may tokenize it
 /// otherwise than the whole text does, never the words before it.
