@@ -340,19 +340,6 @@ fn rerank_data_errors_name_the_file_and_line() {
         "query-id\tcorpus-id\tscore\nq1\tnope\t1\n",
     )
     .unwrap();
-    fails_with(
-        &crossenc(&[
-            "eval",
-            "--task",
-            "rerank",
-            "--model",
-            &tiny(),
-            "--data",
-            beir.to_str().unwrap(),
-        ]),
-        &["test.tsv line 2", "document \"nope\""],
-    );
-    // Duplicate ids split a document's or a query's judgments (MAP and MRR halved): refused.
     let eval_beir = |dir: &Path| {
         crossenc(&[
             "eval",
@@ -364,6 +351,8 @@ fn rerank_data_errors_name_the_file_and_line() {
             dir.to_str().unwrap(),
         ])
     };
+    fails_with(&eval_beir(&beir), &["test.tsv line 2", "document \"nope\""]);
+    // Duplicate ids split a document's or a query's judgments (MAP and MRR halved): refused.
     let dup = dir.path().join("dup");
     for (file, line) in [("corpus.jsonl", 57), ("queries.jsonl", 5)] {
         write_beir(&dup, 4);

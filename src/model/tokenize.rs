@@ -441,16 +441,7 @@ fn cut_at_word_from_end(text: &str, bytes: usize) -> &str {
     }
     let start = floor_grapheme(text, text.len() - bytes);
     let end = floor_grapheme(text, start + (text.len() - start) / 2);
-    let break_at = |word_end: fn(char) -> bool| {
-        text[start..end]
-            .char_indices()
-            .map(|(i, c)| (start + i, c))
-            .find(|&(i, c)| word_end(c) && floor_grapheme(text, i) == i)
-            .map(|(i, _)| i)
-    };
-    let boundary = break_at(char::is_whitespace)
-        .or_else(|| break_at(|c| !c.is_alphanumeric()))
-        .unwrap_or(start);
+    let boundary = word_break(text, start..end, false).unwrap_or(start);
     &text[boundary..]
 }
 
@@ -464,19 +455,27 @@ fn cut_at_word(text: &str, bytes: usize) -> &str {
     }
     let end = floor_grapheme(text, bytes);
     let start = floor_grapheme(text, end / 2);
-    let break_at = |word_end: fn(char) -> bool| {
-        text[start..end]
-            .char_indices()
-            .rev()
-            .map(|(i, c)| (start + i, c))
-            .find(|&(i, c)| word_end(c) && floor_grapheme(text, i) == i)
-            .map(|(i, _)| i)
-    };
-    let boundary = break_at(char::is_whitespace)
-        .or_else(|| break_at(|c| !c.is_alphanumeric()))
+    let boundary = word_break(text, start..end, true)
         .filter(|&i| i > 0)
         .unwrap_or(end);
     &text[..boundary]
+}
+
+/// The first (or `last`) place in `text[window]` where a word ends, between two graphemes:
+/// before a whitespace, else before another non-alphanumeric character.
+fn word_break(text: &str, window: std::ops::Range<usize>, last: bool) -> Option<usize> {
+    let at = |word_end: fn(char) -> bool| {
+        let mut chars = text[window.clone()]
+            .char_indices()
+            .map(|(i, c)| (window.start + i, c));
+        let ends = |&(i, c): &(usize, char)| word_end(c) && floor_grapheme(text, i) == i;
+        match last {
+            true => chars.rfind(ends),
+            false => chars.find(ends),
+        }
+        .map(|(i, _)| i)
+    };
+    at(char::is_whitespace).or_else(|| at(|c| !c.is_alphanumeric()))
 }
 
 /// The last grapheme boundary of `text` at or before byte `pos`.
