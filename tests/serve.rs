@@ -1223,7 +1223,8 @@ fn wrong_types_are_refused_and_null_is_declared() {
     assert_eq!(s.post("/rerank", body).0, 422, "raw_scores is not nullable");
 }
 
-/// Issue 39.7: with an API key, the document lists the 401 of every guarded route.
+/// Issue 39.7: with an API key, the document lists the 401 of every guarded route; without
+/// one, it asks for no key.
 #[test]
 fn the_document_lists_401_on_every_guarded_route() {
     let s = Server::start(&shared("golden/tiny-bert"), &["--api-key", "k"]);
@@ -1246,6 +1247,16 @@ fn the_document_lists_401_on_every_guarded_route() {
                 guarded,
                 "{method} {path}"
             );
+        }
+    }
+    // Without a key, nothing asks for one, and nothing answers 401.
+    let s = Server::start(&shared("golden/tiny-bert"), &[]);
+    let doc: Value = serde_json::from_str(&s.get("/openapi.json").1).unwrap();
+    assert!(doc.get("security").is_none() && doc["components"].get("securitySchemes").is_none());
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for op in item.as_object().unwrap().values() {
+            assert!(op.get("security").is_none(), "{path}");
+            assert!(op["responses"].get("401").is_none(), "{path}");
         }
     }
 }
