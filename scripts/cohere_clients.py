@@ -1,6 +1,6 @@
 """The real Cohere SDK against a running `crossenc serve` (run by tests/serve.rs): `Client.rerank`
 (v1) and `ClientV2.rerank` (v2) with base_url at the server must give the order and scores of
-TEI's /rerank, and /openapi.json must validate as OpenAPI 3.0.
+TEI's /rerank, and /openapi.json must validate as OpenAPI 3.1.
 
     python scripts/cohere_clients.py http://127.0.0.1:PORT API_KEY
 

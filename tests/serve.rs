@@ -180,7 +180,7 @@ fn cohere_rerank_routes_match_rerank() {
     let (status, spec) = s.get("/openapi.json");
     assert_eq!(status, 200);
     let spec: Value = serde_json::from_str(&spec).unwrap();
-    assert_eq!(spec["openapi"], "3.0.3");
+    assert_eq!(spec["openapi"], "3.1.0");
     for route in [
         "/rerank",
         "/predict",
@@ -1182,6 +1182,13 @@ fn top_n_beyond_usize_asks_for_every_text() {
     }
 }
 
+/// Whether an OpenAPI 3.1 schema admits null: `"null"` among its types.
+fn takes_null(schema: &Value) -> bool {
+    schema["type"]
+        .as_array()
+        .is_some_and(|types| types.contains(&json!("null")))
+}
+
 /// Issue 39.6: a field of the wrong type is refused 422; null is taken as "left out" where the
 /// document declares the field nullable (as TEI's and Cohere's clients send it).
 #[test]
@@ -1203,23 +1210,21 @@ fn wrong_types_are_refused_and_null_is_declared() {
         assert_eq!(status, 200, "{route}: {out}");
         let schema = request_schema(&s, route);
         for field in ["model", "top_n", "return_documents"] {
-            assert_eq!(
-                schema["properties"][field]["nullable"], true,
-                "{route} {field}"
-            );
+            assert!(takes_null(&schema["properties"][field]), "{route} {field}");
         }
     }
     let body = json!({ "query": "q", "texts": ["a"], "top_n": null, "truncate": null });
     assert_eq!(s.post("/rerank", body).0, 200);
     let schema = request_schema(&s, "/rerank");
     for field in ["top_n", "truncate"] {
-        assert_eq!(schema["properties"][field]["nullable"], true, "{field}");
+        assert!(takes_null(&schema["properties"][field]), "{field}");
     }
     let body = json!({ "query": "q", "texts": ["a"], "raw_scores": null });
     assert_eq!(s.post("/rerank", body).0, 422, "raw_scores is not nullable");
 }
 
-/// Issue 39.7: with an API key, the document lists the 401 of every guarded route.
+/// Issue 39.7: with an API key, the document lists the 401 of every guarded route; without
+/// one, it asks for no key.
 #[test]
 fn the_document_lists_401_on_every_guarded_route() {
     let s = Server::start(&shared("golden/tiny-bert"), &["--api-key", "k"]);
@@ -1242,6 +1247,16 @@ fn the_document_lists_401_on_every_guarded_route() {
                 guarded,
                 "{method} {path}"
             );
+        }
+    }
+    // Without a key, nothing asks for one, and nothing answers 401.
+    let s = Server::start(&shared("golden/tiny-bert"), &[]);
+    let doc: Value = serde_json::from_str(&s.get("/openapi.json").1).unwrap();
+    assert!(doc.get("security").is_none() && doc["components"].get("securitySchemes").is_none());
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for op in item.as_object().unwrap().values() {
+            assert!(op.get("security").is_none(), "{path}");
+            assert!(op["responses"].get("401").is_none(), "{path}");
         }
     }
 }

@@ -9,6 +9,8 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::sync::Arc;
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+use utoipa::{PartialSchema, ToSchema};
 
 use super::{check_top_n, ranked, score, ApiError, AppState, JsonBody};
 
@@ -17,40 +19,76 @@ use super::{check_top_n, ranked, score, ApiError, AppState, JsonBody};
 /// have no effect: the server scores with the model it loaded, truncated to its max length.
 /// Unknown fields are ignored, as Cohere ignores them; null is "left out", as Cohere's SDKs
 /// send an optional argument given as None.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = CohereRerankRequest)]
 pub(super) struct Request {
     query: String,
     /// Strings, or (v1) objects whose `text` is scored.
+    #[schema(schema_with = documents)]
     documents: Vec<serde_json::Value>,
-    #[serde(default, deserialize_with = "super::top_n")]
+    /// Any whole number from 1; one over the count of documents asks for them all.
+    #[serde(default, deserialize_with = "super::whole_number")]
+    #[schema(minimum = 1)]
     top_n: Option<usize>,
     return_documents: Option<bool>,
     #[serde(rename = "model")]
     _model: Option<String>,
     #[serde(rename = "rank_fields")]
     _rank_fields: Option<Vec<String>>,
-    #[serde(rename = "max_chunks_per_doc")]
-    _max_chunks_per_doc: Option<u64>,
-    #[serde(rename = "max_tokens_per_doc")]
-    _max_tokens_per_doc: Option<u64>,
-    #[serde(rename = "priority")]
-    _priority: Option<u64>,
+    #[serde(
+        rename = "max_chunks_per_doc",
+        default,
+        deserialize_with = "super::whole_number"
+    )]
+    _max_chunks_per_doc: Option<usize>,
+    #[serde(
+        rename = "max_tokens_per_doc",
+        default,
+        deserialize_with = "super::whole_number"
+    )]
+    _max_tokens_per_doc: Option<usize>,
+    #[serde(rename = "priority", default, deserialize_with = "super::whole_number")]
+    _priority: Option<usize>,
 }
 
-/// Typed, so that scores are written as f32 (as `/rerank` writes them), not widened to f64.
-#[derive(Serialize)]
+/// `documents`' schema: checked by the handler (for its 400), not by serde.
+fn documents() -> ArrayBuilder {
+    let string = ObjectBuilder::new().schema_type(Type::String);
+    let document = OneOfBuilder::new().item(string).item(Document::schema());
+    ArrayBuilder::new().items(document).min_items(Some(1))
+}
+
+// Typed, so that scores are written as f32 (as `/rerank` writes them), not widened to f64.
+#[derive(Serialize, ToSchema)]
+#[schema(as = CohereRerankResponse)]
 pub(super) struct Reranked {
     id: String,
     results: Vec<Ranked>,
+    #[schema(value_type = Object)]
     meta: serde_json::Value,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = CohereRanked)]
 pub(super) struct Ranked {
     index: usize,
     relevance_score: f32,
     #[serde(skip_serializing_if = "Option::is_none")]
-    document: Option<serde_json::Value>,
+    document: Option<Document>,
+}
+
+/// A document as Cohere returns it, and as v1 takes it.
+#[derive(Serialize, ToSchema)]
+#[schema(as = CohereDocument)]
+pub(super) struct Document {
+    text: String,
+}
+
+/// Cohere's error body.
+#[derive(Serialize, ToSchema)]
+#[schema(as = CohereError)]
+pub(super) struct ErrorBody {
+    message: String,
 }
 
 /// An error in Cohere's shape.
@@ -60,7 +98,8 @@ impl IntoResponse for CohereError {
     fn into_response(self) -> Response {
         let e = self.0;
         let failure = axum::Extension(e.failure());
-        (e.status, failure, Json(json!({ "message": e.message }))).into_response()
+        let body = Json(ErrorBody { message: e.message });
+        (e.status, failure, body).into_response()
     }
 }
 
@@ -72,6 +111,17 @@ fn bad_request(message: String) -> CohereError {
     ))
 }
 
+/// Cohere's re-rank API, v1.
+#[utoipa::path(post, path = "/v1/rerank", tag = "Cohere", request_body = Request, responses(
+    (status = 200, body = Reranked, description = "the best first"),
+    (status = 400, body = ErrorBody, description = "no documents, a document without text, or top_n 0"),
+    (status = 408, body = ErrorBody, description = "the body did not arrive in time"),
+    (status = 413, body = ErrorBody, description = "too many documents, or the body too long"),
+    (status = 415, body = ErrorBody, description = "the body is not declared JSON (Content-Type)"),
+    (status = 422, body = ErrorBody, description = "invalid JSON or fields, or a text the tokenizer refused"),
+    (status = 500, body = ErrorBody, description = "the model failed"),
+    (status = 503, body = ErrorBody, description = "the queue is full, or the server is shutting down"),
+))]
 pub(super) async fn rerank_v1(
     state: State<Arc<AppState>>,
     body: Result<JsonBody<Request>, ApiError>,
@@ -79,6 +129,17 @@ pub(super) async fn rerank_v1(
     rerank(state, body, 1).await
 }
 
+/// Cohere's re-rank API, v2.
+#[utoipa::path(post, path = "/v2/rerank", tag = "Cohere", request_body = Request, responses(
+    (status = 200, body = Reranked, description = "the best first"),
+    (status = 400, body = ErrorBody, description = "no documents, a document without text, or top_n 0"),
+    (status = 408, body = ErrorBody, description = "the body did not arrive in time"),
+    (status = 413, body = ErrorBody, description = "too many documents, or the body too long"),
+    (status = 415, body = ErrorBody, description = "the body is not declared JSON (Content-Type)"),
+    (status = 422, body = ErrorBody, description = "invalid JSON or fields, or a text the tokenizer refused"),
+    (status = 500, body = ErrorBody, description = "the model failed"),
+    (status = 503, body = ErrorBody, description = "the queue is full, or the server is shutting down"),
+))]
 pub(super) async fn rerank_v2(
     state: State<Arc<AppState>>,
     body: Result<JsonBody<Request>, ApiError>,
@@ -127,7 +188,9 @@ async fn rerank(
         .map(|(index, relevance_score)| Ranked {
             index,
             relevance_score,
-            document: with_text.then(|| json!({ "text": texts[index] })),
+            document: with_text.then(|| Document {
+                text: texts[index].clone(),
+            }),
         })
         .collect();
     Ok(Json(Reranked {

@@ -52,6 +52,9 @@ use batcher::{Batcher, Job, Rejected};
 use metrics::{Metrics, Stats};
 use std::cell::Cell;
 use tracing::Instrument;
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::ToSchema;
 
 tokio::task_local! {
     /// The scored request's stats, set by `score` for the `record` middleware that wraps it
@@ -92,6 +95,8 @@ struct AppState {
     body_limit: usize,
     body_timeout: Duration,
     api_key: Option<String>,
+    /// `/openapi.json`, built at start-up for this configuration.
+    openapi: String,
     /// False once the inference thread has died.
     healthy: Arc<AtomicBool>,
 }
@@ -113,10 +118,21 @@ impl ApiError {
     }
 }
 
+/// TEI's error body.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Error)]
+struct ErrorBody {
+    error: String,
+    error_type: &'static str,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let failure = self.failure();
-        let body = Json(json!({ "error": self.message, "error_type": self.kind }));
+        let body = Json(ErrorBody {
+            error: self.message,
+            error_type: self.kind,
+        });
         (self.status, axum::Extension(failure), body).into_response()
     }
 }
@@ -228,6 +244,19 @@ enum TruncationDirection {
     Right,
 }
 
+/// By hand: the derive does not see serde's aliases, which the server takes too.
+impl utoipa::PartialSchema for TruncationDirection {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(["Left", "Right", "left", "right"]))
+            .default(Some(json!("Right")))
+            .into()
+    }
+}
+
+impl ToSchema for TruncationDirection {}
+
 impl From<TruncationDirection> for tokenizers::TruncationDirection {
     fn from(d: TruncationDirection) -> Self {
         match d {
@@ -237,9 +266,10 @@ impl From<TruncationDirection> for tokenizers::TruncationDirection {
     }
 }
 
-/// `top_n` as any whole JSON number at least 0, or null. Any number over the texts' count asks
-/// for them all, so one beyond `usize` (or written `1e30`) does too rather than being refused.
-fn top_n<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+/// Any whole JSON number at least 0 (`3`, `3.0`, `1e30`), or null, as JSON Schema's `integer`
+/// (the document's) takes it. `top_n` over the texts' count asks for them all, so one beyond
+/// `usize` saturates rather than being refused.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
     let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
         return Ok(None);
     };
@@ -250,17 +280,20 @@ fn top_n<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Err
         // `as` saturates: a number beyond usize becomes usize::MAX.
         Some(f) if f >= 0.0 && f.fract() == 0.0 => Ok(Some(f as usize)),
         _ => Err(serde::de::Error::custom(format!(
-            "invalid top_n {n}: expected a whole number, at least 1"
+            "invalid number {n}: expected a whole number, at least 0"
         ))),
     }
 }
 
 /// TEI's fields, and `top_n`; unknown fields are ignored, as TEI ignores them.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct RerankRequest {
     query: String,
+    #[schema(min_items = 1)]
     texts: Vec<String>,
-    #[serde(default, deserialize_with = "top_n")]
+    /// Any whole number from 1; one over the count of texts asks for them all.
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 1)]
     top_n: Option<usize>,
     #[serde(default)]
     return_text: bool,
@@ -272,7 +305,7 @@ struct RerankRequest {
     truncation_direction: TruncationDirection,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Rank {
     index: usize,
     score: f32,
@@ -293,9 +326,34 @@ enum PredictInput {
     Single(Vec<String>),
 }
 
+/// By hand: the lengths the handler checks (a text or a pair; a batch of at least one) are
+/// not in the types.
+impl utoipa::PartialSchema for PredictInput {
+    fn schema() -> RefOr<Schema> {
+        let string = || ObjectBuilder::new().schema_type(Type::String);
+        let texts = |n| {
+            ArrayBuilder::new()
+                .items(string())
+                .min_items(Some(n))
+                .max_items(Some(n))
+        };
+        let sequence = || OneOfBuilder::new().item(texts(1)).item(texts(2));
+        let batch = ArrayBuilder::new().items(sequence()).min_items(Some(1));
+        OneOfBuilder::new()
+            .item(string())
+            .item(texts(1))
+            .item(texts(2))
+            .item(batch)
+            .into()
+    }
+}
+
+impl ToSchema for PredictInput {}
+
 /// TEI's fields; unknown fields are ignored, as TEI ignores them.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct PredictRequest {
+    #[schema(inline)]
     inputs: PredictInput,
     #[serde(default)]
     raw_scores: bool,
@@ -305,7 +363,7 @@ struct PredictRequest {
 }
 
 /// One label's score, as TEI writes it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Prediction {
     score: f32,
     label: String,
@@ -313,7 +371,7 @@ struct Prediction {
 
 /// TEI's `/predict` answer: a list of predictions (best first) for one input, a list of those
 /// for a batch.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 enum PredictResponse {
     Single(Vec<Prediction>),
@@ -321,7 +379,7 @@ enum PredictResponse {
 }
 
 /// `/info`: TEI's fields, then crossenc's own (`architecture` and on).
-#[derive(Serialize, Clone)]
+#[derive(Serialize, Clone, ToSchema)]
 struct Info {
     model_id: String,
     /// Always null: a local folder has no hub commit.
@@ -351,14 +409,14 @@ struct Info {
 }
 
 /// TEI's `model_type`: `{"reranker": {...}}` for a one-label model, `{"classifier": {...}}`.
-#[derive(Serialize, Clone)]
+#[derive(Serialize, Clone, ToSchema)]
 #[serde(rename_all = "lowercase")]
 enum ModelType {
     Classifier(ClassifierModel),
     Reranker(ClassifierModel),
 }
 
-#[derive(Serialize, Clone)]
+#[derive(Serialize, Clone, ToSchema)]
 struct ClassifierModel {
     id2label: std::collections::BTreeMap<String, String>,
     label2id: std::collections::BTreeMap<String, usize>,
@@ -450,6 +508,7 @@ pub async fn serve(
         body_limit: cfg.body_limit,
         body_timeout: cfg.body_timeout,
         api_key: cfg.api_key.clone(),
+        openapi: serde_json::to_string(&openapi::document(cfg.api_key.is_some())?)?,
         healthy: healthy.clone(),
     });
     let app = Router::new()
@@ -457,21 +516,10 @@ pub async fn serve(
         .route("/predict", post(predict))
         .route("/v1/rerank", post(cohere::rerank_v1))
         .route("/v2/rerank", post(cohere::rerank_v2))
-        .route("/openapi.json", get(|| async { Json(openapi::spec()) }))
+        .route("/openapi.json", get(openapi::openapi_json))
         .route("/health", get(health))
-        .route(
-            "/info",
-            get(|State(s): State<Arc<AppState>>| async move { Json(s.info.clone()) }),
-        )
-        .route(
-            "/metrics",
-            get(|State(s): State<Arc<AppState>>| async move {
-                (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    s.metrics.render(),
-                )
-            }),
-        )
+        .route("/info", get(model_info))
+        .route("/metrics", get(prometheus))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn_with_state(state.clone(), record))
         .layer(DefaultBodyLimit::max(cfg.body_limit))
@@ -580,25 +628,73 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
+/// `/health`'s body.
+#[derive(Serialize, ToSchema)]
+struct Health {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
+}
+
 /// 200 while the inference thread runs, 503 once it has died.
+#[utoipa::path(get, path = "/health", tag = "text-embeddings-inference", responses(
+    (status = 200, body = Health, description = "the model can score"),
+    (status = 503, body = Health, description = "the inference thread died"),
+))]
 async fn health(State(s): State<Arc<AppState>>) -> Response {
     if s.healthy.load(Ordering::SeqCst) {
-        Json(json!({"status": "ok"})).into_response()
+        let body = Health {
+            status: "ok",
+            error: None,
+        };
+        Json(body).into_response()
     } else {
-        let body = json!({"status": "unhealthy", "error": "the inference thread died"});
+        let body = Health {
+            status: "unhealthy",
+            error: Some("the inference thread died"),
+        };
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
 }
 
+/// The model and the server's limits.
+#[utoipa::path(get, path = "/info", tag = "text-embeddings-inference", responses(
+    (status = 200, body = Info, description = "OK"),
+))]
+async fn model_info(State(s): State<Arc<AppState>>) -> Json<Info> {
+    Json(s.info.clone())
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "text-embeddings-inference", responses(
+    (status = 200, body = String, content_type = "text/plain", description = "OK"),
+))]
+async fn prometheus(State(s): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+}
+
+/// Whether an API key, when set, guards `path`: every route but the probes'.
+fn guarded(path: &str) -> bool {
+    !matches!(path, "/health" | "/metrics")
+}
+
+/// Whether `path` is Cohere's, and so answers errors in Cohere's shape.
+fn speaks_cohere(path: &str) -> bool {
+    path.starts_with("/v1/") || path.starts_with("/v2/")
+}
+
 /// With an API key set, answers 401 to a request without `Authorization: Bearer <key>`
-/// (compared in constant time), except on `/health` and `/metrics`.
+/// (compared in constant time), on the `guarded` routes.
 async fn authorize(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     use subtle::ConstantTimeEq;
     let Some(key) = &s.api_key else {
         return next.run(req).await;
     };
     let path = req.uri().path();
-    if path == "/health" || path == "/metrics" {
+    if !guarded(path) {
         return next.run(req).await;
     }
     let sent = req
@@ -615,7 +711,7 @@ async fn authorize(State(s): State<Arc<AppState>>, req: Request, next: Next) -> 
         "Unauthorized",
         "missing or wrong API key: send the header Authorization: Bearer <key>",
     );
-    if path.starts_with("/v1/") || path.starts_with("/v2/") {
+    if speaks_cohere(path) {
         cohere::CohereError(e).into_response()
     } else {
         e.into_response()
@@ -787,6 +883,17 @@ async fn score(
     })
 }
 
+/// Scores a query against texts and sorts them (text-embeddings-inference).
+#[utoipa::path(post, path = "/rerank", tag = "text-embeddings-inference", request_body = RerankRequest, responses(
+    (status = 200, body = Vec<Rank>, description = "the best first"),
+    (status = 400, body = ErrorBody, description = "no texts, or top_n 0"),
+    (status = 408, body = ErrorBody, description = "the body did not arrive in time"),
+    (status = 413, body = ErrorBody, description = "too many texts, the body too long, or a text too long without truncate"),
+    (status = 415, body = ErrorBody, description = "the body is not declared JSON (Content-Type)"),
+    (status = 422, body = ErrorBody, description = "invalid JSON or fields, or a text the tokenizer refused"),
+    (status = 500, body = ErrorBody, description = "the model failed"),
+    (status = 503, body = ErrorBody, description = "the queue is full, or the server is shutting down"),
+))]
 async fn rerank(
     State(s): State<Arc<AppState>>,
     JsonBody(req): JsonBody<RerankRequest>,
@@ -849,6 +956,17 @@ fn ranked(scores: &Scores, top_n: Option<usize>) -> Vec<(usize, f32)> {
     crate::eval::ranking::best_first(hits, top_n.unwrap_or(usize::MAX))
 }
 
+/// Scores texts and text pairs (text-embeddings-inference).
+#[utoipa::path(post, path = "/predict", tag = "text-embeddings-inference", request_body = PredictRequest, responses(
+    (status = 200, body = PredictResponse, description = "each label's score, the best first"),
+    (status = 400, body = ErrorBody, description = "no inputs"),
+    (status = 408, body = ErrorBody, description = "the body did not arrive in time"),
+    (status = 413, body = ErrorBody, description = "too many inputs, the body too long, or an input too long without truncate"),
+    (status = 415, body = ErrorBody, description = "the body is not declared JSON (Content-Type)"),
+    (status = 422, body = ErrorBody, description = "invalid JSON or fields, an input of more than two texts, or a text the tokenizer refused"),
+    (status = 500, body = ErrorBody, description = "the model failed"),
+    (status = 503, body = ErrorBody, description = "the queue is full, or the server is shutting down"),
+))]
 async fn predict(
     State(s): State<Arc<AppState>>,
     JsonBody(req): JsonBody<PredictRequest>,
