@@ -1067,8 +1067,9 @@ fn predict_scores_a_5_mb_word_from_its_head() {
     std::fs::write(&input, format!("a query\t{word}\n")).unwrap();
     let (out, peak_mb) = peak_rss_of(&["predict", "-m", d, "-i", input.to_str().unwrap()]);
     assert_eq!(score_lines(&stdout(&out)).len(), 1);
-    // About 85 MB: the program and model 26, the line's copies and the prefix's tokenizing the
-    // rest. Counted whole while the prefix's tokens were too few, the word took 484 MB and 7.9 s.
+    // About 65 MB: the program and model 26, the line's copies and the prefix's tokenizing the
+    // rest. Counted whole while the prefix's tokens were too few, the word took 484 MB and 7.9 s
+    // (issue 38's figures, with all-MiniLM-L6-v2).
     assert!(peak_mb < 150.0, "peak RSS {peak_mb} MB");
 }
 
