@@ -6,7 +6,6 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::time::Instant;
-use tokenizers::Encoding;
 
 use crate::data::Example;
 use crate::model::config::Config;
@@ -62,8 +61,8 @@ pub fn train_steps(
     steps: usize,
 ) -> Result<TrainBench> {
     let pairs: Vec<(&str, &str)> = data.iter().map(|e| (e.a.as_str(), e.b.as_str())).collect();
-    let encodings = ce.tokenizer.encode_pairs(&pairs)?;
-    let lengths: Vec<usize> = encodings.iter().map(Encoding::len).collect();
+    let sequences = ce.tokenizer.encode_pairs(&pairs)?;
+    let lengths: Vec<usize> = (0..sequences.len()).map(|s| sequences.seq_len(s)).collect();
     let batches = epoch_batches(&lengths, batch_size, Batching::Grouped, 42, 0);
     let mut t = Trainable::new(ce, AdamWConfig::default())?;
     let (mut real, mut padded, mut flops, mut pairs_done) = (0usize, 0usize, 0f64, 0usize);
@@ -73,14 +72,13 @@ pub fn train_steps(
             crate::ops::profile::take();
             start = Instant::now();
         }
-        let enc: Vec<&Encoding> = idx.iter().map(|&i| &encodings[i]).collect();
         let labels: Vec<f32> = idx
             .iter()
             .map(|&i| data[i].label.clamp(0.0, 1.0) as f32)
             .collect();
         t.accumulate(
             ce,
-            &enc,
+            sequences.pack(idx.iter().copied()),
             &labels,
             LossKind::Bce,
             Some(Pass::new(k as u64)),
@@ -88,14 +86,13 @@ pub fn train_steps(
         )?;
         t.step(ce, 1e-9, 1.0);
         if k >= 1 {
-            let longest = enc.iter().map(|e| e.len()).max().unwrap_or(0);
-            real += enc.iter().map(|e| e.len()).sum::<usize>();
-            padded += longest * enc.len();
-            flops += enc
-                .iter()
-                .map(|e| 3.0 * forward_flops(&ce.config, e.len()))
+            let lens = idx.iter().map(|&i| lengths[i]);
+            real += lens.clone().sum::<usize>();
+            padded += lens.clone().max().unwrap_or(0) * idx.len();
+            flops += lens
+                .map(|l| 3.0 * forward_flops(&ce.config, l))
                 .sum::<f64>();
-            pairs_done += enc.len();
+            pairs_done += idx.len();
         }
     }
     let secs = start.elapsed().as_secs_f64();
@@ -123,11 +120,9 @@ pub fn inference(ce: &CrossEncoder, data: &[Example], repeats: usize) -> Result<
         best = best.min(start.elapsed().as_secs_f64());
     }
     // Useful FLOPs: the engine packs batches, so each pair costs its own length.
-    let flops: f64 = ce
-        .tokenizer
-        .encode_pairs(&pairs)?
-        .iter()
-        .map(|e| forward_flops(&ce.config, e.len()))
+    let sequences = ce.tokenizer.encode_pairs(&pairs)?;
+    let flops: f64 = (0..sequences.len())
+        .map(|s| forward_flops(&ce.config, sequences.seq_len(s)))
         .sum();
     Ok(InferBench {
         pairs: pairs.len(),

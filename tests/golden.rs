@@ -16,7 +16,7 @@ fn load(dir: &std::path::Path, max_length: usize) -> CrossEncoder {
 
 fn batch_of(ce: &CrossEncoder, pairs: &[(String, String)]) -> Tokens {
     let enc = ce.tokenizer().encode_pairs(pairs).unwrap();
-    ce.tokenizer().pack(&enc.iter().collect::<Vec<_>>())
+    enc.pack(0..enc.len())
 }
 
 /// Asserts that the packed `got` holds the unpadded rows of the reference's padded `[rows,

@@ -1034,9 +1034,9 @@ fn one_batch_of_16_equals_two_accumulated_batches_of_8() {
         let mut first = Vec::new();
         for step in 0..3 {
             for &(from, to) in parts {
-                let batch: Vec<_> = enc[from..to].iter().collect();
                 let w = (to - from) as f32 / 16.0;
-                t.accumulate(&mut ce, &batch, &labels[from..to], LossKind::Bce, None, w)
+                let batch = enc.pack(from..to);
+                t.accumulate(&mut ce, batch, &labels[from..to], LossKind::Bce, None, w)
                     .unwrap();
             }
             if step == 0 {

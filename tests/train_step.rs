@@ -32,9 +32,15 @@ fn one_step_matches_pytorch() {
     let pairs = golden_pairs(&g);
     let enc = ce.tokenizer().encode_pairs(&pairs).unwrap();
     let labels = f32s(&g["labels"]);
-    let batch: Vec<_> = enc.iter().collect();
     let loss = t
-        .accumulate(&mut ce, &batch, &labels, LossKind::Bce, None, 1.0)
+        .accumulate(
+            &mut ce,
+            enc.pack(0..enc.len()),
+            &labels,
+            LossKind::Bce,
+            None,
+            1.0,
+        )
         .unwrap();
     assert!(
         (loss - g["loss"].as_f64().unwrap() as f32).abs() < 1e-5,
@@ -254,10 +260,16 @@ fn newer_families_gradients_match_pytorch() {
         let mut ce = CrossEncoder::load(dir.to_str().unwrap(), &opts).unwrap();
         let mut t = Trainable::new(&mut ce, AdamWConfig::default()).unwrap();
         let enc = ce.tokenizer().encode_pairs(&golden_pairs(&g)).unwrap();
-        let batch: Vec<_> = enc.iter().collect();
         let labels = f32s(&g["labels"]);
         let loss = t
-            .accumulate(&mut ce, &batch, &labels, loss_kind, None, 1.0)
+            .accumulate(
+                &mut ce,
+                enc.pack(0..enc.len()),
+                &labels,
+                loss_kind,
+                None,
+                1.0,
+            )
             .unwrap();
         let want_loss = g["loss"].as_f64().unwrap() as f32;
         assert!(

@@ -53,14 +53,12 @@ impl BiEncoder {
     /// length.
     pub fn embed<S: AsRef<str>>(&self, texts: &[S]) -> Result<Tensor> {
         let h = self.config.hidden_size;
-        let encodings = self.tokenizer.encode_texts(texts)?;
+        let sequences = self.tokenizer.encode_texts(texts)?;
         let mut order: Vec<usize> = (0..texts.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(encodings[i].len()));
+        order.sort_by_key(|&i| std::cmp::Reverse(sequences.seq_len(i)));
         let mut out = vec![0f32; texts.len() * h];
         for chunk in order.chunks(self.batch_size.max(1)) {
-            let tokens = self
-                .tokenizer
-                .pack(&chunk.iter().map(|&i| &encodings[i]).collect::<Vec<_>>());
+            let tokens = sequences.pack(chunk.iter().copied());
             let hidden = self.transformer.forward(&self.weights.data, &tokens)?;
             let pooled = match self.pooling {
                 Pooling::Cls => first_tokens(&hidden, &tokens, h),

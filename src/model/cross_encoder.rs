@@ -3,11 +3,10 @@
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use tokenizers::Encoding;
 
 use super::checkpoint::Params;
 use super::config::Config;
-use super::tokenize::{PairTokenizer, Tokens};
+use super::tokenize::{PairTokenizer, Sequences, Tokens};
 use super::{head, SequenceClassifier};
 use crate::eval::ranking::best_first;
 use crate::hub;
@@ -300,29 +299,28 @@ impl CrossEncoder {
     }
 
     fn score<S: AsRef<str>>(&self, pairs: &[(S, S)], activate: bool) -> Result<Scores> {
-        let encodings = timed("tokenize", || self.tokenizer.encode_pairs(pairs))?;
-        self.score_encodings(&encodings, activate)
+        let sequences = timed("tokenize", || self.tokenizer.encode_pairs(pairs))?;
+        self.score_sequences(&sequences, activate)
     }
 
     /// Scores tokenized pairs, in input order. Batches hold pairs of similar length (longest
     /// first, so the largest batch runs first) and at most `batch_size` pairs and
     /// `max_batch_tokens` padded tokens.
-    pub fn score_encodings(&self, encodings: &[Encoding], activate: bool) -> Result<Scores> {
+    pub fn score_sequences(&self, sequences: &Sequences, activate: bool) -> Result<Scores> {
         let num_labels = self.num_labels();
-        let mut order: Vec<usize> = (0..encodings.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(encodings[i].len()));
-        let mut values = vec![0f32; encodings.len() * num_labels];
+        let mut order: Vec<usize> = (0..sequences.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(sequences.seq_len(i)));
+        let mut values = vec![0f32; sequences.len() * num_labels];
         let mut rest = order.as_slice();
         while !rest.is_empty() {
             // Sorted longest first, so the first pair sets the batch's padded length.
-            let longest = encodings[rest[0]].len().max(1);
+            let longest = sequences.seq_len(rest[0]).max(1);
             let n = (self.max_batch_tokens / longest)
                 .clamp(1, self.batch_size.max(1))
                 .min(rest.len());
             let (chunk, tail) = rest.split_at(n);
             rest = tail;
-            let batch_enc: Vec<_> = chunk.iter().map(|&i| &encodings[i]).collect();
-            let out = self.forward_tokens(&self.tokenizer.pack(&batch_enc), activate)?;
+            let out = self.forward_tokens(&sequences.pack(chunk.iter().copied()), activate)?;
             for (row, &i) in out.chunks_exact(num_labels).zip(chunk) {
                 values[i * num_labels..(i + 1) * num_labels].copy_from_slice(row);
             }

@@ -27,23 +27,6 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    pub fn pack(encodings: &[&Encoding], with_type_ids: bool) -> Tokens {
-        let n: usize = encodings.iter().map(|e| e.len()).sum();
-        let (mut ids, mut types) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        let mut offsets = Vec::with_capacity(encodings.len() + 1);
-        offsets.push(0);
-        for e in encodings {
-            ids.extend_from_slice(e.get_ids());
-            types.extend_from_slice(e.get_type_ids());
-            offsets.push(ids.len());
-        }
-        Tokens {
-            input_ids: ids,
-            token_type_ids: with_type_ids.then_some(types),
-            offsets,
-        }
-    }
-
     /// Tokens in the batch.
     pub fn len(&self) -> usize {
         self.input_ids.len()
@@ -82,6 +65,151 @@ impl Tokens {
             );
         }
         Ok(())
+    }
+}
+
+/// Token ids of many sequences, kept compact for data at any size: the ids back to back (u16
+/// while every id fits, else u32), where each sequence ends, and where its second segment
+/// (token type 1) starts. That is all a batch needs of a tokenizer's `Encoding`, which also
+/// holds each token's text, offsets, word ids and masks: 100-400 times the ids' size.
+#[derive(Debug, Clone)]
+pub struct Sequences {
+    ids: Ids,
+    /// Sequence `s` holds ids `ends[s - 1]..ends[s]` (from 0 for the first).
+    ends: Vec<u64>,
+    /// Tokens of each sequence before its token type 1 (its length where it has none).
+    first_segment: Vec<u32>,
+    /// Whether [`Sequences::pack`] gives the model token type ids.
+    with_type_ids: bool,
+    /// The first sequence the tokenizer truncated.
+    first_truncated: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+enum Ids {
+    U16(Vec<u16>),
+    U32(Vec<u32>),
+}
+
+impl Sequences {
+    pub fn new(with_type_ids: bool) -> Self {
+        Sequences {
+            ids: Ids::U16(Vec::new()),
+            ends: Vec::new(),
+            first_segment: Vec::new(),
+            with_type_ids,
+            first_truncated: None,
+        }
+    }
+
+    /// Sequences held.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    fn range(&self, s: usize) -> std::ops::Range<usize> {
+        let start = match s {
+            0 => 0,
+            _ => self.ends[s - 1] as usize,
+        };
+        start..self.ends[s] as usize
+    }
+
+    /// Tokens in all the sequences.
+    pub fn tokens(&self) -> usize {
+        self.ends.last().copied().unwrap_or(0) as usize
+    }
+
+    /// Tokens in sequence `s`.
+    pub fn seq_len(&self, s: usize) -> usize {
+        self.range(s).len()
+    }
+
+    /// The ids of sequence `s`.
+    pub fn ids(&self, s: usize) -> Vec<u32> {
+        let r = self.range(s);
+        match &self.ids {
+            Ids::U16(v) => v[r].iter().map(|&i| u32::from(i)).collect(),
+            Ids::U32(v) => v[r].to_vec(),
+        }
+    }
+
+    /// The token type ids of sequence `s`.
+    pub fn type_ids(&self, s: usize) -> Vec<u32> {
+        let first = self.first_segment[s] as usize;
+        (0..self.seq_len(s))
+            .map(|k| u32::from(k >= first))
+            .collect()
+    }
+
+    /// Adds an encoding. Its token types must be a first segment of 0 and a second of 1 (as
+    /// every pair template has them), since that is all that is kept of them.
+    pub fn push(&mut self, e: &Encoding) -> Result<()> {
+        let types = e.get_type_ids();
+        let first = types.iter().take_while(|&&t| t == 0).count();
+        if types[first..].iter().any(|&t| t != 1) {
+            bail!("the tokenizer gave token types {types:?}: a pair's types must be 0s, then 1s");
+        }
+        if self.first_truncated.is_none() && !e.get_overflowing().is_empty() {
+            self.first_truncated = Some(self.len());
+        }
+        self.push_ids(e.get_ids(), first as u32);
+        Ok(())
+    }
+
+    /// The first sequence cut at the max length, if any.
+    pub fn first_truncated(&self) -> Option<usize> {
+        self.first_truncated
+    }
+
+    /// Adds `other`'s sequences after these.
+    pub fn append(&mut self, other: &Sequences) {
+        if self.first_truncated.is_none() {
+            self.first_truncated = other.first_truncated.map(|s| s + self.len());
+        }
+        for s in 0..other.len() {
+            self.push_ids(&other.ids(s), other.first_segment[s]);
+        }
+    }
+
+    fn push_ids(&mut self, ids: &[u32], first_segment: u32) {
+        if let Ids::U16(v) = &self.ids {
+            if ids.iter().any(|&i| i > u32::from(u16::MAX)) {
+                self.ids = Ids::U32(v.iter().map(|&i| u32::from(i)).collect());
+            }
+        }
+        match &mut self.ids {
+            Ids::U16(v) => v.extend(ids.iter().map(|&i| i as u16)),
+            Ids::U32(v) => v.extend_from_slice(ids),
+        }
+        let total = self.ends.last().copied().unwrap_or(0) + ids.len() as u64;
+        self.ends.push(total);
+        self.first_segment.push(first_segment);
+    }
+
+    /// The batch of sequences `picks`, in that order.
+    pub fn pack(&self, picks: impl IntoIterator<Item = usize>) -> Tokens {
+        let mut t = Tokens {
+            offsets: vec![0],
+            token_type_ids: self.with_type_ids.then(Vec::new),
+            ..Tokens::default()
+        };
+        for s in picks {
+            let r = self.range(s);
+            match &self.ids {
+                Ids::U16(v) => t.input_ids.extend(v[r].iter().map(|&i| u32::from(i))),
+                Ids::U32(v) => t.input_ids.extend_from_slice(&v[r]),
+            }
+            if let Some(types) = &mut t.token_type_ids {
+                types.extend(self.type_ids(s));
+            }
+            t.offsets.push(t.input_ids.len());
+        }
+        t
     }
 }
 
@@ -292,39 +420,43 @@ impl PairTokenizer {
     }
 
     /// Encodes pairs in parallel, in input order.
-    pub fn encode_pairs<S: AsRef<str>>(&self, pairs: &[(S, S)]) -> Result<Vec<Encoding>> {
-        let Some(chat) = &self.chat else {
-            let heads = pairs
+    pub fn encode_pairs<S: AsRef<str>>(&self, pairs: &[(S, S)]) -> Result<Sequences> {
+        self.in_chunks(pairs, |pairs| {
+            let Some(chat) = &self.chat else {
+                let heads = pairs
+                    .iter()
+                    .map(|(a, b)| self.pair_heads(a.as_ref(), b.as_ref()))
+                    .collect::<Result<Vec<_>>>()?;
+                return self.encode(
+                    &self.tokenizer,
+                    heads
+                        .into_iter()
+                        .map(|(a, b)| EncodeInput::Dual(a.into(), b.into()))
+                        .collect(),
+                );
+            };
+            // The prompt is cut as one sequence: each text needs only its first `max_length`
+            // tokens.
+            let texts = pairs
                 .iter()
-                .map(|(a, b)| self.pair_heads(a.as_ref(), b.as_ref()))
+                .map(|(a, b)| Ok((self.head(a.as_ref())?, self.head(b.as_ref())?)))
                 .collect::<Result<Vec<_>>>()?;
-            return self.encode(
-                heads
-                    .into_iter()
-                    .map(|(a, b)| EncodeInput::Dual(a.into(), b.into()))
-                    .collect(),
-            );
-        };
-        // The prompt is cut as one sequence: each text needs only its first `max_length` tokens.
-        let texts = pairs
-            .iter()
-            .map(|(a, b)| Ok((self.head(a.as_ref())?, self.head(b.as_ref())?)))
-            .collect::<Result<Vec<_>>>()?;
-        let prompts = texts
-            .par_iter()
-            .map(|(a, b)| chat.render(a, b))
-            .collect::<Result<Vec<_>>>()?;
-        let encodings = self
-            .tokenizer
-            .encode_batch(prompts, false)
-            .map_err(|e| anyhow!("tokenization failed: {e}"))?;
-        Ok(encodings
-            .into_iter()
-            .map(|e| match e.len() < self.max_length {
-                true => e,
-                false => chat.restore_suffix(&e, &self.tokenizer),
-            })
-            .collect())
+            let prompts = texts
+                .par_iter()
+                .map(|(a, b)| chat.render(a, b))
+                .collect::<Result<Vec<_>>>()?;
+            let encodings = self
+                .tokenizer
+                .encode_batch(prompts, false)
+                .map_err(|e| anyhow!("tokenization failed: {e}"))?;
+            Ok(encodings
+                .into_iter()
+                .map(|e| match e.len() < self.max_length {
+                    true => e,
+                    false => chat.restore_suffix(&e, &self.tokenizer),
+                })
+                .collect())
+        })
     }
 
     /// The id of `token` in the vocabulary, if it is one.
@@ -333,17 +465,20 @@ impl PairTokenizer {
     }
 
     /// Encodes single texts (a bi-encoder's input) in parallel, in input order.
-    pub fn encode_texts<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Encoding>> {
-        let heads = texts
-            .iter()
-            .map(|t| self.head(t.as_ref()))
-            .collect::<Result<Vec<_>>>()?;
-        self.encode(
-            heads
-                .into_iter()
-                .map(|t| EncodeInput::Single(t.into()))
-                .collect(),
-        )
+    pub fn encode_texts<S: AsRef<str>>(&self, texts: &[S]) -> Result<Sequences> {
+        self.in_chunks(texts, |texts| {
+            let heads = texts
+                .iter()
+                .map(|t| self.head(t.as_ref()))
+                .collect::<Result<Vec<_>>>()?;
+            self.encode(
+                &self.tokenizer,
+                heads
+                    .into_iter()
+                    .map(|t| EncodeInput::Single(t.into()))
+                    .collect(),
+            )
+        })
     }
 
     /// Encodes texts alone (`None`) and pairs, in input order, truncating from `direction`
@@ -354,7 +489,7 @@ impl PairTokenizer {
         &self,
         inputs: &[(S, Option<S>)],
         direction: TruncationDirection,
-    ) -> Result<Vec<Encoding>> {
+    ) -> Result<Sequences> {
         if self.chat.is_some() {
             if direction == TruncationDirection::Left {
                 bail!("a causal-LM re-ranker truncates its prompt from the right only");
@@ -368,39 +503,55 @@ impl PairTokenizer {
                 .collect::<Result<Vec<_>>>()?;
             return self.encode_pairs(&pairs);
         }
-        let inputs = inputs
-            .iter()
-            .map(|(a, b)| match (b, direction) {
-                (None, _) => Ok(EncodeInput::Single(self.cut(a.as_ref(), direction)?.into())),
-                (Some(b), TruncationDirection::Right) => {
-                    let (a, b) = self.pair_heads(a.as_ref(), b.as_ref())?;
-                    Ok(EncodeInput::Dual(a.into(), b.into()))
-                }
-                (Some(b), TruncationDirection::Left) => {
-                    let (a, b) = (self.tail(a.as_ref())?, self.tail(b.as_ref())?);
-                    Ok(EncodeInput::Dual(a.into(), b.into()))
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
         let tokenizer = match direction {
             TruncationDirection::Left => &self.left,
             TruncationDirection::Right => &self.tokenizer,
         };
+        self.in_chunks(inputs, |inputs| {
+            let inputs = inputs
+                .iter()
+                .map(|(a, b)| match (b, direction) {
+                    (None, _) => Ok(EncodeInput::Single(self.cut(a.as_ref(), direction)?.into())),
+                    (Some(b), TruncationDirection::Right) => {
+                        let (a, b) = self.pair_heads(a.as_ref(), b.as_ref())?;
+                        Ok(EncodeInput::Dual(a.into(), b.into()))
+                    }
+                    (Some(b), TruncationDirection::Left) => {
+                        let (a, b) = (self.tail(a.as_ref())?, self.tail(b.as_ref())?);
+                        Ok(EncodeInput::Dual(a.into(), b.into()))
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            self.encode(tokenizer, inputs)
+        })
+    }
+
+    /// `encode` run on [`ENCODE_CHUNK`] items at a time, each chunk's encodings kept as
+    /// [`Sequences`] and dropped: they never all exist at once.
+    fn in_chunks<T>(
+        &self,
+        items: &[T],
+        encode: impl Fn(&[T]) -> Result<Vec<Encoding>>,
+    ) -> Result<Sequences> {
+        let mut out = Sequences::new(self.with_type_ids);
+        for chunk in items.chunks(ENCODE_CHUNK) {
+            for e in encode(chunk)? {
+                out.push(&e)?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn encode(&self, tokenizer: &Tokenizer, inputs: Vec<EncodeInput>) -> Result<Vec<Encoding>> {
         tokenizer
             .encode_batch(inputs, true)
             .map_err(|e| anyhow!("tokenization failed: {e}"))
     }
-
-    fn encode(&self, inputs: Vec<EncodeInput>) -> Result<Vec<Encoding>> {
-        self.tokenizer
-            .encode_batch(inputs, true)
-            .map_err(|e| anyhow!("tokenization failed: {e}"))
-    }
-
-    pub fn pack(&self, encodings: &[&Encoding]) -> Tokens {
-        Tokens::pack(encodings, self.with_type_ids)
-    }
 }
+
+/// Items a tokenizer call encodes at once: enough for every core, few enough that their
+/// `Encoding`s (several KB each) stay a few MB.
+const ENCODE_CHUNK: usize = 1024;
 
 /// Bytes per token of max length past which a text is cut before it is tokenized: English
 /// runs 4-6 bytes a token; a text whose prefix tokenizes shorter is cut again at twice the size.
@@ -681,4 +832,69 @@ fn returns_type_ids(tok_cfg: Option<&Value>, cfg: &Config) -> bool {
         class.trim_end_matches("Fast"),
         "BertTokenizer" | "ElectraTokenizer" | "MobileBertTokenizer" | "LayoutLMTokenizer"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoding(ids: &[u32], types: &[u32]) -> Encoding {
+        let n = ids.len();
+        let (tokens, words) = (vec![String::new(); n], vec![None; n]);
+        let masks = (vec![0; n], vec![1; n]);
+        let ranges = Default::default();
+        Encoding::new(
+            ids.to_vec(),
+            types.to_vec(),
+            tokens,
+            words,
+            vec![(0, 0); n],
+            masks.0,
+            masks.1,
+            vec![],
+            ranges,
+        )
+    }
+
+    #[test]
+    fn sequences_pack_as_their_encodings_and_widen_past_u16() {
+        let encodings = [
+            encoding(&[101, 7, 102, 9, 102], &[0, 0, 0, 1, 1]),
+            encoding(&[0, 5, 2], &[0, 0, 0]),
+            encoding(&[101, 70_000, 102, 3, 102], &[0, 0, 0, 1, 1]),
+        ];
+        for with_types in [true, false] {
+            let mut seqs = Sequences::new(with_types);
+            for e in &encodings[..2] {
+                seqs.push(e).unwrap();
+            }
+            assert!(matches!(seqs.ids, Ids::U16(_)));
+            seqs.push(&encodings[2]).unwrap();
+            assert!(matches!(seqs.ids, Ids::U32(_)));
+            let tokens = seqs.pack([2, 0]);
+            let picked = [&encodings[2], &encodings[0]];
+            let ids: Vec<u32> = picked.iter().flat_map(|e| e.get_ids().to_vec()).collect();
+            let types: Vec<u32> = picked
+                .iter()
+                .flat_map(|e| e.get_type_ids().to_vec())
+                .collect();
+            assert_eq!(tokens.input_ids, ids);
+            assert_eq!(tokens.token_type_ids, with_types.then_some(types));
+            assert_eq!(tokens.offsets, [0, 5, 10]);
+            assert_eq!((seqs.len(), seqs.tokens(), seqs.seq_len(1)), (3, 13, 3));
+            let mut joined = Sequences::new(with_types);
+            joined.append(&seqs);
+            joined.append(&seqs);
+            assert_eq!(joined.pack([5]).input_ids, encodings[2].get_ids());
+            assert_eq!(joined.pack(0..6).input_ids.len(), 26);
+        }
+    }
+
+    #[test]
+    fn token_types_other_than_two_segments_are_refused() {
+        let err = Sequences::new(true)
+            .push(&encoding(&[1, 2, 3], &[0, 1, 0]))
+            .unwrap_err();
+        assert!(err.to_string().contains("0s, then 1s"), "{err}");
+    }
 }

@@ -5,14 +5,14 @@ use anyhow::Result;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokenizers::Encoding;
 use tokio::sync::{mpsc, oneshot};
 
 use super::metrics::Metrics;
+use crate::model::tokenize::Sequences;
 use crate::{CrossEncoder, Scores};
 
 pub struct Job {
-    pub encodings: Vec<Encoding>,
+    pub sequences: Sequences,
     pub raw: bool,
     /// When it was queued, for its queue time.
     pub queued: Instant,
@@ -59,7 +59,7 @@ impl Batcher {
 
     /// Queues a job, or refuses at once when the queue is full (the caller answers 503).
     pub fn submit(&self, job: Job) -> std::result::Result<(), Rejected> {
-        let pairs = job.encodings.len() as f64;
+        let pairs = job.sequences.len() as f64;
         self.metrics.queued(1.0, pairs);
         self.tx.try_send(job).map_err(|e| {
             self.metrics.queued(-1.0, -pairs);
@@ -97,26 +97,26 @@ fn run(ce: CrossEncoder, mut rx: mpsc::Receiver<Job>, metrics: Arc<Metrics>, hea
         if injected_panic() {
             panic!("CROSSENC_FAULT=inference-panic");
         }
-        let mut tokens: usize = jobs[0].encodings.iter().map(Encoding::len).sum();
+        let mut tokens: usize = jobs[0].sequences.tokens();
         // Everything already waiting joins this pass, up to the token budget.
         while tokens < ce.max_batch_tokens {
             match rx.try_recv() {
                 Ok(job) => {
-                    tokens += job.encodings.iter().map(Encoding::len).sum::<usize>();
+                    tokens += job.sequences.tokens();
                     jobs.push(job);
                 }
                 Err(_) => break,
             }
         }
-        let pairs = jobs.iter().map(|j| j.encodings.len()).sum();
+        let pairs = jobs.iter().map(|j| j.sequences.len()).sum();
         metrics.record_batch(jobs.len(), pairs, tokens);
         let started = Instant::now();
         // Raw and activated requests share one forward pass: activation is per job.
-        let all: Vec<Encoding> = jobs
-            .iter()
-            .flat_map(|j| j.encodings.iter().cloned())
-            .collect();
-        let scored = ce.score_encodings(&all, false);
+        let mut all = jobs[0].sequences.clone();
+        for j in &jobs[1..] {
+            all.append(&j.sequences);
+        }
+        let scored = ce.score_sequences(&all, false);
         let inference = started.elapsed();
         let answer = |job: &Job, scores| Answer {
             scores,
@@ -127,7 +127,7 @@ fn run(ce: CrossEncoder, mut rx: mpsc::Receiver<Job>, metrics: Arc<Metrics>, hea
             Ok(logits) => {
                 let mut offset = 0;
                 for job in jobs {
-                    let n = job.encodings.len();
+                    let n = job.sequences.len();
                     let rows = &logits.values
                         [offset * logits.num_labels..(offset + n) * logits.num_labels];
                     offset += n;

@@ -805,7 +805,7 @@ async fn score(
     }
     let tok = s.tokenizer.clone();
     let tokenizing = Instant::now();
-    let encodings =
+    let sequences =
         tokio::task::spawn_blocking(move || tok.encode_inputs(&pairs, direction.into()))
             .await
             .map_err(|e| {
@@ -823,10 +823,7 @@ async fn score(
                 )
             })?;
     if !truncate {
-        if let Some(i) = encodings
-            .iter()
-            .position(|e| !e.get_overflowing().is_empty())
-        {
+        if let Some(i) = sequences.first_truncated() {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "Validation",
@@ -835,13 +832,13 @@ async fn score(
         }
     }
     let tokenization = tokenizing.elapsed();
-    let lengths = encodings.iter().map(tokenizers::Encoding::len);
-    let (pairs, tokens) = (encodings.len(), lengths.clone().sum());
+    let lengths = (0..sequences.len()).map(|s| sequences.seq_len(s));
+    let (pairs, tokens) = (sequences.len(), sequences.tokens());
     s.metrics.record_input_lengths(lengths);
     let (reply, rx) = oneshot::channel();
     s.batcher
         .submit(Job {
-            encodings,
+            sequences,
             raw,
             queued: Instant::now(),
             reply,

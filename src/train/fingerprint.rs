@@ -6,9 +6,9 @@ use anyhow::{Context, Result};
 use crc32fast::Hasher;
 use std::io::BufRead;
 use std::sync::Arc;
-use tokenizers::Encoding;
 
 use super::{group, TrainConfig};
+use crate::model::tokenize::Sequences;
 use crate::progress::Silent;
 use crate::CrossEncoder;
 
@@ -19,7 +19,7 @@ pub type Fact = (&'static str, u32);
 /// settings, the tokenized training data with its labels, and the model's starting weights.
 pub fn start(
     ce: &CrossEncoder,
-    encodings: &[Encoding],
+    sequences: &Sequences,
     labels: &[f32],
     cfg: &TrainConfig,
 ) -> Result<Vec<Fact>> {
@@ -31,10 +31,11 @@ pub fn start(
     let settings = format!("{settings:?} {:?} {}", ce.config, ce.tokenizer.max_length);
     let mut data = Hasher::new();
     let mut bytes = Vec::new();
-    for (e, &label) in encodings.iter().zip(labels) {
+    for (s, &label) in labels.iter().enumerate() {
         bytes.clear();
-        bytes.extend(e.get_ids().iter().flat_map(|id| id.to_le_bytes()));
-        bytes.extend((e.len() as u32).to_le_bytes());
+        let ids = sequences.ids(s);
+        bytes.extend(ids.iter().flat_map(|id| id.to_le_bytes()));
+        bytes.extend((ids.len() as u32).to_le_bytes());
         bytes.extend(label.to_le_bytes());
         data.update(&bytes);
     }

@@ -18,10 +18,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-use tokenizers::Encoding;
 
 use crate::data::Example;
 use crate::eval::{self, Metrics, Task};
+use crate::model::tokenize::{Sequences, Tokens};
 use crate::model::Tape;
 use crate::ops::profile::timed;
 use crate::ops::Pass;
@@ -223,13 +223,12 @@ impl Trainable {
     pub fn accumulate(
         &mut self,
         ce: &mut CrossEncoder,
-        batch: &[&Encoding],
+        tokens: Tokens,
         labels: &[f32],
         objective: impl Into<Objective>,
         dropout: Option<Pass>,
         weight: f32,
     ) -> Result<f32> {
-        let tokens = ce.tokenizer.pack(batch);
         timed("optimizer (lazy rows)", || {
             self.opt
                 .touch(&mut ce.model.weights.data, &tokens.input_ids)
@@ -318,18 +317,18 @@ pub fn mean_loss(
         .iter()
         .map(|e| (e.a.as_str(), e.b.as_str()))
         .collect();
-    let encodings = ce.tokenizer.encode_pairs(&pairs)?;
+    let sequences = ce.tokenizer.encode_pairs(&pairs)?;
     let chunk = ce
         .batch_size
         .max(objective.list_size)
         .div_ceil(objective.list_size)
         * objective.list_size;
     let mut total = 0.0;
-    for (enc, ex) in encodings.chunks(chunk).zip(examples.chunks(chunk)) {
+    for (k, ex) in examples.chunks(chunk).enumerate() {
         let labels: Vec<f32> = ex.iter().map(|e| e.label as f32).collect();
         let logits = ce
             .model
-            .forward(&ce.tokenizer.pack(&enc.iter().collect::<Vec<_>>()))?;
+            .forward(&sequences.pack(k * chunk..k * chunk + ex.len()))?;
         let n = labels.len();
         let logits = Tensor::from_vec(logits, (n, ce.num_labels()), &Device::Cpu)?;
         let l = objective_loss(&logits, &labels, objective)?;
@@ -564,12 +563,12 @@ pub fn train(
         }
     }
     let pairs: Vec<(&str, &str)> = train.iter().map(|e| (e.a.as_str(), e.b.as_str())).collect();
-    let encodings = ce.tokenizer.encode_pairs(&pairs)?;
+    let sequences = ce.tokenizer.encode_pairs(&pairs)?;
     let labels: Vec<f32> = train.iter().map(|e| e.label as f32).collect();
     if cfg.group.size() > 1 {
         group::agree(
             cfg.group.as_ref(),
-            &fingerprint::start(ce, &encodings, &labels, cfg)?,
+            &fingerprint::start(ce, &sequences, &labels, cfg)?,
         )?;
     }
     if cfg.group.rank() == 0 {
@@ -577,7 +576,7 @@ pub fn train(
     }
     // The other ranks read a checkpoint to resume from only once rank 0 has checked the folder.
     cfg.group.barrier();
-    let mut run = Run::start(ce, (encodings, labels), started, cfg, output, mode, plan)?;
+    let mut run = Run::start(ce, (sequences, labels), started, cfg, output, mode, plan)?;
     while run.st.step < run.last_step {
         let lr = run.step(ce)?;
         run.log(lr)?;
@@ -730,7 +729,7 @@ struct Run<'a> {
     cfg: &'a TrainConfig,
     output: &'a Path,
     started: Instant,
-    encodings: Vec<Encoding>,
+    sequences: Sequences,
     labels: Vec<f32>,
     /// Pairs per training item: 1, or a query's list.
     list_size: usize,
@@ -758,7 +757,7 @@ impl<'a> Run<'a> {
     /// checkpoint when resuming.
     fn start(
         ce: &mut CrossEncoder,
-        (encodings, labels): (Vec<Encoding>, Vec<f32>),
+        (sequences, labels): (Sequences, Vec<f32>),
         started: Instant,
         cfg: &'a TrainConfig,
         output: &'a Path,
@@ -767,9 +766,13 @@ impl<'a> Run<'a> {
     ) -> Result<Self> {
         let g = cfg.list_size.max(1);
         // A training item is one pair, or one query's list of pairs (its length: the longest).
-        let lengths: Vec<usize> = encodings
-            .chunks(g)
-            .map(|list| list.iter().map(Encoding::len).max().unwrap_or(0))
+        let lengths: Vec<usize> = (0..sequences.len() / g)
+            .map(|i| {
+                (i * g..(i + 1) * g)
+                    .map(|s| sequences.seq_len(s))
+                    .max()
+                    .unwrap_or(0)
+            })
             .collect();
         let Plan {
             steps_per_epoch,
@@ -816,7 +819,7 @@ impl<'a> Run<'a> {
             cfg,
             output,
             started,
-            encodings,
+            sequences,
             labels,
             list_size: g,
             lengths,
@@ -880,7 +883,7 @@ impl<'a> Run<'a> {
             // The summed gradient reaches every row the global batch read.
             let ids: Vec<u32> = pairs_of(&micro.concat())
                 .iter()
-                .flat_map(|&i| self.encodings[i].get_ids().iter().copied())
+                .flat_map(|&i| self.sequences.ids(i))
                 .collect();
             self.t.touch(ce, &ids);
         }
@@ -893,17 +896,20 @@ impl<'a> Run<'a> {
                 continue;
             }
             let pairs = pairs_of(share);
-            let enc: Vec<&Encoding> = pairs.iter().map(|&i| &self.encodings[i]).collect();
             let lab: Vec<f32> = pairs.iter().map(|&i| self.labels[i]).collect();
             let w = share.len() as f32 / idx.len() as f32 / micro.len() as f32;
             // The share's rows keep their places in the global batch, and so their masks.
             let before = pairs_of(&idx[..idx.len() * rank / ranks]);
             let pass = step_seed.map(|s| Pass {
                 seed: stream_seed(s, k as u64),
-                first_token: before.iter().map(|&i| self.encodings[i].len() as u64).sum(),
+                first_token: before
+                    .iter()
+                    .map(|&i| self.sequences.seq_len(i) as u64)
+                    .sum(),
                 first_sequence: before.len() as u64,
             });
-            let l = self.t.accumulate(ce, &enc, &lab, objective, pass, w)?;
+            let tokens = self.sequences.pack(pairs.iter().copied());
+            let l = self.t.accumulate(ce, tokens, &lab, objective, pass, w)?;
             if !l.is_finite() {
                 bail!(
                     "the loss became {l} at step {}: lower --lr or check the labels",
