@@ -21,6 +21,7 @@ pub mod progress;
 pub mod search;
 #[cfg(feature = "serve")]
 pub mod serve;
+pub mod stream;
 pub mod train;
 
 pub use model::cross_encoder::{Activation, CrossEncoder, LoadOptions, Quantization, Scores};

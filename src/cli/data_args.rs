@@ -1,9 +1,9 @@
 //! Column and label options shared by `train` and `eval`.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 
-use crate::data::{self, Columns, Example, HeaderMode, Table};
+use crate::data::{Columns, Example, Examples, HeaderMode, Rows};
 
 #[derive(Args, Clone)]
 pub struct DataArgs {
@@ -81,39 +81,28 @@ impl DataArgs {
         })
     }
 
-    /// Labelled pairs of one split of `spec`, labels mapped by `--label-range` when given.
-    pub fn read(&self, spec: &str, split: &str) -> Result<Vec<Example>> {
+    /// Labelled pairs of one split of `spec` as they are read, labels mapped by
+    /// `--label-range` when given.
+    pub fn examples(&self, spec: &str, split: &str) -> Result<Examples> {
         let header: HeaderMode = self.header.into();
-        let table = Table::read_source(spec, split, header, &self.columns()?.names())?;
-        if let Some(note) = &table.note {
+        let columns = self.columns()?;
+        let rows = Rows::open_source(spec, split, header, &columns.names())?;
+        if let Some(note) = &rows.head.note {
             eprintln!("{note}");
         }
-        let (mut examples, skipped) =
-            data::read_examples(&table, &self.columns()?, self.skip_bad_rows)?;
-        let mut skipped = skipped;
-        if let Some((lo, hi)) = self.label_range {
-            if let Some(e) = examples.iter().find(|e| e.label < lo || e.label > hi) {
-                if !self.skip_bad_rows {
-                    bail!(
-                        "{spec} line {}: label {} is outside --label-range {lo}:{hi} (pass --skip-bad-rows to skip such rows)",
-                        e.line,
-                        e.label
-                    );
-                }
-            }
-            let before = examples.len();
-            examples.retain(|e| (lo..=hi).contains(&e.label));
-            skipped += before - examples.len();
-            if examples.is_empty() {
-                bail!("{spec}: no label within --label-range {lo}:{hi} ({skipped} rows skipped)");
-            }
-            for e in &mut examples {
-                e.label = (e.label - lo) / (hi - lo);
-            }
+        Examples::new(rows, &columns, self.skip_bad_rows, self.label_range)
+    }
+
+    /// All the labelled pairs of one split of `spec` (see [`DataArgs::examples`]).
+    pub fn read(&self, spec: &str, split: &str) -> Result<Vec<Example>> {
+        let mut examples = self.examples(spec, split)?;
+        let out = examples.by_ref().collect::<Result<Vec<_>>>()?;
+        if out.is_empty() {
+            return Err(examples.none_usable());
         }
-        if skipped > 0 {
-            eprintln!("{spec}: skipped {skipped} bad rows");
+        if examples.skipped > 0 {
+            eprintln!("{spec}: skipped {} bad rows", examples.skipped);
         }
-        Ok(examples)
+        Ok(out)
     }
 }

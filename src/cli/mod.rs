@@ -133,6 +133,25 @@ impl Bar {
         )
     }
 
+    /// Pairs scored from an input of `bytes` (the bar follows the bytes read), with their
+    /// count and rate; standard input (`None`) shows the count and rate alone.
+    pub fn pairs(quiet: bool, bytes: Option<u64>) -> Bar {
+        let bar = match bytes {
+            Some(_) => Bar::new(
+                quiet,
+                "{bar:30} {percent:>3}%  {msg}  [{elapsed_precise} < {eta_precise}]",
+            ),
+            None => Bar::new(quiet, "{spinner} {msg}  [{elapsed_precise}]"),
+        };
+        bar.0.set_length(bytes.unwrap_or(0));
+        bar
+    }
+
+    /// A line on stderr, above the bar where one is drawn.
+    pub fn note(&self, line: &str) {
+        self.0.suspend(|| eprintln!("{line}"));
+    }
+
     /// Counts training steps, with the loss beside them.
     pub fn steps() -> Bar {
         let template = "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]";

@@ -4,7 +4,9 @@ use serde_json::json;
 use std::io::Write;
 
 use super::ModelArgs;
-use crate::data::{self, Columns, HeaderMode, Shard, Table};
+use crate::data::{Columns, HeaderMode, Picker, Rows, Shard};
+use crate::progress::Progress;
+use crate::stream;
 
 #[derive(Args)]
 pub struct PredictArgs {
@@ -31,6 +33,9 @@ pub struct PredictArgs {
     /// file) instead of standard output.
     #[arg(long, short)]
     output: Option<std::path::PathBuf>,
+    /// No progress bar (it is shown only on a terminal anyway).
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
@@ -49,6 +54,20 @@ impl From<Header> for HeaderMode {
         }
     }
 }
+
+/// A chunk's rows as the writer needs them besides their scores.
+struct Chunk {
+    lines: Vec<usize>,
+    /// Notes on this chunk's texts cut to their heads (the first few of the run).
+    notes: Vec<String>,
+    /// Rows with a cut text.
+    cut: usize,
+    /// Input bytes read by the end of the chunk.
+    bytes: u64,
+}
+
+/// Rows with a text cut to its head that are named on stderr; the rest are counted.
+const NOTES_SHOWN: usize = 5;
 
 pub fn run(args: PredictArgs) -> Result<()> {
     if let Some(out) = &args.output {
@@ -69,74 +88,118 @@ pub fn run(args: PredictArgs) -> Result<()> {
         label: None,
         label_names: None,
     };
-    let (header, names) = (args.header.into(), cols.names());
-    let table = match args.shard {
-        Some(shard) => Table::read_shard(&args.input, header, &names, shard)?,
-        None => Table::read(&args.input, header, &names)?,
-    };
-    if let Some(note) = &table.note {
-        eprintln!("{note}");
-    }
-    let pairs = data::read_pairs(&table, &cols)?;
     let ce = args.model.load()?;
-    note_cut_texts(&table, &pairs, &ce.tokenizer);
-    let scores = if args.raw {
-        ce.logits(&pairs)?
-    } else {
-        ce.predict(&pairs)?
+    let bytes = (args.input != "-")
+        .then(|| std::fs::metadata(&args.input).ok().map(|m| m.len()))
+        .flatten();
+    let bar = super::Bar::pairs(args.quiet, bytes);
+    let write = |out: &mut dyn Write, dest: &str| -> Result<()> {
+        let failed = || format!("cannot write to {dest}");
+        let (mut pairs, mut cut) = (0usize, 0usize);
+        let started = std::time::Instant::now();
+        stream::score(
+            &ce,
+            |send| read(&args, &cols, &ce, send),
+            args.raw,
+            |chunk: Chunk, scores| {
+                for (row, line) in scores.rows().zip(&chunk.lines) {
+                    let mut json = if row.len() == 1 {
+                        json!({ "score": row[0] })
+                    } else {
+                        let best = (0..row.len())
+                            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                            .unwrap_or(0);
+                        json!({ "scores": row, "label": ce.config.id2label[best] })
+                    };
+                    if args.shard.is_some() {
+                        json["line"] = json!(line);
+                    }
+                    writeln!(out, "{json}").with_context(failed)?;
+                }
+                for note in &chunk.notes {
+                    bar.note(note);
+                }
+                (pairs, cut) = (pairs + chunk.lines.len(), cut + chunk.cut);
+                let rate = pairs as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                bar.update(chunk.bytes, &format!("{pairs} pairs, {rate:.0} pairs/s"));
+                Ok(())
+            },
+        )?;
+        bar.finish();
+        if cut > NOTES_SHOWN {
+            eprintln!(
+                "note: {} more rows with texts over {} bytes, cut likewise",
+                cut - NOTES_SHOWN,
+                ce.tokenizer.head_bytes()
+            );
+        }
+        out.flush().with_context(failed)
     };
-    let labels = &ce.config.id2label;
-    let mut out = Vec::new();
-    for (row, input) in scores.rows().zip(&table.rows) {
-        let mut line = if row.len() == 1 {
-            json!({ "score": row[0] })
-        } else {
-            let best = (0..row.len())
-                .max_by(|&a, &b| row[a].total_cmp(&row[b]))
-                .unwrap_or(0);
-            json!({ "scores": row, "label": labels[best] })
-        };
-        if args.shard.is_some() {
-            line["line"] = json!(input.line);
-        }
-        writeln!(out, "{line}")?;
-    }
     match &args.output {
-        Some(path) => crate::model::cross_encoder::write_atomic(path, &out)?,
+        Some(path) => crate::model::cross_encoder::replace_file(path, |tmp| {
+            let file = std::fs::File::create(tmp)
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
+            let dest = tmp.display().to_string();
+            write(&mut std::io::BufWriter::new(file), &dest)
+                .with_context(|| format!("{} is left as it was", path.display()))
+        }),
         None => {
-            let mut stdout = std::io::stdout().lock();
-            (stdout.write_all(&out).and_then(|()| stdout.flush()))
-                .context("cannot write to standard output")?;
+            let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+            write(&mut stdout, "standard output")
         }
     }
-    Ok(())
 }
 
-/// Names on stderr the rows with a text so long that only a prefix of it is tokenized (it is
-/// scored on its first max-length tokens, as every longer text is): the first few, then a count.
-fn note_cut_texts(
-    table: &Table,
-    pairs: &[(String, String)],
-    tok: &crate::model::tokenize::PairTokenizer,
-) {
-    const SHOWN: usize = 5;
-    let cap = tok.head_bytes();
-    let cut: Vec<(usize, usize)> = table
-        .rows
-        .iter()
-        .zip(pairs)
-        .filter_map(|(row, (a, b))| Some((row.line, a.len().max(b.len()))).filter(|p| p.1 > cap))
-        .collect();
-    for (line, bytes) in cut.iter().take(SHOWN) {
-        eprintln!(
-            "note: {} line {line}: a text of {bytes} bytes, scored on its first {} tokens (the max length) from a prefix of it",
-            table.source, tok.max_length
-        );
+/// Reads the input's rows (the shard's only) and sends their pairs in chunks.
+fn read(
+    args: &PredictArgs,
+    cols: &Columns,
+    ce: &crate::CrossEncoder,
+    send: &mut stream::Send<Chunk>,
+) -> Result<()> {
+    let (header, names) = (args.header.into(), cols.names());
+    let mut rows = match args.shard {
+        Some(shard) => Rows::open_shard(&args.input, header, &names, shard)?,
+        None => Rows::open(&args.input, header, &names, 0..usize::MAX)?,
+    };
+    if let Some(note) = &rows.head.note {
+        eprintln!("{note}");
     }
-    if cut.len() > SHOWN {
-        eprintln!(
-            "note: {} more rows with texts over {cap} bytes, cut likewise",
-            cut.len() - SHOWN
-        );
+    let picker = Picker::new(&rows.head, cols, false)?;
+    let cap = ce.tokenizer.head_bytes();
+    let mut cut_so_far = 0;
+    loop {
+        let mut pairs = Vec::with_capacity(stream::CHUNK);
+        let mut chunk = Chunk {
+            lines: Vec::with_capacity(stream::CHUNK),
+            notes: Vec::new(),
+            cut: 0,
+            bytes: 0,
+        };
+        while pairs.len() < stream::CHUNK {
+            let Some(row) = rows.next() else { break };
+            let row = row?;
+            let (a, b) = picker.pair(&rows.head, &row)?;
+            // Scored on its first max-length tokens, from a prefix of it (as every longer text is).
+            let longest = a.len().max(b.len());
+            if longest > cap {
+                if cut_so_far < NOTES_SHOWN {
+                    chunk.notes.push(format!(
+                        "note: {} line {}: a text of {longest} bytes, scored on its first {} tokens (the max length) from a prefix of it",
+                        rows.head.source, row.line, ce.tokenizer.max_length
+                    ));
+                }
+                (cut_so_far, chunk.cut) = (cut_so_far + 1, chunk.cut + 1);
+            }
+            pairs.push((a, b));
+            chunk.lines.push(row.line);
+        }
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        chunk.bytes = rows.bytes_read();
+        if !send(pairs, chunk) {
+            return Ok(());
+        }
     }
 }

@@ -7,7 +7,7 @@ mod table;
 
 pub use hub::resolve as resolve_source;
 
-pub use table::{read_text, HeaderMode, Table};
+pub use table::{read_text, HeaderMode, Row, Rows, Table};
 
 use anyhow::{bail, Result};
 
@@ -42,17 +42,70 @@ impl Columns {
     }
 }
 
+/// Where a row's texts (and label) are: the columns found once, from a table's columns and
+/// first row, for every row after.
+#[derive(Debug, Clone)]
+pub struct Picker {
+    a: usize,
+    b: usize,
+    label: Option<usize>,
+    label_names: Option<Vec<String>>,
+}
+
+impl Picker {
+    /// The text columns of `head`, and its label column where `labelled`.
+    pub fn new(head: &Table, cols: &Columns, labelled: bool) -> Result<Picker> {
+        let (a, b) = head.text_columns(cols)?;
+        let label = labelled.then(|| head.label_column(cols)).transpose()?;
+        Ok(Picker {
+            a,
+            b,
+            label,
+            label_names: cols.label_names.clone(),
+        })
+    }
+
+    /// The row's two texts.
+    pub fn pair(&self, head: &Table, row: &Row) -> Result<(String, String)> {
+        head.check(row)?;
+        Ok((head.text(row, self.a)?, head.text(row, self.b)?))
+    }
+
+    /// The row's texts and label (a picker made `labelled`).
+    pub fn example(&self, head: &Table, row: &Row) -> Result<Example> {
+        let (a, b) = self.pair(head, row)?;
+        let l = self.label.expect("a labelled picker");
+        let label = match &self.label_names {
+            Some(names) => head.class(row, l, names)?,
+            None => head.number(row, l)?,
+        };
+        Ok(Example {
+            a,
+            b,
+            label,
+            line: row.line,
+        })
+    }
+}
+
 /// Text pairs in file order.
 pub fn read_pairs(table: &Table, cols: &Columns) -> Result<Vec<(String, String)>> {
-    let (a, b) = table.text_columns(cols)?;
-    table
-        .rows
-        .iter()
-        .map(|r| {
-            table.check(r)?;
-            Ok((table.text(r, a)?, table.text(r, b)?))
-        })
-        .collect()
+    let picker = Picker::new(table, cols, false)?;
+    table.rows.iter().map(|r| picker.pair(table, r)).collect()
+}
+
+/// Labelled pairs in file order, and the bad rows skipped (see [`Examples`]).
+pub fn read_examples(
+    table: &Table,
+    cols: &Columns,
+    skip_bad_rows: bool,
+) -> Result<(Vec<Example>, usize)> {
+    let mut examples = Examples::new(Rows::of(table.clone()), cols, skip_bad_rows, None)?;
+    let out = examples.by_ref().collect::<Result<Vec<_>>>()?;
+    if out.is_empty() {
+        return Err(examples.none_usable());
+    }
+    Ok((out, examples.skipped))
 }
 
 /// Shard `index` of `count` (`--shard I/N`): a contiguous block of the rows, so that the
@@ -95,38 +148,89 @@ pub struct Example {
     pub line: usize,
 }
 
-/// Labelled pairs in file order. A bad row (wrong field count, missing text, a label that is
-/// not a number) is an error naming file and line, or with `skip_bad_rows` is skipped and
-/// counted (the second value returned).
-pub fn read_examples(
-    table: &Table,
-    cols: &Columns,
+/// Labelled pairs as they are read, labels mapped from `label_range` into [0, 1] where given.
+/// A bad row (wrong field count, missing text, a label that is not a number or outside the
+/// range) is an error naming file and line, or with `skip_bad_rows` is skipped and counted.
+pub struct Examples {
+    rows: Rows,
+    picker: Picker,
     skip_bad_rows: bool,
-) -> Result<(Vec<Example>, usize)> {
-    let (a, b) = table.text_columns(cols)?;
-    let l = table.label_column(cols)?;
-    let mut out = Vec::with_capacity(table.rows.len());
-    let mut skipped = 0;
-    for r in &table.rows {
-        let parsed = table.check(r).and_then(|_| {
-            Ok(Example {
-                a: table.text(r, a)?,
-                b: table.text(r, b)?,
-                label: match &cols.label_names {
-                    Some(names) => table.class(r, l, names)?,
-                    None => table.number(r, l)?,
-                },
-                line: r.line,
-            })
-        });
-        match parsed {
-            Ok(e) => out.push(e),
-            Err(_) if skip_bad_rows => skipped += 1,
-            Err(e) => bail!("{e:#} (pass --skip-bad-rows to skip such rows)"),
+    label_range: Option<(f64, f64)>,
+    /// Bad rows skipped so far.
+    pub skipped: usize,
+    /// Rows yielded so far.
+    pub read: usize,
+}
+
+impl Examples {
+    pub fn new(
+        rows: Rows,
+        cols: &Columns,
+        skip_bad_rows: bool,
+        label_range: Option<(f64, f64)>,
+    ) -> Result<Examples> {
+        Ok(Examples {
+            picker: Picker::new(&rows.head, cols, true)?,
+            rows,
+            skip_bad_rows,
+            label_range,
+            skipped: 0,
+            read: 0,
+        })
+    }
+
+    /// The file's columns and first row.
+    pub fn head(&self) -> &Table {
+        &self.rows.head
+    }
+
+    fn example(&self, row: &Row) -> Result<Example> {
+        let mut e = self.picker.example(&self.rows.head, row)?;
+        if let Some((lo, hi)) = self.label_range {
+            if !(lo..=hi).contains(&e.label) {
+                bail!(
+                    "{} line {}: label {} is outside --label-range {lo}:{hi}",
+                    self.rows.head.source,
+                    e.line,
+                    e.label
+                );
+            }
+            e.label = (e.label - lo) / (hi - lo);
+        }
+        Ok(e)
+    }
+
+    /// An error for a file that held no usable row.
+    pub fn none_usable(&self) -> anyhow::Error {
+        anyhow::anyhow!(
+            "{}: no usable rows ({} skipped)",
+            self.rows.head.source,
+            self.skipped
+        )
+    }
+}
+
+impl Iterator for Examples {
+    type Item = Result<Example>;
+
+    fn next(&mut self) -> Option<Result<Example>> {
+        loop {
+            let row = match self.rows.next()? {
+                Ok(row) => row,
+                Err(e) => return Some(Err(e)),
+            };
+            match self.example(&row) {
+                Ok(e) => {
+                    self.read += 1;
+                    return Some(Ok(e));
+                }
+                Err(_) if self.skip_bad_rows => self.skipped += 1,
+                Err(e) => {
+                    return Some(Err(anyhow::anyhow!(
+                        "{e:#} (pass --skip-bad-rows to skip such rows)"
+                    )))
+                }
+            }
         }
     }
-    if out.is_empty() {
-        bail!("{}: no usable rows ({skipped} skipped)", table.source);
-    }
-    Ok((out, skipped))
 }

@@ -45,6 +45,9 @@ pub struct Table {
     pub first: Option<Row>,
     /// What the reader assumed that the user may want to override (shown on stderr).
     pub note: Option<String>,
+    /// CSV/TSV: every row must have the columns' number of fields. (A JSONL row lacking a key
+    /// holds null there.)
+    pub fixed_width: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -64,6 +67,82 @@ impl Table {
         header: HeaderMode,
         names: &[String],
     ) -> Result<Table> {
+        Rows::open_source(spec, split, header, names)?.collect_table()
+    }
+
+    /// Reads `path` (`-` for standard input); the format comes from the extension, or is
+    /// sniffed from the content for standard input and unknown extensions.
+    pub fn read(path: &str, header: HeaderMode, names: &[String]) -> Result<Table> {
+        Rows::open(path, header, names, 0..usize::MAX)?.collect_table()
+    }
+}
+
+/// A file's rows as they are read, each once: memory holds what the parser buffers, whatever
+/// the file's size. `head` has the file's columns and first data row, and no rows.
+pub struct Rows {
+    pub head: Table,
+    parser: Parser,
+    /// The data rows yielded: those numbered (0-based) in `keep`.
+    keep: Range<usize>,
+    /// Data rows met so far, yielded or not.
+    count: usize,
+    /// Rows read ahead (the first ones, to find the columns) and not yet counted.
+    pending: VecDeque<Row>,
+    failed: bool,
+}
+
+enum Parser {
+    Jsonl {
+        input: BufReader<Checked>,
+        offset: u64,
+        lines: LineNumbers,
+    },
+    Delimited {
+        records: csv::ByteRecordsIntoIter<BufReader<Checked>>,
+        /// Bytes before the records (a byte order mark).
+        skipped: u64,
+        lines: LineNumbers,
+        quoting: bool,
+    },
+    /// Rows read whole (Parquet, several files of a hub dataset).
+    Read(std::vec::IntoIter<Row>),
+}
+
+impl Rows {
+    /// `path`'s data rows numbered `keep` (0-based), as [`Table::read`] reads the file.
+    pub fn open(
+        path: &str,
+        header: HeaderMode,
+        names: &[String],
+        keep: Range<usize>,
+    ) -> Result<Rows> {
+        if path.to_ascii_lowercase().ends_with(".parquet") {
+            let mut table = parse_parquet(path)?;
+            let rows = std::mem::take(&mut table.rows);
+            let rows: Vec<Row> = rows.into_iter().take(keep.end).skip(keep.start).collect();
+            return Ok(Rows::read(table, rows));
+        }
+        let ext = Path::new(path)
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let format = match ext.as_str() {
+            "jsonl" | "ndjson" | "json" => Some(Format::Jsonl),
+            "tsv" | "tab" => Some(Format::Tsv),
+            "csv" => Some(Format::Csv),
+            _ => None,
+        };
+        Rows::parse(path, Checked::open(path)?, format, header, names, keep)
+    }
+
+    /// [`Rows::open`] on a local file, the bundled STS-B or a hub dataset's split.
+    pub fn open_source(
+        spec: &str,
+        split: &str,
+        header: HeaderMode,
+        names: &[String],
+    ) -> Result<Rows> {
         if spec == super::bundled::STSB {
             let (file, text) = super::bundled::stsb(split).with_context(|| {
                 format!("{spec} has the splits train, validation and test, not \"{split}\"")
@@ -71,17 +150,21 @@ impl Table {
             let source = format!("{spec} ({file})");
             let input = Checked::new(&source, Box::new(text.as_bytes()));
             let all = 0..usize::MAX;
-            return Ok(parse(
+            return Rows::parse(
                 &source,
                 input,
                 Some(Format::Csv),
                 HeaderMode::No,
                 names,
                 all,
-            )?
-            .0);
+            );
         }
         let paths = super::resolve_source(spec, split)?;
+        if let [path] = paths.as_slice() {
+            if path == spec {
+                return Rows::open(path, header, names, 0..usize::MAX);
+            }
+        }
         let mut tables = paths.iter().map(|p| Table::read(p, header, names));
         let mut table = tables.next().expect("resolve returns at least one file")?;
         for t in tables {
@@ -98,47 +181,358 @@ impl Table {
             table.rows.extend(t.rows);
         }
         table.source = spec.to_string();
-        Ok(table)
+        let rows = std::mem::take(&mut table.rows);
+        Ok(Rows::read(table, rows))
     }
 
-    /// Reads `path` (`-` for standard input); the format comes from the extension, or is
-    /// sniffed from the content for standard input and unknown extensions.
-    pub fn read(path: &str, header: HeaderMode, names: &[String]) -> Result<Table> {
-        let table = if path.to_ascii_lowercase().ends_with(".parquet") {
-            parse_parquet(path)?
-        } else {
-            parse_text(path, header, names, 0..usize::MAX)?.0
-        };
-        table.with_rows()
-    }
-
-    /// Reads shard `shard` of `path`'s rows. A file is read twice, its rows counted and then
-    /// read up to the shard's end, so that memory holds the shard alone; standard input and
+    /// Shard `shard` of `path`'s rows. A file is read twice, its rows counted and then read
+    /// up to the shard's end, so that memory holds what one row takes; standard input and
     /// Parquet are read whole.
-    pub fn read_shard(
+    pub fn open_shard(
         path: &str,
         header: HeaderMode,
         names: &[String],
         shard: super::Shard,
-    ) -> Result<Table> {
+    ) -> Result<Rows> {
         if path == "-" || path.to_ascii_lowercase().ends_with(".parquet") {
             let mut table = Table::read(path, header, names)?;
-            let keep = shard.range(table.rows.len());
-            table.rows.truncate(keep.end);
-            table.rows.drain(..keep.start);
-            return Ok(table);
+            let rows = std::mem::take(&mut table.rows);
+            let keep = shard.range(rows.len());
+            let rows = rows.into_iter().take(keep.end).skip(keep.start).collect();
+            return Ok(Rows::read(table, rows));
         }
-        let (_, total) = parse_text(path, header, names, usize::MAX..usize::MAX)?;
-        parse_text(path, header, names, shard.range(total))?
-            .0
-            .with_rows()
+        let mut all = Rows::open(path, header, names, usize::MAX..usize::MAX)?;
+        for row in all.by_ref() {
+            row?;
+        }
+        Rows::open(path, header, names, shard.range(all.count))
     }
 
-    fn with_rows(self) -> Result<Table> {
-        if self.first.is_none() {
-            bail!("{}: no data rows", self.source);
+    /// A table's rows.
+    pub fn of(mut table: Table) -> Rows {
+        let rows = std::mem::take(&mut table.rows);
+        Rows::read(table, rows)
+    }
+
+    fn read(head: Table, rows: Vec<Row>) -> Rows {
+        Rows {
+            head,
+            keep: 0..usize::MAX,
+            count: 0,
+            pending: VecDeque::new(),
+            failed: false,
+            parser: Parser::Read(rows.into_iter()),
         }
-        Ok(self)
+    }
+
+    /// Every row, in a table.
+    pub fn collect_table(mut self) -> Result<Table> {
+        let rows = self.by_ref().collect::<Result<Vec<Row>>>()?;
+        let mut table = self.head;
+        let width = table.columns.len();
+        table.rows = rows;
+        if !table.fixed_width {
+            // Keys first met below a row pad it with nulls, as the row lacks them.
+            for r in table.rows.iter_mut().filter(|r| r.error.is_none()) {
+                r.values.resize(width, Value::Null);
+            }
+        }
+        if table.first.is_none() {
+            bail!("{}: no data rows", table.source);
+        }
+        Ok(table)
+    }
+
+    /// Bytes of the file read so far (past the rows yielded by what the parser buffers).
+    pub fn bytes_read(&self) -> u64 {
+        match &self.parser {
+            Parser::Jsonl { offset, .. } => *offset,
+            Parser::Delimited { records, .. } => records.reader().get_ref().get_ref().offset,
+            Parser::Read(_) => 0,
+        }
+    }
+
+    /// [`Rows::open`] on any input; `None` sniffs the format. Reads the first data row (and,
+    /// for CSV/TSV, enough rows to tell a header).
+    fn parse(
+        name: &str,
+        input: Checked,
+        format: Option<Format>,
+        header: HeaderMode,
+        names: &[String],
+        keep: Range<usize>,
+    ) -> Result<Rows> {
+        let (input, lines) = input.numbered();
+        let mut input = BufReader::with_capacity(1 << 16, input);
+        let head = input.fill_buf().map_err(|e| read_error(name, e))?;
+        let bom = match head.starts_with("\u{feff}".as_bytes()) {
+            true => 3,
+            false => 0,
+        };
+        let format = format.unwrap_or_else(|| sniff(&head[bom..]));
+        input.consume(bom);
+        let mut rows = Rows {
+            head: Table {
+                source: name.to_string(),
+                columns: Vec::new(),
+                rows: Vec::new(),
+                first: None,
+                note: None,
+                fixed_width: format != Format::Jsonl,
+            },
+            parser: Parser::Read(Vec::new().into_iter()),
+            keep,
+            count: 0,
+            pending: VecDeque::new(),
+            failed: false,
+        };
+        match format {
+            Format::Jsonl => {
+                rows.parser = Parser::Jsonl {
+                    input,
+                    offset: bom as u64,
+                    lines,
+                };
+                rows.find_first_object()?;
+            }
+            Format::Csv | Format::Tsv => {
+                let (delimiter, quoting) = match format {
+                    Format::Csv => (b',', true),
+                    _ => (b'\t', false),
+                };
+                let records = csv::ReaderBuilder::new()
+                    .delimiter(delimiter)
+                    .quoting(quoting)
+                    .has_headers(false)
+                    .flexible(true)
+                    .from_reader(input)
+                    .into_byte_records();
+                rows.parser = Parser::Delimited {
+                    records,
+                    skipped: bom as u64,
+                    lines,
+                    quoting,
+                };
+                rows.read_header(header, names)?;
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Reads up to the first line that holds a JSON object, the first row: its keys are the
+    /// columns. Lines before it are kept as rows in error; a file where none of the first
+    /// [`HEADER_SAMPLE`] lines holds an object is not JSONL at all.
+    fn find_first_object(&mut self) -> Result<()> {
+        while let Some(row) = self.parse_row(true)? {
+            let found = row.error.is_none();
+            self.pending.push_back(row);
+            if found {
+                self.head.first = self.pending.back().cloned();
+                return Ok(());
+            }
+            if self.pending.len() >= HEADER_SAMPLE {
+                break;
+            }
+        }
+        match self.pending.front() {
+            Some(Row {
+                line,
+                error: Some(e),
+                ..
+            }) => bail!("{} line {line}: {e}", self.head.source),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads the first rows of a CSV/TSV file to tell whether the first is a header (see
+    /// [`HeaderMode::Auto`]), and sets the columns.
+    fn read_header(&mut self, header: HeaderMode, names: &[String]) -> Result<()> {
+        while self.pending.len() < HEADER_SAMPLE {
+            match self.parse_row(true)? {
+                Some(r) => self.pending.push_back(r),
+                None => break,
+            }
+        }
+        let fields = |r: &Row| -> Vec<String> {
+            r.values
+                .iter()
+                .map(|v| v.as_str().unwrap_or_default().to_string())
+                .collect()
+        };
+        let sample: Vec<Vec<String>> = self.pending.iter().map(fields).collect();
+        let has_header = match (header, sample.first()) {
+            (HeaderMode::Yes, _) => true,
+            (HeaderMode::No, _) | (HeaderMode::Auto, None) => false,
+            (HeaderMode::Auto, Some(first)) => {
+                let header_like = looks_like_header(first);
+                let named = first.iter().any(|f| names.iter().any(|n| n == f.trim()));
+                let confirmed = header_like && (named || numeric_below(&sample));
+                if header_like && !confirmed {
+                    self.head.note = Some(format!(
+                        "{}: the first row was read as data; if it names the columns, pass --header yes",
+                        self.head.source
+                    ));
+                }
+                confirmed
+            }
+        };
+        if has_header {
+            self.head.columns = sample.into_iter().next().unwrap_or_default();
+            self.pending.pop_front();
+        }
+        self.head.first = self.pending.front().cloned();
+        if !has_header {
+            let width = self.head.first.as_ref().map_or(0, |r| r.values.len());
+            self.head.columns = (0..width).map(|i| i.to_string()).collect();
+        }
+        Ok(())
+    }
+
+    /// The next row the file holds: read ahead, else parsed now.
+    fn read_row(&mut self, parse: bool) -> Result<Option<Row>> {
+        match self.pending.pop_front() {
+            Some(row) => Ok(Some(row)),
+            None => self.parse_row(parse),
+        }
+    }
+
+    /// The parser's next row; `parse` false leaves a JSONL row that is only counted unparsed
+    /// (its values empty).
+    fn parse_row(&mut self, parse: bool) -> Result<Option<Row>> {
+        let path = self.head.source.as_str();
+        let (line, obj) = match &mut self.parser {
+            Parser::Read(rows) => return Ok(rows.next()),
+            Parser::Delimited {
+                records,
+                skipped,
+                lines,
+                quoting,
+            } => {
+                // Lines counted from the records' byte offsets: the csv crate's own line count
+                // runs one short after CRLF line ends (STS-B's files are CRLF), and there it
+                // reports a record as starting at the `\n` of the line end before it, so that
+                // byte is counted too.
+                for rec in records.by_ref() {
+                    let rec = rec.map_err(|e| match e.kind() {
+                        csv::ErrorKind::Io(io) => {
+                            read_error(path, std::io::Error::new(io.kind(), io.to_string()))
+                        }
+                        _ => anyhow!(e).context(format!(
+                            "{path}: malformed {}",
+                            if *quoting { "CSV" } else { "TSV" }
+                        )),
+                    })?;
+                    let line = lines.before(*skipped + rec.position().map_or(0, |p| p.byte() + 1));
+                    let fields = rec
+                        .iter()
+                        .map(|f| String::from_utf8(f.to_vec()).map_err(|_| not_utf8(path, line)))
+                        .collect::<Result<Vec<_>>>()?;
+                    if !(fields.len() == 1 && fields[0].trim().is_empty()) {
+                        // Rows of the wrong width are kept as read: `Table::check` reports
+                        // (or skips) them.
+                        let values = fields.into_iter().map(Value::String).collect();
+                        return Ok(Some(Row {
+                            line,
+                            values,
+                            error: None,
+                        }));
+                    }
+                }
+                return Ok(None);
+            }
+            Parser::Jsonl {
+                input,
+                offset,
+                lines,
+            } => {
+                let mut buf = Vec::new();
+                loop {
+                    buf.clear();
+                    let n = input
+                        .read_until(b'\n', &mut buf)
+                        .map_err(|e| read_error(path, e))?;
+                    if n == 0 {
+                        return Ok(None);
+                    }
+                    let line = lines.before(*offset);
+                    *offset += n as u64;
+                    let text = std::str::from_utf8(&buf).map_err(|_| not_utf8(path, line))?;
+                    if text.trim().is_empty() {
+                        continue;
+                    }
+                    if !parse {
+                        return Ok(Some(Row {
+                            line,
+                            values: Vec::new(),
+                            error: None,
+                        }));
+                    }
+                    let obj = match serde_json::from_str::<Value>(text) {
+                        Ok(Value::Object(obj)) => Ok(obj),
+                        Ok(_) => Err("expected a JSON object".to_string()),
+                        Err(e) => Err(format!("invalid JSON ({e})")),
+                    };
+                    break (line, obj);
+                }
+            }
+        };
+        Ok(Some(self.object_row(line, obj)))
+    }
+
+    /// A JSONL row: the object's values under the columns so far, its new keys new columns.
+    fn object_row(
+        &mut self,
+        line: usize,
+        obj: Result<serde_json::Map<String, Value>, String>,
+    ) -> Row {
+        match obj {
+            Ok(mut obj) => {
+                let columns = &mut self.head.columns;
+                for k in obj.keys() {
+                    if !columns.contains(k) {
+                        columns.push(k.clone());
+                    }
+                }
+                let values = columns
+                    .iter()
+                    .map(|c| obj.remove(c).unwrap_or(Value::Null))
+                    .collect();
+                Row {
+                    line,
+                    values,
+                    error: None,
+                }
+            }
+            Err(e) => Row {
+                line,
+                values: Vec::new(),
+                error: Some(e),
+            },
+        }
+    }
+}
+
+impl Iterator for Rows {
+    type Item = Result<Row>;
+
+    fn next(&mut self) -> Option<Result<Row>> {
+        while !self.failed && self.count < self.keep.end {
+            let keep = self.keep.contains(&self.count);
+            match self.read_row(keep) {
+                Ok(Some(row)) => {
+                    self.count += 1;
+                    if keep {
+                        return Some(Ok(row));
+                    }
+                }
+                Ok(None) => return None,
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        None
     }
 }
 
@@ -267,56 +661,6 @@ impl LineNumbers {
             self.line += 1;
         }
         self.line
-    }
-}
-
-/// Parses a CSV, TSV or JSONL file (the format from its extension, else from its first
-/// line), keeping the data rows numbered `keep` (0-based) and reading no further; returns the
-/// table and the data rows counted (all of them, unless `keep` ends first).
-fn parse_text(
-    path: &str,
-    header: HeaderMode,
-    names: &[String],
-    keep: Range<usize>,
-) -> Result<(Table, usize)> {
-    let ext = Path::new(path)
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let format = match ext.as_str() {
-        "jsonl" | "ndjson" | "json" => Some(Format::Jsonl),
-        "tsv" | "tab" => Some(Format::Tsv),
-        "csv" => Some(Format::Csv),
-        _ => None,
-    };
-    parse(path, Checked::open(path)?, format, header, names, keep)
-}
-
-/// [`parse_text`] on any input; `None` sniffs the format.
-fn parse(
-    name: &str,
-    input: Checked,
-    format: Option<Format>,
-    header: HeaderMode,
-    names: &[String],
-    keep: Range<usize>,
-) -> Result<(Table, usize)> {
-    let (input, lines) = input.numbered();
-    let mut input = BufReader::with_capacity(1 << 16, input);
-    let head = input.fill_buf().map_err(|e| read_error(name, e))?;
-    let bom = match head.starts_with("\u{feff}".as_bytes()) {
-        true => 3,
-        false => 0,
-    };
-    let format = format.unwrap_or_else(|| sniff(&head[bom..]));
-    input.consume(bom);
-    let from = (bom as u64, lines);
-    let columns = (header, names);
-    match format {
-        Format::Jsonl => parse_jsonl(name, input, from, keep),
-        Format::Csv => parse_delimited(name, input, from, (b',', true), columns, keep),
-        Format::Tsv => parse_delimited(name, input, from, (b'\t', false), columns, keep),
     }
 }
 
@@ -517,7 +861,7 @@ fn parse_parquet(path: &str) -> Result<Table> {
     )
 }
 
-/// Parquet through the record API: each row becomes a JSON object, then as JSONL.
+/// Parquet through the record API: each row becomes a JSON object, read as a JSONL line is.
 #[cfg(feature = "parquet")]
 fn parse_parquet(path: &str) -> Result<Table> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -525,15 +869,26 @@ fn parse_parquet(path: &str) -> Result<Table> {
     let file = std::fs::File::open(path).with_context(|| format!("cannot read {path}"))?;
     let reader = SerializedFileReader::new(file)
         .with_context(|| format!("{path} is not a valid Parquet file"))?;
-    let mut objects = Objects::new(0..usize::MAX);
-    let rows = reader
+    let mut rows = Rows::read(
+        Table {
+            source: path.to_string(),
+            columns: Vec::new(),
+            rows: Vec::new(),
+            first: None,
+            note: None,
+            fixed_width: false,
+        },
+        Vec::new(),
+    );
+    let mut read = Vec::new();
+    let records = reader
         .get_row_iter(None)
         .with_context(|| format!("cannot read rows of {path}"))?;
-    for (i, row) in rows.enumerate() {
-        let row = row.with_context(|| format!("{path} row {}: unreadable", i + 1))?;
+    for (i, record) in records.enumerate() {
+        let record = record.with_context(|| format!("{path} row {}: unreadable", i + 1))?;
         // JSON has no NaN or infinity (to_json_value writes null): keep them as text, so that
         // a bad label is reported as what it is.
-        let obj = row
+        let obj = record
             .get_column_iter()
             .map(|(name, field)| {
                 let v = match field {
@@ -544,241 +899,22 @@ fn parse_parquet(path: &str) -> Result<Table> {
                 (name.clone(), v)
             })
             .collect();
-        objects.push(i + 1, Ok(Value::Object(obj)));
+        read.push(rows.object_row(i + 1, Ok(obj)));
     }
-    Ok(objects.table(path)?.0)
-}
-
-fn parse_jsonl(
-    path: &str,
-    mut input: impl BufRead,
-    (mut offset, mut lines): (u64, LineNumbers),
-    keep: Range<usize>,
-) -> Result<(Table, usize)> {
-    let mut objects = Objects::new(keep);
-    let mut buf = Vec::new();
-    // The first row always: every shard finds its columns there.
-    while objects.count < objects.keep.end.max(1) {
-        buf.clear();
-        let n = input
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| read_error(path, e))?;
-        if n == 0 {
-            break;
-        }
-        let line = lines.before(offset);
-        offset += n as u64;
-        let text = std::str::from_utf8(&buf).map_err(|_| not_utf8(path, line))?;
-        if text.trim().is_empty() {
-            continue;
-        }
-        objects.push(
-            line,
-            serde_json::from_str::<Value>(text).map_err(|e| format!("invalid JSON ({e})")),
-        );
-    }
-    objects.table(path)
-}
-
-/// A JSONL line: an object, or why it is none.
-type Line = Result<serde_json::Map<String, Value>, String>;
-
-/// A table built from JSON objects, one a line (or why the line is none), as they are read:
-/// it keeps those numbered `keep` and the first; its columns are the union of all their keys
-/// in first-seen order.
-struct Objects {
-    keep: Range<usize>,
-    columns: Vec<String>,
-    kept: Vec<(usize, Line)>,
-    first: Option<(usize, Line)>,
-    count: usize,
-    /// Whether any line held an object: a file where none does is not JSONL at all.
-    any: bool,
-}
-
-impl Objects {
-    fn new(keep: Range<usize>) -> Self {
-        Objects {
-            keep,
-            columns: Vec::new(),
-            kept: Vec::new(),
-            first: None,
-            count: 0,
-            any: false,
-        }
-    }
-
-    fn push(&mut self, line: usize, v: Result<Value, String>) {
-        let obj = match v {
-            Ok(Value::Object(obj)) => Ok(obj),
-            Ok(_) => Err("expected a JSON object".to_string()),
-            Err(e) => Err(e),
-        };
-        if let Ok(obj) = &obj {
-            self.any = true;
-            for k in obj.keys() {
-                if !self.columns.contains(k) {
-                    self.columns.push(k.clone());
-                }
-            }
-        }
-        if self.count == 0 {
-            self.first = Some((line, obj.clone()));
-        }
-        if self.keep.contains(&self.count) {
-            self.kept.push((line, obj));
-        }
-        self.count += 1;
-    }
-
-    /// The table, and the objects counted.
-    fn table(self, path: &str) -> Result<(Table, usize)> {
-        if let (false, Some((line, Err(e)))) = (self.any, &self.first) {
-            bail!("{path} line {line}: {e}");
-        }
-        let columns = self.columns;
-        let row = |(line, obj): (usize, Result<serde_json::Map<String, Value>, String>)| match obj {
-            Ok(mut obj) => Row {
-                line,
-                values: columns
-                    .iter()
-                    .map(|c| obj.remove(c).unwrap_or(Value::Null))
-                    .collect(),
-                error: None,
-            },
-            Err(e) => Row {
-                line,
-                values: Vec::new(),
-                error: Some(e),
-            },
-        };
-        let rows = self.kept.into_iter().map(row).collect();
-        let first = self.first.map(row);
-        let table = Table {
-            source: path.to_string(),
-            columns,
-            rows,
-            first,
-            note: None,
-        };
-        Ok((table, self.count))
-    }
+    let mut table = rows.head;
+    table.first = read.first().cloned();
+    table.rows = read;
+    Ok(table)
 }
 
 /// Rows the header check reads: the first and the 20 below it (see [`numeric_below`]).
 const HEADER_SAMPLE: usize = 21;
 
-fn parse_delimited(
-    path: &str,
-    input: impl Read,
-    (skipped, mut lines): (u64, LineNumbers),
-    (delimiter, quoting): (u8, bool),
-    (header, names): (HeaderMode, &[String]),
-    keep: Range<usize>,
-) -> Result<(Table, usize)> {
-    let mut reader = csv::ReaderBuilder::new()
-        .delimiter(delimiter)
-        .quoting(quoting)
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(input);
-    let mut records = reader.byte_records();
-    // Lines counted from the records' byte offsets: the csv crate's own line count runs one
-    // short after CRLF line ends (STS-B's files are CRLF), and there it reports a record as
-    // starting at the `\n` of the line end before it, so that byte is counted too.
-    let mut next = || -> Result<Option<(usize, Vec<String>)>> {
-        for rec in records.by_ref() {
-            let rec = rec.map_err(|e| match e.kind() {
-                csv::ErrorKind::Io(io) => {
-                    read_error(path, std::io::Error::new(io.kind(), io.to_string()))
-                }
-                _ => anyhow!(e).context(format!(
-                    "{path}: malformed {}",
-                    if quoting { "CSV" } else { "TSV" }
-                )),
-            })?;
-            let line = lines.before(skipped + rec.position().map_or(0, |p| p.byte() + 1));
-            let fields = rec
-                .iter()
-                .map(|f| String::from_utf8(f.to_vec()).map_err(|_| not_utf8(path, line)))
-                .collect::<Result<Vec<_>>>()?;
-            if !(fields.len() == 1 && fields[0].trim().is_empty()) {
-                return Ok(Some((line, fields)));
-            }
-        }
-        Ok(None)
-    };
-    let mut sample = Vec::new();
-    while sample.len() < HEADER_SAMPLE {
-        match next()? {
-            Some(r) => sample.push(r),
-            None => break,
-        }
-    }
-    let mut note = None;
-    let has_header = match (header, sample.first()) {
-        (HeaderMode::Yes, _) => true,
-        (HeaderMode::No, _) | (HeaderMode::Auto, None) => false,
-        (HeaderMode::Auto, Some((_, first))) => {
-            let header_like = looks_like_header(first);
-            let named = first.iter().any(|f| names.iter().any(|n| n == f.trim()));
-            let confirmed = header_like && (named || numeric_below(&sample));
-            if header_like && !confirmed {
-                note = Some(format!(
-                    "{path}: the first row was read as data; if it names the columns, pass --header yes"
-                ));
-            }
-            confirmed
-        }
-    };
-    let mut sample = sample.into_iter();
-    let columns: Vec<String> = match has_header {
-        true => sample.next().map(|r| r.1).unwrap_or_default(),
-        false => Vec::new(),
-    };
-    // Rows of the wrong width are kept as read: `Table::check` reports (or skips) them.
-    let row = |(line, fields): (usize, Vec<String>)| Row {
-        line,
-        values: fields.into_iter().map(Value::String).collect(),
-        error: None,
-    };
-    let (mut first, mut rows, mut count) = (None, Vec::new(), 0);
-    let mut rest = sample
-        .map(Ok)
-        .chain(std::iter::from_fn(|| next().transpose()));
-    while count < keep.end.max(1) {
-        let Some(record) = rest.next().transpose()? else {
-            break;
-        };
-        if count == 0 {
-            first = Some(row(record.clone()));
-        }
-        if keep.contains(&count) {
-            rows.push(row(record));
-        }
-        count += 1;
-    }
-    let columns = match has_header {
-        true => columns,
-        false => (0..first.as_ref().map_or(0, |r| r.values.len()))
-            .map(|i| i.to_string())
-            .collect(),
-    };
-    let table = Table {
-        source: path.to_string(),
-        columns,
-        rows,
-        first,
-        note,
-    };
-    Ok((table, count))
-}
-
 /// Whether some column holds a number in every one of the (up to 20) rows after the first:
 /// a label column, whose first-row text must then be its name.
-fn numeric_below(records: &[(usize, Vec<String>)]) -> bool {
-    let below: Vec<&Vec<String>> = records.iter().skip(1).take(20).map(|r| &r.1).collect();
-    let width = records.first().map_or(0, |r| r.1.len());
+fn numeric_below(records: &[Vec<String>]) -> bool {
+    let below: Vec<&Vec<String>> = records.iter().skip(1).take(20).collect();
+    let width = records.first().map_or(0, Vec::len);
     !below.is_empty()
         && (0..width).any(|c| {
             below
