@@ -40,6 +40,8 @@ fn main() -> Result<()> {
     };
     let mut ce = CrossEncoder::load(&base, &opts)?;
     let (train_set, dev) = (stsb("train", 2000)?, stsb("validation", 200)?);
+    // Training keeps the pairs' token ids, not their texts.
+    let train_set = train::TrainData::new(ce.tokenizer(), &train_set)?;
     let cfg = TrainConfig {
         epochs: 1,
         batch_size: 16,

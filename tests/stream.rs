@@ -185,3 +185,106 @@ fn predict_memory_does_not_grow_with_the_input() {
         peaks[1]
     );
 }
+
+#[test]
+fn training_data_costs_its_token_ids_not_its_texts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_bert();
+    let mut peaks = Vec::new();
+    for n in [10_000, 100_000] {
+        let input = tmp.path().join(format!("{n}.csv"));
+        let mut w = csv::Writer::from_path(&input).unwrap();
+        for (i, (a, b)) in pairs(n).iter().enumerate() {
+            w.write_record([a, b, &format!("{}", (i % 11) as f64 / 10.0)])
+                .unwrap();
+        }
+        w.flush().unwrap();
+        let output = tmp.path().join(format!("out-{n}"));
+        let (out, peak) = peak_rss_of(&[
+            "train",
+            "-m",
+            model.to_str().unwrap(),
+            "--train",
+            input.to_str().unwrap(),
+            "-o",
+            output.to_str().unwrap(),
+            "--max-steps",
+            "1",
+            "--quiet",
+        ]);
+        stdout(&out);
+        eprintln!("{n} pairs: peak RSS {peak:.0} MB");
+        peaks.push(peak);
+    }
+    // Pairs held as texts and tokenizers' encodings took 13.5 KB each; their token ids, label
+    // and line take about 110 bytes here, and the vectors' growth up to twice that.
+    let per_pair = (peaks[1] - peaks[0]) * f64::from(1 << 20) / 90_000.0;
+    assert!(per_pair < 400.0, "{per_pair:.0} bytes a pair");
+}
+
+#[test]
+fn eval_streams_to_the_metrics_of_one_pass_and_names_a_bad_label_s_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("labelled.csv");
+    let pairs = pairs(2 * crossenc::stream::CHUNK + 500);
+    let labels: Vec<f64> = (0..pairs.len()).map(|i| (i % 2) as f64).collect();
+    let write = |labels: &[f64]| {
+        let mut w = csv::Writer::from_path(&input).unwrap();
+        for ((a, b), l) in pairs.iter().zip(labels) {
+            w.write_record([a, b, &l.to_string()]).unwrap();
+        }
+        w.flush().unwrap();
+    };
+    write(&labels);
+    let model = tiny_bert();
+    let examples: Vec<crossenc::data::Example> = pairs
+        .iter()
+        .zip(&labels)
+        .enumerate()
+        .map(|(i, ((a, b), &label))| crossenc::data::Example {
+            a: a.clone(),
+            b: b.clone(),
+            label,
+            line: i + 1,
+        })
+        .collect();
+    let ce = CrossEncoder::load(model.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    for task in ["regression", "binary"] {
+        let t = match task {
+            "regression" => crossenc::eval::Task::Regression,
+            _ => crossenc::eval::Task::Binary,
+        };
+        let want = crossenc::eval::pair_metrics(&ce, t, &examples).unwrap();
+        let out = crossenc(&[
+            "eval",
+            "-m",
+            model.to_str().unwrap(),
+            "-d",
+            input.to_str().unwrap(),
+            "--task",
+            task,
+            "--json",
+        ]);
+        let got: crossenc::eval::Metrics = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>()
+        );
+        for (k, v) in &want {
+            assert!((got[k] - v).abs() < 1e-9, "{task} {k}: {} vs {v}", got[k]);
+        }
+    }
+    let mut bad = labels.clone();
+    bad[8_000] = 2.0;
+    write(&bad);
+    let out = crossenc(&[
+        "eval",
+        "-m",
+        model.to_str().unwrap(),
+        "-d",
+        input.to_str().unwrap(),
+        "--task",
+        "binary",
+    ]);
+    fails_with(&out, &["labelled.csv line 8001: label 2 is not 0 or 1"]);
+}

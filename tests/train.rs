@@ -51,9 +51,10 @@ fn a_few_steps_on_stsb_lower_the_loss_and_the_saved_model_reloads() {
         ..Default::default()
     };
     let out = tempfile::tempdir().unwrap();
+    let data = train::TrainData::new(ce.tokenizer(), &examples).unwrap();
     let summary = train::train(
         &mut ce,
-        &examples,
+        &data,
         Some(&examples[..64]),
         &cfg,
         out.path(),
@@ -950,9 +951,10 @@ fn the_library_saves_the_activation_its_loss_implies() {
         ..Default::default()
     };
     let out = tempfile::tempdir().unwrap();
+    let data = train::TrainData::new(ce.tokenizer(), &examples).unwrap();
     train::train(
         &mut ce,
-        &examples,
+        &data,
         None,
         &cfg,
         out.path(),
@@ -973,7 +975,7 @@ fn the_library_saves_the_activation_its_loss_implies() {
     let other = tempfile::tempdir().unwrap();
     let err = train::train(
         &mut ce,
-        &examples,
+        &data,
         None,
         &cfg,
         other.path(),
@@ -1130,9 +1132,11 @@ fn the_library_refuses_labels_outside_0_1_for_bce() {
         progress: Arc::new(Silent),
         ..Default::default()
     };
+    let mut ce = tiny_bert();
+    let data = train::TrainData::new(ce.tokenizer(), &examples).unwrap();
     let err = train::train(
-        &mut tiny_bert(),
-        &examples,
+        &mut ce,
+        &data,
         None,
         &cfg,
         out.path(),

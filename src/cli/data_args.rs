@@ -4,6 +4,8 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::data::{Columns, Example, Examples, HeaderMode, Rows};
+use crate::model::tokenize::PairTokenizer;
+use crate::train::TrainData;
 
 #[derive(Args, Clone)]
 pub struct DataArgs {
@@ -93,16 +95,30 @@ impl DataArgs {
         Examples::new(rows, &columns, self.skip_bad_rows, self.label_range)
     }
 
-    /// All the labelled pairs of one split of `spec` (see [`DataArgs::examples`]).
-    pub fn read(&self, spec: &str, split: &str) -> Result<Vec<Example>> {
-        let mut examples = self.examples(spec, split)?;
-        let out = examples.by_ref().collect::<Result<Vec<_>>>()?;
-        if out.is_empty() {
+    /// The labelled pairs of one split of `spec`, tokenized as they are read.
+    pub fn train_data(&self, spec: &str, tokenizer: &PairTokenizer) -> Result<TrainData> {
+        let mut examples = self.examples(spec, "train")?;
+        let data = TrainData::read(tokenizer, examples.by_ref())?;
+        self.report(spec, &examples, data.len())?;
+        Ok(data)
+    }
+
+    /// An error for a file with no usable row; a note of the rows skipped.
+    pub fn report(&self, spec: &str, examples: &Examples, read: usize) -> Result<()> {
+        if read == 0 {
             return Err(examples.none_usable());
         }
         if examples.skipped > 0 {
             eprintln!("{spec}: skipped {} bad rows", examples.skipped);
         }
+        Ok(())
+    }
+
+    /// All the labelled pairs of one split of `spec` (see [`DataArgs::examples`]).
+    pub fn read(&self, spec: &str, split: &str) -> Result<Vec<Example>> {
+        let mut examples = self.examples(spec, split)?;
+        let out = examples.by_ref().collect::<Result<Vec<_>>>()?;
+        self.report(spec, &examples, out.len())?;
         Ok(out)
     }
 }

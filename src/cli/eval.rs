@@ -6,7 +6,10 @@ use std::path::Path;
 use super::data_args::DataArgs;
 use super::ModelArgs;
 use crate::eval::{self, Task};
+use crate::progress::Progress;
 use crate::search::{self, beir, Retriever};
+use crate::stream;
+use crate::Scores;
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -33,20 +36,62 @@ pub struct EvalArgs {
     /// One JSON object keyed by metric name (for rerank: by stage, then metric).
     #[arg(long)]
     json: bool,
+    /// No progress bar (it is shown only on a terminal anyway).
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
     if args.task == Task::Rerank {
         return rerank(args);
     }
-    let examples = args.columns.read(&args.data, &args.split)?;
     let ce = args.model.load()?;
-    eval::check_task(args.task, ce.num_labels(), &examples, &args.data)?;
-    let m = eval::pair_metrics(&ce, args.task, &examples)?;
+    // The model's side of the task's rules, before any scoring; the labels' after it.
+    eval::check_task(args.task, ce.num_labels(), std::iter::empty(), &args.data)?;
+    let local = std::path::Path::new(&args.data).is_file();
+    let bytes = local.then(|| std::fs::metadata(&args.data).ok().map(|m| m.len()));
+    let bar = super::Bar::pairs(args.quiet || args.json, bytes.flatten());
+    let mut labelled = Vec::new();
+    let mut scores = Scores {
+        num_labels: ce.num_labels(),
+        values: Vec::new(),
+    };
+    let read = |send: &mut stream::Send<(Vec<(usize, f64)>, u64)>| -> Result<()> {
+        let mut examples = args.columns.examples(&args.data, &args.split)?;
+        let mut read = 0;
+        loop {
+            let chunk = (examples.by_ref().take(stream::CHUNK)).collect::<Result<Vec<_>>>()?;
+            if chunk.is_empty() {
+                return args.columns.report(&args.data, &examples, read);
+            }
+            read += chunk.len();
+            let labels = chunk.iter().map(|e| (e.line, e.label)).collect();
+            let pairs = chunk.into_iter().map(|e| (e.a, e.b)).collect();
+            if !send(pairs, (labels, examples.bytes_read())) {
+                return Ok(());
+            }
+        }
+    };
+    let raw = eval::raw_scores(args.task);
+    stream::score(&ce, read, raw, |(labels, bytes), chunk| {
+        labelled.extend(labels);
+        scores.values.extend(chunk.values);
+        bar.scored(labelled.len(), bytes);
+        Ok(())
+    })?;
+    bar.finish();
+    eval::check_task(
+        args.task,
+        ce.num_labels(),
+        labelled.iter().copied(),
+        &args.data,
+    )?;
+    let labels: Vec<f64> = labelled.iter().map(|l| l.1).collect();
+    let m = eval::scored_metrics(args.task, &scores, &labels)?;
     if args.json {
         outln!("{}", serde_json::to_string(&m)?)?;
     } else {
-        outln!("{} pairs: {}", examples.len(), eval::format(&m))?;
+        outln!("{} pairs: {}", labels.len(), eval::format(&m))?;
     }
     Ok(())
 }

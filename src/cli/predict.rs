@@ -96,7 +96,6 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let write = |out: &mut dyn Write, dest: &str| -> Result<()> {
         let failed = || format!("cannot write to {dest}");
         let (mut pairs, mut cut) = (0usize, 0usize);
-        let started = std::time::Instant::now();
         stream::score(
             &ce,
             |send| read(&args, &cols, &ce, send),
@@ -120,8 +119,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
                     bar.note(note);
                 }
                 (pairs, cut) = (pairs + chunk.lines.len(), cut + chunk.cut);
-                let rate = pairs as f64 / started.elapsed().as_secs_f64().max(1e-9);
-                bar.update(chunk.bytes, &format!("{pairs} pairs, {rate:.0} pairs/s"));
+                bar.scored(pairs, chunk.bytes);
                 Ok(())
             },
         )?;

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use super::data_args::{parse_span, DataArgs};
-use crate::data::Example;
+use crate::data::{self, Example};
 use crate::eval::{self, Task};
 use crate::model::config::generic_labels;
 use crate::progress::{Lines, Silent};
@@ -12,7 +12,7 @@ use crate::search::{self, beir, Retriever};
 use crate::train::card::Card;
 use crate::train::group::{self, Group};
 use crate::train::optim::AdamWConfig;
-use crate::train::{self, Batching, LossKind, OutputMode, TrainConfig};
+use crate::train::{self, Batching, LossKind, OutputMode, TrainConfig, TrainData};
 use crate::{CrossEncoder, LoadOptions};
 use std::sync::Arc;
 
@@ -227,14 +227,24 @@ fn train_in(mut args: TrainArgs, group: &Arc<dyn Group>) -> Result<()> {
         .metric
         .clone()
         .unwrap_or_else(|| task.default_metric().to_string());
+    // The tokenizer reads the training data as it comes: its texts are never all in memory.
+    let opts = LoadOptions {
+        max_length: args.max_length,
+        labels: Some(labels.clone()),
+        replace_head: true,
+        seed: args.seed,
+        activation: None,
+        quantize: None,
+    };
+    let mut ce = CrossEncoder::load(&args.model, &opts)?;
     let (train_set, dev_spec, dev_set, test_set, list_size) = if task == Task::Rerank {
         if args.dev.is_some() || args.test.is_some() {
             bail!("--task rerank has no --dev/--test: evaluate the output with crossenc eval --task rerank");
         }
-        let lists = rerank_lists(&args)?;
+        let lists = TrainData::new(&ce.tokenizer, &rerank_lists(&args)?)?;
         (lists, None, None, None, 1 + args.negatives)
     } else {
-        let train_set = args.data.read(&args.train, "train")?;
+        let train_set = args.data.train_data(&args.train, &ce.tokenizer)?;
         let dev_spec = args
             .dev
             .clone()
@@ -253,7 +263,7 @@ fn train_in(mut args: TrainArgs, group: &Arc<dyn Group>) -> Result<()> {
     // The task's label rules, on every set this run reads (constant labels are refused only
     // where they are evaluated).
     if task != Task::Regression {
-        eval::check_task(task, labels.len(), &train_set, &args.train)?;
+        eval::check_task(task, labels.len(), train_set.labelled(), &args.train)?;
     }
     let held_out = [
         (dev_spec.as_deref(), dev_set.as_deref()),
@@ -261,21 +271,12 @@ fn train_in(mut args: TrainArgs, group: &Arc<dyn Group>) -> Result<()> {
     ];
     for (spec, set) in held_out {
         if let (Some(spec), Some(set)) = (spec, set) {
-            eval::check_task(task, labels.len(), set, spec)?;
+            eval::check_task(task, labels.len(), data::labelled(set), spec)?;
         }
     }
-    // Checked again by train::train; here before the model loads, naming the file.
-    train::check_labels(loss, &train_set).map_err(|e| anyhow::anyhow!("{} {e}", args.train))?;
-
-    let opts = LoadOptions {
-        max_length: args.max_length,
-        labels: Some(labels),
-        replace_head: true,
-        seed: args.seed,
-        activation: None,
-        quantize: None,
-    };
-    let mut ce = CrossEncoder::load(&args.model, &opts)?;
+    // Checked again by train::train; here naming the file.
+    train::check_labels(loss, train_set.labelled())
+        .map_err(|e| anyhow::anyhow!("{} {e}", args.train))?;
     let cfg = TrainConfig {
         epochs: args.epochs,
         batch_size: args.batch_size,

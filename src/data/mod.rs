@@ -148,6 +148,11 @@ pub struct Example {
     pub line: usize,
 }
 
+/// Each example's line and label, for the checks that name a bad label's line.
+pub fn labelled(examples: &[Example]) -> impl Iterator<Item = (usize, f64)> + Clone + '_ {
+    examples.iter().map(|e| (e.line, e.label))
+}
+
 /// Labelled pairs as they are read, labels mapped from `label_range` into [0, 1] where given.
 /// A bad row (wrong field count, missing text, a label that is not a number or outside the
 /// range) is an error naming file and line, or with `skip_bad_rows` is skipped and counted.
@@ -158,8 +163,6 @@ pub struct Examples {
     label_range: Option<(f64, f64)>,
     /// Bad rows skipped so far.
     pub skipped: usize,
-    /// Rows yielded so far.
-    pub read: usize,
 }
 
 impl Examples {
@@ -175,7 +178,6 @@ impl Examples {
             skip_bad_rows,
             label_range,
             skipped: 0,
-            read: 0,
         })
     }
 
@@ -200,6 +202,11 @@ impl Examples {
         Ok(e)
     }
 
+    /// Bytes of the input read so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.rows.bytes_read()
+    }
+
     /// An error for a file that held no usable row.
     pub fn none_usable(&self) -> anyhow::Error {
         anyhow::anyhow!(
@@ -220,10 +227,7 @@ impl Iterator for Examples {
                 Err(e) => return Some(Err(e)),
             };
             match self.example(&row) {
-                Ok(e) => {
-                    self.read += 1;
-                    return Some(Ok(e));
-                }
+                Ok(e) => return Some(Ok(e)),
                 Err(_) if self.skip_bad_rows => self.skipped += 1,
                 Err(e) => {
                     return Some(Err(anyhow::anyhow!(

@@ -72,7 +72,12 @@ impl Task {
 
 /// The rules that every command applies to a task, the model's output count and labelled
 /// pairs read from `source`: an error names the line or the flag to change.
-pub fn check_task(task: Task, num_labels: usize, examples: &[Example], source: &str) -> Result<()> {
+pub fn check_task(
+    task: Task,
+    num_labels: usize,
+    labelled: impl Iterator<Item = (usize, f64)> + Clone,
+    source: &str,
+) -> Result<()> {
     let t = task.name();
     match task {
         Task::Regression | Task::Binary | Task::Rerank if num_labels != 1 => bail!(
@@ -84,21 +89,20 @@ pub fn check_task(task: Task, num_labels: usize, examples: &[Example], source: &
         _ => {}
     }
     let bad = |why: &str| -> Result<()> {
-        match examples
-            .iter()
-            .find(|e| !label_fits(task, num_labels, e.label))
+        match labelled
+            .clone()
+            .find(|&(_, label)| !label_fits(task, num_labels, label))
         {
-            Some(e) => bail!("{source} line {}: label {} {why}", e.line, e.label),
+            Some((line, label)) => bail!("{source} line {line}: label {label} {why}"),
             None => Ok(()),
         }
     };
     match task {
         Task::Binary => bad("is not 0 or 1, which --task binary needs (for more classes use --task multiclass --labels a,b,c)"),
         Task::Multiclass => bad(&format!("is not a class index below the model's {num_labels} classes")),
-        Task::Regression => match examples.first() {
-            Some(first) if examples.iter().all(|e| e.label == first.label) => bail!(
-                "{source}: every label is {}: Pearson and Spearman are undefined for constant labels",
-                first.label
+        Task::Regression => match labelled.clone().next() {
+            Some((_, first)) if labelled.clone().all(|(_, l)| l == first) => bail!(
+                "{source}: every label is {first}: Pearson and Spearman are undefined for constant labels"
             ),
             _ => Ok(()),
         },
@@ -117,35 +121,43 @@ fn label_fits(task: Task, num_labels: usize, label: f64) -> bool {
 /// The metrics of `task` for `ce`'s scores on `examples` (pairwise tasks), after
 /// [`check_task`].
 pub fn pair_metrics(ce: &CrossEncoder, task: Task, examples: &[Example]) -> Result<Metrics> {
-    check_task(task, ce.num_labels(), examples, "the evaluation data")?;
+    let labelled = crate::data::labelled(examples);
+    check_task(task, ce.num_labels(), labelled, "the evaluation data")?;
     let pairs: Vec<(&str, &str)> = examples
         .iter()
         .map(|e| (e.a.as_str(), e.b.as_str()))
         .collect();
-    let first =
-        |scores: crate::Scores| -> Vec<f64> { scores.rows().map(|r| r[0] as f64).collect() };
+    let labels: Vec<f64> = examples.iter().map(|e| e.label).collect();
+    let scores = match raw_scores(task) {
+        true => ce.logits(&pairs)?,
+        false => ce.predict(&pairs)?,
+    };
+    scored_metrics(task, &scores, &labels)
+}
+
+/// Whether `task` is measured on logits (multiclass: the best class, which an activation
+/// that saturates could tie), else on activated scores.
+pub fn raw_scores(task: Task) -> bool {
+    task == Task::Multiclass
+}
+
+/// The metrics of `task` for `scores` of pairs with `labels`, as [`raw_scores`] says.
+pub fn scored_metrics(task: Task, scores: &crate::Scores, labels: &[f64]) -> Result<Metrics> {
+    let first: Vec<f64> = scores.rows().map(|r| r[0] as f64).collect();
     Ok(match task {
-        Task::Regression => {
-            let predicted = first(ce.predict(&pairs)?);
-            let gold: Vec<f64> = examples.iter().map(|e| e.label).collect();
-            Metrics::from([
-                (
-                    "pearson".to_string(),
-                    correlation::pearson(&predicted, &gold),
-                ),
-                (
-                    "spearman".to_string(),
-                    correlation::spearman(&predicted, &gold),
-                ),
-            ])
-        }
+        Task::Regression => Metrics::from([
+            ("pearson".to_string(), correlation::pearson(&first, labels)),
+            (
+                "spearman".to_string(),
+                correlation::spearman(&first, labels),
+            ),
+        ]),
         Task::Binary => {
-            let gold: Vec<bool> = examples.iter().map(|e| e.label >= 0.5).collect();
-            classification::binary_metrics(&first(ce.predict(&pairs)?), &gold)
+            let gold: Vec<bool> = labels.iter().map(|&l| l >= 0.5).collect();
+            classification::binary_metrics(&first, &gold)
         }
         Task::Multiclass => {
-            let logits = ce.logits(&pairs)?;
-            let predicted: Vec<usize> = logits
+            let predicted: Vec<usize> = scores
                 .rows()
                 .map(|r| {
                     (0..r.len())
@@ -153,7 +165,7 @@ pub fn pair_metrics(ce: &CrossEncoder, task: Task, examples: &[Example]) -> Resu
                         .unwrap_or(0)
                 })
                 .collect();
-            let gold: Vec<usize> = examples.iter().map(|e| e.label as usize).collect();
+            let gold: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
             classification::multiclass_metrics(&predicted, &gold)
         }
         Task::Rerank => anyhow::bail!("re-ranking is evaluated on queries (BEIR data), not pairs"),

@@ -544,7 +544,7 @@ impl PairTokenizer {
 
     fn encode(&self, tokenizer: &Tokenizer, inputs: Vec<EncodeInput>) -> Result<Vec<Encoding>> {
         tokenizer
-            .encode_batch(inputs, true)
+            .encode_batch_fast(inputs, true)
             .map_err(|e| anyhow!("tokenization failed: {e}"))
     }
 }

@@ -8,7 +8,6 @@ use std::io::BufRead;
 use std::sync::Arc;
 
 use super::{group, TrainConfig};
-use crate::model::tokenize::Sequences;
 use crate::progress::Silent;
 use crate::CrossEncoder;
 
@@ -17,12 +16,7 @@ pub type Fact = (&'static str, u32);
 
 /// What the ranks must agree on before training: this process's executable file, the
 /// settings, the tokenized training data with its labels, and the model's starting weights.
-pub fn start(
-    ce: &CrossEncoder,
-    sequences: &Sequences,
-    labels: &[f32],
-    cfg: &TrainConfig,
-) -> Result<Vec<Fact>> {
+pub fn start(ce: &CrossEncoder, train: &super::TrainData, cfg: &TrainConfig) -> Result<Vec<Fact>> {
     let settings = TrainConfig {
         progress: Arc::new(Silent),
         group: Arc::new(group::Single),
@@ -31,12 +25,12 @@ pub fn start(
     let settings = format!("{settings:?} {:?} {}", ce.config, ce.tokenizer.max_length);
     let mut data = Hasher::new();
     let mut bytes = Vec::new();
-    for (s, &label) in labels.iter().enumerate() {
+    for (s, &label) in train.labels.iter().enumerate() {
         bytes.clear();
-        let ids = sequences.ids(s);
+        let ids = train.sequences.ids(s);
         bytes.extend(ids.iter().flat_map(|id| id.to_le_bytes()));
         bytes.extend((ids.len() as u32).to_le_bytes());
-        bytes.extend(label.to_le_bytes());
+        bytes.extend((label as f32).to_le_bytes());
         data.update(&bytes);
     }
     Ok(vec![

@@ -1,6 +1,7 @@
 //! Fine-tuning: the trainer loop, losses, AdamW, the learning-rate schedule and checkpoints.
 
 pub mod card;
+mod data;
 mod fingerprint;
 pub mod group;
 pub mod loss;
@@ -21,7 +22,7 @@ use std::time::Instant;
 
 use crate::data::Example;
 use crate::eval::{self, Metrics, Task};
-use crate::model::tokenize::{Sequences, Tokens};
+use crate::model::tokenize::Tokens;
 use crate::model::Tape;
 use crate::ops::profile::timed;
 use crate::ops::Pass;
@@ -30,6 +31,8 @@ use crate::CrossEncoder;
 use optim::{AdamW, AdamWConfig};
 use schedule::LinearSchedule;
 use state::TrainerState;
+
+pub use data::TrainData;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
@@ -518,19 +521,20 @@ impl MetricsLog {
 /// last one, without a dev set) is saved to `output`.
 /// BCE needs labels in [0, 1]: names the first label outside and the way out. Other losses
 /// take any label.
-pub fn check_labels(loss: LossKind, examples: &[Example]) -> Result<()> {
+pub fn check_labels(
+    loss: LossKind,
+    labelled: impl Iterator<Item = (usize, f64)> + Clone,
+) -> Result<()> {
     if loss != LossKind::Bce {
         return Ok(());
     }
-    if let Some(e) = examples.iter().find(|e| !(0.0..=1.0).contains(&e.label)) {
-        let labels = examples.iter().map(|e| e.label);
+    if let Some((line, label)) = labelled.clone().find(|e| !(0.0..=1.0).contains(&e.1)) {
+        let labels = labelled.map(|e| e.1);
         let max = labels.clone().fold(f64::NEG_INFINITY, f64::max);
         let min = labels.fold(f64::INFINITY, f64::min);
         bail!(
-            "line {}: label {} is outside [0, 1], which the BCE loss needs (labels span {min}..{max}): \
+            "line {line}: label {label} is outside [0, 1], which the BCE loss needs (labels span {min}..{max}): \
              pass --label-range {}:{} to map them linearly into [0, 1], or --loss mse to train on raw labels",
-            e.line,
-            e.label,
             min.min(0.0),
             max.ceil()
         );
@@ -543,7 +547,7 @@ pub fn check_labels(loss: LossKind, examples: &[Example]) -> Result<()> {
 /// comes back ready to score, as [`CrossEncoder::load`] leaves a model.
 pub fn train(
     ce: &mut CrossEncoder,
-    train: &[Example],
+    train: &TrainData,
     dev: Option<&[Example]>,
     cfg: &TrainConfig,
     output: &Path,
@@ -562,21 +566,15 @@ pub fn train(
             }
         }
     }
-    let pairs: Vec<(&str, &str)> = train.iter().map(|e| (e.a.as_str(), e.b.as_str())).collect();
-    let sequences = ce.tokenizer.encode_pairs(&pairs)?;
-    let labels: Vec<f32> = train.iter().map(|e| e.label as f32).collect();
     if cfg.group.size() > 1 {
-        group::agree(
-            cfg.group.as_ref(),
-            &fingerprint::start(ce, &sequences, &labels, cfg)?,
-        )?;
+        group::agree(cfg.group.as_ref(), &fingerprint::start(ce, train, cfg)?)?;
     }
     if cfg.group.rank() == 0 {
         prepare_output(output, mode)?;
     }
     // The other ranks read a checkpoint to resume from only once rank 0 has checked the folder.
     cfg.group.barrier();
-    let mut run = Run::start(ce, (sequences, labels), started, cfg, output, mode, plan)?;
+    let mut run = Run::start(ce, train, started, cfg, output, mode, plan)?;
     while run.st.step < run.last_step {
         let lr = run.step(ce)?;
         run.log(lr)?;
@@ -660,7 +658,7 @@ impl Plan {
 }
 
 /// The rules a training run must meet before anything is written.
-fn check(ce: &CrossEncoder, train: &[Example], cfg: &TrainConfig, output: &Path) -> Result<()> {
+fn check(ce: &CrossEncoder, train: &TrainData, cfg: &TrainConfig, output: &Path) -> Result<()> {
     // The run replaces the files of its output: --overwrite would remove the model it starts
     // from, and a run that then failed would leave none.
     if let (Ok(model), Ok(out)) = (ce.source_dir.canonicalize(), output.canonicalize()) {
@@ -704,7 +702,7 @@ fn check(ce: &CrossEncoder, train: &[Example], cfg: &TrainConfig, output: &Path)
             }
         );
     }
-    check_labels(cfg.loss, train)?;
+    check_labels(cfg.loss, train.labelled())?;
     let g = cfg.list_size.max(1);
     if cfg.loss.is_listwise() != (g > 1) || !train.len().is_multiple_of(g) {
         bail!(
@@ -729,8 +727,7 @@ struct Run<'a> {
     cfg: &'a TrainConfig,
     output: &'a Path,
     started: Instant,
-    sequences: Sequences,
-    labels: Vec<f32>,
+    data: &'a TrainData,
     /// Pairs per training item: 1, or a query's list.
     list_size: usize,
     /// Each item's length (a list's: its longest pair), for length-grouped batches.
@@ -757,7 +754,7 @@ impl<'a> Run<'a> {
     /// checkpoint when resuming.
     fn start(
         ce: &mut CrossEncoder,
-        (sequences, labels): (Sequences, Vec<f32>),
+        data: &'a TrainData,
         started: Instant,
         cfg: &'a TrainConfig,
         output: &'a Path,
@@ -766,10 +763,10 @@ impl<'a> Run<'a> {
     ) -> Result<Self> {
         let g = cfg.list_size.max(1);
         // A training item is one pair, or one query's list of pairs (its length: the longest).
-        let lengths: Vec<usize> = (0..sequences.len() / g)
+        let lengths: Vec<usize> = (0..data.len() / g)
             .map(|i| {
                 (i * g..(i + 1) * g)
-                    .map(|s| sequences.seq_len(s))
+                    .map(|s| data.sequences.seq_len(s))
                     .max()
                     .unwrap_or(0)
             })
@@ -819,8 +816,7 @@ impl<'a> Run<'a> {
             cfg,
             output,
             started,
-            sequences,
-            labels,
+            data,
             list_size: g,
             lengths,
             steps_per_epoch,
@@ -883,7 +879,7 @@ impl<'a> Run<'a> {
             // The summed gradient reaches every row the global batch read.
             let ids: Vec<u32> = pairs_of(&micro.concat())
                 .iter()
-                .flat_map(|&i| self.sequences.ids(i))
+                .flat_map(|&i| self.data.sequences.ids(i))
                 .collect();
             self.t.touch(ce, &ids);
         }
@@ -896,7 +892,7 @@ impl<'a> Run<'a> {
                 continue;
             }
             let pairs = pairs_of(share);
-            let lab: Vec<f32> = pairs.iter().map(|&i| self.labels[i]).collect();
+            let lab: Vec<f32> = pairs.iter().map(|&i| self.data.labels[i] as f32).collect();
             let w = share.len() as f32 / idx.len() as f32 / micro.len() as f32;
             // The share's rows keep their places in the global batch, and so their masks.
             let before = pairs_of(&idx[..idx.len() * rank / ranks]);
@@ -904,11 +900,11 @@ impl<'a> Run<'a> {
                 seed: stream_seed(s, k as u64),
                 first_token: before
                     .iter()
-                    .map(|&i| self.sequences.seq_len(i) as u64)
+                    .map(|&i| self.data.sequences.seq_len(i) as u64)
                     .sum(),
                 first_sequence: before.len() as u64,
             });
-            let tokens = self.sequences.pack(pairs.iter().copied());
+            let tokens = self.data.sequences.pack(pairs.iter().copied());
             let l = self.t.accumulate(ce, tokens, &lab, objective, pass, w)?;
             if !l.is_finite() {
                 bail!(
