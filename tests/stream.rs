@@ -288,3 +288,44 @@ fn eval_streams_to_the_metrics_of_one_pass_and_names_a_bad_label_s_line() {
     ]);
     fails_with(&out, &["labelled.csv line 8001: label 2 is not 0 or 1"]);
 }
+
+#[test]
+fn rank_streams_documents_keeping_the_best_k_as_one_pass_ranks_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let docs: Vec<String> = pairs(2 * crossenc::stream::CHUNK + 100)
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect();
+    let path = tmp.path().join("docs.txt");
+    std::fs::write(&path, docs.join("\n") + "\n").unwrap();
+    let model = tiny_bert();
+    let ce = CrossEncoder::load(model.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let query = "Мужчина играет на флейте 🎶";
+    for k in [Some(7), None] {
+        let want = ce.rank(query, &docs, k).unwrap();
+        let mut args = vec!["rank", "-m", model.to_str().unwrap(), "-q", query];
+        args.extend(["-d", path.to_str().unwrap(), "--json"]);
+        let k_text = k.map(|k| k.to_string());
+        if let Some(k) = &k_text {
+            args.extend(["--top-k", k]);
+        }
+        let got: Vec<(usize, f32, String)> = stdout(&crossenc(&args))
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let text = v["text"].as_str().unwrap().to_string();
+                (
+                    v["index"].as_u64().unwrap() as usize,
+                    v["score"].as_f64().unwrap() as f32,
+                    text,
+                )
+            })
+            .collect();
+        assert_eq!(got.len(), want.len());
+        for ((index, score, text), (want_index, want_score)) in got.iter().zip(&want) {
+            assert_eq!(index, want_index);
+            assert!((score - want_score).abs() < 1e-6, "{score} vs {want_score}");
+            assert_eq!(text, &docs[*index]);
+        }
+    }
+}

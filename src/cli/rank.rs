@@ -2,7 +2,13 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 
+use std::collections::HashMap;
+
 use super::ModelArgs;
+use crate::eval::ranking::best_first;
+use crate::progress::Progress;
+use crate::search::beir::{self, Doc};
+use crate::stream;
 
 #[derive(Args)]
 pub struct RankArgs {
@@ -22,31 +28,65 @@ pub struct RankArgs {
     /// the file; blank lines are skipped), id, score, text. Without it: rank, line, score, text.
     #[arg(long)]
     json: bool,
+    /// No progress bar (it is shown only on a terminal anyway).
+    #[arg(long)]
+    quiet: bool,
 }
 
 pub fn run(args: RankArgs) -> Result<()> {
-    let corpus = crate::search::beir::read_corpus(&args.docs)?;
-    let docs: Vec<String> = corpus
-        .iter()
-        .map(crate::search::beir::Doc::full_text)
-        .collect();
     let ce = args.model.load()?;
-    let ranked = ce.rank(&args.query, &docs, args.top_k)?;
-    for (rank, (index, score)) in ranked.into_iter().enumerate() {
-        let doc = &corpus[index];
+    ce.check_ranks()?;
+    let k = args.top_k.unwrap_or(usize::MAX);
+    let bytes = (args.docs != "-")
+        .then(|| std::fs::metadata(&args.docs).ok().map(|m| m.len()))
+        .flatten();
+    let bar = super::Bar::pairs(args.quiet, bytes);
+    // The best k so far (all without --top-k), pruned to k whenever twice that many wait.
+    let (mut best, mut docs) = (Vec::new(), HashMap::new());
+    let read = |send: &mut stream::Send<(Vec<Doc>, usize, u64)>| -> Result<()> {
+        let mut corpus = beir::corpus(&args.docs)?;
+        let (mut first, mut read) = (0, 0u64);
+        loop {
+            let chunk = (corpus.by_ref().take(stream::CHUNK)).collect::<Result<Vec<Doc>>>()?;
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            read += chunk.iter().map(|d| d.text.len() as u64 + 1).sum::<u64>();
+            let pairs = chunk
+                .iter()
+                .map(|d| (args.query.clone(), d.full_text()))
+                .collect();
+            let n = chunk.len();
+            if !send(pairs, (chunk, first, read)) {
+                return Ok(());
+            }
+            first += n;
+        }
+    };
+    stream::score(&ce, read, false, |(chunk, first, read), scores| {
+        bar.scored(first + chunk.len(), read);
+        for (i, (doc, score)) in chunk.into_iter().zip(scores.rows()).enumerate() {
+            best.push((first + i, score[0]));
+            docs.insert(first + i, doc);
+        }
+        if best.len() >= k.saturating_mul(2) {
+            best = best_first(std::mem::take(&mut best), k);
+            docs.retain(|i, _| best.iter().any(|b| b.0 == *i));
+        }
+        Ok(())
+    })?;
+    bar.finish();
+    for (rank, (index, score)) in best_first(best, k).into_iter().enumerate() {
+        let doc = &docs[&index];
+        let text = doc.full_text();
         if args.json {
             let row = json!({
                 "rank": rank + 1, "index": index, "line": doc.line, "id": doc.id,
-                "score": score, "text": docs[index],
+                "score": score, "text": text,
             });
             outln!("{row}")?;
         } else {
-            outln!(
-                "{:>4}  {:>5}  {score:.4}  {}",
-                rank + 1,
-                doc.line,
-                docs[index]
-            )?;
+            outln!("{:>4}  {:>5}  {score:.4}  {text}", rank + 1, doc.line)?;
         }
     }
     Ok(())

@@ -7,7 +7,7 @@ mod table;
 
 pub use hub::resolve as resolve_source;
 
-pub use table::{read_text, HeaderMode, Row, Rows, Table};
+pub use table::{read_lines, read_text, HeaderMode, Row, Rows, Table};
 
 use anyhow::{bail, Result};
 

@@ -557,6 +557,35 @@ pub fn read_text(path: &str) -> Result<String> {
     })
 }
 
+/// The lines of `path` (`-`: standard input) as they are read, numbered from 1, without
+/// their line ends; a line over [`LINE_LIMIT`] or not UTF-8 is an error naming it.
+pub fn read_lines(path: &str) -> Result<impl Iterator<Item = Result<(usize, String)>>> {
+    let input = Checked::open(path)?;
+    let name = input.name.clone();
+    let mut input = BufReader::with_capacity(1 << 16, input);
+    let (mut line, mut failed) = (0, false);
+    Ok(std::iter::from_fn(move || {
+        let mut buf = Vec::new();
+        let read = match failed {
+            true => return None,
+            false => input.read_until(b'\n', &mut buf),
+        };
+        line += 1;
+        let text = match read {
+            Ok(0) => return None,
+            Ok(_) => {
+                let end = buf.strip_suffix(b"\n").map_or(buf.len(), <[u8]>::len);
+                let end = buf[..end].strip_suffix(b"\r").map_or(end, <[u8]>::len);
+                buf.truncate(end);
+                String::from_utf8(buf).map_err(|_| not_utf8(&name, line))
+            }
+            Err(e) => Err(read_error(&name, e)),
+        };
+        failed = text.is_err();
+        Some(text.map(|t| (line, t)))
+    }))
+}
+
 fn not_utf8(name: &str, line: usize) -> anyhow::Error {
     anyhow!("{name} line {line}: not UTF-8 text; save the file as UTF-8")
 }

@@ -345,6 +345,15 @@ impl CrossEncoder {
         docs: &[S],
         top_k: Option<usize>,
     ) -> Result<Vec<(usize, f32)>> {
+        self.check_ranks()?;
+        let pairs: Vec<(&str, &str)> = docs.iter().map(|d| (query, d.as_ref())).collect();
+        let scores = self.predict(&pairs)?;
+        let hits = scores.rows().map(|r| r[0]).enumerate().collect();
+        Ok(best_first(hits, top_k.unwrap_or(usize::MAX)))
+    }
+
+    /// An error unless the model has one output, the one score ranking orders by.
+    pub fn check_ranks(&self) -> Result<()> {
         if self.num_labels() != 1 {
             bail!(
                 "ranking orders documents by one score, but {} has {} outputs ({}): use predict for a score per label",
@@ -353,10 +362,7 @@ impl CrossEncoder {
                 self.config.id2label.join(", ")
             );
         }
-        let pairs: Vec<(&str, &str)> = docs.iter().map(|d| (query, d.as_ref())).collect();
-        let scores = self.predict(&pairs)?;
-        let hits = scores.rows().map(|r| r[0]).enumerate().collect();
-        Ok(best_first(hits, top_k.unwrap_or(usize::MAX)))
+        Ok(())
     }
 
     /// Writes an HF model folder that transformers and sentence-transformers load: weights,

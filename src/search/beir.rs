@@ -5,7 +5,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::data::read_text;
+use crate::data::{read_lines, read_text};
 
 /// A corpus document; models read `title + " " + text`, as BEIR feeds them.
 #[derive(Debug, Clone)]
@@ -44,43 +44,41 @@ pub struct Beir {
 /// Documents from JSONL (`text`, optional `_id`/`id` and `title`: BEIR's corpus.jsonl) or plain
 /// text, one document per line (its id: the line number). Blank lines are skipped.
 pub fn read_corpus(path: &str) -> Result<Vec<Doc>> {
-    let text = read_text(path)?;
-    let lines: Vec<(usize, &str)> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| (i + 1, l))
-        .collect();
-    if lines.is_empty() {
+    corpus(path)?.collect()
+}
+
+/// [`read_corpus`]'s documents as they are read.
+pub fn corpus(path: &str) -> Result<impl Iterator<Item = Result<Doc>>> {
+    let mut lines =
+        read_lines(path)?.filter(|l| l.as_ref().map_or(true, |(_, l)| !l.trim().is_empty()));
+    let Some(first) = lines.next() else {
         bail!("{path}: no documents");
-    }
-    if !lines[0].1.trim_start().starts_with('{') {
-        return Ok(lines
-            .into_iter()
-            .map(|(n, l)| Doc {
+    };
+    let first = first?;
+    let jsonl = first.1.trim_start().starts_with('{');
+    let path = path.to_string();
+    Ok(std::iter::once(Ok(first)).chain(lines).map(move |l| {
+        let (n, l) = l?;
+        if !jsonl {
+            return Ok(Doc {
                 id: n.to_string(),
                 line: n,
                 title: String::new(),
-                text: l.to_string(),
-            })
-            .collect());
-    }
-    lines
-        .into_iter()
-        .map(|(n, l)| {
-            let v = parse_line(path, n, l)?;
-            Ok(Doc {
-                id: id_field(&v).unwrap_or_else(|| n.to_string()),
-                line: n,
-                title: v
-                    .get("title")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-                text: text_field(path, n, &v)?,
-            })
+                text: l,
+            });
+        }
+        let v = parse_line(&path, n, &l)?;
+        Ok(Doc {
+            id: id_field(&v).unwrap_or_else(|| n.to_string()),
+            line: n,
+            title: v
+                .get("title")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            text: text_field(&path, n, &v)?,
         })
-        .collect()
+    }))
 }
 
 fn parse_line(path: &str, n: usize, line: &str) -> Result<Value> {
