@@ -43,6 +43,24 @@ fn write_jsonl(path: &Path, pairs: &[(String, String)]) {
     }
 }
 
+/// Writes pairs as headerless CSV, each with its label where given.
+fn write_csv(path: &Path, pairs: &[(String, String)], labels: Option<&[f64]>) {
+    let mut w = csv::Writer::from_path(path).unwrap();
+    for (i, (a, b)) in pairs.iter().enumerate() {
+        let label = labels.map(|l| l[i].to_string());
+        w.write_record([a, b].into_iter().chain(&label)).unwrap();
+    }
+    w.flush().unwrap();
+}
+
+/// The peak RSS (MB) of a crossenc run that must succeed.
+fn peak_mb(args: &[&str]) -> f64 {
+    let (out, peak) = peak_rss_of(args);
+    stdout(&out);
+    eprintln!("{}: peak RSS {peak:.0} MB", args.join(" "));
+    peak
+}
+
 /// Scores as the library gives them for all the pairs at once.
 fn scores_in_one_pass(pairs: &[(String, String)]) -> Vec<f32> {
     let ce = CrossEncoder::load(tiny_bert().to_str().unwrap(), &LoadOptions::default()).unwrap();
@@ -58,11 +76,7 @@ fn predict_streams_many_chunks_to_the_scores_of_one_pass() {
     let jsonl = tmp.path().join("pairs.jsonl");
     write_jsonl(&jsonl, &pairs);
     let csv = tmp.path().join("pairs.csv");
-    let mut w = csv::Writer::from_path(&csv).unwrap();
-    for (a, b) in &pairs {
-        w.write_record([a, b]).unwrap();
-    }
-    w.flush().unwrap();
+    write_csv(&csv, &pairs, None);
     let model = tiny_bert();
     for input in [&jsonl, &csv] {
         let out = crossenc(&[
@@ -163,19 +177,12 @@ fn predict_memory_does_not_grow_with_the_input() {
         let input = tmp.path().join(format!("{n}.jsonl"));
         write_jsonl(&input, &pairs(n));
         let output = tmp.path().join(format!("{n}.out"));
-        let (out, peak) = peak_rss_of(&[
-            "predict",
-            "-m",
-            model.to_str().unwrap(),
-            "-i",
-            input.to_str().unwrap(),
-            "-o",
-            output.to_str().unwrap(),
-        ]);
-        stdout(&out);
-        eprintln!("{n} pairs: peak RSS {peak:.0} MB");
-        assert_eq!(std::fs::read_to_string(&output).unwrap().lines().count(), n);
-        peaks.push(peak);
+        let (input, output) = (input.to_str().unwrap(), output.to_str().unwrap());
+        let model = model.to_str().unwrap();
+        peaks.push(peak_mb(&[
+            "predict", "-m", model, "-i", input, "-o", output,
+        ]));
+        assert_eq!(std::fs::read_to_string(output).unwrap().lines().count(), n);
     }
     // Held whole, 60,000 pairs took 730 MB (12 KB a pair) before the scores were written.
     assert!(
@@ -193,28 +200,15 @@ fn training_data_costs_its_token_ids_not_its_texts() {
     let mut peaks = Vec::new();
     for n in [10_000, 100_000] {
         let input = tmp.path().join(format!("{n}.csv"));
-        let mut w = csv::Writer::from_path(&input).unwrap();
-        for (i, (a, b)) in pairs(n).iter().enumerate() {
-            w.write_record([a, b, &format!("{}", (i % 11) as f64 / 10.0)])
-                .unwrap();
-        }
-        w.flush().unwrap();
+        let labels: Vec<f64> = (0..n).map(|i| (i % 11) as f64 / 10.0).collect();
+        write_csv(&input, &pairs(n), Some(&labels));
         let output = tmp.path().join(format!("out-{n}"));
-        let (out, peak) = peak_rss_of(&[
-            "train",
-            "-m",
-            model.to_str().unwrap(),
-            "--train",
-            input.to_str().unwrap(),
-            "-o",
-            output.to_str().unwrap(),
-            "--max-steps",
-            "1",
-            "--quiet",
-        ]);
-        stdout(&out);
-        eprintln!("{n} pairs: peak RSS {peak:.0} MB");
-        peaks.push(peak);
+        let (input, output) = (input.to_str().unwrap(), output.to_str().unwrap());
+        let model = model.to_str().unwrap();
+        let train = ["train", "-m", model, "--train", input, "-o", output];
+        peaks.push(peak_mb(
+            &[&train[..], &["--max-steps", "1", "--quiet"]].concat(),
+        ));
     }
     // Pairs held as texts and tokenizers' encodings took 13.5 KB each; their token ids, label
     // and line take about 110 bytes here, and the vectors' growth up to twice that.
@@ -228,14 +222,7 @@ fn eval_streams_to_the_metrics_of_one_pass_and_names_a_bad_label_s_line() {
     let input = tmp.path().join("labelled.csv");
     let pairs = pairs(2 * crossenc::stream::CHUNK + 500);
     let labels: Vec<f64> = (0..pairs.len()).map(|i| (i % 2) as f64).collect();
-    let write = |labels: &[f64]| {
-        let mut w = csv::Writer::from_path(&input).unwrap();
-        for ((a, b), l) in pairs.iter().zip(labels) {
-            w.write_record([a, b, &l.to_string()]).unwrap();
-        }
-        w.flush().unwrap();
-    };
-    write(&labels);
+    write_csv(&input, &pairs, Some(&labels));
     let model = tiny_bert();
     let examples: Vec<crossenc::data::Example> = pairs
         .iter()
@@ -276,7 +263,7 @@ fn eval_streams_to_the_metrics_of_one_pass_and_names_a_bad_label_s_line() {
     }
     let mut bad = labels.clone();
     bad[8_000] = 2.0;
-    write(&bad);
+    write_csv(&input, &pairs, Some(&bad));
     let out = crossenc(&[
         "eval",
         "-m",

@@ -150,9 +150,9 @@ impl Bar {
     /// `pairs` scored, the input read up to `bytes`.
     pub fn scored(&self, pairs: usize, bytes: u64) {
         let rate = pairs as f64 / self.0.elapsed().as_secs_f64().max(1e-9);
-        self.0.set_position(bytes);
         self.0
             .set_message(format!("{pairs} pairs, {rate:.0} pairs/s"));
+        self.0.set_position(bytes);
     }
 
     /// A line on stderr, above the bar where one is drawn.
