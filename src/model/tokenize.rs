@@ -171,9 +171,18 @@ impl Sequences {
         if self.first_truncated.is_none() {
             self.first_truncated = other.first_truncated.map(|s| s + self.len());
         }
-        for s in 0..other.len() {
-            self.push_ids(&other.ids(s), other.first_segment[s]);
+        let base = self.tokens() as u64;
+        if let (Ids::U16(v), Ids::U32(_)) = (&self.ids, &other.ids) {
+            self.ids = Ids::U32(v.iter().map(|&i| u32::from(i)).collect());
         }
+        match (&mut self.ids, &other.ids) {
+            (Ids::U16(a), Ids::U16(b)) => a.extend_from_slice(b),
+            (Ids::U32(a), Ids::U16(b)) => a.extend(b.iter().map(|&i| u32::from(i))),
+            (Ids::U32(a), Ids::U32(b)) => a.extend_from_slice(b),
+            (Ids::U16(_), Ids::U32(_)) => unreachable!("widened above"),
+        }
+        self.ends.extend(other.ends.iter().map(|e| e + base));
+        self.first_segment.extend_from_slice(&other.first_segment);
     }
 
     fn push_ids(&mut self, ids: &[u32], first_segment: u32) {
@@ -887,6 +896,11 @@ mod tests {
             joined.append(&seqs);
             assert_eq!(joined.pack([5]).input_ids, encodings[2].get_ids());
             assert_eq!(joined.pack(0..6).input_ids.len(), 26);
+            let mut narrow = Sequences::new(with_types);
+            narrow.push(&encodings[0]).unwrap();
+            joined.append(&narrow);
+            assert_eq!(joined.pack([6]).input_ids, encodings[0].get_ids());
+            assert_eq!(joined.type_ids(6), encodings[0].get_type_ids());
         }
     }
 
