@@ -58,18 +58,6 @@ enum Format {
 }
 
 impl Table {
-    /// Reads a local file or `hf://datasets/...` spec (all of the split's files, concatenated).
-    /// `names`: the columns the caller will ask for by name, which mark a first row that holds
-    /// them as a header.
-    pub fn read_source(
-        spec: &str,
-        split: &str,
-        header: HeaderMode,
-        names: &[String],
-    ) -> Result<Table> {
-        Rows::open_source(spec, split, header, names)?.collect_table()
-    }
-
     /// Reads `path` (`-` for standard input); the format comes from the extension, or is
     /// sniffed from the content for standard input and unknown extensions.
     pub fn read(path: &str, header: HeaderMode, names: &[String]) -> Result<Table> {
@@ -136,7 +124,9 @@ impl Rows {
         Rows::parse(path, Checked::open(path)?, format, header, names, keep)
     }
 
-    /// [`Rows::open`] on a local file, the bundled STS-B or a hub dataset's split.
+    /// [`Rows::open`] on a local file, the bundled STS-B or a hub dataset's split (all of the
+    /// split's files, concatenated). `names`: the columns the caller will ask for by name,
+    /// which mark a first row that holds them as a header.
     pub fn open_source(
         spec: &str,
         split: &str,
