@@ -58,6 +58,16 @@ enum Format {
 }
 
 impl Table {
+    /// Reads a local file, the bundled STS-B or a hub dataset's split (see [`Rows::open_source`]).
+    pub fn read_source(
+        spec: &str,
+        split: &str,
+        header: HeaderMode,
+        names: &[String],
+    ) -> Result<Table> {
+        Rows::open_source(spec, split, header, names)?.collect_table()
+    }
+
     /// Reads `path` (`-` for standard input); the format comes from the extension, or is
     /// sniffed from the content for standard input and unknown extensions.
     pub fn read(path: &str, header: HeaderMode, names: &[String]) -> Result<Table> {
