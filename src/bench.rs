@@ -4,6 +4,8 @@
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
+
+use crate::ops::Precision;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -59,12 +61,14 @@ pub fn train_steps(
     data: &[Example],
     batch_size: usize,
     steps: usize,
+    precision: Precision,
 ) -> Result<TrainBench> {
     let pairs: Vec<(&str, &str)> = data.iter().map(|e| (e.a.as_str(), e.b.as_str())).collect();
     let sequences = ce.tokenizer.encode_pairs(&pairs)?;
     let lengths: Vec<usize> = (0..sequences.len()).map(|s| sequences.seq_len(s)).collect();
     let batches = epoch_batches(&lengths, batch_size, Batching::Grouped, 42, 0);
     let mut t = Trainable::new(ce, AdamWConfig::default())?;
+    ce.model.set_precision(precision)?;
     let (mut real, mut padded, mut flops, mut pairs_done) = (0usize, 0usize, 0f64, 0usize);
     let mut start = Instant::now();
     for (k, idx) in batches.iter().cycle().take(steps + 1).enumerate() {
@@ -134,25 +138,43 @@ pub fn inference(ce: &CrossEncoder, data: &[Example], repeats: usize) -> Result<
 
 /// GFLOP/s of the engine's linear layers on this machine: the best of 20 runs of the FFN's two
 /// products (`[rows, h] x [h, i]` from `[out, in]` weights, `[rows, i] x [i, h]` from `[in,
-/// out]`, as the engine stores them, laid out for the kernel as a scoring model's are).
-pub fn matmul_peak(rows: usize, h: usize, i: usize) -> f64 {
+/// out]`, as the engine stores them), laid out for the kernel as a scoring model's are: in f32,
+/// or in bf16 (`None` where the CPU has no bf16 kernel).
+pub fn matmul_peak(rows: usize, h: usize, i: usize, bf16: bool) -> Option<f64> {
+    use crate::ops::bf16::{available, Bf16Weight};
     use crate::ops::linear::{forward, panels, WeightLayout};
     use crate::ops::matmul::own_kernel;
+    if bf16 && !available() {
+        return None;
+    }
     let mut best = f64::INFINITY;
     for (k, n, layout) in [(h, i, WeightLayout::OutIn), (i, h, WeightLayout::InOut)] {
         let x = vec![0.5f32; rows * k];
         let w = vec![0.25f32; n * k];
         let mut y = vec![0f32; rows * n];
-        // Laid out once, as for a model that scores.
-        let panels = own_kernel().then(|| panels(&w, k, layout));
-        forward(&mut y, &x, &w, None, k, layout, panels.as_ref());
+        let panels = (own_kernel() && !bf16).then(|| panels(&w, k, layout));
+        let reduced = bf16.then(|| Bf16Weight::new(&w, k, layout));
+        let mut run = || match &reduced {
+            Some(r) => r.forward(&mut y, &x, None),
+            None => forward(
+                &mut y,
+                &x,
+                &w,
+                None,
+                k,
+                layout,
+                panels.as_ref(),
+                Precision::F32,
+            ),
+        };
+        run();
         for _ in 0..20 {
             let start = Instant::now();
-            forward(&mut y, &x, &w, None, k, layout, panels.as_ref());
+            run();
             best = best.min(start.elapsed().as_secs_f64());
         }
     }
-    2.0 * (rows * h * i) as f64 / best / 1e9
+    Some(2.0 * (rows * h * i) as f64 / best / 1e9)
 }
 
 /// Memory bandwidth in GB/s: a parallel copy of 256 MB (bytes read plus bytes written), best

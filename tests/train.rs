@@ -1145,3 +1145,67 @@ fn the_library_refuses_labels_outside_0_1_for_bce() {
     .unwrap_err();
     assert!(format!("{err:#}").contains("outside [0, 1]"), "{err:#}");
 }
+
+/// `--dtype bf16` trains with the linear layers' products in bf16 where the CPU has AMX: the
+/// weights move as the f32 run's do, off them by much less than they moved (the products are
+/// rounded, so not equal), and the saved f32 model scores; elsewhere it is refused, saying why,
+/// before anything is written.
+#[test]
+fn bf16_training_follows_f32_or_is_refused_before_writing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = stsb_head(tmp.path(), 40);
+    let (f32_out, bf16_out) = (tmp.path().join("f32"), tmp.path().join("bf16"));
+    let bf16 = tiny_train(&data, &bf16_out, &["--lr", "1e-3", "--dtype", "bf16"]);
+    if !crossenc::ops::amx::available() {
+        fails_with(&bf16, &["bf16 training needs a CPU with AMX", "f32"]);
+        assert!(!bf16_out.exists(), "the refused run wrote {bf16_out:?}");
+        return;
+    }
+    assert!(
+        bf16.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bf16.stderr)
+    );
+    assert!(tiny_train(&data, &f32_out, &["--lr", "1e-3"])
+        .status
+        .success());
+    let read = |dir: &Path| std::fs::read(dir.join("model.safetensors")).unwrap();
+    let (start, a, b) = (
+        read(&shared("golden/tiny-bert")),
+        read(&f32_out),
+        read(&bf16_out),
+    );
+    let tensors = |bytes: &[u8]| {
+        let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
+        st.names()
+            .into_iter()
+            .map(|n| {
+                let values = st.tensor(n).unwrap().data().chunks_exact(4);
+                let values = values.map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64);
+                (n.to_string(), values.collect::<Vec<f64>>())
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let (w0, wf, wb) = (tensors(&start), tensors(&a), tensors(&b));
+    // The weights the run started from (a new head is not among them).
+    let (mut moved, mut apart) = (0.0, 0.0);
+    for (name, w0) in &w0 {
+        let (wf, wb) = (&wf[name], &wb[name]);
+        moved += w0.iter().zip(wf).map(|(x, y)| (x - y).abs()).sum::<f64>();
+        apart += wf.iter().zip(wb).map(|(x, y)| (x - y).abs()).sum::<f64>();
+    }
+    assert!(
+        apart > 0.0 && apart < 0.25 * moved,
+        "moved {moved}, bf16 apart {apart}"
+    );
+    let pairs = tmp.path().join("pairs.tsv");
+    std::fs::write(&pairs, "A man plays a guitar.\tSomeone plays music.\n").unwrap();
+    let scored = stdout(&crossenc(&[
+        "predict",
+        "-m",
+        bf16_out.to_str().unwrap(),
+        "-i",
+        pairs.to_str().unwrap(),
+    ]));
+    assert_eq!(scored.lines().count(), 1);
+}

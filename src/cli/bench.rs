@@ -8,6 +8,7 @@ use std::process::Command;
 use super::data_args::DataArgs;
 use crate::bench;
 use crate::ops::profile::Rows;
+use crate::ops::Precision;
 use crate::{CrossEncoder, LoadOptions, Quantization};
 
 #[derive(Args)]
@@ -42,6 +43,9 @@ pub struct BenchArgs {
     /// Append a row to this Markdown file.
     #[arg(long)]
     append: Option<PathBuf>,
+    /// Time the training steps with their products in bf16 (needs AMX).
+    #[arg(long, value_name = "f32|bf16", default_value = "f32")]
+    dtype: Precision,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -89,6 +93,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "int8_pairs_per_s": round.int8.0.pairs_per_s,
             "bf16_pairs_per_s": round.bf16.as_ref().map(|b| b.0.pairs_per_s),
             "matmul_peak_gflops": round.peak,
+            "bf16_matmul_peak_gflops": round.bf16_peak,
             "reference": reference,
         }));
         best = Some(match best {
@@ -107,6 +112,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bf16,
         quantize_s,
         peak,
+        bf16_peak,
         bandwidth,
         params,
         rss,
@@ -115,7 +121,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut report = json!({
         "model": args.model, "threads": threads, "cpu": cpu_name(), "commit": commit(),
         "rounds": rounds,
-        "train": train_b, "inference": infer, "matmul_peak_gflops": peak,
+        "train": train_b, "train_dtype": format!("{:?}", args.dtype).to_lowercase(),
+        "inference": infer, "matmul_peak_gflops": peak,
         "memory_bandwidth_gbs": bandwidth, "params": params, "step_floor_s": floor,
         "step_over_floor": train_b.s_per_step / floor,
         "train_share_of_peak": train_b.gflops / peak, "inference_share_of_peak": infer.gflops / peak,
@@ -128,7 +135,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let mut big = bench::resized(&load()?, bench::BERT_BASE)?;
         let steps = args.steps.min(10);
         crate::ops::profile::enable(true);
-        let train_big = bench::train_steps(&mut big, &train, args.batch_size, steps)?;
+        let train_big = bench::train_steps(&mut big, &train, args.batch_size, steps, args.dtype)?;
         big_profile = Some((crate::ops::profile::take(), steps));
         crate::ops::profile::enable(false);
         // Training thawed it: scored as a loaded model is, its weights laid out once.
@@ -162,6 +169,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if let Some((infer_bf16, _)) = &bf16 {
         report["inference_bf16"] = json!(infer_bf16);
+        report["bf16_kernel"] = json!(crate::ops::bf16::kernel());
+        report["bf16_matmul_peak_gflops"] = json!(bf16_peak);
         report["ratio_bf16_f32"] = json!(infer_bf16.pairs_per_s / infer.pairs_per_s);
     }
     outln!("{}", serde_json::to_string_pretty(&report)?)?;
@@ -197,6 +206,8 @@ struct Round {
     bf16: Option<(bench::InferBench, Rows)>,
     quantize_s: f64,
     peak: f64,
+    /// Where the CPU has a bf16 kernel.
+    bf16_peak: Option<f64>,
     bandwidth: f64,
     params: usize,
     /// Peak RSS after the training steps: the first round's is the one that counts (later
@@ -226,6 +237,7 @@ impl Round {
             train: faster(self.train, o.train, |b| b.pairs_per_s),
             quantize_s: self.quantize_s.min(o.quantize_s),
             peak: self.peak.max(o.peak),
+            bf16_peak: self.bf16_peak.zip(o.bf16_peak).map(|(a, b)| a.max(b)),
             bandwidth: self.bandwidth.max(o.bandwidth),
             params: self.params,
             rss: self.rss,
@@ -246,7 +258,7 @@ fn measure(
     ce.batch_size = args.eval_batch_size;
     let infer = profiled_inference(&ce, test)?;
     crate::ops::profile::enable(true);
-    let train_b = bench::train_steps(&mut ce, train, args.batch_size, args.steps)?;
+    let train_b = bench::train_steps(&mut ce, train, args.batch_size, args.steps, args.dtype)?;
     let profile = crate::ops::profile::take();
     crate::ops::profile::enable(false);
     let rss = bench::peak_rss_mb();
@@ -276,7 +288,8 @@ fn measure(
         int8: int8_b,
         bf16,
         quantize_s,
-        peak: bench::matmul_peak(512, h, i),
+        peak: bench::matmul_peak(512, h, i, false).unwrap_or(f64::NAN),
+        bf16_peak: bench::matmul_peak(512, h, i, true),
         bandwidth: bench::memory_bandwidth(),
         params,
         rss,

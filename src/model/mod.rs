@@ -49,6 +49,7 @@ use crate::ops::linear::WeightLayout;
 use crate::ops::matmul::{own_kernel, Panels};
 use crate::ops::profile::timed;
 use crate::ops::rotary::Rotary;
+use crate::ops::Precision;
 use crate::ops::{layer_norm, linear, Act, Pass};
 use crate::Quantization;
 
@@ -134,6 +135,8 @@ pub struct Linear {
     /// `Wᵀ` laid out for the f32 kernel, for a model that only scores; the forward uses it
     /// when present.
     panels: Option<Panels>,
+    /// Training's products (where `reduced` and `panels` are absent).
+    precision: Precision,
 }
 
 impl Linear {
@@ -161,6 +164,7 @@ impl Linear {
             out_dim,
             reduced: None,
             panels: None,
+            precision: Precision::F32,
         })
     }
 
@@ -187,6 +191,7 @@ impl Linear {
             out_dim: outs.iter().sum(),
             reduced: None,
             panels: None,
+            precision: Precision::F32,
         })
     }
 
@@ -222,7 +227,8 @@ impl Linear {
             None => {
                 let weight = &w[self.weight.clone()];
                 let panels = self.panels.as_ref();
-                linear::forward(y, x, weight, bias, self.in_dim, self.layout, panels)
+                let (k, layout) = (self.in_dim, self.layout);
+                linear::forward(y, x, weight, bias, k, layout, panels, self.precision)
             }
         }
     }
@@ -266,7 +272,8 @@ impl Linear {
         );
         let (dw, db) = weight_and_bias(g, &self.weight, &self.bias);
         let weight = &w[self.weight.clone()];
-        linear::backward(dx, dw, db, dy, x, weight, self.in_dim, self.layout);
+        let (k, layout) = (self.in_dim, self.layout);
+        linear::backward(dx, dw, db, dy, x, weight, k, layout, self.precision);
     }
 }
 
@@ -590,6 +597,18 @@ impl SequenceClassifier {
         let w = &self.weights.data;
         self.body.linears_mut().for_each(|l| l.quantize(w, q));
         self.quantization = Some(q);
+        Ok(())
+    }
+
+    /// Trains with the linear layers' products in `p` from now on. bf16 needs AMX.
+    pub fn set_precision(&mut self, p: Precision) -> Result<()> {
+        if p == Precision::Bf16 && !crate::ops::amx::available() {
+            anyhow::bail!(
+                "bf16 training needs a CPU with AMX (amx_bf16 in lscpu's flags: Intel Xeon \
+                 Sapphire Rapids or later), which this one lacks: train in f32 (no --dtype)"
+            );
+        }
+        self.body.linears_mut().for_each(|l| l.precision = p);
         Ok(())
     }
 

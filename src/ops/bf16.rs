@@ -1,18 +1,22 @@
-//! bf16 scoring on CPUs with AVX-512 BF16 (`vdpbf16ps`: two bf16 products summed into each f32
-//! lane, twice the multiply-adds of an f32 FMA per instruction). Weights are rounded to bf16
-//! once, at load; each call rounds its input rows; the products accumulate in f32, and
-//! everything else (bias, GELU, layer norm, softmax, the head) stays f32. bf16 keeps f32's
-//! range with an 8-bit mantissa: no scales to choose, and each value is off by at most 2^-9
-//! of itself, where int8 is off by a step of its row's range.
+//! bf16 scoring on CPUs with AMX (`tdpbf16ps`, see [`super::amx`]) or AVX-512 BF16
+//! (`vdpbf16ps`: two bf16 products summed into each f32 lane, twice the multiply-adds of an
+//! f32 FMA per instruction). Weights are rounded to bf16 once, at load; each call rounds its
+//! input rows; the products accumulate in f32, and everything else (bias, GELU, layer norm,
+//! softmax, the head) stays f32. bf16 keeps f32's range with an 8-bit mantissa: no scales to
+//! choose, and each value is off by at most 2^-9 of itself, where int8 is off by a step of its
+//! row's range.
 //!
-//! The kernel is `matmul::avx512`'s and `int8::vnni`'s shape: `MR` rows by `NV` vectors of 16
-//! columns in registers, a row's pair of bf16 broadcast straight from the rounded rows, the
-//! weight in panels of `PANEL` columns laid out once, the bias added in the epilogue.
+//! The AVX-512 kernel is `matmul::avx512`'s and `int8::vnni`'s shape: `MR` rows by `NV`
+//! vectors of 16 columns in registers, a row's pair of bf16 broadcast straight from the
+//! rounded rows, the weight in panels of `PANEL` columns laid out once, the bias added in the
+//! epilogue. AMX's column tiles are 16 columns of the same panels.
 
 use rayon::prelude::*;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
+use super::amx;
 use super::linear::WeightLayout;
+use super::matmul::{Start, View};
 use super::ROW_BLOCK;
 
 /// Rows of a register tile.
@@ -20,12 +24,54 @@ const MR: usize = 8;
 /// Vectors of 16 columns in a register tile.
 const NV: usize = 3;
 /// Columns of a weight panel: one register tile wide.
-const PANEL: usize = 16 * NV;
+pub(crate) const PANEL: usize = 16 * NV;
 /// bf16 values of a panel's pair of rows: `PANEL` columns of two.
-const PAIR: usize = PANEL * 2;
+pub(crate) const PAIR: usize = PANEL * 2;
 
-/// Whether this CPU runs the kernel.
+/// 32 bf16 values on a cache line of their own: AMX loads whole lines.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u16; 32]);
+
+/// bf16 values on whole, aligned cache lines.
+#[derive(Clone, Default)]
+struct Lines(Vec<Line>);
+
+impl Lines {
+    /// At least `len` values (more only to the line's end); new values are zero.
+    fn resize(&mut self, len: usize) {
+        self.0.resize(len.div_ceil(32), Line([0; 32]));
+    }
+
+    fn as_slice(&self) -> &[u16] {
+        // SAFETY: a `Line` is 32 `u16`s with no padding (`repr(C)`, 64 bytes).
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast(), self.0.len() * 32) }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u16] {
+        // SAFETY: as in `as_slice`, borrowed mutably.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast(), self.0.len() * 32) }
+    }
+}
+
+/// The bf16 kernel this CPU runs, for `/info` and `bench`; `None` where there is none.
+pub fn kernel() -> Option<&'static str> {
+    if amx::available() {
+        Some("crossenc amx (tdpbf16ps)")
+    } else if avx512_available() {
+        Some("crossenc avx512-bf16 (vdpbf16ps)")
+    } else {
+        None
+    }
+}
+
+/// Whether this CPU runs a bf16 kernel.
 pub fn available() -> bool {
+    kernel().is_some()
+}
+
+/// Whether this CPU has AVX-512 BF16.
+fn avx512_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     return is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
@@ -51,12 +97,13 @@ pub fn widen(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
 }
 
-/// A linear layer's weight in bf16, laid out for the kernel: panel `p`'s pair `q` (rows `2q`
+/// A linear layer's weight in bf16, laid out for the kernels: panel `p`'s pair `q` (rows `2q`
 /// and `2q + 1` of `Wᵀ`, `[in, out]`) is `PAIR` values, column `c`'s two at `2c`, as
-/// `vdpbf16ps` reads them. Columns past `n` and a row past an odd `k` are zero.
+/// `vdpbf16ps` and `tdpbf16ps` read them. Columns past `n` and rows past `k` are zero; the
+/// pairs are padded to a whole tile's 16.
 #[derive(Clone)]
 pub struct Bf16Weight {
-    data: Vec<u16>,
+    data: Lines,
     k: usize,
     n: usize,
 }
@@ -71,19 +118,20 @@ impl Bf16Weight {
     /// Rounds `w` (`[out, in]` or `[in, out]` as `layout` says).
     pub fn new(w: &[f32], in_dim: usize, layout: WeightLayout) -> Self {
         let (k, n) = (in_dim, w.len() / in_dim);
-        let pairs = k.div_ceil(2);
-        let mut data = vec![0u16; n.div_ceil(PANEL) * pairs * PAIR];
-        for t in 0..k {
-            for j in 0..n {
-                let v = match layout {
-                    WeightLayout::OutIn => w[j * k + t],
-                    WeightLayout::InOut => w[t * n + j],
-                };
-                let (p, c) = (j / PANEL, j % PANEL);
-                data[(p * pairs + t / 2) * PAIR + 2 * c + t % 2] = round(v);
-            }
-        }
+        let mut data = Lines::default();
+        pack_panels(&mut data, layout.transposed(w, k, n));
         Bf16Weight { data, k, n }
+    }
+
+    /// The panels as the kernels read them, and the padded `k` they cover.
+    #[cfg(test)]
+    pub(crate) fn panels(&self) -> (&[u16], usize) {
+        (self.data.as_slice(), 2 * Self::pairs(self.k))
+    }
+
+    /// Pairs of rows that `k` rows take: whole tiles of `K_STEP` rows.
+    fn pairs(k: usize) -> usize {
+        k.next_multiple_of(amx::K_STEP) / 2
     }
 
     /// `y` (`[rows, out]`) = `x` (`[rows, in]`) · `w`ᵀ (+ `bias`), `x` rounded to bf16 first.
@@ -91,16 +139,24 @@ impl Bf16Weight {
     pub fn forward(&self, y: &mut [f32], x: &[f32], bias: Option<&[f32]>) {
         let (k, n) = (self.k, self.n);
         let rows = x.len() / k;
-        assert!(available(), "the CPU has no AVX-512 BF16");
+        assert!(available(), "the CPU has no bf16 kernel");
         assert!(x.len() == rows * k && y.len() >= rows * n);
         assert!(bias.is_none_or(|b| b.len() == n));
         if rows == 0 {
             return;
         }
+        let amx = amx::available();
         INPUT.with_borrow_mut(|a| {
-            // Rows of an even length, zero past `k`: every pair the kernel reads is whole.
-            let k2 = k.next_multiple_of(2);
-            a.resize(rows * k2, 0);
+            // Rows as long as the weight's pairs, zero past `k`; for AMX, whole blocks of rows.
+            let k2 = 2 * Self::pairs(k);
+            let padded = if amx {
+                rows.next_multiple_of(amx::BLOCK)
+            } else {
+                rows
+            };
+            a.resize(padded * k2);
+            let a = &mut a.as_mut_slice()[..padded * k2];
+            a[rows * k2..].fill(0);
             a.par_chunks_mut(k2 * ROW_BLOCK)
                 .zip(x.par_chunks(k * ROW_BLOCK))
                 .for_each(|(a, x)| {
@@ -109,12 +165,16 @@ impl Bf16Weight {
                         a[k..].fill(0);
                     }
                 });
+            let (y, w) = (&mut y[..rows * n], self.data.as_slice());
+            if amx {
+                let start = bias.map_or(Start::Zero, Start::Bias);
+                return amx::bf16_product_par(y, (rows, n), (a, k2), (w, n), start);
+            }
             // Each thread a share of the rows, whole tiles, over every panel.
             let part = rows
                 .div_ceil(rayon::current_num_threads())
                 .next_multiple_of(MR);
-            y[..rows * n]
-                .par_chunks_mut(part * n)
+            y.par_chunks_mut(part * n)
                 .zip(a.par_chunks(part * k2))
                 .for_each(|(y, a)| {
                     #[cfg(target_arch = "x86_64")]
@@ -128,9 +188,113 @@ impl Bf16Weight {
     }
 }
 
+/// `rhs` (`[k, n]`) rounded into `dst` as [`Bf16Weight`] lays out its weight. Read along its
+/// rows or its columns, whichever lie side by side.
+fn pack_panels(dst: &mut Lines, rhs: View) {
+    let (k, n) = rhs.shape();
+    let pairs = Bf16Weight::pairs(k);
+    dst.resize(n.div_ceil(PANEL) * pairs * PAIR);
+    dst.as_mut_slice()
+        .par_chunks_mut(pairs * PAIR)
+        .enumerate()
+        .for_each(|(p, panel)| {
+            let (c0, cols) = (p * PANEL, (n - p * PANEL).min(PANEL));
+            panel.fill(0);
+            if rhs.row_major() {
+                for (t, row) in (0..k).map(|t| (t, rhs.row(t).unwrap())) {
+                    let pair = &mut panel[t / 2 * PAIR..][..PAIR];
+                    let row = &row[c0..c0 + cols];
+                    for (two, &v) in pair.chunks_exact_mut(2).zip(row) {
+                        two[t % 2] = round(v);
+                    }
+                }
+            } else {
+                for c in 0..cols {
+                    let column = |t: usize| match rhs.col(c0 + c) {
+                        Some(col) => col[t],
+                        None => rhs.at(t, c0 + c),
+                    };
+                    for t in 0..k {
+                        panel[t / 2 * PAIR + 2 * c + t % 2] = round(column(t));
+                    }
+                }
+            }
+        });
+}
+
+/// `lhs` (`[m, k]`) rounded into `dst` as rows of `k` padded to whole steps (returned), the rows
+/// padded with zeros to whole blocks, as AMX's driver reads them. A transposed `lhs` (a
+/// gradient's `dyᵀ`) is read a row of its source at a time, into `ROW_BLOCK` rows.
+fn pack_rows(dst: &mut Lines, lhs: View) -> usize {
+    let (m, k) = lhs.shape();
+    let kp = k.next_multiple_of(amx::K_STEP);
+    let padded = m.next_multiple_of(amx::BLOCK);
+    dst.resize(padded * kp);
+    dst.as_mut_slice()[..padded * kp]
+        .par_chunks_mut(kp * ROW_BLOCK)
+        .enumerate()
+        .for_each(|(b, block)| {
+            let r0 = b * ROW_BLOCK;
+            block.fill(0);
+            if r0 >= m {
+                return;
+            }
+            if lhs.row_major() {
+                for (i, row) in block
+                    .chunks_exact_mut(kp)
+                    .enumerate()
+                    .take(m.saturating_sub(r0))
+                {
+                    let x = lhs.row(r0 + i).unwrap();
+                    row.iter_mut().zip(x).for_each(|(a, &v)| *a = round(v));
+                }
+            } else {
+                let rows = m.saturating_sub(r0).min(ROW_BLOCK);
+                let column = lhs.t();
+                for t in 0..k {
+                    // Column `t` of `lhs`, rows `r0..`: side by side where `lhs` is transposed.
+                    match column.row(t) {
+                        Some(src) => {
+                            for (i, &v) in src[r0..r0 + rows].iter().enumerate() {
+                                block[i * kp + t] = round(v);
+                            }
+                        }
+                        None => {
+                            (0..rows).for_each(|i| block[i * kp + t] = round(lhs.at(r0 + i, t)))
+                        }
+                    }
+                }
+            }
+        });
+    kp
+}
+
+/// `dst` (`[m, n]`, row stride `dst_rs`) = `start` + `lhs` · `rhs`, both rounded to bf16, the
+/// sums in f32, on AMX over rayon's threads: training's products in mixed precision. Only
+/// where [`amx::available`].
+pub fn product(dst: &mut [f32], dst_rs: usize, lhs: View, rhs: View, start: Start) {
+    let (mut a, mut b) = (ROWS.take(), PANELS.take());
+    let kp = pack_rows(&mut a, lhs);
+    pack_panels(&mut b, rhs);
+    let (m, n) = (lhs.shape().0, rhs.shape().1);
+    amx::bf16_product_par(
+        dst,
+        (m, dst_rs),
+        (a.as_slice(), kp),
+        (b.as_slice(), n),
+        start,
+    );
+    ROWS.set(a);
+    PANELS.set(b);
+}
+
 thread_local! {
     /// The input rows in bf16, reused from call to call.
-    static INPUT: RefCell<Vec<u16>> = RefCell::default();
+    static INPUT: RefCell<Lines> = RefCell::default();
+    /// [`product`]'s operands, reused; taken out while in use (a task that rayon runs on this
+    /// thread meanwhile gets buffers of its own).
+    static ROWS: Cell<Lines> = Cell::default();
+    static PANELS: Cell<Lines> = Cell::default();
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -141,10 +305,10 @@ mod avx512 {
     /// `y` (`[rows, n]`) = `a` (bf16 `[rows, k2]`, `k2` even) · `w` (+ `bias`), on this thread.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub(super) fn product(y: &mut [f32], a: &[u16], w: &Bf16Weight, bias: Option<&[f32]>) {
-        let pairs = w.k.div_ceil(2);
+        let pairs = Bf16Weight::pairs(w.k);
         let rows = a.len() / (2 * pairs);
         assert!(a.len() == rows * 2 * pairs && y.len() == rows * w.n);
-        for (p, panel) in w.data.chunks_exact(pairs * PAIR).enumerate() {
+        for (p, panel) in w.data.as_slice().chunks_exact(pairs * PAIR).enumerate() {
             for r0 in (0..rows).step_by(MR) {
                 let at = (r0, p * PANEL);
                 match rows - r0 {
@@ -253,6 +417,71 @@ mod tests {
         for x in randn(1000, 3.0, 1) {
             let back = widen(round(x));
             assert!((back - x).abs() <= x.abs() / 256.0, "{x} -> {back}");
+        }
+    }
+
+    /// Training's product on every operand layout, packed and run on the tiles' model (on any
+    /// CPU) and, where the CPU has AMX, on the CPU, against an f64 loop over the same bf16 values.
+    #[test]
+    fn the_general_product_packs_every_operand_layout() {
+        use crate::ops::amx::{bf16_product, Model};
+        for (m, k, n) in [(1, 1, 1), (17, 40, 50), (70, 33, 97)] {
+            let (a, b) = (randn(m * k, 1.0, 1), randn(k * n, 1.0, 2));
+            let init = randn(m * n, 1.0, 3);
+            let q = |v: f32| widen(round(v)) as f64;
+            for (lt, rt) in [(false, false), (true, false), (false, true), (true, true)] {
+                // Each operand given row-major or as the transpose of a row-major buffer.
+                let lhs = match lt {
+                    false => View::rows(&a, m, k, k),
+                    true => View::rows(&a, k, m, m).t(),
+                };
+                let rhs = match rt {
+                    false => View::rows(&b, k, n, n),
+                    true => View::rows(&b, n, k, k).t(),
+                };
+                let want: Vec<f64> = (0..m * n)
+                    .map(|i| {
+                        let (r, c) = (i / n, i % n);
+                        init[i] as f64
+                            + (0..k)
+                                .map(|t| q(lhs.at(r, t)) * q(rhs.at(t, c)))
+                                .sum::<f64>()
+                    })
+                    .collect();
+                let (mut pa, mut pb) = (Lines::default(), Lines::default());
+                let kp = pack_rows(&mut pa, lhs);
+                pack_panels(&mut pb, rhs);
+                let mut model = init.clone();
+                // SAFETY: the whole result lies within `model`, which nothing else touches.
+                unsafe {
+                    let ops = ((pa.as_slice(), kp), (pb.as_slice(), n));
+                    let out = model.as_mut_ptr();
+                    bf16_product(
+                        &mut Model::default(),
+                        out,
+                        n,
+                        ops.0,
+                        ops.1,
+                        0..m,
+                        0..n,
+                        Start::Add,
+                    )
+                };
+                let mut results = vec![model];
+                if amx::available() {
+                    let mut native = init.clone();
+                    product(&mut native, n, lhs, rhs, Start::Add);
+                    results.push(native);
+                }
+                for got in results {
+                    for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()) * k as f64,
+                            "{m}x{k}x{n} {lt} {rt} {i}: {g} vs {w}"
+                        );
+                    }
+                }
+            }
         }
     }
 

@@ -16,8 +16,8 @@
 
 use rayon::prelude::*;
 
-use super::add_column_sums;
 use super::matmul::{matmul, own_kernel, product, with_panels, Panels, Product, Start, View};
+use super::{add_column_sums, bf16, Precision};
 
 /// How a weight is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +30,7 @@ pub enum WeightLayout {
 
 impl WeightLayout {
     /// `Wᵀ` (`[in, out]`) as a view, for `x · Wᵀ`.
-    fn transposed<'a>(self, w: &'a [f32], in_dim: usize, out_dim: usize) -> View<'a> {
+    pub(crate) fn transposed<'a>(self, w: &'a [f32], in_dim: usize, out_dim: usize) -> View<'a> {
         match self {
             WeightLayout::OutIn => View::rows(w, out_dim, in_dim, in_dim).t(),
             WeightLayout::InOut => View::rows(w, in_dim, out_dim, out_dim),
@@ -50,7 +50,8 @@ pub fn panels(w: &[f32], in_dim: usize, layout: WeightLayout) -> Panels {
 }
 
 /// `y` (`[rows, out]`) = `x` (`[rows, in]`) · `w`ᵀ + `b`, `w` stored as `layout` says (and, if
-/// given, laid out in `panels` by [`panels`]).
+/// given, laid out in `panels` by [`panels`]), the product in `precision`.
+#[allow(clippy::too_many_arguments)]
 pub fn forward(
     y: &mut [f32],
     x: &[f32],
@@ -59,6 +60,7 @@ pub fn forward(
     in_dim: usize,
     layout: WeightLayout,
     panels: Option<&Panels>,
+    precision: Precision,
 ) {
     let out_dim = w.len() / in_dim;
     let rows = x.len() / in_dim;
@@ -66,6 +68,11 @@ pub fn forward(
         return;
     }
     let wt = layout.transposed(w, in_dim, out_dim);
+    if precision == Precision::Bf16 {
+        let xv = View::rows(x, rows, in_dim, in_dim);
+        let start = b.map_or(Start::Zero, Start::Bias);
+        return bf16::product(y, out_dim, xv, wt, start);
+    }
     let on_gemm = |y: &mut [f32], x: &[f32], parallel: bool| {
         let how = Product {
             accumulate: b.is_some(),
@@ -114,7 +121,8 @@ pub enum InputGrad<'a> {
 }
 
 /// From `dy` (`[rows, out]`): the input gradient `dy · W` as `dx` says, and `dyᵀ · x` and the
-/// column sums of `dy` added into `dw` (in `layout`, as `w`) and `db`.
+/// column sums of `dy` added into `dw` (in `layout`, as `w`) and `db`; the products in
+/// `precision` (the column sums in f32).
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     dx: InputGrad,
@@ -125,6 +133,7 @@ pub fn backward(
     w: &[f32],
     in_dim: usize,
     layout: WeightLayout,
+    precision: Precision,
 ) {
     let out_dim = w.len() / in_dim;
     let rows = x.len() / in_dim;
@@ -136,6 +145,21 @@ pub fn backward(
         InputGrad::Write(d) => (d, false),
         InputGrad::Add(d) => (d, true),
     };
+    if precision == Precision::Bf16 {
+        // Each product over both threads: AMX's blocks split well at these sizes.
+        let wv = layout.transposed(w, in_dim, out_dim).t();
+        let start = if accumulate { Start::Add } else { Start::Zero };
+        bf16::product(dx, in_dim, dyv, wv, start);
+        let xv = View::rows(x, rows, in_dim, in_dim);
+        match layout {
+            WeightLayout::OutIn => bf16::product(dw, in_dim, dyv.t(), xv, Start::Add),
+            WeightLayout::InOut => bf16::product(dw, out_dim, xv.t(), dyv, Start::Add),
+        }
+        if let Some(db) = db {
+            add_column_sums(db, dy);
+        }
+        return;
+    }
     // The two products are independent and equally large: on two threads each runs whole on
     // one core, which beats splitting each over both at a training batch's few hundred rows.
     let parallel = rayon::current_num_threads() > 2;
@@ -203,11 +227,30 @@ mod tests {
         let wt: Vec<f32> = (0..i * o).map(|k| w[(k % o) * i + k / o]).collect();
         for (weight, layout) in [(&w, WeightLayout::OutIn), (&wt, WeightLayout::InOut)] {
             let mut y = vec![f32::NAN; rows * o];
-            forward(&mut y, &x, weight, Some(&b), i, layout, None);
+            forward(
+                &mut y,
+                &x,
+                weight,
+                Some(&b),
+                i,
+                layout,
+                None,
+                Precision::F32,
+            );
             assert!(max_diff(&y, &want) < 1e-5, "{layout:?}");
             let (mut dx, mut dw, mut db) = (vec![0f32; rows * i], vec![0f32; o * i], vec![0f32; o]);
             let dx_to = InputGrad::Write(&mut dx);
-            backward(dx_to, &mut dw, Some(&mut db), &probe, &x, weight, i, layout);
+            backward(
+                dx_to,
+                &mut dw,
+                Some(&mut db),
+                &probe,
+                &x,
+                weight,
+                i,
+                layout,
+                Precision::F32,
+            );
             // dw comes back in the weight's own layout.
             let dw_out_in: Vec<f32> = match layout {
                 WeightLayout::OutIn => dw.clone(),
@@ -227,6 +270,7 @@ mod tests {
                 weight,
                 i,
                 layout,
+                Precision::F32,
             );
             let shifted: Vec<f32> = g[0].iter().map(|v| v + 1.0).collect();
             assert!(max_diff(&dx2, &shifted) < 1e-5);
@@ -255,22 +299,50 @@ mod tests {
             .map(|k| dot(rows, &|r| (dy[r * o + k / i] * x[r * i + k % i]) as f64))
             .collect();
         let wt: Vec<f32> = (0..i * o).map(|k| w[(k % o) * i + k / o]).collect();
-        for (weight, layout) in [(&w, WeightLayout::OutIn), (&wt, WeightLayout::InOut)] {
-            let laid_out = panels(weight, i, layout);
-            for p in [None, Some(&laid_out)] {
-                let mut y = vec![f32::NAN; rows * o];
-                forward(&mut y, &x, weight, Some(&b), i, layout, p);
-                assert!(rel_diff(&y, &want_y) < 1e-5, "{layout:?} {}", p.is_some());
+        // bf16 (where the CPU has AMX) to bf16's precision: 8 bits of each operand.
+        let mut precisions = vec![(Precision::F32, 1e-5)];
+        if crate::ops::amx::available() {
+            precisions.push((Precision::Bf16, 1e-2));
+        }
+        for (precision, tol) in precisions {
+            for (weight, layout) in [(&w, WeightLayout::OutIn), (&wt, WeightLayout::InOut)] {
+                let laid_out = panels(weight, i, layout);
+                for p in [None, Some(&laid_out)]
+                    .into_iter()
+                    .take(1 + (precision == Precision::F32) as usize)
+                {
+                    let mut y = vec![f32::NAN; rows * o];
+                    forward(&mut y, &x, weight, Some(&b), i, layout, p, precision);
+                    assert!(
+                        rel_diff(&y, &want_y) < tol,
+                        "{layout:?} {} {precision:?}",
+                        p.is_some()
+                    );
+                }
+                let (mut dx, mut dw, mut db) =
+                    (vec![0f32; rows * i], vec![0f32; o * i], vec![0f32; o]);
+                let dx_to = InputGrad::Write(&mut dx);
+                backward(
+                    dx_to,
+                    &mut dw,
+                    Some(&mut db),
+                    &dy,
+                    &x,
+                    weight,
+                    i,
+                    layout,
+                    precision,
+                );
+                let dw_out_in: Vec<f32> = match layout {
+                    WeightLayout::OutIn => dw,
+                    WeightLayout::InOut => (0..o * i).map(|k| dw[(k % i) * o + k / i]).collect(),
+                };
+                assert!(rel_diff(&dx, &want_dx) < tol, "{layout:?} {precision:?}");
+                assert!(
+                    rel_diff(&dw_out_in, &want_dw) < tol,
+                    "{layout:?} {precision:?}"
+                );
             }
-            let (mut dx, mut dw, mut db) = (vec![0f32; rows * i], vec![0f32; o * i], vec![0f32; o]);
-            let dx_to = InputGrad::Write(&mut dx);
-            backward(dx_to, &mut dw, Some(&mut db), &dy, &x, weight, i, layout);
-            let dw_out_in: Vec<f32> = match layout {
-                WeightLayout::OutIn => dw,
-                WeightLayout::InOut => (0..o * i).map(|k| dw[(k % i) * o + k / i]).collect(),
-            };
-            assert!(rel_diff(&dx, &want_dx) < 1e-5, "{layout:?}");
-            assert!(rel_diff(&dw_out_in, &want_dw) < 1e-5, "{layout:?}");
         }
     }
 }

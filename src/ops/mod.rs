@@ -9,6 +9,7 @@
 //! every run (resume is bit-identical).
 
 pub mod activation;
+pub mod amx;
 pub mod attention;
 pub mod bf16;
 pub mod composed;
@@ -23,6 +24,27 @@ pub mod rms_norm;
 pub mod rotary;
 
 pub use activation::Act;
+
+/// The precision of the linear layers' products in training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    F32,
+    /// bf16 operands, f32 sums, everything else in f32 (as PyTorch's autocast splits it), on
+    /// AMX (see [`bf16::product`]).
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" | "float32" => Ok(Precision::F32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            _ => Err(format!("unknown dtype {s:?}: f32 or bf16")),
+        }
+    }
+}
 pub use dropout::{Dropout, Pass};
 
 /// Rows per parallel task: big enough to amortise scheduling, fixed so that reductions over

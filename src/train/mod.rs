@@ -26,6 +26,7 @@ use crate::model::tokenize::Tokens;
 use crate::model::Tape;
 use crate::ops::profile::timed;
 use crate::ops::Pass;
+use crate::ops::Precision;
 use crate::progress::{Lines, Progress, Silent};
 use crate::CrossEncoder;
 use optim::{AdamW, AdamWConfig};
@@ -125,6 +126,8 @@ pub struct TrainConfig {
     pub progress: Arc<dyn Progress>,
     /// Dropout as config.json sets it; off only for exact-gradient tests.
     pub dropout: bool,
+    /// The linear layers' products: f32, or bf16 with f32 sums (mixed precision, on AMX).
+    pub precision: Precision,
     /// The processes the run is split over (default: this one, [`group::Single`]).
     pub group: Arc<dyn group::Group>,
 }
@@ -154,6 +157,7 @@ impl Default for TrainConfig {
             progress: Arc::new(Lines),
             group: Arc::new(group::Single),
             dropout: true,
+            precision: Precision::F32,
         }
     }
 }
@@ -555,6 +559,10 @@ pub fn train(
 ) -> Result<Summary> {
     let started = Instant::now();
     check(ce, train, cfg, output)?;
+    if cfg.precision == Precision::Bf16 && !crate::ops::amx::available() {
+        // Refused before anything is written (set_precision says why).
+        ce.model.set_precision(cfg.precision)?;
+    }
     // The saved model predicts as the loss trained it to.
     ce.activation = cfg.loss.activation();
     let plan = Plan::new(cfg, train.len() / cfg.list_size.max(1));
@@ -574,13 +582,19 @@ pub fn train(
     }
     // The other ranks read a checkpoint to resume from only once rank 0 has checked the folder.
     cfg.group.barrier();
-    let mut run = Run::start(ce, train, started, cfg, output, mode, plan)?;
-    while run.st.step < run.last_step {
-        let lr = run.step(ce)?;
-        run.log(lr)?;
-        run.evaluate_and_save(ce, dev)?;
-    }
-    run.finish(ce, dev)
+    ce.model.set_precision(cfg.precision)?;
+    let summary = (|| {
+        let mut run = Run::start(ce, train, started, cfg, output, mode, plan)?;
+        while run.st.step < run.last_step {
+            let lr = run.step(ce)?;
+            run.log(lr)?;
+            run.evaluate_and_save(ce, dev)?;
+        }
+        run.finish(ce, dev)
+    })();
+    // Scored afterwards in f32, as a loaded model is.
+    ce.model.set_precision(Precision::F32)?;
+    summary
 }
 
 /// What `--resume` of a run that had finished returns, training and writing nothing: the

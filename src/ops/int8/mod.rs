@@ -505,7 +505,17 @@ mod tests {
         let w = randn(o * i, 0.1, 2);
         let b = randn(o, 0.1, 3);
         let mut want = vec![0f32; rows * o];
-        crate::ops::linear::forward(&mut want, &x, &w, Some(&b), i, WeightLayout::OutIn, None);
+        let f32 = crate::ops::Precision::F32;
+        crate::ops::linear::forward(
+            &mut want,
+            &x,
+            &w,
+            Some(&b),
+            i,
+            WeightLayout::OutIn,
+            None,
+            f32,
+        );
         let wt: Vec<f32> = (0..i * o).map(|k| w[(k % o) * i + k / o]).collect();
         for (weight, layout) in [(&w, WeightLayout::OutIn), (&wt, WeightLayout::InOut)] {
             let mut y = vec![f32::NAN; rows * o];

@@ -42,6 +42,30 @@ impl<'a> View<'a> {
         self.cs == 1
     }
 
+    /// Rows and columns.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// Element `(r, c)`.
+    #[inline(always)]
+    pub fn at(&self, r: usize, c: usize) -> f32 {
+        self.data[r * self.rs + c * self.cs]
+    }
+
+    /// Row `r` as a slice, where the view is row-major.
+    #[inline(always)]
+    pub fn row(&self, r: usize) -> Option<&'a [f32]> {
+        self.row_major()
+            .then(|| &self.data[r * self.rs..r * self.rs + self.cols])
+    }
+
+    /// Column `c` as a slice, where each column's elements lie side by side.
+    #[inline(always)]
+    pub fn col(&self, c: usize) -> Option<&'a [f32]> {
+        (self.rs == 1).then(|| &self.data[c * self.cs..c * self.cs + self.rows])
+    }
+
     pub fn t(self) -> Self {
         View {
             rows: self.cols,
