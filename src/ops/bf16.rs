@@ -188,6 +188,21 @@ impl Bf16Weight {
     }
 }
 
+/// Two values rounded to bf16 as one word: `lo` in the low half, as the kernels read a pair.
+#[inline(always)]
+fn pair(lo: f32, hi: f32) -> u32 {
+    round(lo) as u32 | (round(hi) as u32) << 16
+}
+
+/// `values` (from a [`Lines`] buffer, whole lines) as words of two.
+fn words(values: &mut [u16]) -> &mut [u32] {
+    // SAFETY: any two `u16`s make a `u32`; `align_to_mut` gives the aligned middle, which is
+    // all of it for whole lines (asserted).
+    let (head, words, tail) = unsafe { values.align_to_mut::<u32>() };
+    assert!(head.is_empty() && tail.is_empty());
+    words
+}
+
 /// `rhs` (`[k, n]`) rounded into `dst` as [`Bf16Weight`] lays out its weight. Read along its
 /// rows or its columns, whichever lie side by side.
 fn pack_panels(dst: &mut Lines, rhs: View) {
@@ -201,21 +216,51 @@ fn pack_panels(dst: &mut Lines, rhs: View) {
             let (c0, cols) = (p * PANEL, (n - p * PANEL).min(PANEL));
             panel.fill(0);
             if rhs.row_major() {
-                for (t, row) in (0..k).map(|t| (t, rhs.row(t).unwrap())) {
-                    let pair = &mut panel[t / 2 * PAIR..][..PAIR];
-                    let row = &row[c0..c0 + cols];
-                    for (two, &v) in pair.chunks_exact_mut(2).zip(row) {
-                        two[t % 2] = round(v);
+                // Rows `2q` and `2q + 1` of the panel's columns, as words of two.
+                let panel = words(panel);
+                let row = |t: usize| (t < k).then(|| &rhs.row(t).unwrap()[c0..c0 + cols]);
+                for (q, out) in panel
+                    .chunks_exact_mut(PAIR / 2)
+                    .enumerate()
+                    .take(k.div_ceil(2))
+                {
+                    let (lo, hi) = (row(2 * q).unwrap(), row(2 * q + 1));
+                    match hi {
+                        Some(hi) => {
+                            for ((o, &l), &h) in out.iter_mut().zip(lo).zip(hi) {
+                                *o = pair(l, h);
+                            }
+                        }
+                        None => out.iter_mut().zip(lo).for_each(|(o, &l)| *o = pair(l, 0.0)),
                     }
                 }
             } else {
-                for c in 0..cols {
-                    let column = |t: usize| match rhs.col(c0 + c) {
-                        Some(col) => col[t],
-                        None => rhs.at(t, c0 + c),
-                    };
-                    for t in 0..k {
-                        panel[t / 2 * PAIR + 2 * c + t % 2] = round(column(t));
+                // Blocks of 8 pairs (a cache line of each column), so that the block's
+                // stretch of the panel stays in L1 while its 48 columns are read.
+                let panel = words(panel);
+                let at = |t: usize, c: usize| match (t < k, rhs.col(c0 + c)) {
+                    (false, _) => 0.0,
+                    (true, Some(col)) => col[t],
+                    (true, None) => rhs.at(t, c0 + c),
+                };
+                let whole = k / 2;
+                for q0 in (0..k.div_ceil(2)).step_by(8) {
+                    let q1 = (q0 + 8).min(whole);
+                    for c in 0..cols {
+                        match rhs.col(c0 + c) {
+                            Some(col) => {
+                                for q in q0..q1 {
+                                    panel[q * (PAIR / 2) + c] = pair(col[2 * q], col[2 * q + 1]);
+                                }
+                            }
+                            None => (q0..q1).for_each(|q| {
+                                panel[q * (PAIR / 2) + c] = pair(at(2 * q, c), at(2 * q + 1, c))
+                            }),
+                        }
+                        // An odd `k`'s last row, alone in its pair.
+                        if q1 == whole && k % 2 == 1 && q0 <= whole {
+                            panel[whole * (PAIR / 2) + c] = pair(at(k - 1, c), 0.0);
+                        }
                     }
                 }
             }
@@ -249,19 +294,29 @@ fn pack_rows(dst: &mut Lines, lhs: View) -> usize {
                     row.iter_mut().zip(x).for_each(|(a, &v)| *a = round(v));
                 }
             } else {
-                let rows = m.saturating_sub(r0).min(ROW_BLOCK);
+                // Columns `2q` and `2q + 1` of `lhs` at a time (side by side in its source where
+                // `lhs` is transposed), as words of two in each of the block's rows.
+                let rows = (m - r0).min(ROW_BLOCK);
                 let column = lhs.t();
-                for t in 0..k {
-                    // Column `t` of `lhs`, rows `r0..`: side by side where `lhs` is transposed.
-                    match column.row(t) {
-                        Some(src) => {
-                            for (i, &v) in src[r0..r0 + rows].iter().enumerate() {
-                                block[i * kp + t] = round(v);
+                let at = |t: usize, i: usize| match t < k {
+                    false => 0.0,
+                    true => lhs.at(r0 + i, t),
+                };
+                let block = words(block);
+                for q in 0..k.div_ceil(2) {
+                    let t = 2 * q;
+                    match (
+                        column.row(t),
+                        (t + 1 < k).then(|| column.row(t + 1)).flatten(),
+                    ) {
+                        (Some(lo), Some(hi)) => {
+                            let (lo, hi) = (&lo[r0..r0 + rows], &hi[r0..r0 + rows]);
+                            for (i, (&l, &h)) in lo.iter().zip(hi).enumerate() {
+                                block[i * kp / 2 + q] = pair(l, h);
                             }
                         }
-                        None => {
-                            (0..rows).for_each(|i| block[i * kp + t] = round(lhs.at(r0 + i, t)))
-                        }
+                        _ => (0..rows)
+                            .for_each(|i| block[i * kp / 2 + q] = pair(at(t, i), at(t + 1, i))),
                     }
                 }
             }
