@@ -188,6 +188,12 @@ impl CrossEncoder {
         &self.model
     }
 
+    /// Trains (and scores while training) with the linear layers' products in `p`; bf16 needs
+    /// AMX. [`crate::train::train`] sets it from [`crate::train::TrainConfig::precision`].
+    pub fn set_precision(&mut self, p: crate::ops::Precision) -> Result<()> {
+        self.model.set_precision(p)
+    }
+
     /// The function `predict` applies to the logits.
     pub fn activation(&self) -> Activation {
         self.activation

@@ -1,8 +1,11 @@
 //! Products on Intel AMX's tile unit (Sapphire Rapids and later): `tdpbf16ps` multiplies a
 //! 16 x 32 bf16 tile by a 32 x 16 one into 16 x 16 f32 sums, 8,192 multiply-adds in one
-//! instruction, several times the f32 FMA rate of AVX-512 on the same core.
+//! instruction, several times the f32 FMA rate of AVX-512 on the same core; `tdpbusd` does the
+//! same for u8 x i8 quads into i32 sums (16,384 multiply-adds).
 //!
-//! The driver ([`bf16_product`]) is generic over [`Tiles`], the few tile instructions it
+//! Both read their operands the same way in bytes (a tile row is 64 bytes: 32 bf16 or 64 u8 of
+//! `k`; a column tile's row is 16 columns of a pair or a quad of `k`), so one driver
+//! ([`product`]) serves both. It is generic over [`Tiles`], the few tile instructions it
 //! issues: [`Native`] issues them (inline `asm!`: stable Rust has no AMX intrinsics), [`Model`]
 //! computes what Intel's pseudo-code says they compute, in plain Rust. So the blocking, the
 //! operands' layout and the edge blocks are tested exactly on any CPU, and the native
@@ -33,29 +36,46 @@ pub const K_STEP: usize = TILE_BYTES / 2;
 /// Whether this CPU has AMX's bf16 tiles and Linux lets this process use them (asked once, at
 /// the first call: `arch_prctl(ARCH_REQ_XCOMP_PERM)`; a refusal means no AMX).
 pub fn available() -> bool {
-    static AMX: OnceLock<bool> = OnceLock::new();
-    *AMX.get_or_init(|| {
+    tiles().0
+}
+
+/// Whether this CPU has AMX's int8 tiles and this process may use them.
+pub fn int8_available() -> bool {
+    tiles().1
+}
+
+/// AMX's bf16 and int8 tiles, as usable here: read once (CPUID may trap to a hypervisor).
+fn tiles() -> (bool, bool) {
+    static TILES: OnceLock<(bool, bool)> = OnceLock::new();
+    *TILES.get_or_init(|| {
         #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
         {
-            // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
+            // CPUID leaf 7, EDX: bit 22 AMX-BF16, 24 AMX-TILE, 25 AMX-INT8.
             let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
-            if edx & (1 << 22) == 0 || edx & (1 << 24) == 0 {
-                return false;
-            }
             const ARCH_REQ_XCOMP_PERM: libc::c_ulong = 0x1023;
             const XFEATURE_XTILEDATA: libc::c_ulong = 18;
-            // SAFETY: the request only asks the kernel for a permission; it writes nothing.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_arch_prctl,
-                    ARCH_REQ_XCOMP_PERM,
-                    XFEATURE_XTILEDATA,
-                ) == 0
-            }
+            let permitted = edx & (1 << 24) != 0
+                // SAFETY: the request only asks the kernel for a permission; it writes nothing.
+                && unsafe {
+                    libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)
+                } == 0;
+            (
+                permitted && edx & (1 << 22) != 0,
+                permitted && edx & (1 << 25) != 0,
+            )
         }
         #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-        false
+        (false, false)
     })
+}
+
+/// The product a step issues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dot {
+    /// `tdpbf16ps`: pairs of bf16, summed in f32.
+    Bf16,
+    /// `tdpbusd`: quads of u8 (rows) by i8 (columns), summed in i32.
+    Int8,
 }
 
 /// The tile instructions the driver issues, on a fixed use of the eight tiles: accumulators
@@ -64,23 +84,24 @@ pub fn available() -> bool {
 pub trait Tiles {
     /// `C[i][j] = 0`.
     fn zero(&mut self);
-    /// Loads `A[i]` from `a[i]`, `B[j]` from `b[j]` (each 16 rows, `stride` bytes apart), then
-    /// `C[i][j] += A[i] · B[j]` as `tdpbf16ps` does.
+    /// Loads `A[i]` from `a[i]` (rows `a_stride` bytes apart) and `B[j]` from `b[j]` (rows
+    /// [`B_STRIDE`] apart), then `C[i][j] += A[i] · B[j]` as `dot`'s instruction does.
     ///
     /// # Safety
     /// The 16 rows of 64 bytes at each pointer are readable.
-    unsafe fn bf16_step(&mut self, a: [*const u16; 2], a_stride: usize, b: [*const u16; 2]);
+    unsafe fn step(&mut self, dot: Dot, a: [*const u8; 2], a_stride: usize, b: [*const u8; 2]);
     /// `C` into `c`, row `16i + r`, column `16j + s` at `c[16i + r][16j + s]`.
     fn store(&mut self, c: &mut Block);
 }
 
-/// A block of the result as the tiles hold it, 64-byte aligned for `tilestored`.
+/// A block of the result as the tiles hold it (f32 or i32 bits), 64-byte aligned for
+/// `tilestored`.
 #[repr(C, align(64))]
-pub struct Block(pub [[f32; BLOCK]; BLOCK]);
+pub struct Block(pub [[u32; BLOCK]; BLOCK]);
 
 impl Default for Block {
     fn default() -> Self {
-        Block([[0.0; BLOCK]; BLOCK])
+        Block([[0; BLOCK]; BLOCK])
     }
 }
 
@@ -88,33 +109,41 @@ impl Default for Block {
 /// pair of rows: 48 columns of two bf16).
 pub const B_STRIDE: usize = super::bf16::PAIR * 2;
 
-/// `dst[r, c] = start + Σ_t a[r, t] · b[t, c]` over `rows` and `cols` of the result, each a
-/// range of whole blocks but for the result's own end. `a` holds rows of `k` bf16 (a multiple
-/// of [`K_STEP`]), padded to whole blocks; `b` holds [`super::bf16::Bf16Weight`]'s panels of
-/// `n` columns over the same `k`.
-///
-/// # Safety
-/// `dst` is valid for writes of every element of `rows` x `cols` (row stride `dst_rs`), and no
-/// one else reads or writes those elements meanwhile.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn bf16_product<T: Tiles>(
+/// The operands of a product, in bytes: `a`'s rows `a_stride` bytes apart (a multiple of 64:
+/// whole steps of `k`), padded to whole blocks of rows; `b` in panels of 48 columns, each
+/// `groups` rows (pairs or quads of `k`, a multiple of 16) of [`B_STRIDE`] bytes, `n` columns.
+#[derive(Clone, Copy)]
+pub struct Operands<'a> {
+    pub a: &'a [u8],
+    pub a_stride: usize,
+    pub b: &'a [u8],
+    pub groups: usize,
+    pub n: usize,
+}
+
+/// The blocks of `rows` x `cols` of `a · b` (each a range of whole blocks but for the result's
+/// own end), each handed to `finish(r0, c0, block)` once its sums are complete.
+pub fn product<T: Tiles + ?Sized>(
     tiles: &mut T,
-    dst: *mut f32,
-    dst_rs: usize,
-    (a, k): (&[u16], usize),
-    (b, n): (&[u16], usize),
+    dot: Dot,
+    ops: Operands,
     rows: Range<usize>,
     cols: Range<usize>,
-    start: Start,
+    mut finish: impl FnMut(usize, usize, &Block),
 ) {
-    use super::bf16::{PAIR, PANEL};
-    assert!(k.is_multiple_of(K_STEP));
+    let Operands {
+        a,
+        a_stride,
+        b,
+        groups,
+        n,
+    } = ops;
+    assert!(a_stride.is_multiple_of(TILE_BYTES) && a_stride / TILE_BYTES == groups / TILE_ROWS);
     assert!(rows.start.is_multiple_of(BLOCK) && cols.start.is_multiple_of(BLOCK));
-    assert!(a.len() >= rows.end.next_multiple_of(BLOCK) * k);
-    let pairs = k / 2;
-    assert!(b.len() == n.div_ceil(PANEL) * pairs * PAIR && cols.end <= n);
-    // Column tile `j`'s first pair: 16 columns of its panel.
-    let column = |j: usize| (j / 3) * pairs * PAIR + (j % 3) * TILE_ROWS * 2;
+    assert!(a.len() >= rows.end.next_multiple_of(BLOCK) * a_stride);
+    assert!(b.len() == n.div_ceil(48) * groups * B_STRIDE && cols.end <= n);
+    // Column tile `j`'s first row: 16 columns of its panel.
+    let column = |j: usize| (j / 3) * groups * B_STRIDE + (j % 3) * TILE_BYTES;
     let mut c = Block::default();
     for r0 in rows.clone().step_by(BLOCK) {
         for c0 in cols.clone().step_by(BLOCK) {
@@ -125,40 +154,74 @@ pub unsafe fn bf16_product<T: Tiles>(
                 column(if c0 + TILE_ROWS < n { j + 1 } else { j }),
             ];
             tiles.zero();
-            for q in (0..pairs).step_by(TILE_ROWS) {
-                let t = 2 * q;
-                let at = [r0 * k + t, (r0 + TILE_ROWS) * k + t];
-                // SAFETY: rows `r0..r0 + 32` of `a` and pairs `q..q + 16` of the two column
+            for s in 0..groups / TILE_ROWS {
+                let at = [r0 * a_stride, (r0 + TILE_ROWS) * a_stride].map(|i| i + s * TILE_BYTES);
+                let b_at = bj.map(|i| i + s * TILE_ROWS * B_STRIDE);
+                // SAFETY: rows `r0..r0 + 32` of `a` and rows `16s..16s + 16` of the two column
                 // tiles lie within `a` and `b` (asserted above).
                 unsafe {
-                    tiles.bf16_step(
-                        at.map(|i| a.as_ptr().add(i)),
-                        2 * k,
-                        bj.map(|i| b.as_ptr().add(i + q * PAIR)),
-                    )
+                    let (a, b) = (a.as_ptr(), b.as_ptr());
+                    tiles.step(dot, at.map(|i| a.add(i)), a_stride, b_at.map(|i| b.add(i)))
                 }
             }
             tiles.store(&mut c);
-            let (vr, vc) = ((rows.end - r0).min(BLOCK), (cols.end - c0).min(BLOCK));
-            for (r, c) in c.0[..vr].iter().enumerate() {
-                // SAFETY: the caller lends these elements of `dst`.
-                let d =
-                    unsafe { std::slice::from_raw_parts_mut(dst.add((r0 + r) * dst_rs + c0), vc) };
-                let c = &c[..vc];
-                match start {
-                    Start::Zero => d.copy_from_slice(c),
-                    Start::Add => d.iter_mut().zip(c).for_each(|(d, c)| *d += c),
-                    Start::Bias(bias) => {
-                        let bias = &bias[c0..c0 + vc];
-                        d.iter_mut()
-                            .zip(c)
-                            .zip(bias)
-                            .for_each(|((d, c), b)| *d = c + b)
-                    }
+            finish(r0, c0, &c);
+        }
+    }
+}
+
+/// `dst[r, c] = start + Σ_t a[r, t] · b[t, c]` over `rows` and `cols` of the result (as
+/// [`product`]), `a` rows of `k` bf16 (a multiple of [`K_STEP`]), `b`
+/// [`super::bf16::Bf16Weight`]'s panels of `n` columns over the same `k`.
+///
+/// # Safety
+/// `dst` is valid for writes of every element of `rows` x `cols` (row stride `dst_rs`), and no
+/// one else reads or writes those elements meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn bf16_product<T: Tiles + ?Sized>(
+    tiles: &mut T,
+    dst: *mut f32,
+    dst_rs: usize,
+    (a, k): (&[u16], usize),
+    (b, n): (&[u16], usize),
+    rows: Range<usize>,
+    cols: Range<usize>,
+    start: Start,
+) {
+    assert!(k.is_multiple_of(K_STEP));
+    let ops = Operands {
+        a: bytes(a),
+        a_stride: 2 * k,
+        b: bytes(b),
+        groups: k / 2,
+        n,
+    };
+    let end = (rows.end, cols.end);
+    product(tiles, Dot::Bf16, ops, rows, cols, |r0, c0, c| {
+        let (vr, vc) = ((end.0 - r0).min(BLOCK), (end.1 - c0).min(BLOCK));
+        for (r, c) in c.0[..vr].iter().enumerate() {
+            // SAFETY: the caller lends these elements of `dst`.
+            let d = unsafe { std::slice::from_raw_parts_mut(dst.add((r0 + r) * dst_rs + c0), vc) };
+            let c = c[..vc].iter().map(|&w| f32::from_bits(w));
+            match start {
+                Start::Zero => d.iter_mut().zip(c).for_each(|(d, c)| *d = c),
+                Start::Add => d.iter_mut().zip(c).for_each(|(d, c)| *d += c),
+                Start::Bias(bias) => {
+                    let bias = &bias[c0..c0 + vc];
+                    d.iter_mut()
+                        .zip(c)
+                        .zip(bias)
+                        .for_each(|((d, c), b)| *d = c + b)
                 }
             }
         }
-    }
+    });
+}
+
+/// `u16`s as their bytes.
+fn bytes(v: &[u16]) -> &[u8] {
+    // SAFETY: any `u16` is two initialised bytes; `u8` needs no alignment.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), 2 * v.len()) }
 }
 
 /// The result's blocks split into one share per thread (rows, columns): by rows where each
@@ -179,18 +242,46 @@ pub fn shares(m: usize, n: usize, threads: usize) -> Vec<(Range<usize>, Range<us
 }
 
 /// A pointer that rayon's tasks may share: each writes its own elements (see [`shares`]).
-#[derive(Clone, Copy)]
-pub struct Shared(*mut f32);
-impl Shared {
+struct Shared<T>(*mut T);
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Shared<T> {}
+
+impl<T> Shared<T> {
     /// The pointer (a method, so that a closure captures the `Shared`, not its field).
-    fn get(self) -> *mut f32 {
+    fn get(self) -> *mut T {
         self.0
     }
 }
 
 // SAFETY: the tasks that share it write disjoint elements.
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
+unsafe impl<T> Send for Shared<T> {}
+unsafe impl<T> Sync for Shared<T> {}
+
+/// `f(tiles, out, rows, cols)` on each of [`shares`]' shares of an `m` x `n` result, over
+/// rayon's threads, on the CPU's tiles. Only where [`available`].
+fn on_shares<E>(
+    out: &mut [E],
+    (m, n): (usize, usize),
+    f: impl Fn(&mut dyn Tiles, *mut E, Range<usize>, Range<usize>) + Sync,
+) {
+    assert!(available(), "the CPU has no AMX");
+    let out = Shared(out.as_mut_ptr());
+    shares(m, n, rayon::current_num_threads())
+        .into_par_iter()
+        .for_each(|(rows, cols)| {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has the tiles (asserted above).
+            f(&mut unsafe { Native::new() }, out.get(), rows, cols);
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (&f, out, rows, cols);
+        });
+}
 
 /// [`bf16_product`] of all of `dst` (`m` rows, `dst_rs` apart) over rayon's threads, on the
 /// CPU's tiles. Only where [`available`].
@@ -201,30 +292,39 @@ pub fn bf16_product_par(
     (b, n): (&[u16], usize),
     start: Start,
 ) {
-    assert!(available(), "the CPU has no AMX");
     assert!(m == 0 || (m - 1) * dst_rs + n <= dst.len());
-    let out = Shared(dst.as_mut_ptr());
-    shares(m, n, rayon::current_num_threads())
-        .into_par_iter()
-        .for_each(|(rows, cols)| {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the CPU has the tiles (asserted above); the shares are disjoint and
-            // within `dst`.
-            unsafe {
-                bf16_product(
-                    &mut Native::new(),
-                    out.get(),
-                    dst_rs,
-                    (a, k),
-                    (b, n),
-                    rows,
-                    cols,
-                    start,
-                )
+    on_shares(dst, (m, n), |tiles, out, rows, cols| {
+        // SAFETY: the shares are disjoint and within `dst`.
+        unsafe { bf16_product(tiles, out, dst_rs, (a, k), (b, n), rows, cols, start) }
+    });
+}
+
+/// `acc` (`[m, n]`) = `a` · `b` in i32: `a` u8 rows `k` apart (a multiple of 64), padded to
+/// whole blocks of rows; `b` int8 quads in panels of 48 columns (as `int8::vnni`'s, its quads
+/// padded to a multiple of 16). Over rayon's threads, on the CPU's tiles; only where
+/// [`available`].
+pub fn int8_product_par(acc: &mut [i32], (a, k): (&[u8], usize), (b, n): (&[i8], usize)) {
+    let m = acc.len() / n;
+    // SAFETY: any `i8` is a byte.
+    let b = unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<u8>(), b.len()) };
+    let ops = Operands {
+        a,
+        a_stride: k,
+        b,
+        groups: k / 4,
+        n,
+    };
+    on_shares(acc, (m, n), |tiles, out, rows, cols| {
+        let end = (rows.end, cols.end);
+        product(tiles, Dot::Int8, ops, rows, cols, |r0, c0, c| {
+            let (vr, vc) = ((end.0 - r0).min(BLOCK), (end.1 - c0).min(BLOCK));
+            for (r, c) in c.0[..vr].iter().enumerate() {
+                // SAFETY: the shares are disjoint and within `acc`.
+                let d = unsafe { std::slice::from_raw_parts_mut(out.add((r0 + r) * n + c0), vc) };
+                d.iter_mut().zip(c).for_each(|(d, &c)| *d = c as i32);
             }
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = (out, rows, cols);
-        });
+        })
+    });
 }
 
 /// The tiles' configuration: palette 1, all eight tiles 16 rows of 64 bytes.
@@ -281,31 +381,40 @@ impl Tiles for Native {
         }
     }
 
-    unsafe fn bf16_step(&mut self, a: [*const u16; 2], a_stride: usize, b: [*const u16; 2]) {
+    unsafe fn step(&mut self, dot: Dot, a: [*const u8; 2], a_stride: usize, b: [*const u8; 2]) {
+        /// The loads and the four products of `$dot`.
+        macro_rules! step {
+            ($dot:literal) => {
+                std::arch::asm!(
+                    "tileloadd tmm4, [{a0} + {sa}*1]",
+                    "tileloadd tmm6, [{b0} + {sb}*1]",
+                    concat!($dot, " tmm0, tmm4, tmm6"),
+                    "tileloadd tmm7, [{b1} + {sb}*1]",
+                    concat!($dot, " tmm1, tmm4, tmm7"),
+                    "tileloadd tmm5, [{a1} + {sa}*1]",
+                    concat!($dot, " tmm2, tmm5, tmm6"),
+                    concat!($dot, " tmm3, tmm5, tmm7"),
+                    a0 = in(reg) a[0],
+                    a1 = in(reg) a[1],
+                    b0 = in(reg) b[0],
+                    b1 = in(reg) b[1],
+                    sa = in(reg) a_stride,
+                    sb = in(reg) B_STRIDE,
+                    options(nostack, readonly)
+                )
+            };
+        }
         // SAFETY: the caller's promise: every row loaded is readable.
         unsafe {
-            std::arch::asm!(
-                "tileloadd tmm4, [{a0} + {sa}*1]",
-                "tileloadd tmm6, [{b0} + {sb}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tileloadd tmm7, [{b1} + {sb}*1]",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tileloadd tmm5, [{a1} + {sa}*1]",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                a0 = in(reg) a[0],
-                a1 = in(reg) a[1],
-                b0 = in(reg) b[0],
-                b1 = in(reg) b[1],
-                sa = in(reg) a_stride,
-                sb = in(reg) B_STRIDE,
-                options(nostack, readonly)
-            )
+            match dot {
+                Dot::Bf16 => step!("tdpbf16ps"),
+                Dot::Int8 => step!("tdpbusd"),
+            }
         }
     }
 
     fn store(&mut self, c: &mut Block) {
-        let base = c.0.as_mut_ptr().cast::<f32>();
+        let base = c.0.as_mut_ptr().cast::<u32>();
         let p = [(0, 0), (0, 1), (1, 0), (1, 1)]
             .map(|(i, j)| base.wrapping_add(TILE_ROWS * (i * BLOCK + j)));
         // SAFETY: each tile's 16 rows of 64 bytes lie within `c`, whose rows are 128 bytes.
@@ -327,7 +436,7 @@ impl Tiles for Native {
 }
 
 /// The tile instructions in plain Rust, as Intel's pseudo-code for them reads (SDM vol. 2,
-/// `TDPBF16PS`): in each row, the even and the odd products of the 16 pairs are summed apart,
+/// `TDPBF16PS`, `TDPBUSD`). `tdpbf16ps`: in each row, the even and the odd products of the 16 pairs are summed apart,
 /// each by FMA from zero in `k`'s order, then added together and to the accumulator; inputs
 /// that are denormal count as zero, denormal results are flushed to zero, rounding is to the
 /// nearest even.
@@ -383,6 +492,28 @@ impl Model {
     }
 }
 
+impl Model {
+    /// `tdpbusd tmm<c>, tmm<a>, tmm<b>`: each row's four u8 by the column's four i8, summed
+    /// into the i32 accumulator (wrapping, as the instruction does).
+    fn dpbusd(&mut self, c: usize, a: usize, b: usize) {
+        for m in 0..TILE_ROWS {
+            for n in 0..16 {
+                let mut acc = self.tiles[c][m][n] as i32;
+                for k in 0..16 {
+                    let (x, y) = (
+                        self.tiles[a][m][k].to_le_bytes(),
+                        self.tiles[b][k][n].to_le_bytes(),
+                    );
+                    for i in 0..4 {
+                        acc = acc.wrapping_add(x[i] as i32 * y[i] as i8 as i32);
+                    }
+                }
+                self.tiles[c][m][n] = acc as u32;
+            }
+        }
+    }
+}
+
 impl Tiles for Model {
     fn zero(&mut self) {
         self.tiles[..4]
@@ -390,16 +521,19 @@ impl Tiles for Model {
             .for_each(|t| *t = [[0; 16]; TILE_ROWS]);
     }
 
-    unsafe fn bf16_step(&mut self, a: [*const u16; 2], a_stride: usize, b: [*const u16; 2]) {
+    unsafe fn step(&mut self, dot: Dot, a: [*const u8; 2], a_stride: usize, b: [*const u8; 2]) {
         // SAFETY: the caller's promise.
         unsafe {
-            self.load(4, a[0].cast(), a_stride);
-            self.load(5, a[1].cast(), a_stride);
-            self.load(6, b[0].cast(), B_STRIDE);
-            self.load(7, b[1].cast(), B_STRIDE);
+            self.load(4, a[0], a_stride);
+            self.load(5, a[1], a_stride);
+            self.load(6, b[0], B_STRIDE);
+            self.load(7, b[1], B_STRIDE);
         }
         for (i, j) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-            self.dpbf16(2 * i + j, 4 + i, 6 + j);
+            match dot {
+                Dot::Bf16 => self.dpbf16(2 * i + j, 4 + i, 6 + j),
+                Dot::Int8 => self.dpbusd(2 * i + j, 4 + i, 6 + j),
+            }
         }
     }
 
@@ -407,9 +541,7 @@ impl Tiles for Model {
         for (i, j) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
             for (r, row) in self.tiles[2 * i + j].iter().enumerate() {
                 let out = &mut c.0[TILE_ROWS * i + r][TILE_ROWS * j..][..16];
-                out.iter_mut()
-                    .zip(row)
-                    .for_each(|(o, &w)| *o = f32::from_bits(w));
+                out.copy_from_slice(row);
             }
         }
     }
@@ -589,6 +721,85 @@ mod tests {
             });
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&native), bits(&model), "{m}x{k}x{n} at {scale}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod int8_tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// `w` (int8 `[k, n]`) in the panels `int8::vnni` lays out, quads padded to whole tiles.
+    fn panels(w: &[i8], k: usize, n: usize) -> (Vec<u8>, usize) {
+        let kp = k.next_multiple_of(64);
+        let quads = kp / 4;
+        let mut data = vec![0u8; n.div_ceil(48) * quads * B_STRIDE];
+        for t in 0..k {
+            for j in 0..n {
+                data[((j / 48) * quads + t / 4) * B_STRIDE + (j % 48) * 4 + t % 4] =
+                    w[t * n + j] as u8;
+            }
+        }
+        (data, kp)
+    }
+
+    /// The int8 product of `a` (u8 `[m, k]`) and `w` on `tiles`, as i32.
+    fn run(
+        tiles: &mut dyn Tiles,
+        a: &[u8],
+        w: &[i8],
+        (m, k, n): (usize, usize, usize),
+    ) -> Vec<i32> {
+        let (b, kp) = panels(w, k, n);
+        let mut rows = vec![0u8; m.next_multiple_of(BLOCK) * kp];
+        for r in 0..m {
+            rows[r * kp..r * kp + k].copy_from_slice(&a[r * k..(r + 1) * k]);
+        }
+        let ops = Operands {
+            a: &rows,
+            a_stride: kp,
+            b: &b,
+            groups: kp / 4,
+            n,
+        };
+        let mut out = vec![i32::MIN; m * n];
+        product(tiles, Dot::Int8, ops, 0..m, 0..n, |r0, c0, c| {
+            for r in r0..(r0 + BLOCK).min(m) {
+                for j in c0..(c0 + BLOCK).min(n) {
+                    out[r * n + j] = c.0[r - r0][j - c0] as i32;
+                }
+            }
+        });
+        out
+    }
+
+    /// The driver on the model equals the plain integer loop on every edge (`k` short of, at
+    /// and past a step of 64; rows and columns off the blocks), extremes included; the CPU's
+    /// `tdpbusd` equals the model bit for bit where it has AMX.
+    #[test]
+    fn the_int8_driver_is_exact_on_the_model_and_the_cpu() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for (m, k, n) in [(1, 1, 1), (17, 33, 5), (33, 64, 49), (40, 130, 97)] {
+            let a: Vec<u8> = (0..m * k).map(|_| rng.random()).collect();
+            let w: Vec<i8> = (0..k * n).map(|_| rng.random()).collect();
+            for (a, w) in [(a, w), (vec![255; m * k], vec![-128; k * n])] {
+                let want: Vec<i32> = (0..m * n)
+                    .map(|i| {
+                        (0..k)
+                            .map(|t| a[i / n * k + t] as i32 * w[t * n + i % n] as i32)
+                            .sum()
+                    })
+                    .collect();
+                let model = run(&mut Model::default(), &a, &w, (m, k, n));
+                assert_eq!(model, want, "{m}x{k}x{n}");
+                #[cfg(target_arch = "x86_64")]
+                if int8_available() {
+                    // SAFETY: the CPU has the tiles.
+                    let native = run(&mut unsafe { Native::new() }, &a, &w, (m, k, n));
+                    assert_eq!(native, model, "{m}x{k}x{n} native");
+                }
+            }
         }
     }
 }

@@ -25,12 +25,26 @@ use super::{Act, ROW_BLOCK};
 #[cfg(target_arch = "x86_64")]
 mod vnni;
 
-/// Whether the products run on `vnni`'s kernel.
-fn own_kernel() -> bool {
+/// The kernel the products run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    /// AMX's tiles (`tdpbusd`, see [`super::amx`]).
+    Amx,
+    /// `vnni`'s AVX-512 kernel.
+    Vnni,
+    /// rten-gemm's, the best for the CPU.
+    Rten,
+}
+
+/// The best kernel this CPU runs.
+fn best_kernel() -> Kernel {
     #[cfg(target_arch = "x86_64")]
-    return vnni::available();
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    if super::amx::int8_available() {
+        return Kernel::Amx;
+    } else if vnni::available() {
+        return Kernel::Vnni;
+    }
+    Kernel::Rten
 }
 
 thread_local! {
@@ -46,8 +60,10 @@ fn with_executor<R>(f: impl FnOnce(&GemmExecutor<u8, i8, i32>) -> R) -> R {
 /// The int8 kernel this CPU runs, for `/info` and `bench`: crossenc's own, or rten's name, the
 /// instruction that does its multiply-adds, and the weights' bits.
 pub fn kernel() -> String {
-    if own_kernel() {
-        return "crossenc avx512-vnni (vpdpbusd, 8-bit weights)".into();
+    match best_kernel() {
+        Kernel::Amx => return "crossenc amx (tdpbusd, 8-bit weights)".into(),
+        Kernel::Vnni => return "crossenc avx512-vnni (vpdpbusd, 8-bit weights)".into(),
+        Kernel::Rten => {}
     }
     with_executor(|e| {
         let name = e.kernel_name();
@@ -66,7 +82,7 @@ pub fn kernel() -> String {
 /// bits, which `2 · 255 · 127` would overflow. Measured by forcing 7 bits on a VNNI machine:
 /// STS-B test Spearman still within 0.003 of f32, the golden models' error up to 0.30.
 pub fn weight_bits() -> u32 {
-    if !own_kernel() && with_executor(|e| e.may_saturate()) {
+    if best_kernel() == Kernel::Rten && with_executor(|e| e.may_saturate()) {
         7
     } else {
         8
@@ -98,6 +114,9 @@ impl std::fmt::Debug for QuantizedWeight {
 /// The weight laid out for the kernel this CPU runs.
 #[derive(Clone)]
 enum Packed {
+    /// `vnni`'s panels, their quads padded to whole tiles.
+    #[cfg(target_arch = "x86_64")]
+    Amx(vnni::Panels),
     #[cfg(target_arch = "x86_64")]
     Vnni(vnni::Panels),
     Rten(PackedBMatrix<i8>),
@@ -112,12 +131,11 @@ impl QuantizedWeight {
 
     /// A weight already quantized: `q` int8 `[in, out]`, one scale per output channel.
     fn from_int8(q: &[i8], scales: Vec<f32>, in_dim: usize) -> Self {
-        Self::for_kernel(q, scales, in_dim, own_kernel())
+        Self::for_kernel(q, scales, in_dim, best_kernel())
     }
 
-    /// As [`QuantizedWeight::from_int8`], laid out for crossenc's kernel (`own`, where the CPU
-    /// has it) or rten's.
-    fn for_kernel(q: &[i8], scales: Vec<f32>, in_dim: usize, own: bool) -> Self {
+    /// As [`QuantizedWeight::from_int8`], laid out for `kernel` (one the CPU runs).
+    fn for_kernel(q: &[i8], scales: Vec<f32>, in_dim: usize, kernel: Kernel) -> Self {
         let out_dim = q.len() / in_dim;
         let mut col_sums = vec![0i32; out_dim];
         for row in q.chunks_exact(out_dim) {
@@ -127,13 +145,14 @@ impl QuantizedWeight {
                 .for_each(|(c, &v)| *c += v as i32);
         }
         #[cfg(target_arch = "x86_64")]
-        let packed = match own {
-            true => Packed::Vnni(vnni::Panels::new(q, in_dim)),
-            false => Packed::Rten(prepack(q, in_dim)),
+        let packed = match kernel {
+            Kernel::Amx => Packed::Amx(vnni::Panels::padded(q, in_dim, AMX_K)),
+            Kernel::Vnni => Packed::Vnni(vnni::Panels::padded(q, in_dim, 4)),
+            Kernel::Rten => Packed::Rten(prepack(q, in_dim)),
         };
         #[cfg(not(target_arch = "x86_64"))]
         let packed = {
-            debug_assert!(!own, "crossenc's kernel is for x86_64");
+            debug_assert!(kernel == Kernel::Rten, "crossenc's kernels are for x86_64");
             Packed::Rten(prepack(q, in_dim))
         };
         QuantizedWeight {
@@ -178,8 +197,12 @@ impl QuantizedWeight {
             return;
         }
         let (y, k) = (&mut y[..rows * n], self.in_dim);
-        if let Packed::Rten(b) = &self.packed {
-            product(as_i32(y), &x.values, b);
+        match &self.packed {
+            Packed::Rten(b) => product(as_i32(y), &x.values, b),
+            #[cfg(target_arch = "x86_64")]
+            Packed::Amx(w) => amx_product(as_i32(y), &x.values, k, w),
+            #[cfg(target_arch = "x86_64")]
+            Packed::Vnni(_) => {}
         }
         let blocks = y
             .par_chunks_mut(n * ROW_BLOCK)
@@ -200,7 +223,8 @@ impl QuantizedWeight {
                 };
                 vnni::forward(yb, ab, w, &dq)
             }
-            Packed::Rten(_) => dequantize_rows(yb, sb, zb, &self.scales, &self.col_sums, bias, n),
+            // The accumulators are in `yb` already.
+            _ => dequantize_rows(yb, sb, zb, &self.scales, &self.col_sums, bias, n),
         };
         match next {
             None => blocks.for_each(|(((yb, ab), sb), zb)| block(yb, ab, sb, zb)),
@@ -286,6 +310,29 @@ fn product(acc: &mut [i32], a: &[u8], b: &PackedBMatrix<i8>) {
         });
 }
 
+/// `k` of the AMX kernel's rows and quads: whole tile rows of 64 bytes.
+const AMX_K: usize = 64;
+
+/// [`product`] on AMX's tiles: the rows copied with `k` padded to whole tile rows (zeros, which
+/// add nothing) and their count to whole blocks.
+#[cfg(target_arch = "x86_64")]
+fn amx_product(acc: &mut [i32], a: &[u8], k: usize, w: &vnni::Panels) {
+    let (kp, rows, n) = (k.next_multiple_of(AMX_K), a.len() / k, w.cols());
+    AMX_ROWS.with_borrow_mut(|padded| {
+        padded.clear();
+        padded.resize(rows.next_multiple_of(super::amx::BLOCK) * kp, 0);
+        padded
+            .par_chunks_mut(kp * ROW_BLOCK)
+            .zip(a.par_chunks(k * ROW_BLOCK))
+            .for_each(|(p, a)| {
+                p.chunks_exact_mut(kp)
+                    .zip(a.chunks_exact(k))
+                    .for_each(|(p, a)| p[..k].copy_from_slice(a))
+            });
+        super::amx::int8_product_par(&mut acc[..rows * n], (padded, kp), (w.data(), n));
+    });
+}
+
 /// Rows quantized for a product: u8 values `[rows, k]`, and each row's scale and zero point.
 #[derive(Default)]
 pub struct QuantizedRows {
@@ -297,6 +344,8 @@ pub struct QuantizedRows {
 thread_local! {
     /// Reused from call to call, so scoring allocates nothing per layer.
     static INPUT: RefCell<QuantizedRows> = RefCell::default();
+    /// The rows padded for AMX, reused likewise.
+    static AMX_ROWS: RefCell<Vec<u8>> = RefCell::default();
 }
 
 impl QuantizedRows {
@@ -408,7 +457,7 @@ mod tests {
     /// The product on crossenc's kernel (`own`) or rten's, through the layer with unit scales
     /// and zero points: each output is its accumulator as f32, which holds every integer of
     /// magnitude up to 2^24 exactly.
-    fn kernel_product(a: &[u8], b: &[i8], k: usize, own: bool) -> Vec<i32> {
+    fn kernel_product(a: &[u8], b: &[i8], k: usize, own: Kernel) -> Vec<i32> {
         let (rows, n) = (a.len() / k, b.len() / k);
         let weight = QuantizedWeight::for_kernel(b, vec![1.0; n], k, own);
         let x = QuantizedRows {
@@ -421,14 +470,20 @@ mod tests {
         y.iter().map(|&v| v as i32).collect()
     }
 
-    /// The kernels this CPU can run: rten's (the one it picks for the CPU), and crossenc's
-    /// where the CPU has VNNI.
-    fn kernels() -> Vec<bool> {
-        let mut own = vec![false];
-        if own_kernel() {
-            own.push(true);
+    /// The kernels this CPU can run: rten's (the one it picks for the CPU), crossenc's where
+    /// the CPU has VNNI, and AMX's where it has AMX.
+    fn kernels() -> Vec<Kernel> {
+        let mut kernels = vec![Kernel::Rten];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if vnni::available() {
+                kernels.push(Kernel::Vnni);
+            }
+            if crate::ops::amx::int8_available() {
+                kernels.push(Kernel::Amx);
+            }
         }
-        own
+        kernels
     }
 
     #[test]
@@ -457,7 +512,7 @@ mod tests {
             let want = reference(&a, &b, k);
             assert!(want.iter().all(|v| v.unsigned_abs() <= 1 << 24));
             for own in kernels() {
-                assert_eq!(kernel_product(&a, &b, k, own), want, "{m}x{k}x{n} {own}");
+                assert_eq!(kernel_product(&a, &b, k, own), want, "{m}x{k}x{n} {own:?}");
             }
             // Extremes: every product at its largest magnitude, of either sign.
             for (av, bv) in [(255, limit), (255, lowest), (0, limit), (1, lowest)] {
@@ -466,7 +521,7 @@ mod tests {
                 assert!(want.iter().all(|v| v.unsigned_abs() <= 1 << 24));
                 for own in kernels() {
                     let got = kernel_product(&a, &b, k, own);
-                    assert_eq!(got, want, "{m}x{k}x{n} {av} {bv} {own}");
+                    assert_eq!(got, want, "{m}x{k}x{n} {av} {bv} {own:?}");
                 }
             }
         }
@@ -534,7 +589,7 @@ mod tests {
         let x = randn(rows * i, 1.0, 8);
         let (w1, b1) = (randn(m * i, 0.3, 9), randn(m, 0.1, 10));
         let (w2, b2) = (randn(o * m, 0.3, 11), randn(o, 0.1, 12));
-        let layer = |w: &[f32], k: usize, own: bool| {
+        let layer = |w: &[f32], k: usize, own: Kernel| {
             let (q, scales) = quantize_weight(w, k, WeightLayout::OutIn);
             QuantizedWeight::for_kernel(&q, scales, k, own)
         };
@@ -556,8 +611,8 @@ mod tests {
             );
             first.forward(&mut fused_u, &x, Some(&b1), Some((Act::Gelu, &mut q)));
             second.forward_quantized(&mut got, &q, Some(&b2), None);
-            assert_eq!(fused_u, u, "{own}");
-            assert_eq!(got, want, "{own}");
+            assert_eq!(fused_u, u, "{own:?}");
+            assert_eq!(got, want, "{own:?}");
             outputs.push(got);
         }
         assert!(outputs.windows(2).all(|w| w[0] == w[1]));

@@ -37,10 +37,11 @@ pub struct Panels {
 }
 
 impl Panels {
-    /// Lays out `w`, int8 `[k, n]`.
-    pub fn new(w: &[i8], k: usize) -> Self {
+    /// Lays out `w`, int8 `[k, n]`, its quads padded with zeros to a multiple of `multiple`
+    /// values of `k` (4 for this kernel; 64 for AMX's tiles, which read these panels too).
+    pub fn padded(w: &[i8], k: usize, multiple: usize) -> Self {
         let n = w.len() / k;
-        let quads = k.div_ceil(4);
+        let quads = k.next_multiple_of(multiple) / 4;
         let mut data = vec![0i8; n.div_ceil(PANEL) * quads * QUAD];
         for (t, row) in w.chunks_exact(n).enumerate() {
             for (j, &v) in row.iter().enumerate() {
@@ -49,6 +50,16 @@ impl Panels {
             }
         }
         Panels { data, k, n }
+    }
+
+    /// The panels' bytes.
+    pub fn data(&self) -> &[i8] {
+        &self.data
+    }
+
+    /// Columns of the weight.
+    pub fn cols(&self) -> usize {
+        self.n
     }
 }
 
