@@ -633,7 +633,7 @@ fn an_output_folder_holds_one_run_and_is_never_mixed_or_lost() {
 }
 
 #[test]
-fn resuming_with_another_learning_rate_is_refused() {
+fn resuming_with_another_learning_rate_or_dtype_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let data = stsb_head(tmp.path(), 80);
     let out = tmp.path().join("out");
@@ -647,6 +647,15 @@ fn resuming_with_another_learning_rate_is_refused() {
     fails_with(
         &run(&["--lr", "2e-3", "--resume"]),
         &["other settings", "resume with the same command"],
+    );
+    // Another --dtype too (where bf16 cannot run at all, it is refused for that).
+    let why = match crossenc::ops::amx::available() {
+        true => "other settings",
+        false => "needs a CPU with AMX",
+    };
+    fails_with(
+        &run(&["--lr", "1e-3", "--dtype", "bf16", "--resume"]),
+        &[why],
     );
     assert!(run(&["--lr", "1e-3", "--resume"]).status.success());
 }

@@ -26,7 +26,8 @@ pub mod rotary;
 pub use activation::Act;
 
 /// The precision of the linear layers' products in training.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
     #[default]
     F32,

@@ -665,6 +665,7 @@ impl Plan {
                     warmup_steps,
                     batch_size: cfg.batch_size,
                     grad_accum: cfg.grad_accum,
+                    precision: cfg.precision,
                 }),
             },
         }

@@ -34,6 +34,9 @@ pub struct Schedule {
     pub warmup_steps: usize,
     pub batch_size: usize,
     pub grad_accum: usize,
+    /// The products' precision (`--dtype`; f32 in checkpoints of older versions).
+    #[serde(default)]
+    pub precision: crate::ops::Precision,
 }
 
 impl TrainerState {
