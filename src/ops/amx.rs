@@ -11,10 +11,11 @@
 //! operands' layout and the edge blocks are tested exactly on any CPU, and the native
 //! instructions are tested against the model where the CPU has them.
 //!
-//! Blocking: each step loads two row tiles `A[i]` (32 rows of the left-hand side, 32 values of
-//! `k`) and two column tiles `B[j]` (32 values of `k`, 32 columns) and adds the four products
-//! into the accumulators `C[i][j]`, a 32 x 32 block of the result, which the epilogue stores
-//! once with the bias (as [`Start`] says). Row and column tails are computed whole, on padding
+//! Blocking: each step loads two row tiles `A[i]` (16 rows of the left-hand side each, 64
+//! bytes of `k`) and two column tiles `B[j]` (16 columns each, over the same `k`) and adds the
+//! four products into the accumulators `C[i][j]`, a 32 x 32 block of the result, which the
+//! caller's `finish` turns into outputs once (a bias as [`Start`] says for bf16; int8's
+//! accumulators go to its dequantization). Row and column tails are computed whole, on padding
 //! (rows) or on a repeated column tile, and only their real part is stored.
 
 use std::ops::Range;
@@ -105,8 +106,8 @@ impl Default for Block {
     }
 }
 
-/// Bytes between the rows of a column tile in [`super::bf16::Bf16Weight`]'s panels (a panel's
-/// pair of rows: 48 columns of two bf16).
+/// Bytes between the rows of a column tile in the panels of [`super::bf16::Bf16Weight`] and
+/// `int8::vnni` (a panel's row: 48 columns of a bf16 pair or an int8 quad).
 pub const B_STRIDE: usize = super::bf16::PAIR * 2;
 
 /// The operands of a product, in bytes: `a`'s rows `a_stride` bytes apart (a multiple of 64:
@@ -677,8 +678,8 @@ mod tests {
     #[test]
     fn the_native_tiles_match_the_model_bit_for_bit() {
         if !available() {
-            // No AMX here: the model alone is tested (above); `bf16`'s tests run the
-            // AVX-512 kernel instead.
+            // The model alone is tested (above); `bf16`'s tests run the AVX-512 kernel instead.
+            eprintln!("no AMX on this CPU: the native tiles are not tested here");
             return;
         }
         #[cfg(target_arch = "x86_64")]
@@ -794,7 +795,9 @@ mod int8_tests {
                 let model = run(&mut Model::default(), &a, &w, (m, k, n));
                 assert_eq!(model, want, "{m}x{k}x{n}");
                 #[cfg(target_arch = "x86_64")]
-                if int8_available() {
+                if !int8_available() {
+                    eprintln!("no AMX int8 on this CPU: the native tiles are not tested here");
+                } else {
                     // SAFETY: the CPU has the tiles.
                     let native = run(&mut unsafe { Native::new() }, &a, &w, (m, k, n));
                     assert_eq!(native, model, "{m}x{k}x{n} native");
