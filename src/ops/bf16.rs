@@ -10,6 +10,9 @@
 //! vectors of 16 columns in registers, a row's pair of bf16 broadcast straight from the
 //! rounded rows, the weight in panels of `PANEL` columns laid out once, the bias added in the
 //! epilogue. AMX's column tiles are 16 columns of the same panels.
+//!
+//! Training's products in mixed precision ([`product`], on AMX only) round both operands of
+//! each call into the same layouts (the weights on every call: they change at every step).
 
 use rayon::prelude::*;
 use std::cell::{Cell, RefCell};
