@@ -271,7 +271,7 @@ fn on_shares<E>(
     (m, n): (usize, usize),
     f: impl Fn(&mut dyn Tiles, *mut E, Range<usize>, Range<usize>) + Sync,
 ) {
-    assert!(available(), "the CPU has no AMX");
+    assert!(available() || int8_available(), "the CPU has no AMX");
     let out = Shared(out.as_mut_ptr());
     shares(m, n, rayon::current_num_threads())
         .into_par_iter()
