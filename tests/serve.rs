@@ -327,6 +327,7 @@ fn quantized_servers_say_so_and_score_close_to_f32() {
         .as_str()
         .unwrap()
         .contains("-bit weights"));
+    assert!(info["bf16_kernel"].is_null());
     let (status, out) = s.post("/predict", json!({ "inputs": golden_pairs(&g) }));
     assert_eq!(status, 200);
     let d = max_abs_diff(&scores_of(&out), &f32s(&g["predict_scores"]));
@@ -337,6 +338,11 @@ fn quantized_servers_say_so_and_score_close_to_f32() {
         let info: Value = serde_json::from_str(&s.get("/info").1).unwrap();
         assert_eq!(info["model_dtype"], "bfloat16");
         assert!(info["int8_kernel"].is_null());
+        // "crossenc amx (tdpbf16ps)" or "crossenc avx512-bf16 (vdpbf16ps)".
+        assert!(
+            info["bf16_kernel"].as_str().unwrap().contains("bf16"),
+            "{info}"
+        );
         let (status, out) = s.post("/predict", json!({ "inputs": golden_pairs(&g) }));
         assert_eq!(status, 200);
         let d = max_abs_diff(&scores_of(&out), &f32s(&g["predict_scores"]));

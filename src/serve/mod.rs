@@ -405,6 +405,8 @@ struct Info {
     labels: Vec<String>,
     activation: &'static str,
     int8_kernel: Option<String>,
+    /// The bf16 kernel, when the model scores in bf16 (AMX's tiles or AVX-512 BF16).
+    bf16_kernel: Option<&'static str>,
     max_body_bytes: usize,
 }
 
@@ -479,6 +481,9 @@ pub async fn serve(
         labels: labels.clone(),
         activation: ce.activation.torch_name(),
         int8_kernel: (ce.quantization() == Some(Quantization::Int8)).then(crate::ops::int8::kernel),
+        bf16_kernel: (ce.quantization() == Some(Quantization::Bf16))
+            .then(crate::ops::bf16::kernel)
+            .flatten(),
         max_body_bytes: cfg.body_limit,
     };
     let tokenizer = ce.tokenizer.clone();
