@@ -4,14 +4,12 @@
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
-
-use crate::ops::Precision;
 use serde::Serialize;
 use std::time::Instant;
 
 use crate::data::Example;
 use crate::model::config::Config;
-use crate::ops::Pass;
+use crate::ops::{Pass, Precision};
 use crate::train::optim::AdamWConfig;
 use crate::train::{epoch_batches, Batching, LossKind, Trainable};
 use crate::CrossEncoder;
@@ -138,12 +136,13 @@ pub fn inference(ce: &CrossEncoder, data: &[Example], repeats: usize) -> Result<
 
 /// GFLOP/s of the engine's linear layers on this machine: the best of 20 runs of the FFN's two
 /// products (`[rows, h] x [h, i]` from `[out, in]` weights, `[rows, i] x [i, h]` from `[in,
-/// out]`, as the engine stores them), laid out for the kernel as a scoring model's are: in f32,
-/// or in bf16 (`None` where the CPU has no bf16 kernel).
-pub fn matmul_peak(rows: usize, h: usize, i: usize, bf16: bool) -> Option<f64> {
+/// out]`, as the engine stores them), laid out for the kernel as a scoring model's are, in
+/// `precision` (`None` for bf16 where the CPU has no bf16 kernel).
+pub fn matmul_peak(rows: usize, h: usize, i: usize, precision: Precision) -> Option<f64> {
     use crate::ops::bf16::{available, Bf16Weight};
     use crate::ops::linear::{forward, panels, WeightLayout};
     use crate::ops::matmul::own_kernel;
+    let bf16 = precision == Precision::Bf16;
     if bf16 && !available() {
         return None;
     }

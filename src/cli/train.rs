@@ -1,4 +1,3 @@
-use crate::ops::Precision;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::io::IsTerminal;
@@ -8,6 +7,7 @@ use super::data_args::{parse_span, DataArgs};
 use crate::data::{self, Example};
 use crate::eval::{self, Task};
 use crate::model::config::generic_labels;
+use crate::ops::Precision;
 use crate::progress::{Lines, Silent};
 use crate::search::{self, beir, Retriever};
 use crate::train::card::Card;

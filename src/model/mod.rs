@@ -602,12 +602,7 @@ impl SequenceClassifier {
 
     /// Trains with the linear layers' products in `p` from now on. bf16 needs AMX.
     pub fn set_precision(&mut self, p: Precision) -> Result<()> {
-        if p == Precision::Bf16 && !crate::ops::amx::available() {
-            anyhow::bail!(
-                "bf16 training needs a CPU with AMX (amx_bf16 in lscpu's flags: Intel Xeon \
-                 Sapphire Rapids or later), which this one lacks: train in f32 (no --dtype)"
-            );
-        }
+        p.check()?;
         self.body.linears_mut().for_each(|l| l.precision = p);
         Ok(())
     }

@@ -241,13 +241,9 @@ fn pack_panels(dst: &mut Lines, rhs: View) {
                 // Blocks of 8 pairs (a cache line of each column), so that the block's
                 // stretch of the panel stays in L1 while its 48 columns are read.
                 let panel = words(panel);
-                let at = |t: usize, c: usize| match (t < k, rhs.col(c0 + c)) {
-                    (false, _) => 0.0,
-                    (true, Some(col)) => col[t],
-                    (true, None) => rhs.at(t, c0 + c),
-                };
+                let at = |t: usize, c: usize| rhs.at(t, c0 + c);
                 let whole = k / 2;
-                for q0 in (0..k.div_ceil(2)).step_by(8) {
+                for q0 in (0..whole).step_by(8) {
                     let q1 = (q0 + 8).min(whole);
                     for c in 0..cols {
                         match rhs.col(c0 + c) {
@@ -260,10 +256,12 @@ fn pack_panels(dst: &mut Lines, rhs: View) {
                                 panel[q * (PAIR / 2) + c] = pair(at(2 * q, c), at(2 * q + 1, c))
                             }),
                         }
-                        // An odd `k`'s last row, alone in its pair.
-                        if q1 == whole && k % 2 == 1 && q0 <= whole {
-                            panel[whole * (PAIR / 2) + c] = pair(at(k - 1, c), 0.0);
-                        }
+                    }
+                }
+                // An odd `k`'s last row, alone in its pair.
+                if k % 2 == 1 {
+                    for c in 0..cols {
+                        panel[whole * (PAIR / 2) + c] = pair(at(k - 1, c), 0.0);
                     }
                 }
             }
@@ -272,7 +270,7 @@ fn pack_panels(dst: &mut Lines, rhs: View) {
 
 /// `lhs` (`[m, k]`) rounded into `dst` as rows of `k` padded to whole steps (returned), the rows
 /// padded with zeros to whole blocks, as AMX's driver reads them. A transposed `lhs` (a
-/// gradient's `dyᵀ`) is read a row of its source at a time, into `ROW_BLOCK` rows.
+/// gradient's `dyᵀ`) is read two rows of its source at a time, into `ROW_BLOCK` rows.
 fn pack_rows(dst: &mut Lines, lhs: View) -> usize {
     let (m, k) = lhs.shape();
     let kp = k.next_multiple_of(amx::K_STEP);
@@ -287,19 +285,15 @@ fn pack_rows(dst: &mut Lines, lhs: View) -> usize {
             if r0 >= m {
                 return;
             }
+            let rows = (m - r0).min(ROW_BLOCK);
             if lhs.row_major() {
-                for (i, row) in block
-                    .chunks_exact_mut(kp)
-                    .enumerate()
-                    .take(m.saturating_sub(r0))
-                {
+                for (i, row) in block.chunks_exact_mut(kp).enumerate().take(rows) {
                     let x = lhs.row(r0 + i).unwrap();
                     row.iter_mut().zip(x).for_each(|(a, &v)| *a = round(v));
                 }
             } else {
                 // Columns `2q` and `2q + 1` of `lhs` at a time (side by side in its source where
                 // `lhs` is transposed), as words of two in each of the block's rows.
-                let rows = (m - r0).min(ROW_BLOCK);
                 let column = lhs.t();
                 let at = |t: usize, i: usize| match t < k {
                     false => 0.0,

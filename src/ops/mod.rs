@@ -25,6 +25,8 @@ pub mod rotary;
 
 pub use activation::Act;
 
+pub use dropout::{Dropout, Pass};
+
 /// The precision of the linear layers' products in training.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -46,7 +48,19 @@ impl std::str::FromStr for Precision {
         }
     }
 }
-pub use dropout::{Dropout, Pass};
+
+impl Precision {
+    /// Whether this CPU trains in this precision: bf16 needs AMX.
+    pub fn check(self) -> anyhow::Result<()> {
+        if self == Precision::Bf16 && !amx::available() {
+            anyhow::bail!(
+                "bf16 training needs a CPU with AMX (amx_bf16 in lscpu's flags: Intel Xeon \
+                 Sapphire Rapids or later), which this one lacks: train in f32 (no --dtype)"
+            );
+        }
+        Ok(())
+    }
+}
 
 /// Rows per parallel task: big enough to amortise scheduling, fixed so that reductions over
 /// rows add up in the same order on every run.

@@ -25,8 +25,7 @@ use crate::eval::{self, Metrics, Task};
 use crate::model::tokenize::Tokens;
 use crate::model::Tape;
 use crate::ops::profile::timed;
-use crate::ops::Pass;
-use crate::ops::Precision;
+use crate::ops::{Pass, Precision};
 use crate::progress::{Lines, Progress, Silent};
 use crate::CrossEncoder;
 use optim::{AdamW, AdamWConfig};
@@ -559,10 +558,6 @@ pub fn train(
 ) -> Result<Summary> {
     let started = Instant::now();
     check(ce, train, cfg, output)?;
-    if cfg.precision == Precision::Bf16 && !crate::ops::amx::available() {
-        // Refused before anything is written (set_precision says why).
-        ce.model.set_precision(cfg.precision)?;
-    }
     // The saved model predicts as the loss trained it to.
     ce.activation = cfg.loss.activation();
     let plan = Plan::new(cfg, train.len() / cfg.list_size.max(1));
@@ -674,6 +669,7 @@ impl Plan {
 
 /// The rules a training run must meet before anything is written.
 fn check(ce: &CrossEncoder, train: &TrainData, cfg: &TrainConfig, output: &Path) -> Result<()> {
+    cfg.precision.check()?;
     // The run replaces the files of its output: --overwrite would remove the model it starts
     // from, and a run that then failed would leave none.
     if let (Ok(model), Ok(out)) = (ce.source_dir.canonicalize(), output.canonicalize()) {
