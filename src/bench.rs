@@ -140,7 +140,7 @@ pub fn inference(ce: &CrossEncoder, data: &[Example], repeats: usize) -> Result<
 /// `precision` (`None` for bf16 where the CPU has no bf16 kernel).
 pub fn matmul_peak(rows: usize, h: usize, i: usize, precision: Precision) -> Option<f64> {
     use crate::ops::bf16::{available, Bf16Weight};
-    use crate::ops::linear::{forward, panels, WeightLayout};
+    use crate::ops::linear::{forward, panels, Products, WeightLayout};
     use crate::ops::matmul::own_kernel;
     let bf16 = precision == Precision::Bf16;
     if bf16 && !available() {
@@ -162,8 +162,7 @@ pub fn matmul_peak(rows: usize, h: usize, i: usize, precision: Precision) -> Opt
                 None,
                 k,
                 layout,
-                panels.as_ref(),
-                Precision::F32,
+                Products::F32(panels.as_ref()),
             ),
         };
         run();

@@ -122,8 +122,17 @@ fn train_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
+/// In f32, and in bf16 where the CPU has AMX (its copies of the weights are made anew from the
+/// restored ones).
 #[test]
 fn killed_and_resumed_run_ends_with_the_same_weights() {
+    killed_and_resumed("f32");
+    if crossenc::ops::amx::available() {
+        killed_and_resumed("bf16");
+    }
+}
+
+fn killed_and_resumed(dtype: &str) {
     let model = shared("golden/tiny-bert");
     let tmp = tempfile::tempdir().unwrap();
     // 800 pairs at batch 4: 200 steps, checkpoints every 40.
@@ -138,7 +147,7 @@ fn killed_and_resumed_run_ends_with_the_same_weights() {
     let full = tmp.path().join("full");
     let resumed = tmp.path().join("resumed");
     let fill = |out: &Path| -> Vec<String> {
-        let mut a: Vec<String> = train_args(out.to_str().unwrap(), &[])
+        let mut a: Vec<String> = train_args(out.to_str().unwrap(), &["--dtype", dtype])
             .into_iter()
             .map(String::from)
             .collect();
@@ -194,7 +203,7 @@ fn killed_and_resumed_run_ends_with_the_same_weights() {
             &t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             &b[name].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
         );
-        assert!(d <= 1e-6, "{name} differs by {d}");
+        assert!(d <= 1e-6, "{dtype}: {name} differs by {d}");
     }
     // Without --resume, an output folder with checkpoints is refused rather than overwritten.
     let out = Command::new(env!("CARGO_BIN_EXE_crossenc"))

@@ -43,9 +43,9 @@ use head::{Head, HeadActs};
 use tokenize::Tokens;
 use weights::{two_mut, Weights};
 
-use crate::ops::bf16::Bf16Weight;
+use crate::ops::bf16::{Bf16Weight, Copies};
 use crate::ops::int8::{QuantizedRows, QuantizedWeight};
-use crate::ops::linear::WeightLayout;
+use crate::ops::linear::{Products, WeightLayout};
 use crate::ops::matmul::{own_kernel, Panels};
 use crate::ops::profile::timed;
 use crate::ops::rotary::Rotary;
@@ -132,11 +132,19 @@ pub struct Linear {
     pub out_dim: usize,
     /// The weight in int8 or bf16, for scoring; the forward uses it when present.
     reduced: Option<Reduced>,
-    /// `Wᵀ` laid out for the f32 kernel, for a model that only scores; the forward uses it
-    /// when present.
-    panels: Option<Panels>,
-    /// Training's products (where `reduced` and `panels` are absent).
-    precision: Precision,
+    /// How the products run otherwise.
+    laid: Laid,
+}
+
+/// How a layer's f32 weight is laid out for its products.
+#[derive(Debug, Clone)]
+enum Laid {
+    /// f32, on the weight as stored.
+    F32,
+    /// f32, on `Wᵀ` laid out once, for a model that only scores.
+    Panels(Panels),
+    /// bf16 (training), on the copies that the optimizer writes.
+    Bf16(Copies),
 }
 
 impl Linear {
@@ -163,8 +171,7 @@ impl Linear {
             in_dim,
             out_dim,
             reduced: None,
-            panels: None,
-            precision: Precision::F32,
+            laid: Laid::F32,
         })
     }
 
@@ -190,8 +197,7 @@ impl Linear {
             in_dim,
             out_dim: outs.iter().sum(),
             reduced: None,
-            panels: None,
-            precision: Precision::F32,
+            laid: Laid::F32,
         })
     }
 
@@ -202,7 +208,7 @@ impl Linear {
             Quantization::Int8 => Reduced::Int8(QuantizedWeight::new(weight, k, layout)),
             Quantization::Bf16 => Reduced::Bf16(Bf16Weight::new(weight, k, layout)),
         });
-        self.panels = None;
+        self.laid = Laid::F32;
     }
 
     /// From now on the forward reads the weight as `w` holds it now, laid out once for the
@@ -210,13 +216,35 @@ impl Linear {
     pub fn freeze(&mut self, w: &[f32]) {
         if own_kernel() {
             let weight = &w[self.weight.clone()];
-            self.panels = Some(linear::panels(weight, self.in_dim, self.layout));
+            self.laid = Laid::Panels(linear::panels(weight, self.in_dim, self.layout));
         }
     }
 
     /// Back to reading the weight from the model's buffer, whose values may now change.
     pub fn thaw(&mut self) {
-        self.panels = None;
+        if let Laid::Panels(_) = self.laid {
+            self.laid = Laid::F32;
+        }
+    }
+
+    /// Training's products in `p` from now on, on the weight as `w` holds it now (bf16's
+    /// copies are made from it; the optimizer keeps them up to date).
+    fn set_precision(&mut self, w: &[f32], p: Precision) {
+        self.laid = match p {
+            Precision::F32 => Laid::F32,
+            Precision::Bf16 => {
+                let weight = &w[self.weight.clone()];
+                Laid::Bf16(Copies::new(weight, self.in_dim, self.layout))
+            }
+        };
+    }
+
+    fn products(&self) -> Products<'_> {
+        match &self.laid {
+            Laid::F32 => Products::F32(None),
+            Laid::Panels(p) => Products::F32(Some(p)),
+            Laid::Bf16(c) => Products::Bf16(Some(c)),
+        }
     }
 
     pub fn forward(&self, w: &[f32], x: &[f32], y: &mut [f32]) {
@@ -226,9 +254,8 @@ impl Linear {
             Some(Reduced::Bf16(b)) => b.forward(y, x, bias),
             None => {
                 let weight = &w[self.weight.clone()];
-                let panels = self.panels.as_ref();
                 let (k, layout) = (self.in_dim, self.layout);
-                linear::forward(y, x, weight, bias, k, layout, panels, self.precision)
+                linear::forward(y, x, weight, bias, k, layout, self.products())
             }
         }
     }
@@ -267,13 +294,13 @@ impl Linear {
     pub fn backward(&self, w: &[f32], g: &mut [f32], dy: &[f32], x: &[f32], dx: linear::InputGrad) {
         debug_assert!(self.reduced.is_none(), "a quantized model is not trained");
         debug_assert!(
-            self.panels.is_none(),
+            !matches!(self.laid, Laid::Panels(_)),
             "a frozen model is thawed before training"
         );
         let (dw, db) = weight_and_bias(g, &self.weight, &self.bias);
         let weight = &w[self.weight.clone()];
         let (k, layout) = (self.in_dim, self.layout);
-        linear::backward(dx, dw, db, dy, x, weight, k, layout, self.precision);
+        linear::backward(dx, dw, db, dy, x, weight, k, layout, self.products());
     }
 }
 
@@ -600,11 +627,28 @@ impl SequenceClassifier {
         Ok(())
     }
 
-    /// Trains with the linear layers' products in `p` from now on. bf16 needs AMX.
+    /// Trains with the linear layers' products in `p` from now on, on the weights as they are
+    /// now: call it again after changing them other than by the optimizer (a checkpoint
+    /// restored). bf16 needs AMX.
     pub fn set_precision(&mut self, p: Precision) -> Result<()> {
         p.check()?;
-        self.body.linears_mut().for_each(|l| l.precision = p);
+        let w = &self.weights.data;
+        self.body.linears_mut().for_each(|l| l.set_precision(w, p));
         Ok(())
+    }
+
+    /// The weights, and each bf16 copy with the range of the weight it copies, for the
+    /// optimizer to write side by side.
+    pub fn weights_and_copies(&mut self) -> (&mut [f32], Vec<(Range<usize>, &mut Copies)>) {
+        let copies = self
+            .body
+            .linears_mut()
+            .filter_map(|l| match &mut l.laid {
+                Laid::Bf16(c) => Some((l.weight.clone(), c)),
+                _ => None,
+            })
+            .collect();
+        (&mut self.weights.data, copies)
     }
 
     /// For a model that only scores: lays every linear layer's weight out once for the f32

@@ -106,6 +106,9 @@ impl Default for Block {
     }
 }
 
+/// Bytes of `b` that [`product`] keeps in L2 at a time.
+const B_CHUNK_BYTES: usize = 1 << 19;
+
 /// Bytes between the rows of a column tile in the panels of [`super::bf16::Bf16Weight`] and
 /// `int8::vnni` (a panel's row: 48 columns of a bf16 pair or an int8 quad).
 pub const B_STRIDE: usize = super::bf16::PAIR * 2;
@@ -146,27 +149,34 @@ pub fn product<T: Tiles + ?Sized>(
     // Column tile `j`'s first row: 16 columns of its panel.
     let column = |j: usize| (j / 3) * groups * B_STRIDE + (j % 3) * TILE_BYTES;
     let mut c = Block::default();
-    for r0 in rows.clone().step_by(BLOCK) {
-        for c0 in cols.clone().step_by(BLOCK) {
-            let j = c0 / TILE_ROWS;
-            // A last block one tile wide repeats its tile rather than read past the panels.
-            let bj = [
-                column(j),
-                column(if c0 + TILE_ROWS < n { j + 1 } else { j }),
-            ];
-            tiles.zero();
-            for s in 0..groups / TILE_ROWS {
-                let at = [r0 * a_stride, (r0 + TILE_ROWS) * a_stride].map(|i| i + s * TILE_BYTES);
-                let b_at = bj.map(|i| i + s * TILE_ROWS * B_STRIDE);
-                // SAFETY: rows `r0..r0 + 32` of `a` and rows `16s..16s + 16` of the two column
-                // tiles lie within `a` and `b` (asserted above).
-                unsafe {
-                    let (a, b) = (a.as_ptr(), b.as_ptr());
-                    tiles.step(dot, at.map(|i| a.add(i)), a_stride, b_at.map(|i| b.add(i)))
+    // Each row block passes over a chunk of column blocks whose share of `b` stays in L2
+    // (a wide layer's `b` does not fit).
+    let per_column = groups * B_STRIDE / 48;
+    let chunk = (B_CHUNK_BYTES / per_column / BLOCK).max(1) * BLOCK;
+    for cc in cols.clone().step_by(chunk) {
+        for r0 in rows.clone().step_by(BLOCK) {
+            for c0 in (cc..(cc + chunk).min(cols.end)).step_by(BLOCK) {
+                let j = c0 / TILE_ROWS;
+                // A last block one tile wide repeats its tile rather than read past the panels.
+                let bj = [
+                    column(j),
+                    column(if c0 + TILE_ROWS < n { j + 1 } else { j }),
+                ];
+                tiles.zero();
+                for s in 0..groups / TILE_ROWS {
+                    let at =
+                        [r0 * a_stride, (r0 + TILE_ROWS) * a_stride].map(|i| i + s * TILE_BYTES);
+                    let b_at = bj.map(|i| i + s * TILE_ROWS * B_STRIDE);
+                    // SAFETY: rows `r0..r0 + 32` of `a` and rows `16s..16s + 16` of the two column
+                    // tiles lie within `a` and `b` (asserted above).
+                    unsafe {
+                        let (a, b) = (a.as_ptr(), b.as_ptr());
+                        tiles.step(dot, at.map(|i| a.add(i)), a_stride, b_at.map(|i| b.add(i)))
+                    }
                 }
+                tiles.store(&mut c);
+                finish(r0, c0, &c);
             }
-            tiles.store(&mut c);
-            finish(r0, c0, &c);
         }
     }
 }

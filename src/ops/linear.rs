@@ -17,7 +17,7 @@
 use rayon::prelude::*;
 
 use super::matmul::{matmul, own_kernel, product, with_panels, Panels, Product, Start, View};
-use super::{add_column_sums, bf16, Precision};
+use super::{add_column_sums, bf16};
 
 /// How a weight is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,9 +49,17 @@ pub fn panels(w: &[f32], in_dim: usize, layout: WeightLayout) -> Panels {
     Panels::new(layout.transposed(w, in_dim, w.len() / in_dim))
 }
 
-/// `y` (`[rows, out]`) = `x` (`[rows, in]`) · `w`ᵀ + `b`, `w` stored as `layout` says (and, if
-/// given, laid out in `panels` by [`panels`]), the product in `precision`.
-#[allow(clippy::too_many_arguments)]
+/// How a layer's products run: in f32, on the weight as stored or laid out once by [`panels`]
+/// (for a model that only scores); or in bf16, on the copies that the optimizer writes, or
+/// without them rounding the weight on each call.
+#[derive(Clone, Copy, Debug)]
+pub enum Products<'a> {
+    F32(Option<&'a Panels>),
+    Bf16(Option<&'a bf16::Copies>),
+}
+
+/// `y` (`[rows, out]`) = `x` (`[rows, in]`) · `w`ᵀ + `b`, `w` stored as `layout` says, the
+/// product as `products` says.
 pub fn forward(
     y: &mut [f32],
     x: &[f32],
@@ -59,8 +67,7 @@ pub fn forward(
     b: Option<&[f32]>,
     in_dim: usize,
     layout: WeightLayout,
-    panels: Option<&Panels>,
-    precision: Precision,
+    products: Products,
 ) {
     let out_dim = w.len() / in_dim;
     let rows = x.len() / in_dim;
@@ -68,11 +75,17 @@ pub fn forward(
         return;
     }
     let wt = layout.transposed(w, in_dim, out_dim);
-    if precision == Precision::Bf16 {
-        let xv = View::rows(x, rows, in_dim, in_dim);
-        let start = b.map_or(Start::Zero, Start::Bias);
-        return bf16::product(y, out_dim, xv, wt, start);
-    }
+    let panels = match products {
+        Products::F32(panels) => panels,
+        Products::Bf16(copies) => {
+            let xv = View::rows(x, rows, in_dim, in_dim);
+            let start = b.map_or(Start::Zero, Start::Bias);
+            return match copies {
+                Some(c) => bf16::product_packed(y, out_dim, xv, c.wt(), start),
+                None => bf16::product(y, out_dim, xv, wt, start),
+            };
+        }
+    };
     let on_gemm = |y: &mut [f32], x: &[f32], parallel: bool| {
         let how = Product {
             accumulate: b.is_some(),
@@ -121,8 +134,8 @@ pub enum InputGrad<'a> {
 }
 
 /// From `dy` (`[rows, out]`): the input gradient `dy · W` as `dx` says, and `dyᵀ · x` and the
-/// column sums of `dy` added into `dw` (in `layout`, as `w`) and `db`; the products in
-/// `precision` (the column sums in f32).
+/// column sums of `dy` added into `dw` (in `layout`, as `w`) and `db`; the products as
+/// `products` says (the column sums in f32; f32's panels are for scoring only).
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     dx: InputGrad,
@@ -133,7 +146,7 @@ pub fn backward(
     w: &[f32],
     in_dim: usize,
     layout: WeightLayout,
-    precision: Precision,
+    products: Products,
 ) {
     let out_dim = w.len() / in_dim;
     let rows = x.len() / in_dim;
@@ -147,10 +160,13 @@ pub fn backward(
     };
     let wv = layout.transposed(w, in_dim, out_dim).t();
     let xv = View::rows(x, rows, in_dim, in_dim);
-    if precision == Precision::Bf16 {
+    if let Products::Bf16(copies) = products {
         // Each product over both threads: AMX's blocks split well at these sizes.
         let start = if accumulate { Start::Add } else { Start::Zero };
-        bf16::product(dx, in_dim, dyv, wv, start);
+        match copies {
+            Some(c) => bf16::product_packed(dx, in_dim, dyv, c.w(), start),
+            None => bf16::product(dx, in_dim, dyv, wv, start),
+        }
         match layout {
             WeightLayout::OutIn => bf16::product(dw, in_dim, dyv.t(), xv, Start::Add),
             WeightLayout::InOut => bf16::product(dw, out_dim, xv.t(), dyv, Start::Add),
@@ -225,16 +241,7 @@ mod tests {
         let wt: Vec<f32> = (0..i * o).map(|k| w[(k % o) * i + k / o]).collect();
         for (weight, layout) in [(&w, WeightLayout::OutIn), (&wt, WeightLayout::InOut)] {
             let mut y = vec![f32::NAN; rows * o];
-            forward(
-                &mut y,
-                &x,
-                weight,
-                Some(&b),
-                i,
-                layout,
-                None,
-                Precision::F32,
-            );
+            forward(&mut y, &x, weight, Some(&b), i, layout, Products::F32(None));
             assert!(max_diff(&y, &want) < 1e-5, "{layout:?}");
             let (mut dx, mut dw, mut db) = (vec![0f32; rows * i], vec![0f32; o * i], vec![0f32; o]);
             let dx_to = InputGrad::Write(&mut dx);
@@ -247,7 +254,7 @@ mod tests {
                 weight,
                 i,
                 layout,
-                Precision::F32,
+                Products::F32(None),
             );
             // dw comes back in the weight's own layout.
             let dw_out_in: Vec<f32> = match layout {
@@ -268,7 +275,7 @@ mod tests {
                 weight,
                 i,
                 layout,
-                Precision::F32,
+                Products::F32(None),
             );
             let shifted: Vec<f32> = g[0].iter().map(|v| v + 1.0).collect();
             assert!(max_diff(&dx2, &shifted) < 1e-5);
@@ -297,23 +304,27 @@ mod tests {
             .map(|k| dot(rows, &|r| (dy[r * o + k / i] * x[r * i + k % i]) as f64))
             .collect();
         let wt: Vec<f32> = (0..i * o).map(|k| w[(k % o) * i + k / o]).collect();
-        // bf16 (where the CPU has AMX) to bf16's precision: 8 bits of each operand.
-        let mut precisions = vec![(Precision::F32, 1e-5)];
-        if crate::ops::amx::available() {
-            precisions.push((Precision::Bf16, 1e-2));
-        }
-        for (precision, tol) in precisions {
-            for (weight, layout) in [(&w, WeightLayout::OutIn), (&wt, WeightLayout::InOut)] {
-                let laid_out = panels(weight, i, layout);
-                // (bf16 lays the weight out on every call, laid out once or not.)
-                for p in [None, Some(&laid_out)] {
-                    let mut y = vec![f32::NAN; rows * o];
-                    forward(&mut y, &x, weight, Some(&b), i, layout, p, precision);
-                    assert!(
-                        rel_diff(&y, &want_y) < tol,
-                        "{layout:?} {} {precision:?}",
-                        p.is_some()
-                    );
+        let bf16 = crate::ops::amx::available();
+        for (weight, layout) in [(&w, WeightLayout::OutIn), (&wt, WeightLayout::InOut)] {
+            let laid_out = panels(weight, i, layout);
+            let copies = bf16::Copies::new(weight, i, layout);
+            // f32 on the weight as stored and laid out once (the forward only); bf16 (where
+            // the CPU has AMX) to bf16's precision, 8 bits of each operand, on the weight
+            // rounded on each call and on the optimizer's copies.
+            let mut runs = vec![
+                (Products::F32(None), 1e-5),
+                (Products::F32(Some(&laid_out)), 1e-5),
+            ];
+            if bf16 {
+                runs.push((Products::Bf16(None), 1e-2));
+                runs.push((Products::Bf16(Some(&copies)), 1e-2));
+            }
+            for (products, tol) in runs {
+                let mut y = vec![f32::NAN; rows * o];
+                forward(&mut y, &x, weight, Some(&b), i, layout, products);
+                assert!(rel_diff(&y, &want_y) < tol, "{layout:?} {products:?}");
+                if matches!(products, Products::F32(Some(_))) {
+                    continue;
                 }
                 let (mut dx, mut dw, mut db) =
                     (vec![0f32; rows * i], vec![0f32; o * i], vec![0f32; o]);
@@ -327,16 +338,16 @@ mod tests {
                     weight,
                     i,
                     layout,
-                    precision,
+                    products,
                 );
                 let dw_out_in: Vec<f32> = match layout {
                     WeightLayout::OutIn => dw,
                     WeightLayout::InOut => (0..o * i).map(|k| dw[(k % i) * o + k / i]).collect(),
                 };
-                assert!(rel_diff(&dx, &want_dx) < tol, "{layout:?} {precision:?}");
+                assert!(rel_diff(&dx, &want_dx) < tol, "{layout:?} {products:?}");
                 assert!(
                     rel_diff(&dw_out_in, &want_dw) < tol,
-                    "{layout:?} {precision:?}"
+                    "{layout:?} {products:?}"
                 );
             }
         }

@@ -254,8 +254,8 @@ impl Trainable {
         timed("optimizer (clip + AdamW)", || {
             let norm = self.opt.grad_norm(&self.grads);
             let coef = optim::clip_coefficient(norm, max_norm);
-            self.opt
-                .step(&mut ce.model.weights.data, &mut self.grads, lr, coef);
+            let (weights, copies) = ce.model.weights_and_copies();
+            self.opt.step(weights, &mut self.grads, lr, coef, copies);
             norm
         })
     }
@@ -577,7 +577,6 @@ pub fn train(
     }
     // The other ranks read a checkpoint to resume from only once rank 0 has checked the folder.
     cfg.group.barrier();
-    ce.model.set_precision(cfg.precision)?;
     let summary = (|| {
         let mut run = Run::start(ce, train, started, cfg, output, mode, plan)?;
         while run.st.step < run.last_step {
@@ -807,6 +806,8 @@ impl<'a> Run<'a> {
                 group::agree(cfg.group.as_ref(), &[here])?;
             }
         }
+        // On the weights as restored: bf16's copies are made from them.
+        ce.model.set_precision(cfg.precision)?;
         let root = cfg.group.rank() == 0;
         if root && resumed_from.is_some() {
             // Past the step a finished run stopped at: it is no longer finished.

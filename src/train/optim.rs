@@ -19,6 +19,7 @@ use rayon::prelude::*;
 use std::ops::Range;
 
 use crate::model::weights::Entry;
+use crate::ops::bf16::Copies;
 
 #[derive(Debug, Clone, Copy)]
 pub struct AdamWConfig {
@@ -148,8 +149,17 @@ impl AdamW {
     }
 
     /// One update of `params` with learning rate `lr` from `grads * grad_scale` (the clip
-    /// coefficient), in place; clears `grads` as it reads them, ready for the next step.
-    pub fn step(&mut self, params: &mut [f32], grads: &mut [f32], lr: f64, grad_scale: f32) {
+    /// coefficient), in place; clears `grads` as it reads them, ready for the next step. Each
+    /// of `copies` (a linear weight's bf16 copies, with the weight's range) is written from
+    /// the weight's new values block by block as they are updated: no pass of its own.
+    pub fn step(
+        &mut self,
+        params: &mut [f32],
+        grads: &mut [f32],
+        lr: f64,
+        grad_scale: f32,
+        mut copies: Vec<(Range<usize>, &mut Copies)>,
+    ) {
         self.steps += 1;
         let c = self.cfg;
         let t = self.steps as i32;
@@ -171,16 +181,39 @@ impl AdamW {
             shrink: (1.0 - lr * c.weight_decay) as f32,
             ..k
         };
+        // A copied weight is one range however many parameters it fuses (all of them decay:
+        // they are linear weights); every other parameter is a range of its own.
+        let mut ranges: Vec<(Range<usize>, bool, Option<&mut Copies>)> = Vec::new();
         for (range, decay) in &self.groups {
-            let k = if *decay { decayed } else { k };
+            match copies.iter().position(|(r, _)| r.contains(&range.start)) {
+                Some(i) => {
+                    assert!(*decay, "a copied weight decays");
+                    let (r, c) = copies.swap_remove(i);
+                    ranges.push((r, true, Some(c)));
+                }
+                None if ranges.iter().any(|(r, _, _)| r.contains(&range.start)) => {}
+                None => ranges.push((range.clone(), *decay, None)),
+            }
+        }
+        for (range, decay, copy) in ranges {
+            let k = if decay { decayed } else { k };
+            let (len, mut blocks) = match copy {
+                Some(c) => (c.block_len(), c.blocks().into_iter().map(Some).collect()),
+                None => (CHUNK, Vec::new()),
+            };
+            blocks.resize_with(range.len().div_ceil(len), || None);
             params[range.clone()]
-                .par_chunks_mut(CHUNK)
-                .zip(self.m[range.clone()].par_chunks_mut(CHUNK))
-                .zip(self.v[range.clone()].par_chunks_mut(CHUNK))
-                .zip(grads[range.clone()].par_chunks_mut(CHUNK))
-                .for_each(|(((p, m), v), g)| {
+                .par_chunks_mut(len)
+                .zip(self.m[range.clone()].par_chunks_mut(len))
+                .zip(self.v[range.clone()].par_chunks_mut(len))
+                .zip(grads[range.clone()].par_chunks_mut(len))
+                .zip(blocks)
+                .for_each(|((((p, m), v), g), copy)| {
                     update(p, m, v, g, k);
                     g.fill(0.0);
+                    if let Some(c) = copy {
+                        c.write(p);
+                    }
                 });
         }
         if let Some(t) = &mut self.lazy {
@@ -318,7 +351,7 @@ mod tests {
         let mut p = vec![1.0f32, -2.0, 0.5];
         // The gradient is scaled by 0.5 on the way in: the update only sees its sign here.
         let mut g = vec![1.0, -0.5, 4.0];
-        opt.step(&mut p, &mut g, 0.01, 0.5);
+        opt.step(&mut p, &mut g, 0.01, 0.5, Vec::new());
         assert_eq!(g, vec![0.0; 3], "the step clears the gradient");
         // After one step m_hat = g and v_hat = g^2, so the update is lr * sign(g) (up to eps);
         // the weight also shrinks by lr * wd, the bias does not.
@@ -329,6 +362,41 @@ mod tests {
             (opt.m[0] - 0.1 * 0.5).abs() < 1e-7,
             "the moment saw the scaled gradient"
         );
+    }
+
+    /// A copied weight (two parameters fused, as a layer's query and key are) is updated as
+    /// it is without copies, and its copies are those of its new values.
+    #[test]
+    fn copies_are_written_from_the_updated_weights() {
+        use crate::ops::bf16::Copies;
+        use crate::ops::linear::WeightLayout;
+        use crate::ops::testing::randn;
+        let (rows, cols) = (100, 37);
+        let n = rows * cols;
+        let entries = [
+            entry("query.weight", 0..n / 2),
+            entry("key.weight", n / 2..n),
+            entry("query.bias", n..n + 50),
+        ];
+        let cfg = AdamWConfig::default();
+        let (mut plain, mut copied) = (AdamW::new(&entries, cfg), AdamW::new(&entries, cfg));
+        let init = randn(n + 50, 1.0, 1);
+        let (mut p1, mut p2) = (init.clone(), init);
+        let mut copies = Copies::new(&p2[..n], cols, WeightLayout::OutIn);
+        for step in 0..3 {
+            let g = randn(n + 50, 1.0, 10 + step);
+            plain.step(&mut p1, &mut g.clone(), 1e-2, 0.7, Vec::new());
+            copied.step(
+                &mut p2,
+                &mut g.clone(),
+                1e-2,
+                0.7,
+                vec![(0..n, &mut copies)],
+            );
+        }
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&p1), bits(&p2));
+        assert!(copies == Copies::new(&p2[..n], cols, WeightLayout::OutIn));
     }
 
     #[test]
@@ -365,8 +433,8 @@ mod tests {
                 (nl - ne).abs() <= 1e-12 * ne,
                 "untouched rows are zero: {nl} vs {ne}"
             );
-            eager.step(&mut pe, &mut g.clone(), lr, scale);
-            lazy.step(&mut pl, &mut g, lr, scale);
+            eager.step(&mut pe, &mut g.clone(), lr, scale, Vec::new());
+            lazy.step(&mut pl, &mut g, lr, scale, Vec::new());
         }
         assert_ne!(pl, pe, "some rows were left behind until the flush");
         lazy.flush(&mut pl);

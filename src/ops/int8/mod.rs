@@ -560,7 +560,6 @@ mod tests {
         let w = randn(o * i, 0.1, 2);
         let b = randn(o, 0.1, 3);
         let mut want = vec![0f32; rows * o];
-        let f32 = crate::ops::Precision::F32;
         crate::ops::linear::forward(
             &mut want,
             &x,
@@ -568,8 +567,7 @@ mod tests {
             Some(&b),
             i,
             WeightLayout::OutIn,
-            None,
-            f32,
+            crate::ops::linear::Products::F32(None),
         );
         let wt: Vec<f32> = (0..i * o).map(|k| w[(k % o) * i + k / o]).collect();
         for (weight, layout) in [(&w, WeightLayout::OutIn), (&wt, WeightLayout::InOut)] {

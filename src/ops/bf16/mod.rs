@@ -17,10 +17,14 @@
 use rayon::prelude::*;
 use std::cell::{Cell, RefCell};
 
+mod pack;
+
+use pack::{pack_panels, pack_rows, pairs, Lines};
+pub use pack::{round, widen};
+
 use super::amx;
 use super::linear::WeightLayout;
 use super::matmul::{Start, View};
-use super::ROW_BLOCK;
 
 /// Rows of a register tile.
 const MR: usize = 8;
@@ -30,32 +34,6 @@ const NV: usize = 3;
 pub(crate) const PANEL: usize = 16 * NV;
 /// bf16 values of a panel's pair of rows: `PANEL` columns of two.
 pub(crate) const PAIR: usize = PANEL * 2;
-
-/// 32 bf16 values on a cache line of their own: AMX loads whole lines.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u16; 32]);
-
-/// bf16 values on whole, aligned cache lines.
-#[derive(Clone, Default)]
-struct Lines(Vec<Line>);
-
-impl Lines {
-    /// At least `len` values (more only to the line's end); new values are zero.
-    fn resize(&mut self, len: usize) {
-        self.0.resize(len.div_ceil(32), Line([0; 32]));
-    }
-
-    fn as_slice(&self) -> &[u16] {
-        // SAFETY: a `Line` is 32 `u16`s with no padding (`repr(C)`, 64 bytes).
-        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast(), self.0.len() * 32) }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u16] {
-        // SAFETY: as in `as_slice`, borrowed mutably.
-        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast(), self.0.len() * 32) }
-    }
-}
 
 /// The bf16 kernel this CPU runs, for `/info` and `bench`; `None` where there is none.
 pub fn kernel() -> Option<&'static str> {
@@ -81,23 +59,6 @@ fn avx512_available() -> bool {
         && is_x86_feature_detected!("avx512bf16");
     #[cfg(not(target_arch = "x86_64"))]
     false
-}
-
-/// `x` rounded to the nearest bf16 (ties to even), as its 16 bits; a NaN stays a NaN. Bit
-/// operations only, so loops over it vectorise.
-#[inline(always)]
-pub fn round(x: f32) -> u16 {
-    let bits = x.to_bits();
-    if x.is_nan() {
-        return ((bits >> 16) | 0x40) as u16;
-    }
-    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
-}
-
-/// The f32 that bf16 `b` stands for.
-#[inline(always)]
-pub fn widen(b: u16) -> f32 {
-    f32::from_bits((b as u32) << 16)
 }
 
 /// A linear layer's weight in bf16, laid out for the kernels: panel `p`'s pair `q` (rows `2q`
@@ -129,12 +90,7 @@ impl Bf16Weight {
     /// The panels as the kernels read them, and the padded `k` they cover.
     #[cfg(test)]
     pub(crate) fn panels(&self) -> (&[u16], usize) {
-        (self.data.as_slice(), 2 * Self::pairs(self.k))
-    }
-
-    /// Pairs of rows that `k` rows take: whole tiles of `K_STEP` rows.
-    fn pairs(k: usize) -> usize {
-        k.next_multiple_of(amx::K_STEP) / 2
+        (self.data.as_slice(), 2 * pairs(self.k))
     }
 
     /// `y` (`[rows, out]`) = `x` (`[rows, in]`) · `w`ᵀ (+ `bias`), `x` rounded to bf16 first.
@@ -148,31 +104,15 @@ impl Bf16Weight {
         if rows == 0 {
             return;
         }
-        let amx = amx::available();
         INPUT.with_borrow_mut(|a| {
-            // Rows as long as the weight's pairs, zero past `k`; for AMX, whole blocks of rows.
-            let k2 = 2 * Self::pairs(k);
-            let padded = if amx {
-                rows.next_multiple_of(amx::BLOCK)
-            } else {
-                rows
-            };
-            a.resize(padded * k2);
-            let a = &mut a.as_mut_slice()[..padded * k2];
-            a[rows * k2..].fill(0);
-            a.par_chunks_mut(k2 * ROW_BLOCK)
-                .zip(x.par_chunks(k * ROW_BLOCK))
-                .for_each(|(a, x)| {
-                    for (a, x) in a.chunks_exact_mut(k2).zip(x.chunks_exact(k)) {
-                        a.iter_mut().zip(x).for_each(|(a, &v)| *a = round(v));
-                        a[k..].fill(0);
-                    }
-                });
+            let k2 = pack_rows(a, View::rows(x, rows, k, k));
             let (y, w) = (&mut y[..rows * n], self.data.as_slice());
-            if amx {
+            if amx::available() {
                 let start = bias.map_or(Start::Zero, Start::Bias);
+                let a = &a.as_slice()[..rows.next_multiple_of(amx::BLOCK) * k2];
                 return amx::bf16_product_par(y, (rows, n), (a, k2), (w, n), start);
             }
+            let a = &a.as_slice()[..rows * k2];
             // Each thread a share of the rows, whole tiles, over every panel.
             let part = rows
                 .div_ceil(rayon::current_num_threads())
@@ -191,153 +131,174 @@ impl Bf16Weight {
     }
 }
 
-/// Two values rounded to bf16 as one word: `lo` in the low half, as the kernels read a pair.
-#[inline(always)]
-fn pair(lo: f32, hi: f32) -> u32 {
-    round(lo) as u32 | (round(hi) as u32) << 16
-}
-
-/// `values` (from a [`Lines`] buffer, whole lines) as words of two.
-fn words(values: &mut [u16]) -> &mut [u32] {
-    // SAFETY: any two `u16`s make a `u32`; `align_to_mut` gives the aligned middle, which is
-    // all of it for whole lines (asserted).
-    let (head, words, tail) = unsafe { values.align_to_mut::<u32>() };
-    assert!(head.is_empty() && tail.is_empty());
-    words
-}
-
-/// `rhs` (`[k, n]`) rounded into `dst` as [`Bf16Weight`] lays out its weight. Read along its
-/// rows or its columns, whichever lie side by side.
-fn pack_panels(dst: &mut Lines, rhs: View) {
-    let (k, n) = rhs.shape();
-    let pairs = Bf16Weight::pairs(k);
-    dst.resize(n.div_ceil(PANEL) * pairs * PAIR);
-    dst.as_mut_slice()
-        .par_chunks_mut(pairs * PAIR)
-        .enumerate()
-        .for_each(|(p, panel)| {
-            let (c0, cols) = (p * PANEL, (n - p * PANEL).min(PANEL));
-            panel.fill(0);
-            if rhs.row_major() {
-                // Rows `2q` and `2q + 1` of the panel's columns, as words of two.
-                let panel = words(panel);
-                let row = |t: usize| (t < k).then(|| &rhs.row(t).unwrap()[c0..c0 + cols]);
-                for (q, out) in panel
-                    .chunks_exact_mut(PAIR / 2)
-                    .enumerate()
-                    .take(k.div_ceil(2))
-                {
-                    let (lo, hi) = (row(2 * q).unwrap(), row(2 * q + 1));
-                    match hi {
-                        Some(hi) => {
-                            for ((o, &l), &h) in out.iter_mut().zip(lo).zip(hi) {
-                                *o = pair(l, h);
-                            }
-                        }
-                        None => out.iter_mut().zip(lo).for_each(|(o, &l)| *o = pair(l, 0.0)),
-                    }
-                }
-            } else {
-                // Blocks of 8 pairs (a cache line of each column), so that the block's
-                // stretch of the panel stays in L1 while its 48 columns are read.
-                let panel = words(panel);
-                let at = |t: usize, c: usize| rhs.at(t, c0 + c);
-                let whole = k / 2;
-                for q0 in (0..whole).step_by(8) {
-                    let q1 = (q0 + 8).min(whole);
-                    for c in 0..cols {
-                        match rhs.col(c0 + c) {
-                            Some(col) => {
-                                for q in q0..q1 {
-                                    panel[q * (PAIR / 2) + c] = pair(col[2 * q], col[2 * q + 1]);
-                                }
-                            }
-                            None => (q0..q1).for_each(|q| {
-                                panel[q * (PAIR / 2) + c] = pair(at(2 * q, c), at(2 * q + 1, c))
-                            }),
-                        }
-                    }
-                }
-                // An odd `k`'s last row, alone in its pair.
-                if k % 2 == 1 {
-                    for c in 0..cols {
-                        panel[whole * (PAIR / 2) + c] = pair(at(k - 1, c), 0.0);
-                    }
-                }
-            }
-        });
-}
-
-/// `lhs` (`[m, k]`) rounded into `dst` as rows of `k` padded to whole steps (returned), the rows
-/// padded with zeros to whole blocks, as AMX's driver reads them. A transposed `lhs` (a
-/// gradient's `dyᵀ`) is read two rows of its source at a time, into `ROW_BLOCK` rows.
-fn pack_rows(dst: &mut Lines, lhs: View) -> usize {
-    let (m, k) = lhs.shape();
-    let kp = k.next_multiple_of(amx::K_STEP);
-    let padded = m.next_multiple_of(amx::BLOCK);
-    dst.resize(padded * kp);
-    dst.as_mut_slice()[..padded * kp]
-        .par_chunks_mut(kp * ROW_BLOCK)
-        .enumerate()
-        .for_each(|(b, block)| {
-            let r0 = b * ROW_BLOCK;
-            block.fill(0);
-            if r0 >= m {
-                return;
-            }
-            let rows = (m - r0).min(ROW_BLOCK);
-            if lhs.row_major() {
-                for (i, row) in block.chunks_exact_mut(kp).enumerate().take(rows) {
-                    let x = lhs.row(r0 + i).unwrap();
-                    row.iter_mut().zip(x).for_each(|(a, &v)| *a = round(v));
-                }
-            } else {
-                // Columns `2q` and `2q + 1` of `lhs` at a time (side by side in its source where
-                // `lhs` is transposed), as words of two in each of the block's rows.
-                let column = lhs.t();
-                let at = |t: usize, i: usize| match t < k {
-                    false => 0.0,
-                    true => lhs.at(r0 + i, t),
-                };
-                let block = words(block);
-                for q in 0..k.div_ceil(2) {
-                    let t = 2 * q;
-                    match (
-                        column.row(t),
-                        (t + 1 < k).then(|| column.row(t + 1)).flatten(),
-                    ) {
-                        (Some(lo), Some(hi)) => {
-                            let (lo, hi) = (&lo[r0..r0 + rows], &hi[r0..r0 + rows]);
-                            for (i, (&l, &h)) in lo.iter().zip(hi).enumerate() {
-                                block[i * kp / 2 + q] = pair(l, h);
-                            }
-                        }
-                        _ => (0..rows)
-                            .for_each(|i| block[i * kp / 2 + q] = pair(at(t, i), at(t + 1, i))),
-                    }
-                }
-            }
-        });
-    kp
-}
-
 /// `dst` (`[m, n]`, row stride `dst_rs`) = `start` + `lhs` · `rhs`, both rounded to bf16, the
 /// sums in f32, on AMX over rayon's threads: training's products in mixed precision. Only
 /// where [`amx::available`].
 pub fn product(dst: &mut [f32], dst_rs: usize, lhs: View, rhs: View, start: Start) {
-    let (mut a, mut b) = (ROWS.take(), PANELS.take());
-    let kp = pack_rows(&mut a, lhs);
+    let mut b = PANELS.take();
     pack_panels(&mut b, rhs);
-    let (m, n) = (lhs.shape().0, rhs.shape().1);
+    let (k, n) = rhs.shape();
+    let panels = &b.as_slice()[..n.div_ceil(PANEL) * pairs(k) * PAIR];
+    product_packed(dst, dst_rs, lhs, Packed { panels, k, n }, start);
+    PANELS.set(b);
+}
+
+/// [`product`] with `rhs` rounded and laid out ahead (a training weight's [`Copies`]).
+pub fn product_packed(dst: &mut [f32], dst_rs: usize, lhs: View, rhs: Packed, start: Start) {
+    assert_eq!(lhs.shape().1, rhs.k, "the operands' inner sizes differ");
+    let mut a = ROWS.take();
+    let kp = pack_rows(&mut a, lhs);
+    let m = lhs.shape().0;
     amx::bf16_product_par(
         dst,
         (m, dst_rs),
         (a.as_slice(), kp),
-        (b.as_slice(), n),
+        (rhs.panels, rhs.n),
         start,
     );
     ROWS.set(a);
-    PANELS.set(b);
+}
+
+/// A right-hand side `[k, n]` in bf16 panels, as [`Bf16Weight`] lays out its weight.
+#[derive(Clone, Copy)]
+pub struct Packed<'a> {
+    panels: &'a [u16],
+    k: usize,
+    n: usize,
+}
+
+/// A training weight's bf16 copies, in the layouts of its two products (`Wᵀ` in the forward,
+/// `W` in the input gradient), written by the optimizer as it updates the weight
+/// ([`Copies::blocks`]) so that no product rounds the weight on each call.
+#[derive(Clone)]
+pub struct Copies {
+    /// The stored weight's rows in pairs, in panels of its columns.
+    by_rows: Lines,
+    /// Its columns in pairs, in panels of its rows.
+    by_cols: Lines,
+    /// Rows and columns as stored.
+    shape: (usize, usize),
+    layout: WeightLayout,
+}
+
+impl std::fmt::Debug for Copies {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "Copies({:?}, {:?})", self.shape, self.layout)
+    }
+}
+
+impl Copies {
+    /// The copies of `w` (`[out, in]` or `[in, out]` as `layout` says).
+    pub fn new(w: &[f32], in_dim: usize, layout: WeightLayout) -> Self {
+        let out_dim = w.len() / in_dim;
+        let (rows, cols) = match layout {
+            WeightLayout::OutIn => (out_dim, in_dim),
+            WeightLayout::InOut => (in_dim, out_dim),
+        };
+        let (mut by_rows, mut by_cols) = (Lines::default(), Lines::default());
+        by_rows.reserve(cols.div_ceil(PANEL) * pairs(rows) * PAIR);
+        by_cols.reserve(rows.div_ceil(PANEL) * pairs(cols) * PAIR);
+        let mut copies = Copies {
+            by_rows,
+            by_cols,
+            shape: (rows, cols),
+            layout,
+        };
+        let len = copies.block_len();
+        copies
+            .blocks()
+            .into_par_iter()
+            .zip(w.par_chunks(len))
+            .for_each(|(b, w)| b.write(w));
+        copies
+    }
+
+    /// Values of the stored weight in each of [`Copies::blocks`]: `PANEL` whole rows.
+    pub fn block_len(&self) -> usize {
+        PANEL * self.shape.1
+    }
+
+    /// The places in both copies of each block of `PANEL` stored rows (the last one may be
+    /// shorter), to be written side by side as the weight's blocks are updated.
+    pub fn blocks(&mut self) -> Vec<CopyBlock<'_>> {
+        let (rows, cols) = self.shape;
+        let blocks = rows.div_ceil(PANEL);
+        let mut out: Vec<CopyBlock> = self.by_cols.words_mut()[..blocks * pairs(cols) * PANEL]
+            .chunks_exact_mut(pairs(cols) * PANEL)
+            .map(|by_cols| CopyBlock {
+                by_cols,
+                by_rows: Vec::with_capacity(cols.div_ceil(PANEL)),
+                cols,
+            })
+            .collect();
+        // Panel `p` of `by_rows` holds each block's `PANEL / 2` pairs side by side.
+        let len = pairs(rows) * PANEL;
+        for panel in self.by_rows.words_mut()[..cols.div_ceil(PANEL) * len].chunks_exact_mut(len) {
+            for (b, part) in out.iter_mut().zip(panel.chunks_mut(PANEL / 2 * PANEL)) {
+                b.by_rows.push(part);
+            }
+        }
+        out
+    }
+
+    /// `Wᵀ` (`[in, out]`), the forward's operand.
+    pub fn wt(&self) -> Packed<'_> {
+        match self.layout {
+            WeightLayout::OutIn => self.by_cols(),
+            WeightLayout::InOut => self.by_rows(),
+        }
+    }
+
+    /// `W` (`[out, in]`), the input gradient's operand.
+    pub fn w(&self) -> Packed<'_> {
+        match self.layout {
+            WeightLayout::OutIn => self.by_rows(),
+            WeightLayout::InOut => self.by_cols(),
+        }
+    }
+
+    /// The stored weight as a right-hand side.
+    fn by_rows(&self) -> Packed<'_> {
+        let (k, n) = self.shape;
+        let panels = &self.by_rows.as_slice()[..n.div_ceil(PANEL) * pairs(k) * PAIR];
+        Packed { panels, k, n }
+    }
+
+    /// Its transpose as a right-hand side.
+    fn by_cols(&self) -> Packed<'_> {
+        let (n, k) = self.shape;
+        let panels = &self.by_cols.as_slice()[..n.div_ceil(PANEL) * pairs(k) * PAIR];
+        Packed { panels, k, n }
+    }
+}
+
+/// Equal copies: the same weight rounded the same way.
+impl PartialEq for Copies {
+    fn eq(&self, other: &Self) -> bool {
+        (self.shape, self.layout) == (other.shape, other.layout)
+            && self.wt().panels == other.wt().panels
+            && self.w().panels == other.w().panels
+    }
+}
+
+/// One block of a weight's rows' places in its [`Copies`].
+pub struct CopyBlock<'a> {
+    /// The block's own panel of the transpose.
+    by_cols: &'a mut [u32],
+    /// The block's pairs in each panel of the stored weight.
+    by_rows: Vec<&'a mut [u32]>,
+    cols: usize,
+}
+
+impl CopyBlock<'_> {
+    /// Rounds the block's rows (`values`: whole rows as stored) into both copies.
+    pub fn write(self, values: &[f32]) {
+        let s = View::rows(values, values.len() / self.cols, self.cols, self.cols);
+        pack::panel(self.by_cols, s.t(), 0);
+        for (p, out) in self.by_rows.into_iter().enumerate() {
+            pack::panel(out, s, p * PANEL);
+        }
+    }
 }
 
 thread_local! {
@@ -357,7 +318,7 @@ mod avx512 {
     /// `y` (`[rows, n]`) = `a` (bf16 `[rows, k2]`, `k2` even) · `w` (+ `bias`), on this thread.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub(super) fn product(y: &mut [f32], a: &[u16], w: &Bf16Weight, bias: Option<&[f32]>) {
-        let pairs = Bf16Weight::pairs(w.k);
+        let pairs = super::pairs(w.k);
         let rows = a.len() / (2 * pairs);
         assert!(a.len() == rows * 2 * pairs && y.len() == rows * w.n);
         for (p, panel) in w.data.as_slice().chunks_exact(pairs * PAIR).enumerate() {
@@ -455,20 +416,30 @@ mod tests {
     use super::*;
     use crate::ops::testing::randn;
 
+    /// The copies are the weight's two operands as training's products would round them on
+    /// each call, and writing new values block by block gives the copies of the new values.
     #[test]
-    fn rounding_is_to_the_nearest_even() {
-        // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: to the even one, 1.
-        assert_eq!(round(1.0 + 1.0 / 256.0), 0x3f80);
-        // 1 + 3 · 2^-8 lies halfway between 1 + 2^-7 and 1 + 2^-6: to the even, 1 + 2^-6.
-        assert_eq!(round(1.0 + 3.0 / 256.0), 0x3f82);
-        assert_eq!(round(1.0 + 1.0 / 128.0 + 1.0 / 1024.0), 0x3f81);
-        assert_eq!(round(-2.5), 0xc020);
-        assert_eq!(widen(round(f32::MAX)), f32::INFINITY);
-        assert!(widen(round(f32::NAN)).is_nan());
-        assert!(widen(round(f32::from_bits(0x7fff_ffff))).is_nan());
-        for x in randn(1000, 3.0, 1) {
-            let back = widen(round(x));
-            assert!((back - x).abs() <= x.abs() / 256.0, "{x} -> {back}");
+    fn copies_are_the_weights_operands_and_follow_block_writes() {
+        for (out, inp) in [(1, 1), (50, 70), (97, 33), (3, 130)] {
+            for layout in [WeightLayout::OutIn, WeightLayout::InOut] {
+                let w = randn(out * inp, 1.0, out as u64);
+                let copies = Copies::new(&w, inp, layout);
+                let wt = layout.transposed(&w, inp, out);
+                for (packed, view) in [(copies.wt(), wt), (copies.w(), wt.t())] {
+                    let mut want = Lines::default();
+                    pack_panels(&mut want, view);
+                    assert_eq!(packed.panels, want.as_slice(), "{out}x{inp} {layout:?}");
+                    assert_eq!((packed.k, packed.n), view.shape());
+                }
+                let moved_to = randn(out * inp, 1.0, 99);
+                let mut moved = copies.clone();
+                let len = moved.block_len();
+                for (b, v) in moved.blocks().into_iter().zip(moved_to.chunks(len)) {
+                    b.write(v);
+                }
+                assert!(moved == Copies::new(&moved_to, inp, layout));
+                assert!(moved != copies);
+            }
         }
     }
 
