@@ -223,22 +223,17 @@ impl Copies {
     pub fn blocks(&mut self) -> Vec<CopyBlock<'_>> {
         let (rows, cols) = self.shape;
         let blocks = rows.div_ceil(PANEL);
-        let mut out: Vec<CopyBlock> = self.by_cols.words_mut()[..blocks * pairs(cols) * PANEL]
+        let by_rows = &mut self.by_rows.words_mut()[..cols.div_ceil(PANEL) * pairs(rows) * PANEL];
+        let by_rows = pack::row_blocks(by_rows, rows, cols);
+        self.by_cols.words_mut()[..blocks * pairs(cols) * PANEL]
             .chunks_exact_mut(pairs(cols) * PANEL)
-            .map(|by_cols| CopyBlock {
+            .zip(by_rows)
+            .map(|(by_cols, by_rows)| CopyBlock {
                 by_cols,
-                by_rows: Vec::with_capacity(cols.div_ceil(PANEL)),
+                by_rows,
                 cols,
             })
-            .collect();
-        // Panel `p` of `by_rows` holds each block's `PANEL / 2` pairs side by side.
-        let len = pairs(rows) * PANEL;
-        for panel in self.by_rows.words_mut()[..cols.div_ceil(PANEL) * len].chunks_exact_mut(len) {
-            for (b, part) in out.iter_mut().zip(panel.chunks_mut(PANEL / 2 * PANEL)) {
-                b.by_rows.push(part);
-            }
-        }
-        out
+            .collect()
     }
 
     /// `Wᵀ` (`[in, out]`), the forward's operand.

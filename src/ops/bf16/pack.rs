@@ -85,10 +85,44 @@ pub(super) fn pack_panels(dst: &mut Lines, rhs: View) {
     let (k, n) = rhs.shape();
     let len = pairs(k) * PANEL;
     dst.reserve(n.div_ceil(PANEL) * pairs(k) * PAIR);
-    dst.words_mut()[..n.div_ceil(PANEL) * len]
-        .par_chunks_mut(len)
+    let words = &mut dst.words_mut()[..n.div_ceil(PANEL) * len];
+    if !rhs.row_major() {
+        // Each panel from `PANEL` rows of the source.
+        return words
+            .par_chunks_mut(len)
+            .enumerate()
+            .for_each(|(p, out)| panel(out, rhs, p * PANEL));
+    }
+    // Each block of `PANEL` rows, read along the rows, into its pairs in every panel.
+    row_blocks(words, k, n)
+        .into_par_iter()
         .enumerate()
-        .for_each(|(p, out)| panel(out, rhs, p * PANEL));
+        .for_each(|(b, outs)| {
+            let r0 = b * PANEL;
+            if r0 >= k {
+                // Padding: the buffer may hold an earlier call's values.
+                return outs.into_iter().for_each(|out| out.fill(0));
+            }
+            let block = rhs.sub_rows(r0, PANEL.min(k - r0));
+            for (p, out) in outs.into_iter().enumerate() {
+                panel(out, block, p * PANEL);
+            }
+        });
+}
+
+/// The panels (`[k, n]` in `words`) split by blocks of `PANEL` rows: for each block, its
+/// `PANEL / 2` pairs in each panel, so that a block's rows are written side by side. The last
+/// blocks may lie wholly in the padding past `k`.
+pub(super) fn row_blocks(words: &mut [u32], k: usize, n: usize) -> Vec<Vec<&mut [u32]>> {
+    let mut blocks: Vec<Vec<&mut [u32]>> = (0..pairs(k).div_ceil(PANEL / 2))
+        .map(|_| Vec::with_capacity(n.div_ceil(PANEL)))
+        .collect();
+    for panel in words.chunks_exact_mut(pairs(k) * PANEL) {
+        for (b, part) in blocks.iter_mut().zip(panel.chunks_mut(PANEL / 2 * PANEL)) {
+            b.push(part);
+        }
+    }
+    blocks
 }
 
 /// The panel of columns `c0..` of `rhs` (`[k, n]`) into `out`: whole pairs of rows from
@@ -424,7 +458,13 @@ mod tests {
     /// rows and panels of an operand and of its transpose are the same words).
     #[test]
     fn the_packers_match_the_plain_loops_on_every_layout() {
-        for (m, k) in [(1, 1), (17, 40), (33, 7), (70, 97), (5, 130)] {
+        // One buffer for every call, as training reuses it: first filled with NaNs, which no
+        // later call may leave in its padding.
+        let mut got = Lines::default();
+        let nan = vec![f32::NAN; 200 * 200];
+        pack_panels(&mut got, View::rows(&nan, 200, 200, 200));
+        pack_rows(&mut got, View::rows(&nan, 200, 200, 200));
+        for (m, k) in [(1, 1), (17, 40), (33, 7), (70, 97), (5, 130), (40, 3)] {
             let src = awkward(m * k, m as u64);
             let rows_major = View::rows(&src, m, k, k);
             let t_src: Vec<f32> = (0..m * k).map(|i| src[(i % m) * k + i / m]).collect();
@@ -436,7 +476,6 @@ mod tests {
                 rows_from_columns(block, transposed.t(), b * amx::BLOCK);
             }
             for lhs in [rows_major, transposed] {
-                let mut got = Lines::default();
                 assert_eq!(pack_rows(&mut got, lhs), kp);
                 assert_eq!(&got.words_mut()[..want.len()], &want[..], "rows {m}x{k}");
             }
@@ -447,7 +486,6 @@ mod tests {
                 panel_from_columns(panel, transposed.t(), p * PANEL);
             }
             for rhs in [rows_major, transposed] {
-                let mut got = Lines::default();
                 pack_panels(&mut got, rhs);
                 assert_eq!(&got.words_mut()[..want.len()], &want[..], "panels {m}x{k}");
             }

@@ -66,6 +66,17 @@ impl<'a> View<'a> {
         (self.rs == 1).then(|| &self.data[c * self.cs..c * self.cs + self.rows])
     }
 
+    /// Rows `r0..r0 + rows`.
+    pub fn sub_rows(&self, r0: usize, rows: usize) -> Self {
+        View::new(
+            &self.data[r0 * self.rs..],
+            rows,
+            self.cols,
+            self.rs,
+            self.cs,
+        )
+    }
+
     pub fn t(self) -> Self {
         View {
             rows: self.cols,
