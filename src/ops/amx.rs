@@ -699,39 +699,28 @@ mod tests {
             let weight = Bf16Weight::new(&w, k, WeightLayout::OutIn);
             let (panels, kp) = weight.panels();
             let a = rows(&x, m, k, kp);
-            let run = |tiles: &mut dyn FnMut(*mut f32)| {
-                let mut dst = vec![f32::NAN; m * n];
-                tiles(dst.as_mut_ptr());
-                dst
-            };
+            let (init, bias) = (randn(m * n, 1.0, 7), randn(n, 1.0, 8));
             let args = ((&a[..], kp), (panels, n));
-            // SAFETY: the CPU has the tiles; the whole result lies within `dst`.
-            let native = run(&mut |out| unsafe {
-                bf16_product(
-                    &mut Native::new(),
-                    out,
-                    n,
-                    args.0,
-                    args.1,
-                    0..m,
-                    0..n,
-                    Start::Zero,
-                )
-            });
-            let model = run(&mut |out| unsafe {
-                bf16_product(
-                    &mut Model::default(),
-                    out,
-                    n,
-                    args.0,
-                    args.1,
-                    0..m,
-                    0..n,
-                    Start::Zero,
-                )
-            });
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&native), bits(&model), "{m}x{k}x{n} at {scale}");
+            for start in [Start::Zero, Start::Add, Start::Bias(&bias)] {
+                let run = |tiles: &mut dyn Tiles| {
+                    let mut dst = init.clone();
+                    // SAFETY: the tiles are usable; the whole result lies within `dst`.
+                    unsafe {
+                        let out = dst.as_mut_ptr();
+                        bf16_product(tiles, out, n, args.0, args.1, 0..m, 0..n, start)
+                    };
+                    dst
+                };
+                // SAFETY: the CPU has the tiles.
+                let native = run(&mut unsafe { Native::new() });
+                let model = run(&mut Model::default());
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&native),
+                    bits(&model),
+                    "{m}x{k}x{n} at {scale} {start:?}"
+                );
+            }
         }
     }
 }

@@ -224,7 +224,7 @@ pub fn with_panels<R>(rhs: View, f: impl FnOnce(&Panels) -> R) -> R {
 }
 
 /// What a [`product`] adds its result to.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub enum Start<'a> {
     Zero,
     /// What the destination holds.
