@@ -11,8 +11,10 @@
 //! rounded rows, the weight in panels of `PANEL` columns laid out once, the bias added in the
 //! epilogue. AMX's column tiles are 16 columns of the same panels.
 //!
-//! Training's products in mixed precision ([`product`], on AMX only) round both operands of
-//! each call into the same layouts (the weights on every call: they change at every step).
+//! Training's products in mixed precision ([`product`], on AMX only) round the activations and
+//! gradients of each call into the same layouts (`pack.rs`); a weight's bf16 copies, for the
+//! forward and the input gradient, are written by the optimizer as it updates the weight
+//! ([`Copies`]), so no product rounds a weight.
 
 use rayon::prelude::*;
 use std::cell::{Cell, RefCell};
