@@ -1216,6 +1216,31 @@ fn bf16_training_follows_f32_or_is_refused_before_writing() {
         apart > 0.0 && apart < 0.25 * moved,
         "moved {moved}, bf16 apart {apart}"
     );
+    // A dev evaluation at every step (scored on the bf16 copies) leaves the training as it
+    // was: the same loss at every step as without one.
+    let losses = |extra: &[&str], dir: &str| -> Vec<String> {
+        let out = tmp.path().join(dir);
+        let mut args = vec!["--lr", "1e-3", "--dtype", "bf16", "--log-steps", "1"];
+        args.extend_from_slice(extra);
+        let run = tiny_train(&data, &out, &args);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        log.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter_map(|v| v.get("loss").map(|x| x.to_string()))
+            .collect()
+    };
+    let plain = losses(&[], "plain");
+    assert!(plain.len() >= 4, "{plain:?}");
+    let dev = data.to_str().unwrap();
+    assert_eq!(
+        losses(&["--dev", dev, "--eval-steps", "1"], "evaluated"),
+        plain
+    );
     let pairs = tmp.path().join("pairs.tsv");
     std::fs::write(&pairs, "A man plays a guitar.\tSomeone plays music.\n").unwrap();
     let scored = stdout(&crossenc(&[

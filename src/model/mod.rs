@@ -212,11 +212,16 @@ impl Linear {
     }
 
     /// From now on the forward reads the weight as `w` holds it now, laid out once for the
-    /// f32 kernel (where the CPU runs it) rather than on every call.
+    /// f32 kernel (where the CPU runs it) rather than on every call; in bf16 training, its
+    /// copies made anew (scored as it trains: the dev evaluation).
     pub fn freeze(&mut self, w: &[f32]) {
-        if own_kernel() {
-            let weight = &w[self.weight.clone()];
-            self.laid = Laid::Panels(linear::panels(weight, self.in_dim, self.layout));
+        let weight = &w[self.weight.clone()];
+        match self.laid {
+            Laid::Bf16(_) => self.laid = Laid::Bf16(Copies::new(weight, self.in_dim, self.layout)),
+            _ if own_kernel() => {
+                self.laid = Laid::Panels(linear::panels(weight, self.in_dim, self.layout))
+            }
+            _ => {}
         }
     }
 
@@ -228,15 +233,17 @@ impl Linear {
     }
 
     /// Training's products in `p` from now on, on the weight as `w` holds it now (bf16's
-    /// copies are made from it; the optimizer keeps them up to date).
+    /// copies are made from it; the optimizer keeps them up to date). Back in f32, the weight
+    /// is read as stored; an f32 layer stays as it is.
     fn set_precision(&mut self, w: &[f32], p: Precision) {
-        self.laid = match p {
-            Precision::F32 => Laid::F32,
+        match p {
+            Precision::F32 if matches!(self.laid, Laid::Bf16(_)) => self.laid = Laid::F32,
+            Precision::F32 => {}
             Precision::Bf16 => {
                 let weight = &w[self.weight.clone()];
-                Laid::Bf16(Copies::new(weight, self.in_dim, self.layout))
+                self.laid = Laid::Bf16(Copies::new(weight, self.in_dim, self.layout));
             }
-        };
+        }
     }
 
     fn products(&self) -> Products<'_> {

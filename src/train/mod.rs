@@ -586,8 +586,11 @@ pub fn train(
         }
         run.finish(ce, dev)
     })();
-    // Scored afterwards in f32, as a loaded model is.
-    ce.model.set_precision(Precision::F32)?;
+    // Scored afterwards in f32, laid out once, as a loaded model is.
+    if cfg.precision != Precision::F32 {
+        ce.model.set_precision(Precision::F32)?;
+        ce.model.freeze();
+    }
     summary
 }
 
