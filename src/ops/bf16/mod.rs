@@ -67,17 +67,11 @@ fn avx512_available() -> bool {
 /// and `2q + 1` of `Wᵀ`, `[in, out]`) is `PAIR` values, column `c`'s two at `2c`, as
 /// `vdpbf16ps` and `tdpbf16ps` read them. Columns past `n` and rows past `k` are zero; the
 /// pairs are padded to a whole tile's 16.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Bf16Weight {
     data: Lines,
     k: usize,
     n: usize,
-}
-
-impl std::fmt::Debug for Bf16Weight {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "Bf16Weight([{}, {}])", self.k, self.n)
-    }
 }
 
 impl Bf16Weight {
@@ -172,7 +166,7 @@ pub struct Packed<'a> {
 /// A training weight's bf16 copies, in the layouts of its two products (`Wᵀ` in the forward,
 /// `W` in the input gradient), written by the optimizer as it updates the weight
 /// ([`Copies::blocks`]) so that no product rounds the weight on each call.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Copies {
     /// The stored weight's rows in pairs, in panels of its columns.
     by_rows: Lines,
@@ -181,12 +175,6 @@ pub struct Copies {
     /// Rows and columns as stored.
     shape: (usize, usize),
     layout: WeightLayout,
-}
-
-impl std::fmt::Debug for Copies {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "Copies({:?}, {:?})", self.shape, self.layout)
-    }
 }
 
 impl Copies {

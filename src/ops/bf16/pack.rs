@@ -21,6 +21,13 @@ struct Line([u16; 32]);
 #[derive(Clone, Default)]
 pub(super) struct Lines(Vec<Line>);
 
+/// The length only: a layer's `Debug` would otherwise print every weight.
+impl std::fmt::Debug for Lines {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "Lines({} values)", self.0.len() * 32)
+    }
+}
+
 impl Lines {
     /// At least `len` values: grown (new values zero), never shrunk, as the buffers that
     /// hold each call's operands are reused from call to call.
