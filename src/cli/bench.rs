@@ -138,7 +138,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let train_big = bench::train_steps(&mut big, &train, args.batch_size, steps, args.dtype)?;
         big_profile = Some((crate::ops::profile::take(), steps));
         crate::ops::profile::enable(false);
-        // Training thawed it: scored as a loaded model is, its weights laid out once.
+        // Training thawed it: scored as a loaded model is, in f32, its weights laid out once.
+        big.model.set_precision(Precision::F32)?;
         big.model.freeze();
         let infer_big = bench::inference(&big, &test[..test.len().min(256)], 1)?;
         report["bert_base"] = json!({
