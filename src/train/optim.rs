@@ -195,7 +195,10 @@ impl AdamW {
                 None => ranges.push((range.clone(), *decay, None)),
             }
         }
-        assert!(copies.is_empty(), "copies of a weight the optimizer does not update");
+        assert!(
+            copies.is_empty(),
+            "copies of a weight the optimizer does not update"
+        );
         for (range, decay, copy) in ranges {
             let k = if decay { decayed } else { k };
             let (len, mut blocks) = match copy {
