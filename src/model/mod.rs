@@ -212,16 +212,12 @@ impl Linear {
     }
 
     /// From now on the forward reads the weight as `w` holds it now, laid out once for the
-    /// f32 kernel (where the CPU runs it) rather than on every call; in bf16 training, its
-    /// copies made anew (scored as it trains: the dev evaluation).
+    /// f32 kernel (where the CPU runs it) rather than on every call. In bf16 training (the dev
+    /// evaluation) it scores on its copies, which the optimizer keeps as the weight is.
     pub fn freeze(&mut self, w: &[f32]) {
-        let weight = &w[self.weight.clone()];
-        match self.laid {
-            Laid::Bf16(_) => self.laid = Laid::Bf16(Copies::new(weight, self.in_dim, self.layout)),
-            _ if own_kernel() => {
-                self.laid = Laid::Panels(linear::panels(weight, self.in_dim, self.layout))
-            }
-            _ => {}
+        if own_kernel() && !matches!(self.laid, Laid::Bf16(_)) {
+            let weight = &w[self.weight.clone()];
+            self.laid = Laid::Panels(linear::panels(weight, self.in_dim, self.layout));
         }
     }
 

@@ -17,11 +17,11 @@
 //! ([`Copies`]), so no product rounds a weight.
 
 use rayon::prelude::*;
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 
 mod pack;
 
-use pack::{pack_panels, pack_rows, pairs, Lines};
+use pack::{pack_panels, pack_rows, pairs, panels_len, Lines};
 pub use pack::{round, widen};
 
 use super::amx;
@@ -100,21 +100,20 @@ impl Bf16Weight {
         if rows == 0 {
             return;
         }
-        INPUT.with_borrow_mut(|a| {
-            let k2 = pack_rows(a, View::rows(x, rows, k, k));
-            let (y, w) = (&mut y[..rows * n], self.data.as_slice());
-            if amx::available() {
-                let start = bias.map_or(Start::Zero, Start::Bias);
-                let a = &a.as_slice()[..rows.next_multiple_of(amx::BLOCK) * k2];
-                return amx::bf16_product_par(y, (rows, n), (a, k2), (w, n), start);
-            }
-            let a = &a.as_slice()[..rows * k2];
+        let mut a = ROWS.take();
+        let k2 = pack_rows(&mut a, View::rows(x, rows, k, k));
+        let (y, w) = (&mut y[..rows * n], self.data.as_slice());
+        if amx::available() {
+            let start = bias.map_or(Start::Zero, Start::Bias);
+            let a = &a.as_slice()[..rows.next_multiple_of(amx::BLOCK) * k2];
+            amx::bf16_product_par(y, (rows, n), (a, k2), (w, n), start);
+        } else {
             // Each thread a share of the rows, whole tiles, over every panel.
             let part = rows
                 .div_ceil(rayon::current_num_threads())
                 .next_multiple_of(MR);
             y.par_chunks_mut(part * n)
-                .zip(a.par_chunks(part * k2))
+                .zip(a.as_slice()[..rows * k2].par_chunks(part * k2))
                 .for_each(|(y, a)| {
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: the CPU has the features (asserted above); `a` holds whole rows
@@ -123,7 +122,8 @@ impl Bf16Weight {
                         avx512::product(y, a, self, bias)
                     }
                 });
-        });
+        }
+        ROWS.set(a);
     }
 }
 
@@ -134,8 +134,7 @@ pub fn product(dst: &mut [f32], dst_rs: usize, lhs: View, rhs: View, start: Star
     let mut b = PANELS.take();
     pack_panels(&mut b, rhs);
     let (k, n) = rhs.shape();
-    let panels = &b.as_slice()[..n.div_ceil(PANEL) * pairs(k) * PAIR];
-    product_packed(dst, dst_rs, lhs, Packed { panels, k, n }, start);
+    product_packed(dst, dst_rs, lhs, Packed::of(&b, k, n), start);
     PANELS.set(b);
 }
 
@@ -163,6 +162,14 @@ pub struct Packed<'a> {
     n: usize,
 }
 
+impl<'a> Packed<'a> {
+    /// The `[k, n]` panels at the start of `lines`.
+    fn of(lines: &'a Lines, k: usize, n: usize) -> Self {
+        let panels = &lines.as_slice()[..panels_len(k, n)];
+        Packed { panels, k, n }
+    }
+}
+
 /// A training weight's bf16 copies, in the layouts of its two products (`Wᵀ` in the forward,
 /// `W` in the input gradient), written by the optimizer as it updates the weight
 /// ([`Copies::blocks`]) so that no product rounds the weight on each call.
@@ -186,8 +193,8 @@ impl Copies {
             WeightLayout::InOut => (in_dim, out_dim),
         };
         let (mut by_rows, mut by_cols) = (Lines::default(), Lines::default());
-        by_rows.reserve(cols.div_ceil(PANEL) * pairs(rows) * PAIR);
-        by_cols.reserve(rows.div_ceil(PANEL) * pairs(cols) * PAIR);
+        by_rows.reserve(panels_len(rows, cols));
+        by_cols.reserve(panels_len(cols, rows));
         let mut copies = Copies {
             by_rows,
             by_cols,
@@ -212,10 +219,9 @@ impl Copies {
     /// shorter), to be written side by side as the weight's blocks are updated.
     pub fn blocks(&mut self) -> Vec<CopyBlock<'_>> {
         let (rows, cols) = self.shape;
-        let blocks = rows.div_ceil(PANEL);
-        let by_rows = &mut self.by_rows.words_mut()[..cols.div_ceil(PANEL) * pairs(rows) * PANEL];
+        let by_rows = &mut self.by_rows.words_mut()[..panels_len(rows, cols) / 2];
         let by_rows = pack::row_blocks(by_rows, rows, cols);
-        self.by_cols.words_mut()[..blocks * pairs(cols) * PANEL]
+        self.by_cols.words_mut()[..panels_len(cols, rows) / 2]
             .chunks_exact_mut(pairs(cols) * PANEL)
             .zip(by_rows)
             .map(|(by_cols, by_rows)| CopyBlock {
@@ -244,16 +250,12 @@ impl Copies {
 
     /// The stored weight as a right-hand side.
     fn by_rows(&self) -> Packed<'_> {
-        let (k, n) = self.shape;
-        let panels = &self.by_rows.as_slice()[..n.div_ceil(PANEL) * pairs(k) * PAIR];
-        Packed { panels, k, n }
+        Packed::of(&self.by_rows, self.shape.0, self.shape.1)
     }
 
     /// Its transpose as a right-hand side.
     fn by_cols(&self) -> Packed<'_> {
-        let (n, k) = self.shape;
-        let panels = &self.by_cols.as_slice()[..n.div_ceil(PANEL) * pairs(k) * PAIR];
-        Packed { panels, k, n }
+        Packed::of(&self.by_cols, self.shape.1, self.shape.0)
     }
 }
 
@@ -287,10 +289,9 @@ impl CopyBlock<'_> {
 }
 
 thread_local! {
-    /// The input rows in bf16, reused from call to call.
-    static INPUT: RefCell<Lines> = RefCell::default();
-    /// [`product`]'s operands, reused; taken out while in use (a task that rayon runs on this
-    /// thread meanwhile gets buffers of its own).
+    /// The products' operands (a layer's input rows, training's right-hand sides), reused from
+    /// call to call; taken out while in use (a task that rayon runs on this thread meanwhile
+    /// gets buffers of its own).
     static ROWS: Cell<Lines> = Cell::default();
     static PANELS: Cell<Lines> = Cell::default();
 }

@@ -86,13 +86,18 @@ pub(super) fn pairs(k: usize) -> usize {
     k.next_multiple_of(amx::K_STEP) / 2
 }
 
+/// bf16 values of a `[k, n]` right-hand side in panels.
+pub(super) fn panels_len(k: usize, n: usize) -> usize {
+    n.div_ceil(PANEL) * pairs(k) * PAIR
+}
+
 /// `rhs` (`[k, n]`) rounded into `dst` in panels of `PANEL` columns, `pairs(k)` words of two
 /// rows each (zero past `k` and `n`), as [`super::Bf16Weight`] lays out its weight.
 pub(super) fn pack_panels(dst: &mut Lines, rhs: View) {
     let (k, n) = rhs.shape();
     let len = pairs(k) * PANEL;
-    dst.reserve(n.div_ceil(PANEL) * pairs(k) * PAIR);
-    let words = &mut dst.words_mut()[..n.div_ceil(PANEL) * len];
+    dst.reserve(panels_len(k, n));
+    let words = &mut dst.words_mut()[..panels_len(k, n) / 2];
     if !rhs.row_major() {
         // Each panel from `PANEL` rows of the source.
         return words
