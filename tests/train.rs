@@ -1252,3 +1252,55 @@ fn bf16_training_follows_f32_or_is_refused_before_writing() {
     ]));
     assert_eq!(scored.lines().count(), 1);
 }
+
+/// The library's whole run (`train::Job`, what `crossenc train` and the Python module call):
+/// pairs in memory train the same weights as the file they came from, and the run ends with
+/// test metrics and a model card.
+#[test]
+fn a_job_trains_pairs_in_memory_as_it_trains_their_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pairs.csv");
+    let lines: Vec<String> = std::fs::read_to_string(stsb("train"))
+        .unwrap()
+        .lines()
+        .take(96)
+        .map(str::to_string)
+        .collect();
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let model = shared("golden/tiny-bert");
+    let run = |train: train::Pairs, read: data::ReadOptions, out: &Path| {
+        let cfg = TrainConfig {
+            progress: Arc::new(Silent),
+            lr: 1e-3,
+            ..TrainConfig::for_task(crossenc::eval::Task::Regression)
+        };
+        let mut job = train::Job::new(model.to_str().unwrap(), train.clone(), out, cfg);
+        job.test = Some(train);
+        job.read = read;
+        job.prepare(&Silent).unwrap().run().unwrap()
+    };
+    let spec = file.to_str().unwrap().to_string();
+    let from_file = run(
+        train::Pairs::Spec(spec),
+        data::ReadOptions::stsb(),
+        &dir.path().join("file"),
+    );
+    let mut examples = stsb_examples(96);
+    examples
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, e)| e.line = i + 1);
+    let in_memory = run(
+        train::Pairs::Examples(examples),
+        data::ReadOptions::default(),
+        &dir.path().join("memory"),
+    );
+    assert_eq!(from_file.summary.steps, 6);
+    let weights =
+        |run: &str| std::fs::read(dir.path().join(run).join("model.safetensors")).unwrap();
+    assert_eq!(weights("file"), weights("memory"));
+    let test = |o: &train::Outcome| o.test.clone().expect("test metrics")["spearman"];
+    assert_eq!(test(&from_file), test(&in_memory));
+    let card = std::fs::read_to_string(dir.path().join("memory/README.md")).unwrap();
+    assert!(card.contains("pairs in memory"), "{card}");
+}

@@ -5,7 +5,6 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
 
-use super::data_args::DataArgs;
 use crate::bench;
 use crate::ops::profile::Rows;
 use crate::ops::Precision;
@@ -50,21 +49,25 @@ pub struct BenchArgs {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let data = DataArgs::stsb();
-    let train = data.read(
-        args.stsb
-            .join("stsb-en-train.csv")
-            .to_str()
-            .unwrap_or_default(),
-        "train",
-    )?;
-    let test = data.read(
-        args.stsb
-            .join("stsb-en-test.csv")
-            .to_str()
-            .unwrap_or_default(),
-        "test",
-    )?;
+    let data = crate::data::ReadOptions::stsb();
+    let train = data
+        .read(
+            args.stsb
+                .join("stsb-en-train.csv")
+                .to_str()
+                .unwrap_or_default(),
+            "train",
+        )?
+        .0;
+    let test = data
+        .read(
+            args.stsb
+                .join("stsb-en-test.csv")
+                .to_str()
+                .unwrap_or_default(),
+            "test",
+        )?
+        .0;
     let load = || {
         CrossEncoder::load(
             &args.model,

@@ -3,9 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 
-use crate::data::{Columns, Example, Examples, HeaderMode, Rows};
-use crate::model::tokenize::PairTokenizer;
-use crate::train::TrainData;
+use crate::data::{Columns, ReadOptions};
 
 #[derive(Args, Clone)]
 pub struct DataArgs {
@@ -59,66 +57,21 @@ fn parse_label_range(s: &str) -> Result<(f64, f64), String> {
 }
 
 impl DataArgs {
-    /// STS-B's CSV layout (no header, 0-5 scores) mapped into [0, 1].
-    pub fn stsb() -> Self {
-        DataArgs {
-            text_cols: None,
-            label_col: None,
-            header: super::predict::Header::No,
-            skip_bad_rows: false,
-            label_range: Some((0.0, 5.0)),
-            labels: None,
-        }
-    }
-
-    pub fn columns(&self) -> Result<Columns> {
-        Ok(Columns {
-            texts: self
-                .text_cols
-                .as_deref()
-                .map(Columns::parse_text_cols)
-                .transpose()?,
-            label: self.label_col.clone(),
-            label_names: self.labels.clone(),
+    /// The library's reading options these flags give.
+    pub fn options(&self) -> Result<ReadOptions> {
+        Ok(ReadOptions {
+            columns: Columns {
+                texts: self
+                    .text_cols
+                    .as_deref()
+                    .map(Columns::parse_text_cols)
+                    .transpose()?,
+                label: self.label_col.clone(),
+                label_names: self.labels.clone(),
+            },
+            header: self.header.into(),
+            skip_bad_rows: self.skip_bad_rows,
+            label_range: self.label_range,
         })
-    }
-
-    /// Labelled pairs of one split of `spec` as they are read, labels mapped by
-    /// `--label-range` when given.
-    pub fn examples(&self, spec: &str, split: &str) -> Result<Examples> {
-        let header: HeaderMode = self.header.into();
-        let columns = self.columns()?;
-        let rows = Rows::open_source(spec, split, header, &columns.names())?;
-        if let Some(note) = &rows.head.note {
-            eprintln!("{note}");
-        }
-        Examples::new(rows, &columns, self.skip_bad_rows, self.label_range)
-    }
-
-    /// The labelled pairs of one split of `spec`, tokenized as they are read.
-    pub fn train_data(&self, spec: &str, tokenizer: &PairTokenizer) -> Result<TrainData> {
-        let mut examples = self.examples(spec, "train")?;
-        let data = TrainData::read(tokenizer, examples.by_ref())?;
-        self.report(spec, &examples, data.len())?;
-        Ok(data)
-    }
-
-    /// An error for a file with no usable row; a note of the rows skipped.
-    pub fn report(&self, spec: &str, examples: &Examples, read: usize) -> Result<()> {
-        if read == 0 {
-            return Err(examples.none_usable());
-        }
-        if examples.skipped > 0 {
-            eprintln!("{spec}: skipped {} bad rows", examples.skipped);
-        }
-        Ok(())
-    }
-
-    /// All the labelled pairs of one split of `spec` (see [`DataArgs::examples`]).
-    pub fn read(&self, spec: &str, split: &str) -> Result<Vec<Example>> {
-        let mut examples = self.examples(spec, split)?;
-        let out = examples.by_ref().collect::<Result<Vec<_>>>()?;
-        self.report(spec, &examples, out.len())?;
-        Ok(out)
     }
 }

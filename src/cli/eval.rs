@@ -57,12 +57,15 @@ pub fn run(args: EvalArgs) -> Result<()> {
         values: Vec::new(),
     };
     let read = |send: &mut stream::Send<(Vec<(usize, f64)>, u64)>| -> Result<()> {
-        let mut examples = args.columns.examples(&args.data, &args.split)?;
+        let mut examples = args.columns.options()?.examples(&args.data, &args.split)?;
         let mut read = 0;
         loop {
             let chunk = (examples.by_ref().take(stream::CHUNK)).collect::<Result<Vec<_>>>()?;
             if chunk.is_empty() {
-                return args.columns.report(&args.data, &examples, read);
+                for note in examples.notes(&args.data, read)? {
+                    eprintln!("{note}");
+                }
+                return Ok(());
             }
             read += chunk.len();
             let labels = chunk.iter().map(|e| (e.line, e.label)).collect();

@@ -1,21 +1,16 @@
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::data_args::{parse_span, DataArgs};
-use crate::data::{self, Example};
 use crate::eval::{self, Task};
-use crate::model::config::generic_labels;
 use crate::ops::Precision;
 use crate::progress::{Lines, Silent};
-use crate::search::{self, beir, Retriever};
-use crate::train::card::Card;
 use crate::train::group::{self, Group};
 use crate::train::optim::AdamWConfig;
-use crate::train::{self, Batching, LossKind, OutputMode, TrainConfig, TrainData};
-use crate::{CrossEncoder, LoadOptions};
-use std::sync::Arc;
+use crate::train::{Batching, Job, JobError, LossKind, Mining, OutputMode, Pairs, TrainConfig};
 
 /// STS-B as crossenc ships it (scores 0-5, read with --label-range 0:5 unless told otherwise):
 /// the data of `crossenc train` with no --train, and its dev and test splits.
@@ -160,46 +155,6 @@ fn at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
-/// Training pairs from BEIR data: each query's positives, each followed by mined negatives.
-fn rerank_lists(args: &TrainArgs) -> Result<Vec<Example>> {
-    let dir = Path::new(&args.train);
-    if !dir.is_dir() {
-        bail!(
-            "--task rerank reads a folder in BEIR's layout (corpus.jsonl, queries.jsonl, qrels/{}.tsv); {} is not a folder",
-            args.split,
-            dir.display()
-        );
-    }
-    if args.negatives == 0 {
-        bail!("--negatives must be at least 1");
-    }
-    let data = beir::read_beir(dir, &args.split)?;
-    let docs: Vec<String> = data.docs.iter().map(beir::Doc::full_text).collect();
-    let retriever = Retriever::build(&args.retriever, &docs, &super::Bar::items(args.quiet))?;
-    let (lists, left_out) =
-        search::mine_training_lists(&data, &retriever, args.neg_range, args.negatives)?;
-    if !args.quiet {
-        outln!(
-            "mined {} negatives per positive from {} ranks {}:{} for {} queries ({left_out} left out: too few candidates)",
-            args.negatives,
-            args.retriever,
-            args.neg_range.0,
-            args.neg_range.1,
-            data.queries.len() - left_out
-        )?;
-    }
-    if lists.is_empty() {
-        bail!(
-            "no query of {} has {} negatives in ranks {}:{}",
-            dir.display(),
-            args.negatives,
-            args.neg_range.0,
-            args.neg_range.1
-        );
-    }
-    Ok(lists)
-}
-
 pub fn run(args: TrainArgs) -> Result<()> {
     let timeout = std::time::Duration::from_secs(args.rank_timeout);
     let group: Arc<dyn Group> = Arc::from(group::from_env(timeout)?);
@@ -213,76 +168,28 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
 }
 
-fn train_in(mut args: TrainArgs, group: &Arc<dyn Group>) -> Result<()> {
-    // Rank 0 of a data-parallel run speaks for all.
-    args.quiet |= group.rank() > 0;
-    if args.train == DEFAULT_TRAIN && args.task != Task::Rerank {
-        // The bundled STS-B: its scores are 0-5, its test split comes along.
-        args.data.label_range.get_or_insert((0.0, 5.0));
-        args.test.get_or_insert_with(|| DEFAULT_TRAIN.to_string());
-    }
-    let task = args.task;
-    let loss = args.loss.unwrap_or(LossKind::default_for(task));
-    let labels = match (task, &args.data.labels) {
-        (Task::Multiclass, Some(names)) if names.len() >= 2 => names.clone(),
-        (Task::Multiclass, _) => bail!("--task multiclass needs --labels with two or more class names, e.g. --labels contradiction,entailment,neutral"),
-        (_, Some(_)) => bail!("--labels names the classes of --task multiclass"),
-        _ => generic_labels(1),
+/// A job's error in the flags' terms.
+fn flag_hint(e: anyhow::Error) -> anyhow::Error {
+    let Some(e) = e.downcast_ref::<JobError>() else {
+        return e;
     };
-    let metric = args
-        .metric
-        .clone()
-        .unwrap_or_else(|| task.default_metric().to_string());
-    // The tokenizer reads the training data as it comes: its texts are never all in memory.
-    let opts = LoadOptions {
-        max_length: args.max_length,
-        labels: Some(labels.clone()),
-        replace_head: true,
-        seed: args.seed,
-        activation: None,
-        quantize: None,
-    };
-    let mut ce = CrossEncoder::load(&args.model, &opts)?;
-    let (train_set, dev_spec, dev_set, test_set, list_size) = if task == Task::Rerank {
-        if args.dev.is_some() || args.test.is_some() {
-            bail!("--task rerank has no --dev/--test: evaluate the output with crossenc eval --task rerank");
-        }
-        let lists = TrainData::new(&ce.tokenizer, &rerank_lists(&args)?)?;
-        (lists, None, None, None, 1 + args.negatives)
-    } else {
-        let train_set = args.data.train_data(&args.train, &ce.tokenizer)?;
-        let dev_spec = args
-            .dev
-            .clone()
-            .or_else(|| (args.train == DEFAULT_TRAIN).then(|| DEFAULT_TRAIN.to_string()));
-        let dev_set = dev_spec
-            .as_deref()
-            .map(|d| args.data.read(d, "validation"))
-            .transpose()?;
-        let test_set = args
-            .test
-            .as_deref()
-            .map(|t| args.data.read(t, "test"))
-            .transpose()?;
-        (train_set, dev_spec, dev_set, test_set, 1)
-    };
-    // The task's label rules, on every set this run reads (constant labels are refused only
-    // where they are evaluated).
-    if task != Task::Regression {
-        eval::check_task(task, labels.len(), train_set.labelled(), &args.train)?;
+    anyhow::anyhow!(match e {
+        JobError::ClassNamesNeeded => "--task multiclass needs --labels with two or more class names, e.g. --labels contradiction,entailment,neutral",
+        JobError::ClassNamesUnexpected => "--labels names the classes of --task multiclass",
+        JobError::HeldOutForRerank => "--task rerank has no --dev/--test: evaluate the output with crossenc eval --task rerank",
+        JobError::NoNegatives => "--negatives must be at least 1",
+    })
+}
+
+/// The job these flags ask for.
+fn job(args: &TrainArgs, group: &Arc<dyn Group>) -> Result<Job> {
+    let mut cfg = TrainConfig::for_task(args.task);
+    if let Some(loss) = args.loss {
+        cfg.loss = loss;
     }
-    let held_out = [
-        (dev_spec.as_deref(), dev_set.as_deref()),
-        (args.test.as_deref(), test_set.as_deref()),
-    ];
-    for (spec, set) in held_out {
-        if let (Some(spec), Some(set)) = (spec, set) {
-            eval::check_task(task, labels.len(), data::labelled(set), spec)?;
-        }
+    if let Some(metric) = &args.metric {
+        cfg.metric = metric.clone();
     }
-    // Checked again by train::train; here naming the file.
-    train::check_labels(loss, train_set.labelled())
-        .map_err(|e| anyhow::anyhow!("{} {e}", args.train))?;
     let cfg = TrainConfig {
         epochs: args.epochs,
         batch_size: args.batch_size,
@@ -298,14 +205,9 @@ fn train_in(mut args: TrainArgs, group: &Arc<dyn Group>) -> Result<()> {
         grad_accum: args.grad_accum,
         precision: args.dtype,
         seed: args.seed,
-        loss,
-        list_size,
-        task,
         eval_steps: args.eval_steps,
         save_steps: args.save_steps,
-        keep_checkpoints: 2,
         log_steps: args.log_steps,
-        metric,
         max_steps: args.max_steps,
         progress: if args.quiet {
             Arc::new(Silent)
@@ -314,78 +216,88 @@ fn train_in(mut args: TrainArgs, group: &Arc<dyn Group>) -> Result<()> {
         } else {
             Arc::new(Lines)
         },
-        dropout: true,
         group: group.clone(),
+        ..cfg
     };
-    if !args.quiet {
-        outln!(
-            "training {} on {} ({} pairs{}), {} epochs, batch {}, into {}",
-            args.model,
-            args.train,
-            train_set.len(),
-            dev_set
-                .as_ref()
-                .map_or(String::new(), |d| format!(", dev {}", d.len())),
-            cfg.epochs,
-            cfg.batch_size,
-            args.output.display()
-        )?;
-    }
-    let summary = train::train(
-        &mut ce,
-        &train_set,
-        dev_set.as_deref(),
-        &cfg,
+    let mut job = Job::new(
+        &args.model,
+        Pairs::Spec(args.train.clone()),
         &args.output,
-        match (args.resume, args.overwrite) {
-            (true, _) => OutputMode::Resume,
-            (false, true) => OutputMode::Overwrite,
-            (false, false) => OutputMode::New,
-        },
-    )?;
-    if group.rank() > 0 {
-        return Ok(());
+        cfg,
+    );
+    job.mode = match (args.resume, args.overwrite) {
+        (true, _) => OutputMode::Resume,
+        (false, true) => OutputMode::Overwrite,
+        (false, false) => OutputMode::New,
+    };
+    job.dev = args.dev.clone().map(Pairs::Spec);
+    job.test = args.test.clone().map(Pairs::Spec);
+    job.read = args.data.options()?;
+    job.max_length = args.max_length;
+    job.mining = Mining {
+        split: args.split.clone(),
+        retriever: args.retriever.clone(),
+        negatives: args.negatives,
+        ranks: args.neg_range,
+    };
+    Ok(job)
+}
+
+fn train_in(mut args: TrainArgs, group: &Arc<dyn Group>) -> Result<()> {
+    // Rank 0 of a data-parallel run speaks for all.
+    args.quiet |= group.rank() > 0;
+    let quiet = args.quiet;
+    let job = job(&args, group)?;
+    let ready = job.prepare(&super::Bar::items(quiet)).map_err(flag_hint)?;
+    for note in &ready.notes {
+        eprintln!("{note}");
     }
-    if summary.already_finished {
-        // Its model, card and log stay as the finished run left them.
-        if !args.quiet {
+    if !quiet {
+        let job = &ready.job;
+        if let Some(mined) = &ready.mined {
             outln!(
-                "{} already finished ({} steps): nothing to resume",
-                args.output.display(),
-                summary.steps
+                "mined {} negatives per positive from {} ranks {}:{} for {} queries ({} left out: too few candidates)",
+                job.mining.negatives,
+                job.mining.retriever,
+                job.mining.ranks.0,
+                job.mining.ranks.1,
+                mined.queries,
+                mined.left_out
             )?;
         }
-        return Ok(());
-    }
-    let mut results = Vec::new();
-    if let Some((step, m)) = &summary.best {
-        results.push((format!("dev (best, step {step})"), m.clone()));
-    }
-    if let Some(test) = &test_set {
-        let m = eval::pair_metrics(&ce, task, test)?;
-        if !args.quiet {
-            outln!("test: {}", eval::format(&m))?;
-        }
-        results.push(("test".to_string(), m));
-    }
-    Card {
-        base_model: &args.model,
-        train_data: &args.train,
-        train_examples: train_set.len(),
-        dev_data: dev_spec.as_deref(),
-        label_range: args.data.label_range,
-        config: &cfg,
-        results,
-        seconds: summary.seconds,
-    }
-    .write(&args.output)?;
-    if !args.quiet {
         outln!(
-            "saved to {} ({} steps, {:.0} s)",
-            args.output.display(),
-            summary.steps,
-            summary.seconds
+            "training {} on {} ({} pairs{}), {} epochs, batch {}, into {}",
+            job.model,
+            job.train.name(),
+            ready.train.len(),
+            ready
+                .dev
+                .as_ref()
+                .map_or(String::new(), |d| format!(", dev {}", d.len())),
+            job.config.epochs,
+            job.config.batch_size,
+            job.output.display()
         )?;
     }
-    Ok(())
+    let done = ready.run()?;
+    if quiet {
+        return Ok(());
+    }
+    if done.summary.already_finished {
+        // Its model, card and log stay as the finished run left them.
+        return outln!(
+            "{} already finished ({} steps): nothing to resume",
+            args.output.display(),
+            done.summary.steps
+        );
+    }
+    if let Some(m) = &done.test {
+        outln!("test: {}", eval::format(m))?;
+    }
+    outln!(
+        "saved to {} ({} steps, {:.0} s)",
+        args.output.display(),
+        done.summary.steps,
+        done.summary.seconds
+    )
 }

@@ -42,6 +42,46 @@ impl Columns {
     }
 }
 
+/// How labelled pairs are read from a file or hub dataset: the columns, the header, what a bad
+/// row does and how labels map.
+#[derive(Debug, Clone, Default)]
+pub struct ReadOptions {
+    pub columns: Columns,
+    pub header: HeaderMode,
+    /// Skip rows with a bad label or a wrong number of fields (and count them) instead of
+    /// failing.
+    pub skip_bad_rows: bool,
+    /// Labels are mapped linearly from this range into [0, 1] (STS-B: 0-5).
+    pub label_range: Option<(f64, f64)>,
+}
+
+impl ReadOptions {
+    /// STS-B's CSV layout (no header, 0-5 scores) mapped into [0, 1].
+    pub fn stsb() -> Self {
+        ReadOptions {
+            header: HeaderMode::No,
+            label_range: Some((0.0, 5.0)),
+            ..Default::default()
+        }
+    }
+
+    /// Labelled pairs of one split of `spec` (a file, `hf://datasets/...` or `bundled:...`) as
+    /// they are read; the table's note on its header, if any, is in `head().note`.
+    pub fn examples(&self, spec: &str, split: &str) -> Result<Examples> {
+        let rows = Rows::open_source(spec, split, self.header, &self.columns.names())?;
+        Examples::new(rows, &self.columns, self.skip_bad_rows, self.label_range)
+    }
+
+    /// All the labelled pairs of one split of `spec`, with notes for the reader: the header
+    /// guessed, the bad rows skipped. An error if no row was usable.
+    pub fn read(&self, spec: &str, split: &str) -> Result<(Vec<Example>, Vec<String>)> {
+        let mut examples = self.examples(spec, split)?;
+        let out = examples.by_ref().collect::<Result<Vec<_>>>()?;
+        let notes = examples.notes(spec, out.len())?;
+        Ok((out, notes))
+    }
+}
+
 /// Where a row's texts (and label) are: the columns found once, from a table's columns and
 /// first row, for every row after.
 #[derive(Debug, Clone)]
@@ -102,9 +142,7 @@ pub fn read_examples(
 ) -> Result<(Vec<Example>, usize)> {
     let mut examples = Examples::new(Rows::of(table.clone()), cols, skip_bad_rows, None)?;
     let out = examples.by_ref().collect::<Result<Vec<_>>>()?;
-    if out.is_empty() {
-        return Err(examples.none_usable());
-    }
+    examples.notes(&table.source, out.len())?;
     Ok((out, examples.skipped))
 }
 
@@ -207,13 +245,19 @@ impl Examples {
         self.rows.bytes_read()
     }
 
-    /// An error for a file that held no usable row.
-    pub fn none_usable(&self) -> anyhow::Error {
-        anyhow::anyhow!(
-            "{}: no usable rows ({} skipped)",
-            self.rows.head.source,
-            self.skipped
-        )
+    /// After reading `read` examples from `spec`: notes for the reader (the header guessed,
+    /// the bad rows skipped), or an error if no row was usable.
+    pub fn notes(&self, spec: &str, read: usize) -> Result<Vec<String>> {
+        if read == 0 {
+            bail!(
+                "{}: no usable rows ({} skipped)",
+                self.rows.head.source,
+                self.skipped
+            );
+        }
+        let skipped =
+            (self.skipped > 0).then(|| format!("{spec}: skipped {} bad rows", self.skipped));
+        Ok(self.rows.head.note.iter().cloned().chain(skipped).collect())
     }
 }
 

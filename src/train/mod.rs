@@ -4,6 +4,7 @@ pub mod card;
 mod data;
 mod fingerprint;
 pub mod group;
+mod job;
 pub mod loss;
 pub mod optim;
 pub mod plot;
@@ -33,6 +34,7 @@ use schedule::LinearSchedule;
 use state::TrainerState;
 
 pub use data::TrainData;
+pub use job::{Job, JobError, Mined, Mining, Outcome, Pairs, Prepared};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
@@ -157,6 +159,19 @@ impl Default for TrainConfig {
             group: Arc::new(group::Single),
             dropout: true,
             precision: Precision::F32,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The defaults for `task`: its loss ([`LossKind::default_for`]) and the metric that picks
+    /// the best model ([`Task::default_metric`]).
+    pub fn for_task(task: Task) -> Self {
+        TrainConfig {
+            task,
+            loss: LossKind::default_for(task),
+            metric: task.default_metric().to_string(),
+            ..Default::default()
         }
     }
 }
