@@ -1,5 +1,5 @@
 """How far PyTorch's own bf16 autocast moves the golden training step's gradients from its f32 ones
-(../shared/golden/train-step): the yardstick of tests/train_step.rs's bf16 test. Prints, for f32
+(tests/fixtures/golden/train-step): the yardstick of tests/train_step.rs's bf16 test. Prints, for f32
 and bf16 autocast, the loss and the worst gradient's relative distance (norm of the difference
 over the norm of the f32 gradient), and the embeddings' (the deepest, so the farthest).
 
@@ -11,7 +11,7 @@ Seen (torch 2.15, transformers 5): f32 5e-6; bf16 autocast 0.099 (token_type_emb
 import json, torch
 from transformers import AutoTokenizer, AutoModelForSequenceClassification
 from safetensors.torch import load_file
-d = __import__("os").path.join(__import__("os").path.dirname(__file__), "../../shared/golden/")
+d = __import__("os").path.join(__import__("os").path.dirname(__file__), "../tests/fixtures/golden/")
 g = json.load(open(d + "train-step/golden.json"))
 tok = AutoTokenizer.from_pretrained(d + "tiny-bert")
 m = AutoModelForSequenceClassification.from_pretrained(d + "tiny-bert").train()

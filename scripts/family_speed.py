@@ -18,7 +18,7 @@ from sentence_transformers import CrossEncoder, InputExample
 args = [a for a in sys.argv[1:] if not a.startswith("--")]
 model_dir, binary = args[0], args[1]
 n = int(args[2]) if len(args) > 2 else 256
-data = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "stsb")
+data = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "stsb")
 rows = lambda split: list(csv.reader(open(os.path.join(data, f"stsb-en-{split}.csv"), encoding="utf-8")))
 pairs = [(a, b) for a, b, _ in rows("test")][:n]
 train = rows("train")

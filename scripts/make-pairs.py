@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-STSB = Path(__file__).resolve().parent.parent.parent / "shared/data/stsb/stsb-en-train.csv"
+STSB = Path(__file__).resolve().parent.parent / "data/stsb/stsb-en-train.csv"
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 fn golden() -> (PathBuf, serde_json::Value) {
-    let dir = shared("golden/tiny-bert");
+    let dir = fixture("tests/fixtures/golden/tiny-bert");
     let g = read_json(&dir.join("golden.json"));
     (dir, g)
 }
@@ -99,7 +99,7 @@ fn predict_reads_headerless_csv_tsv_with_header_and_picks_columns() {
 
 #[test]
 fn multi_label_predict_prints_score_vectors() {
-    let dir = shared("golden/tiny-bert-3labels");
+    let dir = fixture("tests/fixtures/golden/tiny-bert-3labels");
     let g = read_json(&dir.join("golden.json"));
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("pairs.jsonl");
@@ -337,7 +337,7 @@ fn a_head_that_does_not_fit_is_refused_by_name_and_shape() {
         args.extend_from_slice(extra);
         crossenc(&args)
     };
-    let three = shared("golden/tiny-bert-3labels");
+    let three = fixture("tests/fixtures/golden/tiny-bert-3labels");
     fails_with(
         &predict(&three, &["--num-labels", "1"]),
         &[
@@ -397,7 +397,7 @@ fn train_refuses_nonsense_settings_naming_the_flag() {
     let data = tmp.path().join("pairs.csv");
     std::fs::write(&data, "a,b,label\nx y,z w,0\nu v,s t,1\n").unwrap();
     let out = tmp.path().join("out");
-    let model = shared("golden/tiny-bert");
+    let model = fixture("tests/fixtures/golden/tiny-bert");
     let train = |extra: &[&str]| {
         let mut args = vec!["train", "-m", model.to_str().unwrap()];
         args.extend_from_slice(&["-o", out.to_str().unwrap()]);
@@ -620,7 +620,7 @@ fn rank_reports_each_document_s_line_despite_blank_lines() {
 fn every_command_applies_the_same_task_and_label_rules() {
     let (dir, _) = golden();
     let d = dir.to_str().unwrap();
-    let three = shared("golden/tiny-bert-3labels");
+    let three = fixture("tests/fixtures/golden/tiny-bert-3labels");
     let three = three.to_str().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let p = |name: &str, body: &str| {
@@ -974,9 +974,9 @@ fn long_texts_in_any_script_encode_as_when_tokenized_whole() {
         "the α–β range — “quoted” text ",
     ];
     let mut dirs = vec![
-        shared("golden/tiny-bert"),
-        shared("golden/tiny-roberta"),
-        shared("golden/tiny-xlm-roberta"),
+        fixture("tests/fixtures/golden/tiny-bert"),
+        fixture("tests/fixtures/golden/tiny-roberta"),
+        fixture("tests/fixtures/golden/tiny-xlm-roberta"),
     ];
     dirs.extend(minilm());
     for dir in &dirs {
@@ -1100,7 +1100,7 @@ fn a_closed_or_full_stdout_ends_without_a_panic() {
     std::fs::write(&docs, "one document\nanother document\n").unwrap();
     let pairs = tmp.path().join("pairs.jsonl");
     write_pairs_jsonl(&pairs, &g);
-    let stsb = shared("data/stsb/stsb-en-test.csv");
+    let stsb = fixture("data/stsb/stsb-en-test.csv");
     let commands: [Vec<&str>; 4] = [
         vec![
             "rank",

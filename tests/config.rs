@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 /// config.json.
 fn tiny_bert_with(edit: impl Fn(&mut Value)) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
-    for f in std::fs::read_dir(shared("golden/tiny-bert")).unwrap() {
+    for f in std::fs::read_dir(fixture("tests/fixtures/golden/tiny-bert")).unwrap() {
         let f = f.unwrap().path();
         std::fs::copy(&f, tmp.path().join(f.file_name().unwrap())).unwrap();
     }

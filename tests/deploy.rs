@@ -72,7 +72,7 @@ fn the_binary_runs_as_the_image_runs_it() {
     // The image's /models/model: a model folder nobody may write.
     let model = tmp.path().join("model");
     std::fs::create_dir(&model).unwrap();
-    for entry in std::fs::read_dir(shared("golden/tiny-bert")).unwrap() {
+    for entry in std::fs::read_dir(fixture("tests/fixtures/golden/tiny-bert")).unwrap() {
         let path = entry.unwrap().path();
         std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
     }

@@ -9,7 +9,11 @@ use crossenc::train::{LossKind, Trainable};
 use crossenc::{CrossEncoder, LoadOptions};
 
 fn check_family(name: &str, arch: &str) {
-    check_family_at(&shared(&format!("golden/{name}")), name, arch);
+    check_family_at(
+        &fixture(&format!("tests/fixtures/golden/{name}")),
+        name,
+        arch,
+    );
 }
 
 fn check_family_at(dir: &std::path::Path, name: &str, arch: &str) {

@@ -1,4 +1,4 @@
-//! Parity with PyTorch: token ids, logits and predict scores of ../shared/golden.
+//! Parity with PyTorch: token ids, logits and predict scores of tests/fixtures/golden (computed by PyTorch: its README).
 
 mod common;
 
@@ -60,7 +60,7 @@ fn packed_golden_pairs(ce: &CrossEncoder, g: &serde_json::Value, what: &str) -> 
 }
 
 fn check_tiny(name: &str) {
-    check_tiny_at(&shared(&format!("golden/{name}")), name);
+    check_tiny_at(&fixture(&format!("tests/fixtures/golden/{name}")), name);
 }
 
 /// The model folder `dir` scores the golden pairs of its `golden.json` as PyTorch did.
@@ -113,7 +113,7 @@ fn int8_scores_are_as_close_to_f32_as_onnx_runtime_int8() {
     };
     let (mut ours, mut theirs) = (0.0, 0.0);
     for name in TINY {
-        let dir = shared(&format!("golden/{name}"));
+        let dir = fixture(&format!("tests/fixtures/golden/{name}"));
         let d = reduced_error(&dir, name, Quantization::Int8);
         let mut ce =
             CrossEncoder::load(dir.to_str().unwrap(), &reduced(&dir, Quantization::Int8)).unwrap();
@@ -135,7 +135,7 @@ fn int8_scores_are_as_close_to_f32_as_onnx_runtime_int8() {
 #[test]
 fn int8_minilm_hidden_state_keeps_its_direction() {
     let Some(dir) = minilm() else { return };
-    let g = read_json(&shared("golden/minilm-l6-base.json"));
+    let g = read_json(&fixture("tests/fixtures/golden/minilm-l6-base.json"));
     let opts = LoadOptions {
         max_length: Some(g["max_length"].as_u64().unwrap() as usize),
         quantize: Some(Quantization::Int8),
@@ -170,7 +170,7 @@ fn int8_minilm_hidden_state_keeps_its_direction() {
 fn bf16_scores_every_family_close_to_f32() {
     let dirs = TINY
         .iter()
-        .map(|n| (*n, shared(&format!("golden/{n}"))))
+        .map(|n| (*n, fixture(&format!("tests/fixtures/golden/{n}"))))
         .chain(
             NEWER
                 .iter()
@@ -278,7 +278,7 @@ fn tiny_electra() {
 #[test]
 fn minilm_hidden_state_and_pooler() {
     let Some(dir) = minilm() else { return };
-    let g = read_json(&shared("golden/minilm-l6-base.json"));
+    let g = read_json(&fixture("tests/fixtures/golden/minilm-l6-base.json"));
     let ce = load(&dir, g["max_length"].as_u64().unwrap() as usize);
     // A bare BertModel: the encoder and pooler come from the checkpoint, the classifier is new.
     assert_eq!(
@@ -305,7 +305,7 @@ fn minilm_hidden_state_and_pooler() {
 #[test]
 fn minilm_bi_encoder_embeddings() {
     let Some(dir) = minilm() else { return };
-    let g = read_json(&shared("golden/minilm-l6-embeddings.json"));
+    let g = read_json(&fixture("tests/fixtures/golden/minilm-l6-embeddings.json"));
     let bi = crossenc::model::bi_encoder::BiEncoder::load(dir.to_str().unwrap(), None).unwrap();
     // max_seq_length comes from the folder's sentence_bert_config.json.
     assert_eq!(
@@ -333,7 +333,7 @@ fn minilm_bi_encoder_embeddings() {
 /// weights by `scripts/golden_pytorch_bin.py`) scores as the safetensors file does.
 #[test]
 fn pytorch_model_bin_loads_with_the_same_logits() {
-    let golden = shared("golden/tiny-bert");
+    let golden = fixture("tests/fixtures/golden/tiny-bert");
     let g = read_json(&golden.join("golden.json"));
     let tmp = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(&golden).unwrap() {

@@ -26,7 +26,7 @@ fn predict(
 
 #[test]
 fn hub_id_downloads_into_cache_then_works_offline() {
-    let golden_dir = shared("golden/tiny-bert");
+    let golden_dir = fixture("tests/fixtures/golden/tiny-bert");
     let g = read_json(&golden_dir.join("golden.json"));
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("pairs.jsonl");
@@ -163,7 +163,10 @@ impl Sandbox {
 }
 
 fn tiny_bert() -> Vec<(String, std::path::PathBuf)> {
-    vec![("crossenc-test/tiny-bert".into(), shared("golden/tiny-bert"))]
+    vec![(
+        "crossenc-test/tiny-bert".into(),
+        fixture("tests/fixtures/golden/tiny-bert"),
+    )]
 }
 
 #[test]
@@ -202,7 +205,7 @@ fn hub_dataset_file_names_that_climb_out_are_refused() {
         vec![("datasets/evil/data".into(), repo)],
         hub_server::Lie::FileName(name.into()),
     );
-    let model = shared("golden/tiny-bert");
+    let model = fixture("tests/fixtures/golden/tiny-bert");
     let model = model.to_str().unwrap();
     // Listed by the server.
     let out = s.run(

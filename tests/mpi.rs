@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 fn setup(tmp: &Path) -> (PathBuf, PathBuf) {
     let model = tmp.join("model");
     std::fs::create_dir(&model).unwrap();
-    for f in std::fs::read_dir(shared("golden/tiny-bert")).unwrap() {
+    for f in std::fs::read_dir(fixture("tests/fixtures/golden/tiny-bert")).unwrap() {
         let f = f.unwrap().path();
         std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
     }
-    let stsb = std::fs::read_to_string(shared("data/stsb/stsb-en-train.csv")).unwrap();
+    let stsb = std::fs::read_to_string(fixture("data/stsb/stsb-en-train.csv")).unwrap();
     let data = tmp.join("train.csv");
     std::fs::write(
         &data,

@@ -121,7 +121,7 @@ fn scores_of(v: &Value) -> Vec<f32> {
 /// Cohere's v1 and v2 re-rank routes: TEI's order and scores under Cohere's field names.
 #[test]
 fn cohere_rerank_routes_match_rerank() {
-    let dir = shared("golden/tiny-bert");
+    let dir = fixture("tests/fixtures/golden/tiny-bert");
     let g = read_json(&dir.join("golden.json"));
     let s = Server::start(&dir, &[]);
     let query = g["pairs"][2][0].as_str().unwrap();
@@ -205,7 +205,7 @@ fn real_cohere_clients_rerank_like_rerank() {
     let Some(python) = optional(repo().join("target/fixtures/py/bin/python")) else {
         return;
     };
-    let dir = shared("golden/tiny-bert");
+    let dir = fixture("tests/fixtures/golden/tiny-bert");
     let s = Server::start_with_env(&dir, &[], &[("CROSSENC_API_KEY", "k3y")]);
     let out = std::process::Command::new(python)
         .arg(repo().join("scripts/cohere_clients.py"))
@@ -225,7 +225,7 @@ fn real_cohere_clients_rerank_like_rerank() {
 
 #[test]
 fn an_api_key_guards_every_route_but_health_and_metrics() {
-    let dir = shared("golden/tiny-bert");
+    let dir = fixture("tests/fixtures/golden/tiny-bert");
     let s = Server::start_with_env(&dir, &[], &[("CROSSENC_API_KEY", "s3cret")]);
     let rerank = json!({ "query": "q", "texts": ["a", "b"] });
     let cohere = json!({ "query": "q", "documents": ["a", "b"] });
@@ -278,7 +278,7 @@ fn rss_mb(pid: u32, field: &str) -> f64 {
 /// memory.
 #[test]
 fn huge_texts_are_refused_or_scored_from_their_head() {
-    let dir = shared("golden/tiny-bert");
+    let dir = fixture("tests/fixtures/golden/tiny-bert");
     let s = Server::start(&dir, &[]);
     let pid = s.child.id();
     let before = rss_mb(pid, "VmRSS:");
@@ -318,7 +318,7 @@ fn huge_texts_are_refused_or_scored_from_their_head() {
 
 #[test]
 fn quantized_servers_say_so_and_score_close_to_f32() {
-    let dir = shared("golden/tiny-bert");
+    let dir = fixture("tests/fixtures/golden/tiny-bert");
     let g = read_json(&dir.join("golden.json"));
     let s = Server::start(&dir, &["--quantize", "int8"]);
     let info: Value = serde_json::from_str(&s.get("/info").1).unwrap();
@@ -379,7 +379,7 @@ fn rerank_serves_a_qwen3_reranker() {
 
 #[test]
 fn routes_answer_like_text_embeddings_inference() {
-    let dir = shared("golden/tiny-bert");
+    let dir = fixture("tests/fixtures/golden/tiny-bert");
     let g = read_json(&dir.join("golden.json"));
     let s = Server::start(&dir, &[]);
     assert_eq!(s.get("/health").0, 200);
@@ -434,7 +434,7 @@ fn routes_answer_like_text_embeddings_inference() {
 
 #[test]
 fn multi_label_predict_lists_labels() {
-    let dir = shared("golden/tiny-bert-3labels");
+    let dir = fixture("tests/fixtures/golden/tiny-bert-3labels");
     let g = read_json(&dir.join("golden.json"));
     let s = Server::start(&dir, &[]);
     let (status, out) = s.post("/predict", json!({ "inputs": golden_pairs(&g)[..1] }));
@@ -456,7 +456,7 @@ fn multi_label_predict_lists_labels() {
 #[test]
 fn bad_requests_get_json_errors_with_the_right_status() {
     let s = Server::start(
-        &shared("golden/tiny-bert"),
+        &fixture("tests/fixtures/golden/tiny-bert"),
         &["--max-client-batch-size", "3", "--body-limit", "2000"],
     );
     let check = |(status, body): (u16, Value), want: u16| {
@@ -515,7 +515,7 @@ fn bad_requests_get_json_errors_with_the_right_status() {
 fn concurrent_requests_are_batched_and_score_as_alone() {
     let Some(model) = minilm() else { return };
     let s = Server::start(&model, &[]);
-    let text = std::fs::read_to_string(shared("data/stsb/stsb-en-test.csv")).unwrap();
+    let text = std::fs::read_to_string(fixture("data/stsb/stsb-en-test.csv")).unwrap();
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(false)
         .from_reader(text.as_bytes());
@@ -799,7 +799,10 @@ fn exit_within(s: &mut Server, limit: Duration) -> Option<std::process::ExitStat
 #[test]
 fn a_client_that_stalls_mid_request_cannot_hold_up_shutdown() {
     use std::io::Write;
-    let mut s = Server::start(&shared("golden/tiny-bert"), &["--drain-seconds", "1"]);
+    let mut s = Server::start(
+        &fixture("tests/fixtures/golden/tiny-bert"),
+        &["--drain-seconds", "1"],
+    );
     let addr = s.url.trim_start_matches("http://").to_string();
     let mut stalled = std::net::TcpStream::connect(&addr).unwrap();
     // Half a request header, then nothing.
@@ -836,7 +839,7 @@ fn read_until_closed(conn: &mut std::net::TcpStream, limit: Duration) -> String 
 fn a_half_sent_request_head_is_closed_after_the_header_timeout() {
     use std::io::Write;
     let s = Server::start(
-        &shared("golden/tiny-bert"),
+        &fixture("tests/fixtures/golden/tiny-bert"),
         &["--header-timeout-seconds", "1"],
     );
     let mut conn = connect(&s);
@@ -857,7 +860,7 @@ fn a_half_sent_request_head_is_closed_after_the_header_timeout() {
 fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
     use std::io::Write;
     let s = Server::start(
-        &shared("golden/tiny-bert"),
+        &fixture("tests/fixtures/golden/tiny-bert"),
         &["--header-timeout-seconds", "1"],
     );
     let mut conn = connect(&s);
@@ -878,7 +881,7 @@ fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
 fn a_half_sent_body_is_answered_408_and_closed() {
     use std::io::Write;
     let s = Server::start(
-        &shared("golden/tiny-bert"),
+        &fixture("tests/fixtures/golden/tiny-bert"),
         &["--body-timeout-seconds", "1"],
     );
     for (route, field) in [("/rerank", "error"), ("/v2/rerank", "message")] {
@@ -908,7 +911,7 @@ fn a_half_sent_body_is_answered_408_and_closed() {
 
 #[test]
 fn top_n_0_is_refused_alike_on_every_rerank_route() {
-    let s = Server::start(&shared("golden/tiny-bert"), &[]);
+    let s = Server::start(&fixture("tests/fixtures/golden/tiny-bert"), &[]);
     for (route, body, field) in [
         (
             "/rerank",
@@ -939,7 +942,7 @@ fn top_n_0_is_refused_alike_on_every_rerank_route() {
 #[test]
 fn a_dead_inference_thread_fails_health_and_exits_non_zero() {
     let mut s = Server::start_with_env(
-        &shared("golden/tiny-bert"),
+        &fixture("tests/fixtures/golden/tiny-bert"),
         &["--drain-seconds", "2"],
         &[("CROSSENC_FAULT", "inference-panic")],
     );
@@ -974,7 +977,7 @@ fn a_dead_inference_thread_fails_health_and_exits_non_zero() {
 /// so texts that end alike score alike; `Right` (the default) keeps its start.
 #[test]
 fn rerank_honours_truncation_direction() {
-    let s = Server::start(&shared("golden/tiny-bert"), &[]);
+    let s = Server::start(&fixture("tests/fixtures/golden/tiny-bert"), &[]);
     let (start_a, start_b) = (
         "a dog is running in the park ",
         "a cat is sleeping on the couch ",
@@ -1032,7 +1035,7 @@ fn rerank_honours_truncation_direction() {
 /// a batch with one list of {score, label} per input, one input with one list.
 #[test]
 fn predict_takes_a_text_a_pair_or_a_batch_as_tei_does() {
-    let dir = shared("golden/tiny-bert");
+    let dir = fixture("tests/fixtures/golden/tiny-bert");
     let g = read_json(&dir.join("golden.json"));
     let s = Server::start(&dir, &[]);
     let pairs = golden_pairs(&g);
@@ -1068,7 +1071,7 @@ fn predict_takes_a_text_a_pair_or_a_batch_as_tei_does() {
 /// included, as TEI clients read it.
 #[test]
 fn info_has_tei_fields_and_model_type() {
-    let s = Server::start(&shared("golden/tiny-bert"), &[]);
+    let s = Server::start(&fixture("tests/fixtures/golden/tiny-bert"), &[]);
     let info: Value = serde_json::from_str(&s.get("/info").1).unwrap();
     assert_eq!(
         info["model_type"],
@@ -1082,7 +1085,7 @@ fn info_has_tei_fields_and_model_type() {
     ] {
         assert!(!info[field].is_null(), "{field}: {info}");
     }
-    let s = Server::start(&shared("golden/tiny-bert-3labels"), &[]);
+    let s = Server::start(&fixture("tests/fixtures/golden/tiny-bert-3labels"), &[]);
     let info: Value = serde_json::from_str(&s.get("/info").1).unwrap();
     assert_eq!(info["model_type"]["classifier"]["id2label"]["2"], "LABEL_2");
 }
@@ -1099,7 +1102,7 @@ fn request_schema(s: &Server, route: &str) -> Value {
 /// Issue 39.3: an empty list is refused 400, and the document says at least one is needed.
 #[test]
 fn empty_lists_are_refused_and_the_document_says_so() {
-    let s = Server::start(&shared("golden/tiny-bert"), &[]);
+    let s = Server::start(&fixture("tests/fixtures/golden/tiny-bert"), &[]);
     for (route, body, list) in [
         ("/rerank", json!({ "query": "q", "texts": [] }), "texts"),
         (
@@ -1135,7 +1138,7 @@ fn empty_lists_are_refused_and_the_document_says_so() {
 /// the document says so.
 #[test]
 fn unknown_fields_are_ignored_and_the_document_says_so() {
-    let s = Server::start(&shared("golden/tiny-bert"), &[]);
+    let s = Server::start(&fixture("tests/fixtures/golden/tiny-bert"), &[]);
     for (route, body) in [
         (
             "/rerank",
@@ -1164,7 +1167,7 @@ fn unknown_fields_are_ignored_and_the_document_says_so() {
 /// Issue 39.5: `top_n` has no maximum: a number beyond usize asks for every text.
 #[test]
 fn top_n_beyond_usize_asks_for_every_text() {
-    let s = Server::start(&shared("golden/tiny-bert"), &[]);
+    let s = Server::start(&fixture("tests/fixtures/golden/tiny-bert"), &[]);
     for top_n in ["18446744073709551616", "1e30", "3"] {
         for (route, list, results) in [
             ("/rerank", "texts", None),
@@ -1199,7 +1202,7 @@ fn takes_null(schema: &Value) -> bool {
 /// document declares the field nullable (as TEI's and Cohere's clients send it).
 #[test]
 fn wrong_types_are_refused_and_null_is_declared() {
-    let s = Server::start(&shared("golden/tiny-bert"), &[]);
+    let s = Server::start(&fixture("tests/fixtures/golden/tiny-bert"), &[]);
     for route in ["/v1/rerank", "/v2/rerank"] {
         for (field, bad) in [
             ("model", json!({})),
@@ -1233,7 +1236,10 @@ fn wrong_types_are_refused_and_null_is_declared() {
 /// one, it asks for no key.
 #[test]
 fn the_document_lists_401_on_every_guarded_route() {
-    let s = Server::start(&shared("golden/tiny-bert"), &["--api-key", "k"]);
+    let s = Server::start(
+        &fixture("tests/fixtures/golden/tiny-bert"),
+        &["--api-key", "k"],
+    );
     let doc = ureq::get(&format!("{}/openapi.json", s.url))
         .set("authorization", "Bearer k")
         .call()
@@ -1256,7 +1262,7 @@ fn the_document_lists_401_on_every_guarded_route() {
         }
     }
     // Without a key, nothing asks for one, and nothing answers 401.
-    let s = Server::start(&shared("golden/tiny-bert"), &[]);
+    let s = Server::start(&fixture("tests/fixtures/golden/tiny-bert"), &[]);
     let doc: Value = serde_json::from_str(&s.get("/openapi.json").1).unwrap();
     assert!(doc.get("security").is_none() && doc["components"].get("securitySchemes").is_none());
     for (path, item) in doc["paths"].as_object().unwrap() {
@@ -1270,7 +1276,7 @@ fn the_document_lists_401_on_every_guarded_route() {
 /// Issue 39.8: a body not declared JSON is answered 415, in each route's error shape.
 #[test]
 fn a_body_not_declared_json_is_answered_415() {
-    let s = Server::start(&shared("golden/tiny-bert"), &[]);
+    let s = Server::start(&fixture("tests/fixtures/golden/tiny-bert"), &[]);
     let rerank = r#"{"query": "q", "texts": ["a"], "documents": ["a"]}"#;
     for (route, body, field) in [
         ("/rerank", rerank, "error"),
@@ -1336,7 +1342,7 @@ fn schemathesis_finds_no_failure_with_and_without_an_api_key() {
     let Some(st) = optional(repo().join("target/fixtures/py/bin/st")) else {
         return;
     };
-    let dir = shared("golden/tiny-bert");
+    let dir = fixture("tests/fixtures/golden/tiny-bert");
     for key in [None, Some("k3y")] {
         let extra: Vec<&str> = key.map_or(vec![], |k| vec!["--api-key", k]);
         let s = Server::start(&dir, &extra);
@@ -1360,7 +1366,10 @@ fn a_real_tei_client_reranks_like_rerank() {
     let Some(python) = optional(repo().join("target/fixtures/py/bin/python")) else {
         return;
     };
-    let s = Server::start(&shared("golden/tiny-bert"), &["--api-key", "k3y"]);
+    let s = Server::start(
+        &fixture("tests/fixtures/golden/tiny-bert"),
+        &["--api-key", "k3y"],
+    );
     let script = repo().join("scripts/haystack_tei.py");
     let args = [script.to_str().unwrap(), &s.url, "k3y"];
     let (ok, out) = run_within(&python, &args, Duration::from_secs(120));

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 fn tiny_bert() -> PathBuf {
-    shared("golden/tiny-bert")
+    fixture("tests/fixtures/golden/tiny-bert")
 }
 
 /// Texts in several scripts, with emoji and combining marks.

@@ -50,7 +50,10 @@ fn write_classes(path: &Path, classes: &[&str], n: usize, seed: u64) {
 }
 
 fn tiny() -> String {
-    shared("golden/tiny-bert").to_str().unwrap().to_string()
+    fixture("tests/fixtures/golden/tiny-bert")
+        .to_str()
+        .unwrap()
+        .to_string()
 }
 
 fn json_of(out: &std::process::Output) -> Value {

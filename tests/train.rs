@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 fn stsb(split: &str) -> String {
-    shared(&format!("data/stsb/stsb-en-{split}.csv"))
+    fixture(&format!("data/stsb/stsb-en-{split}.csv"))
         .to_str()
         .unwrap()
         .to_string()
@@ -32,7 +32,7 @@ fn stsb_examples(n: usize) -> Vec<data::Example> {
 
 fn tiny_bert() -> CrossEncoder {
     CrossEncoder::load(
-        shared("golden/tiny-bert").to_str().unwrap(),
+        fixture("tests/fixtures/golden/tiny-bert").to_str().unwrap(),
         &LoadOptions::default(),
     )
     .unwrap()
@@ -133,7 +133,7 @@ fn killed_and_resumed_run_ends_with_the_same_weights() {
 }
 
 fn killed_and_resumed(dtype: &str) {
-    let model = shared("golden/tiny-bert");
+    let model = fixture("tests/fixtures/golden/tiny-bert");
     let tmp = tempfile::tempdir().unwrap();
     // 800 pairs at batch 4: 200 steps, checkpoints every 40.
     let lines: Vec<String> = std::fs::read_to_string(stsb("train"))
@@ -215,7 +215,7 @@ fn killed_and_resumed(dtype: &str) {
 
 #[test]
 fn bad_rows_and_out_of_range_labels_are_reported() {
-    let model = shared("golden/tiny-bert");
+    let model = fixture("tests/fixtures/golden/tiny-bert");
     let m = model.to_str().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
@@ -337,7 +337,7 @@ fn bad_rows_and_out_of_range_labels_are_reported() {
 
 #[test]
 fn eval_prints_correlations_as_json() {
-    let m = shared("golden/tiny-bert");
+    let m = fixture("tests/fixtures/golden/tiny-bert");
     let res = crossenc(&[
         "eval",
         "-m",
@@ -382,7 +382,7 @@ fn a_hub_dataset_trains_through_the_cache() {
         .args([
             "train",
             "-m",
-            shared("golden/tiny-bert").to_str().unwrap(),
+            fixture("tests/fixtures/golden/tiny-bert").to_str().unwrap(),
             "-o",
             out.to_str().unwrap(),
             "--batch-size",
@@ -475,7 +475,7 @@ fn parquet_reads_like_the_same_rows_in_csv() {
         assert_eq!((a.a.as_str(), a.b.as_str()), (b.a.as_str(), b.b.as_str()));
         assert!((a.label - b.label).abs() < 1e-12);
     }
-    let m = shared("golden/tiny-bert");
+    let m = fixture("tests/fixtures/golden/tiny-bert");
     let res = crossenc(&[
         "eval",
         "-m",
@@ -491,11 +491,11 @@ fn parquet_reads_like_the_same_rows_in_csv() {
 fn bench_reports_and_appends_a_row() {
     let tmp = tempfile::tempdir().unwrap();
     let md = tmp.path().join("BENCH.md");
-    let stsb_dir = shared("data/stsb");
+    let stsb_dir = fixture("data/stsb");
     let res = crossenc(&[
         "bench",
         "-m",
-        shared("golden/tiny-bert").to_str().unwrap(),
+        fixture("tests/fixtures/golden/tiny-bert").to_str().unwrap(),
         "--stsb",
         stsb_dir.to_str().unwrap(),
         "--steps",
@@ -536,7 +536,7 @@ fn bench_reports_and_appends_a_row() {
 #[test]
 fn bench_resizes_a_template_to_another_model_size() -> anyhow::Result<()> {
     let tiny = CrossEncoder::load(
-        shared("golden/tiny-bert").to_str().unwrap(),
+        fixture("tests/fixtures/golden/tiny-bert").to_str().unwrap(),
         &LoadOptions::default(),
     )?;
     let (layers, hidden, heads, inter) = (3, 48, 4, 96);
@@ -570,7 +570,7 @@ fn stsb_head(dir: &Path, n: usize) -> PathBuf {
 
 /// `crossenc train` of tiny-bert on `data` into `out` (0-5 labels, batch 8, quiet), then `extra`.
 fn tiny_train(data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let model = shared("golden/tiny-bert");
+    let model = fixture("tests/fixtures/golden/tiny-bert");
     let mut args = vec![
         "train",
         "--model",
@@ -671,7 +671,7 @@ fn resuming_with_another_learning_rate_or_dtype_is_refused() {
 
 #[test]
 fn skip_bad_rows_skips_every_kind_of_bad_row_and_each_is_named_without_it() {
-    let model = shared("golden/tiny-bert");
+    let model = fixture("tests/fixtures/golden/tiny-bert");
     let m = model.to_str().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let rows = [
@@ -727,7 +727,7 @@ fn a_parquet_nan_label_is_reported_as_nan() {
     rows[2].label = f64::NAN;
     let path = tmp.path().join("nan.parquet");
     write_parquet(&path, &rows);
-    let model = shared("golden/tiny-bert");
+    let model = fixture("tests/fixtures/golden/tiny-bert");
     let out = crossenc(&[
         "eval",
         "-m",
@@ -750,7 +750,7 @@ fn a_write_that_fails_mid_run_names_the_file_and_leaves_no_half_written_checkpoi
         "trap '' XFSZ; ulimit -f 200; exec {} train --model {} --train {} --output {} \
          --label-range 0:5 --batch-size 8 --save-steps 2 --log-steps 1 --quiet",
         env!("CARGO_BIN_EXE_crossenc"),
-        shared("golden/tiny-bert").display(),
+        fixture("tests/fixtures/golden/tiny-bert").display(),
         data.display(),
         out.display()
     );
@@ -785,7 +785,7 @@ fn a_write_that_fails_mid_run_names_the_file_and_leaves_no_half_written_checkpoi
 /// A copy of tiny-bert in `dir`.
 fn tiny_bert_copy(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
-    for f in std::fs::read_dir(shared("golden/tiny-bert")).unwrap() {
+    for f in std::fs::read_dir(fixture("tests/fixtures/golden/tiny-bert")).unwrap() {
         let f = f.unwrap();
         std::fs::copy(f.path(), dir.join(f.file_name())).unwrap();
     }
@@ -928,7 +928,7 @@ fn a_resumed_run_keeps_the_uninterrupted_run_s_best_model_and_a_finished_one_sta
         })
     };
     let before = snapshot();
-    let model = shared("golden/tiny-bert");
+    let model = fixture("tests/fixtures/golden/tiny-bert");
     let mut again = vec![
         "train",
         "--model",
@@ -1011,7 +1011,11 @@ fn the_default_run_trains_on_the_bundled_stsb_without_network() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let res = Command::new(env!("CARGO_BIN_EXE_crossenc"))
-        .args(["train", "-m", shared("golden/tiny-bert").to_str().unwrap()])
+        .args([
+            "train",
+            "-m",
+            fixture("tests/fixtures/golden/tiny-bert").to_str().unwrap(),
+        ])
         .args([
             "-o",
             out.to_str().unwrap(),
@@ -1189,7 +1193,7 @@ fn bf16_training_follows_f32_or_is_refused_before_writing() {
         .success());
     let read = |dir: &Path| std::fs::read(dir.join("model.safetensors")).unwrap();
     let (start, a, b) = (
-        read(&shared("golden/tiny-bert")),
+        read(&fixture("tests/fixtures/golden/tiny-bert")),
         read(&f32_out),
         read(&bf16_out),
     );
@@ -1267,7 +1271,7 @@ fn a_job_trains_pairs_in_memory_as_it_trains_their_file() {
         .map(str::to_string)
         .collect();
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
-    let model = shared("golden/tiny-bert");
+    let model = fixture("tests/fixtures/golden/tiny-bert");
     let run = |train: train::Pairs, read: data::ReadOptions, out: &Path| {
         let cfg = TrainConfig {
             progress: Arc::new(Silent),

@@ -16,8 +16,8 @@ use std::collections::HashMap;
 /// tiny-bert after one accumulation of the golden batch, with its products in `precision`:
 /// the model, its trainer, the loss, and the golden file.
 fn golden_step(precision: Precision) -> (CrossEncoder, Trainable, f32, serde_json::Value) {
-    let g = read_json(&shared("golden/train-step/golden.json"));
-    let dir = shared("golden/tiny-bert");
+    let g = read_json(&fixture("tests/fixtures/golden/train-step/golden.json"));
+    let dir = fixture("tests/fixtures/golden/tiny-bert");
     let opts = LoadOptions {
         max_length: Some(g["max_length"].as_u64().unwrap() as usize),
         ..Default::default()
@@ -50,9 +50,11 @@ fn golden_step(precision: Precision) -> (CrossEncoder, Trainable, f32, serde_jso
 
 /// PyTorch's gradients of the golden step, by name.
 fn golden_grads() -> HashMap<String, Vec<f32>> {
-    let want =
-        candle_core::safetensors::load(shared("golden/train-step/grads.safetensors"), &Device::Cpu)
-            .unwrap();
+    let want = candle_core::safetensors::load(
+        fixture("tests/fixtures/golden/train-step/grads.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     want.into_iter()
         .map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
         .collect()
@@ -138,7 +140,9 @@ fn one_step_matches_pytorch() {
         .iter()
         .map(|e| (e.name.clone(), e.hf_values(&ce.model().weights.data)))
         .collect();
-    let want = load(&shared("golden/train-step/params_after_step.safetensors"));
+    let want = load(&fixture(
+        "tests/fixtures/golden/train-step/params_after_step.safetensors",
+    ));
     assert_params_match(&got, &want, o["lr"].as_f64().unwrap() as f32, "the step");
     // The model that predicts shares the updated weights.
     let after = ce.logits(&pairs).unwrap().values;
@@ -152,12 +156,12 @@ fn one_step_matches_pytorch() {
 fn ten_steps_of_crossenc_train_match_pytorch() {
     let fixture = |f: &str| require(repo().join("tests/fixtures/train-steps").join(f));
     let g = read_json(&fixture("golden.json"));
-    let step = read_json(&shared("golden/train-step/golden.json"));
+    let step = read_json(&fixture("tests/fixtures/golden/train-step/golden.json"));
     let tmp = tempfile::tempdir().unwrap();
     // tiny-bert with dropout off, as PyTorch ran it (model.eval()).
     let model = tmp.path().join("model");
     std::fs::create_dir(&model).unwrap();
-    for f in std::fs::read_dir(shared("golden/tiny-bert")).unwrap() {
+    for f in std::fs::read_dir(fixture("tests/fixtures/golden/tiny-bert")).unwrap() {
         let f = f.unwrap().path();
         std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
     }
@@ -228,7 +232,9 @@ fn ten_steps_of_crossenc_train_match_pytorch() {
 
     let got = load(&out.join("model.safetensors"));
     let want = load(&fixture("params_after.safetensors"));
-    let before = load(&shared("golden/tiny-bert/model.safetensors"));
+    let before = load(&fixture(
+        "tests/fixtures/golden/tiny-bert/model.safetensors",
+    ));
     for (name, w) in &want {
         assert!(
             max_abs_diff(w, &before[name]) > 0.0,

@@ -16,7 +16,7 @@ pub struct BenchArgs {
     #[arg(long, short)]
     model: String,
     /// STS-B folder (stsb-en-{train,test}.csv): training steps on train, inference on test.
-    #[arg(long, default_value = "../shared/data/stsb")]
+    #[arg(long, default_value = "data/stsb")]
     stsb: PathBuf,
     /// Timed training steps (the reference trains on as many pairs).
     #[arg(long, default_value_t = 100)]
@@ -141,9 +141,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let train_big = bench::train_steps(&mut big, &train, args.batch_size, steps, args.dtype)?;
         big_profile = Some((crate::ops::profile::take(), steps));
         crate::ops::profile::enable(false);
-        // Training thawed it: scored as a loaded model is, in f32, its weights laid out once.
+        // Training unpacked it: scored as a loaded model is, in f32, its weights laid out once.
         big.model.set_precision(Precision::F32)?;
-        big.model.freeze();
+        big.model.pack_weights();
         let infer_big = bench::inference(&big, &test[..test.len().min(256)], 1)?;
         report["bert_base"] = json!({
             "train": train_big, "inference": infer_big,

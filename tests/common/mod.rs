@@ -9,9 +9,10 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `../shared/<rel>`, the read-only fixtures beside the repository.
-pub fn shared(rel: &str) -> PathBuf {
-    require(repo().join("..").join("shared").join(rel))
+/// `<rel>` in the repository: golden outputs under `tests/fixtures/golden` (a copy of the
+/// developers' `../shared/golden`, which the tests do not read), STS-B under `data/stsb`.
+pub fn fixture(rel: &str) -> PathBuf {
+    require(repo().join(rel))
 }
 
 /// The all-MiniLM-L6-v2 folder fetched by `scripts/fetch-fixtures.sh` (or `$CROSSENC_MINILM`).
