@@ -14,6 +14,7 @@ pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod eval;
+mod fault;
 pub mod hub;
 pub mod model;
 pub mod ops;

@@ -71,12 +71,6 @@ impl Batcher {
     }
 }
 
-/// `CROSSENC_FAULT=inference-panic` makes the inference thread panic on its first batch: a
-/// fault injected by the tests of the server's dead-worker handling.
-fn injected_panic() -> bool {
-    std::env::var("CROSSENC_FAULT").is_ok_and(|v| v == "inference-panic")
-}
-
 /// Clears the health flag when dropped during a panic. Declared after a pass's jobs, it is
 /// dropped before them (and before the queue), so `/health` says the thread is dead before any
 /// request's reply is dropped.
@@ -94,7 +88,8 @@ fn run(ce: CrossEncoder, mut rx: mpsc::Receiver<Job>, metrics: Arc<Metrics>, hea
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
         let _notice = DeathNotice(healthy);
-        if injected_panic() {
+        // The tests of the server's dead-worker handling.
+        if crate::fault::injected("inference-panic") {
             panic!("CROSSENC_FAULT=inference-panic");
         }
         let mut tokens: usize = jobs[0].sequences.tokens();

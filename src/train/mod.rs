@@ -211,7 +211,7 @@ impl Trainable {
             "{} is a causal-LM re-ranker: crossenc scores it, but cannot train it yet",
             ce.source_dir.display()
         );
-        ce.model.thaw();
+        ce.model.unpack_weights();
         let w = &ce.model.weights;
         let mut opt = AdamW::new(w.entries(), adamw);
         let (table, width) = ce.model.word_table();
@@ -604,7 +604,7 @@ pub fn train(
     // Scored afterwards in f32, laid out once, as a loaded model is.
     if cfg.precision != Precision::F32 {
         ce.model.set_precision(Precision::F32)?;
-        ce.model.freeze();
+        ce.model.pack_weights();
     }
     summary
 }
@@ -740,13 +740,6 @@ fn check(ce: &CrossEncoder, train: &TrainData, cfg: &TrainConfig, output: &Path)
         );
     }
     Ok(())
-}
-
-/// `CROSSENC_FAULT=kill-rank-1` makes rank 1 of a data-parallel run die at its second step, as a
-/// crashed or killed node would, and `hang-rank-1` makes it stop there for good, as a frozen
-/// node would: faults injected by the tests of the job's failure handling.
-fn injected_fault() -> Option<String> {
-    std::env::var("CROSSENC_FAULT").ok()
 }
 
 /// A training run in progress: the tokenized data, the schedule, the optimizer and the
@@ -893,13 +886,13 @@ impl<'a> Run<'a> {
         };
         let group = cfg.group.as_ref();
         let (rank, ranks) = (group.rank(), group.size());
+        // The tests of the job's failure handling: a crashed or killed node, a frozen one.
         if rank == 1 && self.st.step == 1 {
-            match injected_fault().as_deref() {
-                Some("kill-rank-1") => std::process::abort(),
-                Some("hang-rank-1") => loop {
-                    std::thread::park();
-                },
-                _ => {}
+            if crate::fault::injected("kill-rank-1") {
+                std::process::abort();
+            }
+            while crate::fault::injected("hang-rank-1") {
+                std::thread::park();
             }
         }
         let pairs_of = |items: &[usize]| -> Vec<usize> {
@@ -1000,11 +993,11 @@ impl<'a> Run<'a> {
         }
         if let (true, Some(dev)) = (eval_now, dev) {
             // Scored with the weights laid out once for the kernel, as a loaded model is, then
-            // thawed for the steps that change them (`train --max-steps 1`, then STS-B dev and
+            // unpacked for the steps that change them (`train --max-steps 1`, then STS-B dev and
             // test scored: 12.7-13.1 s -> 10.8-11.5 s).
-            ce.model.freeze();
+            ce.model.pack_weights();
             let m = eval::pair_metrics(ce, cfg.task, dev);
-            ce.model.thaw();
+            ce.model.unpack_weights();
             let m = m?;
             let value = *m.get(&cfg.metric).with_context(|| {
                 format!(
@@ -1065,7 +1058,7 @@ impl<'a> Run<'a> {
                 ce.reload_weights(self.output)?;
             }
             // Trained no more: laid out to score, as a loaded model is.
-            None => ce.model.freeze(),
+            None => ce.model.pack_weights(),
         }
         plot::write_training_svg(self.output)?;
         // Last: a run killed before this line is resumed, not taken for finished.
