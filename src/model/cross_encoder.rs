@@ -213,7 +213,7 @@ impl CrossEncoder {
     /// config and weights (a resized encoder, say).
     pub fn with_params(template: &CrossEncoder, config: Config, params: &Params) -> Result<Self> {
         let mut model = SequenceClassifier::new(&config, params)?;
-        model.freeze();
+        model.pack_weights();
         Ok(CrossEncoder {
             model,
             config,
@@ -259,7 +259,7 @@ impl CrossEncoder {
         let mut model = SequenceClassifier::new(&config, &params)?;
         match opts.quantize {
             Some(q) => timed("quantize", || model.quantize(q))?,
-            None => timed("freeze", || model.freeze()),
+            None => timed("pack", || model.pack_weights()),
         }
         Ok(CrossEncoder {
             config,
@@ -280,7 +280,7 @@ impl CrossEncoder {
         self.model = SequenceClassifier::new(&self.config, &Params::load(dir, &self.config)?)?;
         match quantization {
             Some(q) => self.model.quantize(q)?,
-            None => self.model.freeze(),
+            None => self.model.pack_weights(),
         }
         Ok(())
     }

@@ -214,7 +214,7 @@ impl Linear {
     /// From now on the forward reads the weight as `w` holds it now, laid out once for the
     /// f32 kernel (where the CPU runs it) rather than on every call. In bf16 training (the dev
     /// evaluation) it scores on its copies, which the optimizer keeps as the weight is.
-    pub fn freeze(&mut self, w: &[f32]) {
+    pub fn pack(&mut self, w: &[f32]) {
         if own_kernel() && !matches!(self.laid, Laid::Bf16(_)) {
             let weight = &w[self.weight.clone()];
             self.laid = Laid::Panels(linear::panels(weight, self.in_dim, self.layout));
@@ -222,7 +222,7 @@ impl Linear {
     }
 
     /// Back to reading the weight from the model's buffer, whose values may now change.
-    pub fn thaw(&mut self) {
+    pub fn unpack(&mut self) {
         if let Laid::Panels(_) = self.laid {
             self.laid = Laid::F32;
         }
@@ -298,7 +298,7 @@ impl Linear {
         debug_assert!(self.reduced.is_none(), "a quantized model is not trained");
         debug_assert!(
             !matches!(self.laid, Laid::Panels(_)),
-            "a frozen model is thawed before training"
+            "a model's packed weights are unpacked before training"
         );
         let (dw, db) = weight_and_bias(g, &self.weight, &self.bias);
         let weight = &w[self.weight.clone()];
@@ -543,7 +543,7 @@ impl Transformer {
 /// An encoder with a sequence-classification head: transformers'
 /// `*ForSequenceClassification`, for any supported family. It owns the weights.
 pub struct SequenceClassifier {
-    /// The parameters. A frozen model's (see [`SequenceClassifier::freeze`]) must be thawed
+    /// The parameters. A model with packed weights (see [`SequenceClassifier::pack_weights`]) must be unpacked
     /// before they change.
     pub weights: Weights,
     body: Body,
@@ -654,17 +654,18 @@ impl SequenceClassifier {
         (&mut self.weights.data, copies)
     }
 
-    /// For a model that only scores: lays every linear layer's weight out once for the f32
-    /// kernel (see [`Linear::freeze`]). Until [`SequenceClassifier::thaw`], the forward reads
-    /// the weights as they are now.
-    pub fn freeze(&mut self) {
+    /// For a model that only scores: packs every linear layer's weight once into the f32
+    /// kernel's layout (see [`Linear::pack`]). Until [`SequenceClassifier::unpack_weights`],
+    /// the forward reads the weights as they are now.
+    pub fn pack_weights(&mut self) {
         let w = &self.weights.data;
-        self.body.linears_mut().for_each(|l| l.freeze(w));
+        self.body.linears_mut().for_each(|l| l.pack(w));
     }
 
-    /// Drops what [`SequenceClassifier::freeze`] laid out, before the weights change (training).
-    pub fn thaw(&mut self) {
-        self.body.linears_mut().for_each(Linear::thaw);
+    /// Drops what [`SequenceClassifier::pack_weights`] laid out, before the weights change
+    /// (training).
+    pub fn unpack_weights(&mut self) {
+        self.body.linears_mut().for_each(Linear::unpack);
     }
 
     /// How the linear layers compute: `None` for f32.
