@@ -154,8 +154,8 @@ fn one_step_matches_pytorch() {
 
 #[test]
 fn ten_steps_of_crossenc_train_match_pytorch() {
-    let fixture = |f: &str| require(repo().join("tests/fixtures/train-steps").join(f));
-    let g = read_json(&fixture("golden.json"));
+    let ten_steps = |f: &str| require(repo().join("tests/fixtures/train-steps").join(f));
+    let g = read_json(&ten_steps("golden.json"));
     let step = read_json(&fixture("tests/fixtures/golden/train-step/golden.json"));
     let tmp = tempfile::tempdir().unwrap();
     // tiny-bert with dropout off, as PyTorch ran it (model.eval()).
@@ -231,7 +231,7 @@ fn ten_steps_of_crossenc_train_match_pytorch() {
     );
 
     let got = load(&out.join("model.safetensors"));
-    let want = load(&fixture("params_after.safetensors"));
+    let want = load(&ten_steps("params_after.safetensors"));
     let before = load(&fixture(
         "tests/fixtures/golden/tiny-bert/model.safetensors",
     ));
