@@ -11,6 +11,7 @@ use super::encoder::Scratch;
 use super::tokenize::Tokens;
 use super::weights::Weights;
 use super::{fit, LayerNorm, Linear};
+use crate::ops::dropout::sites;
 use crate::ops::linear::InputGrad;
 use crate::ops::{dropout, Dropout, Pass};
 
@@ -164,7 +165,7 @@ impl Embeddings {
                     .for_each(|(z, c)| *z += c);
             }
         }
-        let drop = Dropout::tokens(pass, 0, self.dropout, tokens.len());
+        let drop = Dropout::tokens(pass, sites::EMBEDDINGS, self.dropout, tokens.len());
         match &self.embeddings_project {
             Some(proj) => {
                 fit(&mut acts.y, n * e);
@@ -197,7 +198,7 @@ impl Embeddings {
         pass: Option<Pass>,
     ) {
         let (n, e) = (tokens.len(), self.e);
-        let drop = Dropout::tokens(pass, 0, self.dropout, tokens.len());
+        let drop = Dropout::tokens(pass, sites::EMBEDDINGS, self.dropout, tokens.len());
         let dnorm: &mut [f32] = match &self.embeddings_project {
             Some(proj) => {
                 fit(&mut s.dh2, n * e);

@@ -17,6 +17,7 @@ use super::{add, fit, LayerNorm, Linear};
 use crate::ops::activation::Half;
 use crate::ops::attention::{Heads, Mask};
 use crate::ops::disentangled::{self, Relative};
+use crate::ops::dropout::sites;
 use crate::ops::int8::QuantizedRows;
 use crate::ops::linear::InputGrad;
 use crate::ops::profile::timed;
@@ -206,9 +207,6 @@ struct Disentangled {
     dropout: f64,
 }
 
-/// Dropout sites of DeBERTa's relative table, one per layer.
-const POS_SITE: u64 = 1 << 18;
-
 /// A layer's input and the activations its backward needs (`n` tokens, hidden `h`,
 /// intermediate `m`).
 #[derive(Default)]
@@ -252,10 +250,6 @@ pub struct Scratch {
     /// DeBERTa: the gradient of the relative table as one layer read it.
     dtable: Vec<f32>,
 }
-
-/// Dropout sites of GTE's gated activations, one per layer (apart from the three per layer
-/// that every family numbers from 1).
-const GLU_SITE: u64 = 1 << 19;
 
 impl Layer {
     /// Layer `i`; `rotary`: the tables of a family with rotary embeddings; `relative`:
@@ -322,18 +316,23 @@ impl Layer {
     /// The dropout sites of this layer: attention probabilities, attention output, FFN output.
     /// `n` tokens in `b` sequences.
     fn dropouts(&self, pass: Option<Pass>, n: usize, b: usize) -> [Option<Dropout>; 3] {
-        let site = 1 + 3 * self.index as u64;
+        let [probs, attention, ffn] = sites::layer(self.index);
         [
-            Dropout::sequences(pass, site, self.attention_dropout, b),
-            Dropout::tokens(pass, site + 1, self.hidden_dropout, n)
+            Dropout::sequences(pass, probs, self.attention_dropout, b),
+            Dropout::tokens(pass, attention, self.hidden_dropout, n)
                 .filter(|_| self.attention_output_dropout),
-            Dropout::tokens(pass, site + 2, self.hidden_dropout, n),
+            Dropout::tokens(pass, ffn, self.hidden_dropout, n),
         ]
     }
 
     /// GTE's dropout of the gated activation (inside its MLP, before `down_proj`).
     fn glu_dropout(&self, pass: Option<Pass>, n: usize) -> Option<Dropout> {
-        Dropout::tokens(pass, GLU_SITE + self.index as u64, self.hidden_dropout, n)
+        Dropout::tokens(
+            pass,
+            sites::gated_activation(self.index),
+            self.hidden_dropout,
+            n,
+        )
     }
 
     /// `acts.x` (`[n, h]`) through the layer into `out`, keeping the activations in `acts`;
@@ -457,7 +456,7 @@ impl Layer {
 
     /// DeBERTa's dropout of the relative table as this layer reads it.
     fn pos_dropout(&self, d: &Disentangled, pass: Option<Pass>) -> Option<Dropout> {
-        Dropout::site(pass, POS_SITE + self.index as u64, d.dropout)
+        Dropout::site(pass, sites::relative_table(self.index), d.dropout)
     }
 
     /// Backward: `dy` holds dL/d(output) on entry and dL/d(input) on return; the parameter

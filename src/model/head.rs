@@ -11,6 +11,7 @@ use super::checkpoint::Params;
 use super::config::{Config, Family};
 use super::weights::Weights;
 use super::{fit, Linear};
+use crate::ops::dropout::sites;
 use crate::ops::linear::InputGrad;
 use crate::ops::{dropout, Act, Dropout, Pass};
 
@@ -28,9 +29,6 @@ pub struct Head {
     out: Linear,
     dropout: f64,
 }
-
-/// Dropout sites of the head, numbered after every layer's.
-const SITE: u64 = 1 << 20;
 
 /// What the head's backward needs (`b` sequences).
 #[derive(Default)]
@@ -146,8 +144,11 @@ impl Head {
     fn dropouts(&self, pass: Option<Pass>, b: usize) -> [Option<Dropout>; 2] {
         let input = self
             .input_dropout
-            .and_then(|p| Dropout::sequences(pass, SITE, p, b));
-        [input, Dropout::sequences(pass, SITE + 1, self.dropout, b)]
+            .and_then(|p| Dropout::sequences(pass, sites::HEAD[0], p, b));
+        [
+            input,
+            Dropout::sequences(pass, sites::HEAD[1], self.dropout, b),
+        ]
     }
 
     /// BERT's pooler output (`tanh(dense(h_cls))`); `None` for families without a pooler.

@@ -17,6 +17,7 @@ use super::weights::Weights;
 use super::{add, fit, LayerNorm, Linear};
 use crate::ops::activation::Half;
 use crate::ops::attention::{Heads, Mask};
+use crate::ops::dropout::sites;
 use crate::ops::linear::InputGrad;
 use crate::ops::profile::timed;
 use crate::ops::rotary::Rotary;
@@ -68,9 +69,6 @@ pub fn check(cfg: &Config, params: &Params) -> Result<()> {
     let table = format!("{BASE}.embeddings.tok_embeddings.weight");
     super::check_layers_and_table(cfg, params, &format!("{BASE}.layers."), &table)
 }
-
-/// Dropout sites: 0 the embeddings, then three per layer, the head's after them all.
-const HEAD_SITE: u64 = 1 << 20;
 
 struct Embeddings {
     tok_embeddings: Range<usize>,
@@ -404,7 +402,10 @@ impl Embeddings {
         fit(out, n * h);
         fit(stats, 2 * n);
         self.norm.forward(w, z, out, stats);
-        dropout::apply(Dropout::tokens(pass, 0, self.dropout, n), out);
+        dropout::apply(
+            Dropout::tokens(pass, sites::EMBEDDINGS, self.dropout, n),
+            out,
+        );
         Ok(())
     }
 
@@ -423,7 +424,10 @@ impl Embeddings {
         pass: Option<Pass>,
     ) {
         let h = self.h;
-        dropout::apply(Dropout::tokens(pass, 0, self.dropout, tokens.len()), dy);
+        dropout::apply(
+            Dropout::tokens(pass, sites::EMBEDDINGS, self.dropout, tokens.len()),
+            dy,
+        );
         self.norm.backward(w, g, dy, z, stats, dz);
         let start = self.tok_embeddings.start;
         for (d, &id) in dz.chunks_exact(h).zip(&tokens.input_ids) {
@@ -437,11 +441,11 @@ impl Layer {
     /// The dropout sites of this layer: attention probabilities, attention output, MLP.
     /// `n` tokens in `b` sequences.
     fn dropouts(&self, pass: Option<Pass>, n: usize, b: usize) -> [Option<Dropout>; 3] {
-        let site = 1 + 3 * self.index as u64;
+        let [probs, attention, mlp] = sites::layer(self.index);
         [
-            Dropout::sequences(pass, site, self.attention_dropout, b),
-            Dropout::tokens(pass, site + 1, self.attention_dropout, n),
-            Dropout::tokens(pass, site + 2, self.mlp_dropout, n),
+            Dropout::sequences(pass, probs, self.attention_dropout, b),
+            Dropout::tokens(pass, attention, self.attention_dropout, n),
+            Dropout::tokens(pass, mlp, self.mlp_dropout, n),
         ]
     }
 
@@ -599,7 +603,7 @@ impl Layer {
 impl Head {
     /// Over `b` sequences.
     fn dropout(&self, pass: Option<Pass>, b: usize) -> Option<Dropout> {
-        Dropout::sequences(pass, HEAD_SITE, self.dropout, b)
+        Dropout::sequences(pass, sites::HEAD[0], self.dropout, b)
     }
 
     /// Logits `[b, num_labels]` from the last hidden state `[tokens, h]`.

@@ -29,6 +29,31 @@ impl Pass {
     }
 }
 
+/// Every model's dropout sites, numbered in one place so that no two share a mask stream.
+pub mod sites {
+    /// The embeddings' output.
+    pub const EMBEDDINGS: u64 = 0;
+
+    /// Layer `index`'s attention probabilities, attention output and FFN (MLP) output.
+    pub fn layer(index: usize) -> [u64; 3] {
+        let first = 1 + 3 * index as u64;
+        [first, first + 1, first + 2]
+    }
+
+    /// DeBERTa's relative position table as layer `index` reads it.
+    pub fn relative_table(index: usize) -> u64 {
+        (1 << 18) + index as u64
+    }
+
+    /// GTE's gated activation in layer `index`.
+    pub fn gated_activation(index: usize) -> u64 {
+        (1 << 19) + index as u64
+    }
+
+    /// The classification head's two (ModernBERT's head uses the first).
+    pub const HEAD: [u64; 2] = [1 << 20, (1 << 20) + 1];
+}
+
 /// One dropout site (a layer's attention probabilities, its FFN output, ...) of one pass.
 #[derive(Debug, Clone, Copy)]
 pub struct Dropout {
