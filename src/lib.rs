@@ -26,3 +26,8 @@ pub mod stream;
 pub mod train;
 
 pub use model::cross_encoder::{Activation, CrossEncoder, LoadOptions, Quantization, Scores};
+
+/// The README's code blocks, compiled as doctests so that its example stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
