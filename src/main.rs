@@ -1,3 +1,7 @@
+//! The `crossenc` binary: the command line (`cli/`, one file per subcommand) over the library.
+
+mod cli;
+
 /// mimalloc keeps freed pages for reuse: training allocates and frees the same large buffers
 /// every step, which glibc returns to the kernel and faults back in each time.
 #[global_allocator]
@@ -12,5 +16,5 @@ fn main() -> std::process::ExitCode {
     // kernel time; never purging: 1K faults, 1.2 s). RSS stays at its peak instead.
     // SAFETY: called before any other thread exists, as mimalloc requires for option changes.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-    crossenc::cli::main()
+    cli::main()
 }

@@ -5,10 +5,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::bench;
-use crate::ops::profile::Rows;
-use crate::ops::Precision;
-use crate::{CrossEncoder, LoadOptions, Quantization};
+use crossenc::bench;
+use crossenc::ops::profile::Rows;
+use crossenc::ops::Precision;
+use crossenc::{CrossEncoder, LoadOptions, Quantization};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -49,7 +49,7 @@ pub struct BenchArgs {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let data = crate::data::ReadOptions::stsb();
+    let data = crossenc::data::ReadOptions::stsb();
     let train = data
         .read(
             args.stsb
@@ -72,7 +72,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         CrossEncoder::load(
             &args.model,
             &LoadOptions {
-                labels: Some(crate::model::config::generic_labels(1)),
+                labels: Some(crossenc::model::config::generic_labels(1)),
                 replace_head: true,
                 ..Default::default()
             },
@@ -130,20 +130,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "step_over_floor": train_b.s_per_step / floor,
         "train_share_of_peak": train_b.gflops / peak, "inference_share_of_peak": infer.gflops / peak,
         "peak_rss_mb": rss,
-        "inference_int8": infer_int8, "int8_kernel": crate::ops::int8::kernel(),
+        "inference_int8": infer_int8, "int8_kernel": crossenc::ops::int8::kernel(),
         "quantize_s": quantize_s, "ratio_int8_f32": infer_int8.pairs_per_s / infer.pairs_per_s,
     });
     let mut big_profile = None;
     if args.bert_base {
         let mut big = bench::resized(&load()?, bench::BERT_BASE)?;
         let steps = args.steps.min(10);
-        crate::ops::profile::enable(true);
+        crossenc::ops::profile::enable(true);
         let train_big = bench::train_steps(&mut big, &train, args.batch_size, steps, args.dtype)?;
-        big_profile = Some((crate::ops::profile::take(), steps));
-        crate::ops::profile::enable(false);
+        big_profile = Some((crossenc::ops::profile::take(), steps));
+        crossenc::ops::profile::enable(false);
         // Training unpacked it: scored as a loaded model is, in f32, its weights laid out once.
-        big.model.set_precision(Precision::F32)?;
-        big.model.pack_weights();
+        big.set_precision(Precision::F32)?;
+        big.pack_weights();
         let infer_big = bench::inference(&big, &test[..test.len().min(256)], 1)?;
         report["bert_base"] = json!({
             "train": train_big, "inference": infer_big,
@@ -173,7 +173,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if let Some((infer_bf16, _)) = &bf16 {
         report["inference_bf16"] = json!(infer_bf16);
-        report["bf16_kernel"] = json!(crate::ops::bf16::kernel());
+        report["bf16_kernel"] = json!(crossenc::ops::bf16::kernel());
         report["bf16_matmul_peak_gflops"] = json!(bf16_peak);
         report["ratio_bf16_f32"] = json!(infer_bf16.pairs_per_s / infer.pairs_per_s);
     }
@@ -255,33 +255,33 @@ impl Round {
 fn measure(
     args: &BenchArgs,
     load: &dyn Fn() -> Result<CrossEncoder>,
-    train: &[crate::data::Example],
-    test: &[crate::data::Example],
+    train: &[crossenc::data::Example],
+    test: &[crossenc::data::Example],
 ) -> Result<Round> {
     let mut ce = load()?;
-    ce.batch_size = args.eval_batch_size;
+    ce.set_batch_size(args.eval_batch_size);
     let infer = profiled_inference(&ce, test)?;
-    crate::ops::profile::enable(true);
+    crossenc::ops::profile::enable(true);
     let train_b = bench::train_steps(&mut ce, train, args.batch_size, args.steps, args.dtype)?;
-    let profile = crate::ops::profile::take();
-    crate::ops::profile::enable(false);
+    let profile = crossenc::ops::profile::take();
+    crossenc::ops::profile::enable(false);
     let rss = bench::peak_rss_mb();
-    let (h, i) = (ce.config.hidden_size, ce.config.intermediate_size);
-    let params = ce.model.weights.len();
+    let (h, i) = (ce.config().hidden_size, ce.config().intermediate_size);
+    let params = ce.model().weights.len();
     drop(ce);
     // int8 scoring on a fresh copy, after the training figures (and their peak RSS).
     let mut int8 = load()?;
-    int8.batch_size = args.eval_batch_size;
+    int8.set_batch_size(args.eval_batch_size);
     let started = std::time::Instant::now();
-    int8.model.quantize(Quantization::Int8)?;
+    int8.quantize(Quantization::Int8)?;
     let quantize_s = started.elapsed().as_secs_f64();
     let int8_b = profiled_inference(&int8, test)?;
     drop(int8);
-    let bf16 = match crate::ops::bf16::available() {
+    let bf16 = match crossenc::ops::bf16::available() {
         true => {
             let mut bf16 = load()?;
-            bf16.batch_size = args.eval_batch_size;
-            bf16.model.quantize(Quantization::Bf16)?;
+            bf16.set_batch_size(args.eval_batch_size);
+            bf16.quantize(Quantization::Bf16)?;
             Some(profiled_inference(&bf16, test)?)
         }
         false => None,
@@ -322,16 +322,16 @@ fn best_reference(mut a: Value, b: Value) -> Value {
 /// table for one pass.
 fn profiled_inference(
     ce: &CrossEncoder,
-    test: &[crate::data::Example],
+    test: &[crossenc::data::Example],
 ) -> Result<(bench::InferBench, Rows)> {
-    crate::ops::profile::enable(true);
+    crossenc::ops::profile::enable(true);
     let infer = bench::inference(ce, test, 3);
     // Warm-up and three passes over the test set: a third of the table is one pass.
-    let profile = crate::ops::profile::take()
+    let profile = crossenc::ops::profile::take()
         .into_iter()
         .map(|(name, secs, calls)| (name, secs / 3.0, calls))
         .collect();
-    crate::ops::profile::enable(false);
+    crossenc::ops::profile::enable(false);
     Ok((infer?, profile))
 }
 

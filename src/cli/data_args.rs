@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 
-use crate::data::{Columns, ReadOptions};
+use crossenc::data::{Columns, ReadOptions};
 
 #[derive(Args, Clone)]
 pub struct DataArgs {

@@ -5,11 +5,11 @@ use std::path::Path;
 
 use super::data_args::DataArgs;
 use super::ModelArgs;
-use crate::eval::{self, Task};
-use crate::progress::Progress;
-use crate::search::{self, beir, Retriever};
-use crate::stream;
-use crate::Scores;
+use crossenc::eval::{self, Task};
+use crossenc::progress::Progress;
+use crossenc::search::{self, beir, Retriever};
+use crossenc::stream;
+use crossenc::Scores;
 
 #[derive(Args)]
 pub struct EvalArgs {

@@ -22,7 +22,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use std::process::ExitCode;
 
-use crate::{CrossEncoder, LoadOptions, Quantization};
+use crossenc::{CrossEncoder, LoadOptions, Quantization};
 
 #[derive(Parser)]
 #[command(
@@ -86,7 +86,7 @@ impl ModelArgs {
     pub fn load(&self) -> Result<CrossEncoder> {
         let opts = LoadOptions {
             max_length: self.max_length,
-            labels: self.num_labels.map(crate::model::config::generic_labels),
+            labels: self.num_labels.map(crossenc::model::config::generic_labels),
             replace_head: false,
             seed: self.seed,
             activation: None,
@@ -94,13 +94,13 @@ impl ModelArgs {
         };
         let mut ce = CrossEncoder::load(&self.model, &opts)?;
         anyhow::ensure!(self.batch_size > 0, "--batch-size must be at least 1");
-        ce.batch_size = self.batch_size;
-        if !ce.new_head_params.is_empty() {
+        ce.set_batch_size(self.batch_size);
+        if !ce.new_head_params().is_empty() {
             eprintln!(
                 "note: {} has no trained classification head; created {} with seed {} \
                  (scores are meaningless until the model is fine-tuned)",
                 self.model,
-                ce.new_head_params.join(", "),
+                ce.new_head_params().join(", "),
                 self.seed
             );
         }
@@ -167,7 +167,7 @@ impl Bar {
     }
 }
 
-impl crate::progress::Progress for Bar {
+impl crossenc::progress::Progress for Bar {
     fn start(&self, total: u64, done: u64) {
         self.0.set_length(total);
         self.0.set_position(done);

@@ -4,9 +4,9 @@ use serde_json::json;
 use std::io::Write;
 
 use super::ModelArgs;
-use crate::data::{Columns, HeaderMode, Picker, Rows, Shard};
-use crate::progress::Progress;
-use crate::stream;
+use crossenc::data::{Columns, HeaderMode, Picker, Rows, Shard};
+use crossenc::progress::Progress;
+use crossenc::stream;
 
 #[derive(Args)]
 pub struct PredictArgs {
@@ -108,7 +108,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
                         let best = (0..row.len())
                             .max_by(|&a, &b| row[a].total_cmp(&row[b]))
                             .unwrap_or(0);
-                        json!({ "scores": row, "label": ce.config.id2label[best] })
+                        json!({ "scores": row, "label": ce.config().id2label[best] })
                     };
                     if args.shard.is_some() {
                         json["line"] = json!(line);
@@ -128,13 +128,13 @@ pub fn run(args: PredictArgs) -> Result<()> {
             eprintln!(
                 "note: {} more rows with texts over {} bytes, cut likewise",
                 cut - NOTES_SHOWN,
-                ce.tokenizer.head_bytes()
+                ce.tokenizer().head_bytes()
             );
         }
         out.flush().with_context(failed)
     };
     match &args.output {
-        Some(path) => crate::model::cross_encoder::replace_file(path, |tmp| {
+        Some(path) => crossenc::model::cross_encoder::replace_file(path, |tmp| {
             let file = std::fs::File::create(tmp)
                 .with_context(|| format!("cannot write {}", tmp.display()))?;
             let dest = tmp.display().to_string();
@@ -152,7 +152,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
 fn read(
     args: &PredictArgs,
     cols: &Columns,
-    ce: &crate::CrossEncoder,
+    ce: &crossenc::CrossEncoder,
     send: &mut stream::Send<Chunk>,
 ) -> Result<()> {
     let (header, names) = (args.header.into(), cols.names());
@@ -164,7 +164,7 @@ fn read(
         eprintln!("{note}");
     }
     let picker = Picker::new(&rows.head, cols, false)?;
-    let cap = ce.tokenizer.head_bytes();
+    let cap = ce.tokenizer().head_bytes();
     let mut cut_so_far = 0;
     loop {
         let mut pairs = Vec::with_capacity(stream::CHUNK);
@@ -184,7 +184,7 @@ fn read(
                 if cut_so_far < NOTES_SHOWN {
                     chunk.notes.push(format!(
                         "note: {} line {}: a text of {longest} bytes, scored on its first {} tokens (the max length) from a prefix of it",
-                        rows.head.source, row.line, ce.tokenizer.max_length
+                        rows.head.source, row.line, ce.tokenizer().max_length
                     ));
                 }
                 (cut_so_far, chunk.cut) = (cut_so_far + 1, chunk.cut + 1);

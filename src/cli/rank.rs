@@ -5,10 +5,10 @@ use serde_json::json;
 use std::collections::HashMap;
 
 use super::ModelArgs;
-use crate::eval::ranking::best_first;
-use crate::progress::Progress;
-use crate::search::beir::{self, Doc};
-use crate::stream;
+use crossenc::eval::ranking::best_first;
+use crossenc::progress::Progress;
+use crossenc::search::beir::{self, Doc};
+use crossenc::stream;
 
 #[derive(Args)]
 pub struct RankArgs {

@@ -3,7 +3,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::ModelArgs;
-use crate::search::{beir, Retriever};
+use crossenc::search::{beir, Retriever};
 
 #[derive(Args)]
 pub struct SearchArgs {
@@ -43,7 +43,7 @@ pub fn run(args: SearchArgs) -> Result<()> {
             .collect();
         let scores = ce.predict(&pairs)?;
         let first: Vec<f32> = scores.rows().map(|r| r[0]).collect();
-        let order = crate::eval::ranking::rank_by_score(&first);
+        let order = crossenc::eval::ranking::rank_by_score(&first);
         if !args.json {
             outln!(
                 "query: {query}  ({} candidates from {})",

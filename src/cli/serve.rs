@@ -2,7 +2,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::ModelArgs;
-use crate::serve::{self, ServeConfig};
+use crossenc::serve::{self, ServeConfig};
 
 #[derive(Args)]
 pub struct ServeArgs {

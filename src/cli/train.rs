@@ -5,16 +5,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::data_args::{parse_span, DataArgs};
-use crate::eval::{self, Task};
-use crate::ops::Precision;
-use crate::progress::{Lines, Silent};
-use crate::train::group::{self, Group};
-use crate::train::optim::AdamWConfig;
-use crate::train::{Batching, Job, JobError, LossKind, Mining, OutputMode, Pairs, TrainConfig};
+use crossenc::eval::{self, Task};
+use crossenc::ops::Precision;
+use crossenc::progress::{Lines, Silent};
+use crossenc::train::group::{self, Group};
+use crossenc::train::optim::AdamWConfig;
+use crossenc::train::{Batching, Job, JobError, LossKind, Mining, OutputMode, Pairs, TrainConfig};
 
 /// STS-B as crossenc ships it (scores 0-5, read with --label-range 0:5 unless told otherwise):
 /// the data of `crossenc train` with no --train, and its dev and test splits.
-pub const DEFAULT_TRAIN: &str = crate::data::bundled::STSB;
+pub const DEFAULT_TRAIN: &str = crossenc::data::bundled::STSB;
 
 #[derive(Args)]
 pub struct TrainArgs {

@@ -204,6 +204,17 @@ impl CrossEncoder {
         &self.new_head_params
     }
 
+    /// Scores with int8 or bf16 products from now on (a model so reduced scores only).
+    pub fn quantize(&mut self, q: Quantization) -> Result<()> {
+        self.model.quantize(q)
+    }
+
+    /// Packs the weights once into the f32 kernel's layout for scoring, as [`CrossEncoder::load`]
+    /// does; training unpacks them, and leaves them so.
+    pub fn pack_weights(&mut self) {
+        self.model.pack_weights();
+    }
+
     /// Pairs per forward pass when scoring (default 32; at least 1).
     pub fn set_batch_size(&mut self, n: usize) {
         self.batch_size = n.max(1);
