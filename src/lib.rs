@@ -9,7 +9,8 @@
 //! files), `hub` (hub ids through hf-hub). A program that only scores or trains local model
 //! folders depends on crossenc with `default-features = false`.
 
-/// The harness of `crossenc bench` (and of the tests that time or resize a model): not a stable API.
+/// The harness of `crossenc bench` (and of the tests that time or resize a model): not a
+/// stable API.
 #[doc(hidden)]
 pub mod bench;
 pub mod data;

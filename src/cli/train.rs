@@ -183,14 +183,13 @@ fn flag_hint(e: anyhow::Error) -> anyhow::Error {
 
 /// The job these flags ask for.
 fn job(args: &TrainArgs, group: &Arc<dyn Group>) -> Result<Job> {
-    let mut cfg = TrainConfig::for_task(args.task);
-    if let Some(loss) = args.loss {
-        cfg.loss = loss;
-    }
-    if let Some(metric) = &args.metric {
-        cfg.metric = metric.clone();
-    }
+    let defaults = TrainConfig::for_task(args.task);
     let cfg = TrainConfig {
+        loss: args.loss.unwrap_or(defaults.loss),
+        metric: args
+            .metric
+            .clone()
+            .unwrap_or_else(|| defaults.metric.clone()),
         epochs: args.epochs,
         batch_size: args.batch_size,
         batching: args.batching,
@@ -217,7 +216,7 @@ fn job(args: &TrainArgs, group: &Arc<dyn Group>) -> Result<Job> {
             Arc::new(Lines)
         },
         group: group.clone(),
-        ..cfg
+        ..defaults
     };
     let mut job = Job::new(
         &args.model,

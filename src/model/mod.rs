@@ -543,8 +543,8 @@ impl Transformer {
 /// An encoder with a sequence-classification head: transformers'
 /// `*ForSequenceClassification`, for any supported family. It owns the weights.
 pub struct SequenceClassifier {
-    /// The parameters. A model with packed weights (see [`SequenceClassifier::pack_weights`]) must be unpacked
-    /// before they change.
+    /// The parameters. A model with packed weights (see [`SequenceClassifier::pack_weights`])
+    /// must be unpacked before they change.
     pub weights: Weights,
     body: Body,
     quantization: Option<Quantization>,
