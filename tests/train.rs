@@ -122,12 +122,12 @@ fn train_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
-/// In f32, and in bf16 where the CPU has AMX (its copies of the weights are made anew from the
+/// In f32, and in bf16 where the CPU has a bf16 kernel (its copies of the weights are made anew from the
 /// restored ones).
 #[test]
 fn killed_and_resumed_run_ends_with_the_same_weights() {
     killed_and_resumed("f32");
-    if crossenc::ops::amx::available() {
+    if crossenc::ops::bf16::available() {
         killed_and_resumed("bf16");
     }
 }
@@ -658,9 +658,9 @@ fn resuming_with_another_learning_rate_or_dtype_is_refused() {
         &["other settings", "resume with the same command"],
     );
     // Another --dtype too (where bf16 cannot run at all, it is refused for that).
-    let why = match crossenc::ops::amx::available() {
+    let why = match crossenc::ops::bf16::available() {
         true => "other settings",
-        false => "needs a CPU with AMX",
+        false => "needs a CPU with AMX or AVX-512 BF16",
     };
     fails_with(
         &run(&["--lr", "1e-3", "--dtype", "bf16", "--resume"]),
@@ -1168,7 +1168,8 @@ fn the_library_refuses_labels_outside_0_1_for_bce() {
     assert!(format!("{err:#}").contains("outside [0, 1]"), "{err:#}");
 }
 
-/// `--dtype bf16` trains with the linear layers' products in bf16 where the CPU has AMX: the
+/// `--dtype bf16` trains with the linear layers' products in bf16 where the CPU has AMX or
+/// AVX-512 BF16: the
 /// weights move as the f32 run's do, off them by much less than they moved (the products are
 /// rounded, so not equal), and the saved f32 model scores; elsewhere it is refused, saying why,
 /// before anything is written.
@@ -1178,8 +1179,11 @@ fn bf16_training_follows_f32_or_is_refused_before_writing() {
     let data = stsb_head(tmp.path(), 40);
     let (f32_out, bf16_out) = (tmp.path().join("f32"), tmp.path().join("bf16"));
     let bf16 = tiny_train(&data, &bf16_out, &["--lr", "1e-3", "--dtype", "bf16"]);
-    if !crossenc::ops::amx::available() {
-        fails_with(&bf16, &["bf16 training needs a CPU with AMX", "f32"]);
+    if !crossenc::ops::bf16::available() {
+        fails_with(
+            &bf16,
+            &["bf16 training needs a CPU with AMX or AVX-512 BF16", "f32"],
+        );
         assert!(!bf16_out.exists(), "the refused run wrote {bf16_out:?}");
         return;
     }

@@ -42,7 +42,7 @@ pub struct BenchArgs {
     /// Append a row to this Markdown file.
     #[arg(long)]
     append: Option<PathBuf>,
-    /// Time the training steps with their products in bf16 (needs AMX).
+    /// Time the training steps with their products in bf16 (needs AMX or AVX-512 BF16).
     #[arg(long, value_name = "f32|bf16", default_value = "f32")]
     dtype: Precision,
 }

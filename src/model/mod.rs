@@ -632,7 +632,7 @@ impl SequenceClassifier {
 
     /// Trains with the linear layers' products in `p` from now on, on the weights as they are
     /// now: call it again after changing them other than by the optimizer (a checkpoint
-    /// restored). bf16 needs AMX.
+    /// restored). bf16 needs AMX or AVX-512 BF16.
     pub fn set_precision(&mut self, p: Precision) -> Result<()> {
         p.check()?;
         let w = &self.weights.data;

@@ -304,12 +304,12 @@ mod tests {
             .map(|k| dot(rows, &|r| (dy[r * o + k / i] * x[r * i + k % i]) as f64))
             .collect();
         let wt: Vec<f32> = (0..i * o).map(|k| w[(k % o) * i + k / o]).collect();
-        let bf16 = crate::ops::amx::available();
+        let bf16 = bf16::available();
         for (weight, layout) in [(&w, WeightLayout::OutIn), (&wt, WeightLayout::InOut)] {
             let laid_out = panels(weight, i, layout);
             let copies = bf16::Copies::new(weight, i, layout);
             // f32 on the weight as stored and laid out once (the forward only); bf16 (where
-            // the CPU has AMX) to bf16's precision, 8 bits of each operand, on the weight
+            // the CPU has a bf16 kernel) to bf16's precision, 8 bits of each operand, on the weight
             // rounded on each call and on the optimizer's copies.
             let mut runs = vec![
                 (Products::F32(None), 1e-5),

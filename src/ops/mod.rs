@@ -34,7 +34,7 @@ pub enum Precision {
     #[default]
     F32,
     /// bf16 operands, f32 sums, everything else in f32 (as PyTorch's autocast splits it), on
-    /// AMX (see [`bf16::product`]).
+    /// AMX or AVX-512 BF16 (see [`bf16::product`]).
     Bf16,
 }
 
@@ -50,12 +50,13 @@ impl std::str::FromStr for Precision {
 }
 
 impl Precision {
-    /// Whether this CPU trains in this precision: bf16 needs AMX.
+    /// Whether this CPU trains in this precision: bf16 needs a bf16 kernel.
     pub fn check(self) -> anyhow::Result<()> {
-        if self == Precision::Bf16 && !amx::available() {
+        if self == Precision::Bf16 && !bf16::available() {
             anyhow::bail!(
-                "bf16 training needs a CPU with AMX (amx_bf16 in lscpu's flags: Intel Xeon \
-                 Sapphire Rapids or later), which this one lacks: train in f32 (no --dtype)"
+                "bf16 training needs a CPU with AMX or AVX-512 BF16 (amx_bf16 or avx512_bf16 in \
+                 lscpu's flags: Intel Xeon Sapphire Rapids or later, AMD Zen 4 or later), which \
+                 this one lacks: train in f32 (no --dtype)"
             );
         }
         Ok(())

@@ -127,7 +127,8 @@ pub struct TrainConfig {
     pub progress: Arc<dyn Progress>,
     /// Dropout as config.json sets it; off only for exact-gradient tests.
     pub dropout: bool,
-    /// The linear layers' products: f32, or bf16 with f32 sums (mixed precision, on AMX).
+    /// The linear layers' products: f32, or bf16 with f32 sums (mixed precision, on AMX or
+    /// AVX-512 BF16).
     pub precision: Precision,
     /// The processes the run is split over (default: this one, [`group::Single`]).
     pub group: Arc<dyn group::Group>,

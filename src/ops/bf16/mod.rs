@@ -11,7 +11,7 @@
 //! rounded rows, the weight in panels of `PANEL` columns laid out once, the bias added in the
 //! epilogue. AMX's column tiles are 16 columns of the same panels.
 //!
-//! Training's products in mixed precision ([`product`], on AMX only) round the activations and
+//! Training's products in mixed precision ([`product`]) round the activations and
 //! gradients of each call into the same layouts (`pack.rs`); a weight's bf16 copies, for the
 //! forward and the input gradient, are written by the optimizer as it updates the weight
 //! ([`Copies`]), so no product rounds a weight.
@@ -102,34 +102,16 @@ impl Bf16Weight {
         }
         let mut a = ROWS.take();
         let k2 = pack_rows(&mut a, View::rows(x, rows, k, k));
-        let (y, w) = (&mut y[..rows * n], self.data.as_slice());
-        if amx::available() {
-            let start = bias.map_or(Start::Zero, Start::Bias);
-            let a = &a.as_slice()[..rows.next_multiple_of(amx::BLOCK) * k2];
-            amx::bf16_product_par(y, (rows, n), (a, k2), (w, n), start);
-        } else {
-            // Each thread a share of the rows, whole tiles, over every panel.
-            let part = rows
-                .div_ceil(rayon::current_num_threads())
-                .next_multiple_of(MR);
-            y.par_chunks_mut(part * n)
-                .zip(a.as_slice()[..rows * k2].par_chunks(part * k2))
-                .for_each(|(y, a)| {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: the CPU has the features (asserted above); `a` holds whole rows
-                    // of `k2` and `y` as many rows of `n`.
-                    unsafe {
-                        avx512::product(y, a, self, bias)
-                    }
-                });
-        }
+        let start = bias.map_or(Start::Zero, Start::Bias);
+        let w = Packed::of(&self.data, k, n);
+        rows_times_panels(y, (rows, n), (a.as_slice(), k2), w, start);
         ROWS.set(a);
     }
 }
 
 /// `dst` (`[m, n]`, row stride `dst_rs`) = `start` + `lhs` · `rhs`, both rounded to bf16, the
-/// sums in f32, on AMX over rayon's threads: training's products in mixed precision. Only
-/// where [`amx::available`].
+/// sums in f32, over rayon's threads: training's products in mixed precision. Only where
+/// [`available`].
 pub fn product(dst: &mut [f32], dst_rs: usize, lhs: View, rhs: View, start: Start) {
     let mut b = PANELS.take();
     pack_panels(&mut b, rhs);
@@ -144,14 +126,45 @@ pub fn product_packed(dst: &mut [f32], dst_rs: usize, lhs: View, rhs: Packed, st
     let mut a = ROWS.take();
     let kp = pack_rows(&mut a, lhs);
     let m = lhs.shape().0;
-    amx::bf16_product_par(
-        dst,
-        (m, dst_rs),
-        (a.as_slice(), kp),
-        (rhs.panels, rhs.n),
-        start,
-    );
+    rows_times_panels(dst, (m, dst_rs), (a.as_slice(), kp), rhs, start);
     ROWS.set(a);
+}
+
+/// `dst` (`m` rows, `dst_rs` apart) = `start` + `a` (rounded rows `k2` apart, as
+/// [`pack_rows`] lays them out) · `rhs`, on AMX where the CPU has it, else on AVX-512 BF16,
+/// each thread a share of the rows (whole register tiles) over every panel.
+fn rows_times_panels(
+    dst: &mut [f32],
+    (m, dst_rs): (usize, usize),
+    (a, k2): (&[u16], usize),
+    rhs: Packed,
+    start: Start,
+) {
+    assert!(available(), "the CPU has no bf16 kernel");
+    if m == 0 {
+        return;
+    }
+    assert!((m - 1) * dst_rs + rhs.n <= dst.len() && a.len() >= m * k2);
+    if amx::available() {
+        let a = &a[..m.next_multiple_of(amx::BLOCK) * k2];
+        return amx::bf16_product_par(dst, (m, dst_rs), (a, k2), (rhs.panels, rhs.n), start);
+    }
+    let part = m
+        .div_ceil(rayon::current_num_threads())
+        .next_multiple_of(MR);
+    dst[..(m - 1) * dst_rs + rhs.n]
+        .par_chunks_mut(part * dst_rs)
+        .zip(a[..m * k2].par_chunks(part * k2))
+        .for_each(|(dst, a)| {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has the features (asserted above); `a` holds whole rows of `k2`,
+            // and `dst` as many rows `dst_rs` apart, the last one `rhs.n` long at least.
+            unsafe {
+                avx512::product(dst, dst_rs, (a, k2), rhs, start)
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (dst, a);
+        });
 }
 
 /// A right-hand side `[k, n]` in bf16 panels, as [`Bf16Weight`] lays out its weight.
@@ -298,30 +311,47 @@ thread_local! {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Bf16Weight, MR, NV, PAIR, PANEL};
+    use super::{Packed, MR, NV, PAIR, PANEL};
+    use crate::ops::matmul::Start;
     use std::arch::x86_64::*;
 
-    /// `y` (`[rows, n]`) = `a` (bf16 `[rows, k2]`, `k2` even) · `w` (+ `bias`), on this thread.
+    /// `y` (rows `rs` apart) = `start` + `a` (bf16 rows of `k2`, `k2` even) · `w`, on this
+    /// thread.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub(super) fn product(y: &mut [f32], a: &[u16], w: &Bf16Weight, bias: Option<&[f32]>) {
-        let pairs = super::pairs(w.k);
-        let rows = a.len() / (2 * pairs);
-        assert!(a.len() == rows * 2 * pairs && y.len() == rows * w.n);
-        for (p, panel) in w.data.as_slice().chunks_exact(pairs * PAIR).enumerate() {
+    pub(super) fn product(
+        y: &mut [f32],
+        rs: usize,
+        (a, k2): (&[u16], usize),
+        w: Packed,
+        start: Start,
+    ) {
+        let rows = a.len() / k2;
+        assert!(k2 == 2 * super::pairs(w.k) && a.len() == rows * k2);
+        assert!(rows > 0 && y.len() >= (rows - 1) * rs + w.n);
+        let out = Out { rs, n: w.n, start };
+        for (p, panel) in w.panels.chunks_exact(k2 / 2 * PAIR).enumerate() {
             for r0 in (0..rows).step_by(MR) {
                 let at = (r0, p * PANEL);
                 match rows - r0 {
-                    1 => tile::<1>(y, a, w.n, panel, at, bias),
-                    2 => tile::<2>(y, a, w.n, panel, at, bias),
-                    3 => tile::<3>(y, a, w.n, panel, at, bias),
-                    4 => tile::<4>(y, a, w.n, panel, at, bias),
-                    5 => tile::<5>(y, a, w.n, panel, at, bias),
-                    6 => tile::<6>(y, a, w.n, panel, at, bias),
-                    7 => tile::<7>(y, a, w.n, panel, at, bias),
-                    _ => tile::<MR>(y, a, w.n, panel, at, bias),
+                    1 => tile::<1>(y, a, panel, at, out),
+                    2 => tile::<2>(y, a, panel, at, out),
+                    3 => tile::<3>(y, a, panel, at, out),
+                    4 => tile::<4>(y, a, panel, at, out),
+                    5 => tile::<5>(y, a, panel, at, out),
+                    6 => tile::<6>(y, a, panel, at, out),
+                    7 => tile::<7>(y, a, panel, at, out),
+                    _ => tile::<MR>(y, a, panel, at, out),
                 }
             }
         }
+    }
+
+    /// Where a tile's sums go: rows `rs` apart, `n` columns, on top of `start`.
+    #[derive(Clone, Copy)]
+    struct Out<'a> {
+        rs: usize,
+        n: usize,
+        start: Start<'a>,
     }
 
     /// Rows `r0..r0 + R` by the panel's columns from `c0`, over all of `k`, into `y`. The
@@ -331,10 +361,9 @@ mod avx512 {
     fn tile<const R: usize>(
         y: &mut [f32],
         a: &[u16],
-        n: usize,
         panel: &[u16],
         (r0, c0): (usize, usize),
-        bias: Option<&[f32]>,
+        out: Out,
     ) {
         let pairs = panel.len() / PAIR;
         let k2 = 2 * pairs;
@@ -358,39 +387,36 @@ mod avx512 {
             }
         }
         // Written out once, here: `store` takes them from memory.
-        let mut out = std::mem::MaybeUninit::uninit();
-        store(out.write(acc), y, (r0, c0), n, bias);
+        let mut sums = std::mem::MaybeUninit::uninit();
+        store(sums.write(acc), y, (r0, c0), out);
     }
 
-    /// The tile's outputs (+ bias) into rows `r0..r0 + R` of `y`, columns from `c0`. Out of
-    /// line, as `int8::vnni`'s is: inlined, it keeps the accumulators in memory.
+    /// The tile's sums on top of `out.start` into rows `r0..r0 + R` of `y`, columns from `c0`.
+    /// Out of line, as `int8::vnni`'s is: inlined, it keeps the accumulators in memory.
     #[inline(never)]
     #[target_feature(enable = "avx512f,avx512bw")]
     fn store<const R: usize>(
         acc: &[[__m512; NV]; R],
         y: &mut [f32],
         (r0, c0): (usize, usize),
-        n: usize,
-        bias: Option<&[f32]>,
+        Out { rs, n, start }: Out,
     ) {
         // Columns past `n` get an empty mask: no load or store touches them.
         let masks = crate::ops::column_masks::<NV>(n, c0);
-        assert!(y.len() >= (r0 + R) * n);
+        assert!(y.len() >= (r0 + R - 1) * rs + n);
         for (r, acc) in acc.iter().enumerate() {
             for (v, &acc) in acc.iter().enumerate() {
                 let (c, mask) = (c0 + 16 * v, masks[v]);
+                let dst = y.as_mut_ptr().wrapping_add((r0 + r) * rs + c);
                 // SAFETY: the mask keeps every load and store within columns `c..n` of row
-                // `r0 + r`, which `y` holds.
+                // `r0 + r`, which `y` holds, and of the bias.
                 unsafe {
-                    let out = match bias {
-                        Some(b) => _mm512_add_ps(
-                            acc,
-                            _mm512_maskz_loadu_ps(mask, b.as_ptr().wrapping_add(c)),
-                        ),
-                        None => acc,
+                    let base = match start {
+                        Start::Zero => _mm512_setzero_ps(),
+                        Start::Add => _mm512_maskz_loadu_ps(mask, dst),
+                        Start::Bias(b) => _mm512_maskz_loadu_ps(mask, b.as_ptr().wrapping_add(c)),
                     };
-                    let dst = y.as_mut_ptr().wrapping_add((r0 + r) * n + c);
-                    _mm512_mask_storeu_ps(dst, mask, out);
+                    _mm512_mask_storeu_ps(dst, mask, _mm512_add_ps(base, acc));
                 }
             }
         }
@@ -430,7 +456,8 @@ mod tests {
     }
 
     /// Training's product on every operand layout, packed and run on the tiles' model (on any
-    /// CPU) and, where the CPU has AMX, on the CPU, against an f64 loop over the same bf16 values.
+    /// CPU) and, where the CPU has a bf16 kernel (AMX or AVX-512 BF16), on the CPU, against an
+    /// f64 loop over the same bf16 values.
     #[test]
     fn the_general_product_packs_every_operand_layout() {
         use crate::ops::amx::{bf16_product, Model};
@@ -477,10 +504,17 @@ mod tests {
                     )
                 };
                 let mut results = vec![model];
-                if amx::available() {
-                    let mut native = init.clone();
-                    product(&mut native, n, lhs, rhs, Start::Add);
-                    results.push(native);
+                if available() {
+                    // Rows 3 apart from each other's ends: the gaps keep their values.
+                    let rs = n + 3;
+                    let mut native = vec![7.0; m * rs];
+                    for (row, init) in native.chunks_exact_mut(rs).zip(init.chunks_exact(n)) {
+                        row[..n].copy_from_slice(init);
+                    }
+                    product(&mut native, rs, lhs, rhs, Start::Add);
+                    let rows = native.chunks_exact(rs);
+                    assert!(rows.clone().all(|r| r[n..] == [7.0; 3]), "wrote past a row");
+                    results.push(rows.flat_map(|r| &r[..n]).copied().collect());
                 }
                 for got in results {
                     for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
