@@ -11,6 +11,10 @@ use crossenc::{CrossEncoder, LoadOptions};
 use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {
+    crossenc::engine::run(work)
+}
+
+fn work() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let model = args
         .get(1)

@@ -25,6 +25,10 @@ fn stsb(split: &str, n: usize) -> Result<Vec<data::Example>> {
 }
 
 fn main() -> Result<()> {
+    crossenc::engine::run(work)
+}
+
+fn work() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let base = args
         .next()

@@ -14,6 +14,7 @@
 #[doc(hidden)]
 pub mod bench;
 pub mod data;
+pub mod engine;
 pub mod eval;
 mod fault;
 pub mod hub;

@@ -192,15 +192,8 @@ fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
 }
 
 pub fn main() -> ExitCode {
-    // candle's barrier pool runs element-wise ops on CANDLE_NUM_THREADS - 1 extra threads that
-    // spin between ops; beside gemm's rayon workers they steal cores (measured: a training step
-    // 0.81 s with them, 0.68 s without, on 2 cores). Our kernels and gemm use rayon instead.
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
     let cli = Cli::parse();
-    // One rayon pool (candle's) for gemm, candle's ops and our kernels.
-    let result = candle_core::Device::Cpu.with_context(|| match cli.command {
+    let result = crossenc::engine::run(|| match cli.command {
         Command::Predict(a) => predict::run(a),
         Command::Rank(a) => rank::run(a),
         Command::Demo(a) => demo::run(a),
