@@ -24,6 +24,7 @@ pub mod progress;
 pub mod search;
 #[cfg(feature = "serve")]
 pub mod serve;
+pub mod setting;
 pub mod stream;
 pub mod train;
 

@@ -102,7 +102,7 @@ fn a_max_length_without_room_for_text_is_refused() {
             ..Default::default()
         };
         let err = load_error(dir.path(), &opts);
-        assert!(err.contains("--max-length must be at least 4"), "{err}");
+        assert!(err.contains("`max_length` must be at least 4"), "{err}");
     }
 }
 

@@ -655,7 +655,7 @@ fn resuming_with_another_learning_rate_or_dtype_is_refused() {
     assert!(out.join("checkpoints/checkpoint-4").exists());
     fails_with(
         &run(&["--lr", "2e-3", "--resume"]),
-        &["other settings", "resume with the same command"],
+        &["other settings", "resume with the same settings"],
     );
     // Another --dtype too (where bf16 cannot run at all, it is refused for that).
     let why = match crossenc::ops::bf16::available() {
@@ -1001,7 +1001,7 @@ fn the_library_saves_the_activation_its_loss_implies() {
     )
     .unwrap_err();
     assert!(
-        format!("{err:#}").contains("does not fit --task regression"),
+        format!("{err:#}").contains("does not fit task regression"),
         "{err:#}"
     );
 }
@@ -1144,7 +1144,8 @@ fn max_steps_and_eval_steps_set_when_training_stops_and_evaluates() {
     assert_eq!(steps(true), vec![2, 4, 5]);
 }
 
-/// The label rule lives in the library: `train::train` itself refuses 0-5 labels for BCE.
+/// The label rule lives in the library: `train::train` itself refuses 0-5 labels for BCE, and
+/// says what to set in the library's own names (the CLI names its flags: tests/cli.rs).
 #[test]
 fn the_library_refuses_labels_outside_0_1_for_bce() {
     let mut examples = stsb_examples(16);
@@ -1165,7 +1166,14 @@ fn the_library_refuses_labels_outside_0_1_for_bce() {
         train::OutputMode::Overwrite,
     )
     .unwrap_err();
-    assert!(format!("{err:#}").contains("outside [0, 1]"), "{err:#}");
+    let err = format!("{err:#}");
+    assert!(err.contains("outside [0, 1]"), "{err}");
+    assert!(
+        err.contains("pass `ReadOptions::label_range` 0:5")
+            && err.contains("or `TrainConfig::loss` mse")
+            && !err.contains("--"),
+        "{err}"
+    );
 }
 
 /// `--dtype bf16` trains with the linear layers' products in bf16 where the CPU has AMX or

@@ -22,6 +22,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use std::process::ExitCode;
 
+use crossenc::setting::Setting;
 use crossenc::{CrossEncoder, LoadOptions, Quantization};
 
 #[derive(Parser)]
@@ -191,8 +192,35 @@ fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
 }
 
+/// The flag that sets each setting the library's messages point to.
+fn flag(s: Setting) -> &'static str {
+    match s {
+        Setting::Model => "--model",
+        Setting::MaxLength => "--max-length",
+        Setting::Quantize => "--quantize",
+        Setting::Precision => "--dtype",
+        Setting::NumLabels => "--num-labels",
+        Setting::Output => "--output",
+        Setting::Overwrite => "--overwrite",
+        Setting::Resume => "--resume",
+        Setting::SaveSteps => "--save-steps",
+        Setting::RankTimeout => "--rank-timeout",
+        Setting::LabelRange => "--label-range",
+        Setting::Loss => "--loss",
+        Setting::Metric => "--metric",
+        Setting::Task => "--task",
+        Setting::Labels => "--labels",
+        Setting::Lr => "--lr",
+        Setting::SkipBadRows => "--skip-bad-rows",
+        Setting::Header => "--header",
+        Setting::TextColumns => "--text-cols",
+        Setting::LabelColumn => "--label-col",
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    crossenc::setting::name_settings(flag);
     let result = crossenc::engine::run(|| match cli.command {
         Command::Predict(a) => predict::run(a),
         Command::Rank(a) => rank::run(a),

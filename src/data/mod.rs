@@ -9,6 +9,7 @@ pub use hub::resolve as resolve_source;
 
 pub use table::{read_lines, read_text, HeaderMode, Row, Rows, Table};
 
+use crate::setting::Setting;
 use anyhow::{bail, Result};
 
 /// Which columns hold the two texts and (optionally) the label.
@@ -35,9 +36,17 @@ impl Columns {
 
     /// Parses `--text-cols A,B`.
     pub fn parse_text_cols(spec: &str) -> Result<(String, String)> {
-        match spec.split(',').map(str::trim).collect::<Vec<_>>().as_slice() {
+        match spec
+            .split(',')
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
             [a, b] if !a.is_empty() && !b.is_empty() => Ok((a.to_string(), b.to_string())),
-            _ => bail!("--text-cols takes two column names or indices separated by a comma, got \"{spec}\""),
+            _ => bail!(
+                "{} takes two column names or indices separated by a comma, got \"{spec}\"",
+                Setting::TextColumns
+            ),
         }
     }
 }
@@ -229,10 +238,11 @@ impl Examples {
         if let Some((lo, hi)) = self.label_range {
             if !(lo..=hi).contains(&e.label) {
                 bail!(
-                    "{} line {}: label {} is outside --label-range {lo}:{hi}",
+                    "{} line {}: label {} is outside {} {lo}:{hi}",
                     self.rows.head.source,
                     e.line,
-                    e.label
+                    e.label,
+                    Setting::LabelRange
                 );
             }
             e.label = (e.label - lo) / (hi - lo);
@@ -275,7 +285,8 @@ impl Iterator for Examples {
                 Err(_) if self.skip_bad_rows => self.skipped += 1,
                 Err(e) => {
                     return Some(Err(anyhow::anyhow!(
-                        "{e:#} (pass --skip-bad-rows to skip such rows)"
+                        "{e:#} (pass {} to skip such rows)",
+                        Setting::SkipBadRows
                     )))
                 }
             }

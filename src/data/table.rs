@@ -1,5 +1,6 @@
 //! A small table model over CSV/TSV/JSONL: named columns, rows that remember their line.
 
+use crate::setting::Setting;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use std::cell::RefCell;
@@ -369,8 +370,9 @@ impl Rows {
                 let confirmed = header_like && (named || numeric_below(&sample));
                 if header_like && !confirmed {
                     self.head.note = Some(format!(
-                        "{}: the first row was read as data; if it names the columns, pass --header yes",
-                        self.head.source
+                        "{}: the first row was read as data; if it names the columns, pass {} yes",
+                        self.head.source,
+                        Setting::Header
                     ));
                 }
                 confirmed
@@ -749,11 +751,12 @@ impl Table {
         match texts.as_slice() {
             [a, b, ..] => Ok((*a, *b)),
             _ => bail!(
-                "{}: need two text columns, found {} in line {} (columns: {}); pass --text-cols",
+                "{}: need two text columns, found {} in line {} (columns: {}); pass {}",
                 self.source,
                 texts.len(),
                 first.line,
-                self.columns.join(", ")
+                self.columns.join(", "),
+                Setting::TextColumns
             ),
         }
     }
@@ -766,9 +769,11 @@ impl Table {
             // The label would be part of the input: a model trained on it learns nothing else.
             if l == a || l == b {
                 bail!(
-                    "{}: the label column \"{}\" is also a text column: --label-col and --text-cols must name different columns",
+                    "{}: the label column \"{}\" is also a text column: {} and {} must name different columns",
                     self.source,
-                    self.columns[l]
+                    self.columns[l],
+                    Setting::LabelColumn,
+                    Setting::TextColumns
                 );
             }
             return Ok(l);
@@ -784,8 +789,9 @@ impl Table {
             })
             .with_context(|| {
                 format!(
-                    "{}: no numeric label column found; pass --label-col",
-                    self.source
+                    "{}: no numeric label column found; pass {}",
+                    self.source,
+                    Setting::LabelColumn
                 )
             })
     }
@@ -849,10 +855,11 @@ impl Table {
             .map(|i| i as f64)
             .with_context(|| {
                 format!(
-                    "{} line {}: label \"{v}\" in column \"{}\" is not one of --labels {}",
+                    "{} line {}: label \"{v}\" in column \"{}\" is not one of {} {}",
                     self.source,
                     row.line,
                     self.columns[col],
+                    Setting::Labels,
                     names.join(",")
                 )
             })

@@ -4,6 +4,7 @@ pub mod classification;
 pub mod correlation;
 pub mod ranking;
 
+use crate::setting::Setting;
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
 
@@ -81,10 +82,13 @@ pub fn check_task(
     let t = task.name();
     match task {
         Task::Regression | Task::Binary | Task::Rerank if num_labels != 1 => bail!(
-            "--task {t} scores one output per pair, but the model has {num_labels}: use --task multiclass"
+            "{task_setting} {t} scores one output per pair, but the model has {num_labels}: use {task_setting} multiclass",
+            task_setting = Setting::Task
         ),
         Task::Multiclass if num_labels < 2 => bail!(
-            "--task multiclass needs a model with an output per class, but this one has {num_labels} (train one with --labels a,b,c)"
+            "{} multiclass needs a model with an output per class, but this one has {num_labels} (train one with {} a,b,c)",
+            Setting::Task,
+            Setting::Labels
         ),
         _ => {}
     }
@@ -98,7 +102,11 @@ pub fn check_task(
         }
     };
     match task {
-        Task::Binary => bad("is not 0 or 1, which --task binary needs (for more classes use --task multiclass --labels a,b,c)"),
+        Task::Binary => bad(&format!(
+            "is not 0 or 1, which {task} binary needs (for more classes use {task} multiclass {} a,b,c)",
+            Setting::Labels,
+            task = Setting::Task
+        )),
         Task::Multiclass => bad(&format!("is not a class index below the model's {num_labels} classes")),
         Task::Regression => match labelled.clone().next() {
             Some((_, first)) if labelled.clone().all(|(_, l)| l == first) => bail!(

@@ -3,6 +3,7 @@
 //! missing token types, ELECTRA's projection, GTE's missing position table (its positions are
 //! rotary, in the attention).
 
+use crate::setting::Setting;
 use anyhow::{bail, Result};
 use std::ops::Range;
 
@@ -117,8 +118,9 @@ impl Embeddings {
         let over = |ids: &[u32], rows: usize| ids.iter().copied().find(|&i| i as usize >= rows);
         if let Some(p) = over(positions, self.positions) {
             bail!(
-                "position {p} is outside the model's position table (max_position_embeddings {}): lower --max-length",
-                self.positions
+                "position {p} is outside the model's position table (max_position_embeddings {}): lower {set_max_length}",
+                self.positions,
+                set_max_length = Setting::MaxLength
             );
         }
         if let Some(types) = &tokens.token_type_ids {

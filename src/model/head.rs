@@ -2,6 +2,7 @@
 //! and backward. Every family's head has one shape: [dropout] -> dense -> activation ->
 //! dropout -> output projection.
 
+use crate::setting::Setting;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use rand::{rngs::StdRng, SeedableRng};
@@ -95,9 +96,10 @@ pub fn init_missing(
             Some(dims) if dims == shape => continue,
             Some(dims) if !replaceable.contains(&(name.clone(), dims.clone())) => bail!(
                 "weight \"{name}\" in {} has shape {dims:?}, but num_labels {} needs {shape:?} \
-                 (--num-labels sizes only the new head of a bare encoder)",
+                 ({set_num_labels} sizes only the new head of a bare encoder)",
                 params.source.display(),
-                cfg.num_labels()
+                cfg.num_labels(),
+                set_num_labels = Setting::NumLabels
             ),
             _ => {}
         }

@@ -621,7 +621,8 @@ impl SequenceClassifier {
         if q == Quantization::Bf16 && !crate::ops::bf16::available() {
             anyhow::bail!(
                 "bf16 scoring needs a CPU with AVX-512 BF16 (avx512_bf16 in lscpu's flags), \
-                 which this one lacks: score in f32 (no --quantize) or int8 instead"
+                 which this one lacks: score in f32 (no {set_quantize}) or int8 instead",
+                set_quantize = crate::setting::Setting::Quantize
             );
         }
         let w = &self.weights.data;

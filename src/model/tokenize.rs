@@ -2,6 +2,7 @@
 //! the tokenizer's pair template for the encoders, through the chat template for causal-LM
 //! re-rankers ([`ChatTemplate`]).
 
+use crate::setting::Setting;
 use anyhow::{anyhow, bail, Context, Result};
 use rayon::prelude::*;
 use serde_json::{json, Map, Value};
@@ -61,7 +62,8 @@ impl Tokens {
         }
         if let Some(len) = lens.max().filter(|&l| l > longest) {
             bail!(
-                "a sequence of {len} tokens is longer than the model's max_position_embeddings ({longest}): lower --max-length"
+                "a sequence of {len} tokens is longer than the model's max_position_embeddings ({longest}): lower {set_max_length}",
+                set_max_length = Setting::MaxLength
             );
         }
         Ok(())
@@ -280,8 +282,9 @@ impl PairTokenizer {
         };
         if max_length <= special {
             bail!(
-                "max length {max_length} leaves no room for text: a pair takes {special} special tokens (--max-length must be at least {})",
-                special + 1
+                "max length {max_length} leaves no room for text: a pair takes {special} special tokens ({set_max_length} must be at least {})",
+                special + 1,
+                set_max_length = Setting::MaxLength
             );
         }
         let mut counter = tokenizer.clone();

@@ -56,7 +56,8 @@ impl Precision {
             anyhow::bail!(
                 "bf16 training needs a CPU with AMX or AVX-512 BF16 (amx_bf16 or avx512_bf16 in \
                  lscpu's flags: Intel Xeon Sapphire Rapids or later, AMD Zen 4 or later), which \
-                 this one lacks: train in f32 (no --dtype)"
+                 this one lacks: train in f32 (no {set_precision})",
+                set_precision = crate::setting::Setting::Precision
             );
         }
         Ok(())

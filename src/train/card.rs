@@ -1,6 +1,7 @@
 //! The model card (`README.md`) written beside a fine-tuned model, in the shape of a
 //! sentence-transformers card: base model, data, hyperparameters, metrics.
 
+use crate::setting::Setting;
 use anyhow::Result;
 use std::fmt::Write;
 use std::path::Path;
@@ -37,7 +38,7 @@ impl Card<'_> {
             let _ = writeln!(s, "- dev: `{dev}` (model selection by {})", c.metric);
         }
         if let Some((lo, hi)) = self.label_range {
-            let _ = writeln!(s, "- labels mapped linearly from [{lo}, {hi}] to [0, 1] (`--label-range {lo}:{hi}`); scores are in [0, 1]");
+            let _ = writeln!(s, "- labels mapped linearly from [{lo}, {hi}] to [0, 1] (`{} {lo}:{hi}`); scores are in [0, 1]", Setting::LabelRange);
         }
         let warmup = c
             .warmup_steps

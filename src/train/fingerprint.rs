@@ -54,7 +54,7 @@ pub fn resumed(step: usize, w: &[f32]) -> Fact {
     h.update(&(step as u64).to_le_bytes());
     add_weights(&mut h, w);
     (
-        "checkpoint to resume from (each rank reads it from --output, which must be a folder every rank shares)",
+        "checkpoint to resume from (each rank reads it from the output folder, which every rank must share)",
         h.finalize(),
     )
 }

@@ -219,8 +219,9 @@ mod mpi_world {
                     let now = *seen.lock().unwrap_or_else(PoisonError::into_inner);
                     if let Some((_, what)) = now.filter(|(t, _)| t.elapsed() > timeout) {
                         eprintln!(
-                            "error on rank {rank} of {size}: waited {} s for the other ranks at {what}: one of them is stopped, hung or far slower (see its output); if rank 0 evaluates or saves for longer than that, raise --rank-timeout",
-                            timeout.as_secs()
+                            "error on rank {rank} of {size}: waited {} s for the other ranks at {what}: one of them is stopped, hung or far slower (see its output); if rank 0 evaluates or saves for longer than that, raise {set_timeout}",
+                            timeout.as_secs(),
+                            set_timeout = crate::setting::Setting::RankTimeout
                         );
                         // Not `exit`: its handlers could wait on MPI, where the main thread is.
                         unsafe { libc::_exit(1) }

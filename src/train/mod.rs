@@ -11,6 +11,7 @@ pub mod plot;
 pub mod schedule;
 pub mod state;
 
+use crate::setting::Setting;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, Var};
 use rand::seq::SliceRandom;
@@ -205,7 +206,8 @@ impl Trainable {
     pub fn new(ce: &mut CrossEncoder, adamw: AdamWConfig) -> Result<Self> {
         anyhow::ensure!(
             ce.model.quantization().is_none(),
-            "a model quantized for scoring cannot be trained; load it without --quantize"
+            "a model quantized for scoring cannot be trained; load it without {}",
+            Setting::Quantize
         );
         anyhow::ensure!(
             !ce.config.family.causal(),
@@ -438,12 +440,17 @@ fn prepare_output(output: &Path, mode: OutputMode) -> Result<()> {
     let has_files = std::fs::read_dir(output).is_ok_and(|mut d| d.next().is_some());
     match mode {
         OutputMode::New if has_files && !failed_run_only(output)? => bail!(
-            "{} is not empty: pass --overwrite to replace the run in it, --resume to continue it, or choose a new --output",
-            output.display()
+            "{} is not empty: pass {} to replace the run in it, {} to continue it, or choose a new {}",
+            output.display(),
+            Setting::Overwrite,
+            Setting::Resume,
+            Setting::Output
         ),
         OutputMode::Resume if state::list(output)?.is_empty() => bail!(
-            "{} holds no checkpoint to resume from (a run writes them with --save-steps): drop --resume to start over",
-            state::checkpoints_dir(output).display()
+            "{} holds no checkpoint to resume from (a run writes them with {}): drop {} to start over",
+            state::checkpoints_dir(output).display(),
+            Setting::SaveSteps,
+            Setting::Resume
         ),
         // A killed run's partial checkpoints go (a failed run's log is rewritten when opened).
         OutputMode::New | OutputMode::Resume => state::remove_partial(output)?,
@@ -553,9 +560,11 @@ pub fn check_labels(
         let min = labels.fold(f64::INFINITY, f64::min);
         bail!(
             "line {line}: label {label} is outside [0, 1], which the BCE loss needs (labels span {min}..{max}): \
-             pass --label-range {}:{} to map them linearly into [0, 1], or --loss mse to train on raw labels",
+             pass {} {}:{} to map them linearly into [0, 1], or {} mse to train on raw labels",
+            Setting::LabelRange,
             min.min(0.0),
-            max.ceil()
+            max.ceil(),
+            Setting::Loss
         );
     }
     Ok(())
@@ -693,16 +702,20 @@ fn check(ce: &CrossEncoder, train: &TrainData, cfg: &TrainConfig, output: &Path)
     if let (Ok(model), Ok(out)) = (ce.source_dir.canonicalize(), output.canonicalize()) {
         if model == out {
             bail!(
-                "--output {} is the --model folder: training replaces the model there; choose another --output",
-                output.display()
+                "{output_setting} {} is the {} folder: training replaces the model there; choose another {output_setting}",
+                output.display(),
+                Setting::Model,
+                output_setting = Setting::Output
             );
         }
     }
     let known = cfg.task.metric_names();
     if !known.contains(&cfg.metric.as_str()) {
         bail!(
-            "unknown --metric \"{}\" for --task {} (known: {})",
+            "unknown {} \"{}\" for {} {} (known: {})",
+            Setting::Metric,
             cfg.metric,
+            Setting::Task,
             cfg.task.name(),
             known.join(", ")
         );
@@ -712,9 +725,11 @@ fn check(ce: &CrossEncoder, train: &TrainData, cfg: &TrainConfig, output: &Path)
     }
     if (cfg.task == Task::Rerank) != cfg.loss.is_listwise() {
         bail!(
-            "--loss {:?} does not fit --task {} (listwise losses mnrl and listnet are for --task rerank)",
+            "{loss} {:?} does not fit {task} {} (listwise losses mnrl and listnet are for {task} rerank)",
             cfg.loss,
-            cfg.task.name()
+            cfg.task.name(),
+            loss = Setting::Loss,
+            task = Setting::Task
         );
     }
     let multiclass = cfg.loss == LossKind::CrossEntropy;
@@ -725,9 +740,9 @@ fn check(ce: &CrossEncoder, train: &TrainData, cfg: &TrainConfig, output: &Path)
             ce.num_labels(),
             cfg.loss,
             if multiclass {
-                "two or more (--labels a,b,c)"
+                format!("two or more ({} a,b,c)", Setting::Labels)
             } else {
-                "a one-output head"
+                "a one-output head".into()
             }
         );
     }
@@ -932,8 +947,9 @@ impl<'a> Run<'a> {
             let l = self.t.accumulate(ce, tokens, &lab, objective, pass, w)?;
             if !l.is_finite() {
                 bail!(
-                    "the loss became {l} at step {}: lower --lr or check the labels",
-                    self.st.step
+                    "the loss became {l} at step {}: lower {} or check the labels",
+                    self.st.step,
+                    Setting::Lr
                 );
             }
             step_loss += (l * w) as f64;

@@ -51,7 +51,7 @@ impl TrainerState {
     pub fn check_resumable(&self, now: &TrainerState, output: &Path) -> Result<()> {
         if !self.same_settings(now) {
             bail!(
-                "the checkpoint in {} was made with other settings (seed {}, {} steps, {} examples, {:?}; now seed {}, {} steps, {} examples, {:?}): resume with the same command, or use a new --output",
+                "the checkpoint in {} was made with other settings (seed {}, {} steps, {} examples, {:?}; now seed {}, {} steps, {} examples, {:?}): resume with the same settings, or use a new {set_output}",
                 checkpoints_dir(output).display(),
                 self.seed,
                 self.total_steps,
@@ -60,7 +60,8 @@ impl TrainerState {
                 now.seed,
                 now.total_steps,
                 now.train_examples,
-                now.schedule
+                now.schedule,
+                set_output = crate::setting::Setting::Output
             );
         }
         Ok(())
