@@ -28,7 +28,9 @@ pub mod setting;
 pub mod stream;
 pub mod train;
 
-pub use model::cross_encoder::{Activation, CrossEncoder, LoadOptions, Quantization, Scores};
+pub use model::cross_encoder::{
+    Activation, CrossEncoder, LoadOptions, Output, Quantization, Scores,
+};
 
 /// The README's code blocks, compiled as doctests so that its example stays true.
 #[cfg(doctest)]

@@ -2,6 +2,7 @@
 //! the engine, with a queue of a few chunks between each, so that reading and tokenizing the
 //! next chunks overlap scoring this one and memory holds a few chunks whatever the input size.
 
+use crate::Output;
 use anyhow::Result;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
@@ -23,13 +24,13 @@ pub type Send<'a, M> = dyn FnMut(Vec<(String, String)>, M) -> bool + 'a;
 type Read<M> = Result<(Vec<(String, String)>, M)>;
 
 /// Scores the chunks `read` sends, in order: `write` gets each chunk's `M` and scores
-/// (activated unless `raw`) as soon as they are ready. `read` runs on its own thread, and
+/// (as `output` says) as soon as they are ready. `read` runs on its own thread, and
 /// opens its input there (so it need not be `Send`); its error, a tokenizer's or `write`'s
 /// stops the run and is returned.
 pub fn score<M: std::marker::Send>(
     ce: &CrossEncoder,
     read: impl FnOnce(&mut Send<M>) -> Result<()> + std::marker::Send,
-    raw: bool,
+    output: Output,
     mut write: impl FnMut(M, Scores) -> Result<()>,
 ) -> Result<()> {
     let (pairs_tx, pairs_rx) = sync_channel::<Read<M>>(QUEUE);
@@ -46,7 +47,7 @@ pub fn score<M: std::marker::Send>(
         // On an error here the receiver is dropped: the stages' sends fail and they end.
         for chunk in tokens_rx {
             let (sequences, meta) = chunk?;
-            write(meta, ce.score_sequences(&sequences, !raw)?)?;
+            write(meta, ce.score_sequences(&sequences, output)?)?;
         }
         Ok(())
     })

@@ -75,13 +75,17 @@ pub fn run(args: EvalArgs) -> Result<()> {
             }
         }
     };
-    let raw = eval::raw_scores(args.task);
-    stream::score(&ce, read, raw, |(labels, bytes), chunk| {
-        labelled.extend(labels);
-        scores.values.extend(chunk.values);
-        bar.scored(labelled.len(), bytes);
-        Ok(())
-    })?;
+    stream::score(
+        &ce,
+        read,
+        eval::scored_on(args.task),
+        |(labels, bytes), chunk| {
+            labelled.extend(labels);
+            scores.values.extend(chunk.values);
+            bar.scored(labelled.len(), bytes);
+            Ok(())
+        },
+    )?;
     bar.finish();
     eval::check_task(
         args.task,

@@ -1,5 +1,6 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use crossenc::Output;
 use serde_json::json;
 use std::io::Write;
 
@@ -99,7 +100,10 @@ pub fn run(args: PredictArgs) -> Result<()> {
         stream::score(
             &ce,
             |send| read(&args, &cols, &ce, send),
-            args.raw,
+            match args.raw {
+                true => Output::Logits,
+                false => Output::Activated,
+            },
             |chunk: Chunk, scores| {
                 for (row, line) in scores.rows().zip(&chunk.lines) {
                     let mut json = if row.len() == 1 {

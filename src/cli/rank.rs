@@ -1,5 +1,6 @@
 use anyhow::Result;
 use clap::Args;
+use crossenc::Output;
 use serde_json::json;
 
 use std::collections::HashMap;
@@ -63,18 +64,23 @@ pub fn run(args: RankArgs) -> Result<()> {
             first += n;
         }
     };
-    stream::score(&ce, read, false, |(chunk, first, read), scores| {
-        bar.scored(first + chunk.len(), read);
-        for (i, (doc, score)) in chunk.into_iter().zip(scores.rows()).enumerate() {
-            best.push((first + i, score[0]));
-            docs.insert(first + i, doc);
-        }
-        if best.len() >= k.saturating_mul(2) {
-            best = best_first(std::mem::take(&mut best), k);
-            docs.retain(|i, _| best.iter().any(|b| b.0 == *i));
-        }
-        Ok(())
-    })?;
+    stream::score(
+        &ce,
+        read,
+        Output::Activated,
+        |(chunk, first, read), scores| {
+            bar.scored(first + chunk.len(), read);
+            for (i, (doc, score)) in chunk.into_iter().zip(scores.rows()).enumerate() {
+                best.push((first + i, score[0]));
+                docs.insert(first + i, doc);
+            }
+            if best.len() >= k.saturating_mul(2) {
+                best = best_first(std::mem::take(&mut best), k);
+                docs.retain(|i, _| best.iter().any(|b| b.0 == *i));
+            }
+            Ok(())
+        },
+    )?;
     bar.finish();
     for (rank, (index, score)) in best_first(best, k).into_iter().enumerate() {
         let doc = &docs[&index];

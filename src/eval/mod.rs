@@ -5,6 +5,7 @@ pub mod correlation;
 pub mod ranking;
 
 use crate::setting::Setting;
+use crate::Output;
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
 
@@ -136,20 +137,23 @@ pub fn pair_metrics(ce: &CrossEncoder, task: Task, examples: &[Example]) -> Resu
         .map(|e| (e.a.as_str(), e.b.as_str()))
         .collect();
     let labels: Vec<f64> = examples.iter().map(|e| e.label).collect();
-    let scores = match raw_scores(task) {
-        true => ce.logits(&pairs)?,
-        false => ce.predict(&pairs)?,
+    let scores = match scored_on(task) {
+        Output::Logits => ce.logits(&pairs)?,
+        Output::Activated => ce.predict(&pairs)?,
     };
     scored_metrics(task, &scores, &labels)
 }
 
-/// Whether `task` is measured on logits (multiclass: the best class, which an activation
-/// that saturates could tie), else on activated scores.
-pub fn raw_scores(task: Task) -> bool {
-    task == Task::Multiclass
+/// What `task` is measured on: logits for multiclass (the best class, which an activation
+/// that saturates could tie), else activated scores.
+pub fn scored_on(task: Task) -> Output {
+    match task {
+        Task::Multiclass => Output::Logits,
+        _ => Output::Activated,
+    }
 }
 
-/// The metrics of `task` for `scores` of pairs with `labels`, as [`raw_scores`] says.
+/// The metrics of `task` for `scores` of pairs with `labels`, as [`scored_on`] says.
 pub fn scored_metrics(task: Task, scores: &crate::Scores, labels: &[f64]) -> Result<Metrics> {
     let first: Vec<f64> = scores.rows().map(|r| r[0] as f64).collect();
     Ok(match task {

@@ -12,6 +12,14 @@ use crate::eval::ranking::best_first;
 use crate::hub;
 use crate::ops::profile::timed;
 
+/// What scoring returns: scores with the model's [`Activation`] applied (`predict`), or the raw
+/// logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Activated,
+    Logits,
+}
+
 /// The function sentence-transformers applies to the logits in `predict`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -307,23 +315,23 @@ impl CrossEncoder {
 
     /// Scores with the model's activation applied, in input order.
     pub fn predict<S: AsRef<str>>(&self, pairs: &[(S, S)]) -> Result<Scores> {
-        self.score(pairs, true)
+        self.score(pairs, Output::Activated)
     }
 
     /// Raw logits, in input order.
     pub fn logits<S: AsRef<str>>(&self, pairs: &[(S, S)]) -> Result<Scores> {
-        self.score(pairs, false)
+        self.score(pairs, Output::Logits)
     }
 
-    fn score<S: AsRef<str>>(&self, pairs: &[(S, S)], activate: bool) -> Result<Scores> {
+    fn score<S: AsRef<str>>(&self, pairs: &[(S, S)], output: Output) -> Result<Scores> {
         let sequences = timed("tokenize", || self.tokenizer.encode_pairs(pairs))?;
-        self.score_sequences(&sequences, activate)
+        self.score_sequences(&sequences, output)
     }
 
     /// Scores tokenized pairs, in input order. Batches hold pairs of similar length (longest
     /// first, so the largest batch runs first) and at most `batch_size` pairs and
     /// `max_batch_tokens` padded tokens.
-    pub fn score_sequences(&self, sequences: &Sequences, activate: bool) -> Result<Scores> {
+    pub fn score_sequences(&self, sequences: &Sequences, output: Output) -> Result<Scores> {
         let num_labels = self.num_labels();
         let mut order: Vec<usize> = (0..sequences.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(sequences.seq_len(i)));
@@ -337,7 +345,7 @@ impl CrossEncoder {
                 .min(rest.len());
             let (chunk, tail) = rest.split_at(n);
             rest = tail;
-            let out = self.forward_tokens(&sequences.pack(chunk.iter().copied()), activate)?;
+            let out = self.forward_tokens(&sequences.pack(chunk.iter().copied()), output)?;
             for (row, &i) in out.chunks_exact(num_labels).zip(chunk) {
                 values[i * num_labels..(i + 1) * num_labels].copy_from_slice(row);
             }
@@ -346,9 +354,9 @@ impl CrossEncoder {
     }
 
     /// One packed batch through the model, dropout off; flat `[batch * num_labels]`.
-    pub fn forward_tokens(&self, tokens: &Tokens, activate: bool) -> Result<Vec<f32>> {
+    pub fn forward_tokens(&self, tokens: &Tokens, output: Output) -> Result<Vec<f32>> {
         let mut out = self.model.forward(tokens)?;
-        if activate {
+        if output == Output::Activated {
             self.activation.apply(&mut out, self.num_labels());
         }
         Ok(out)

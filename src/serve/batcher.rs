@@ -1,6 +1,7 @@
 //! Dynamic batching: requests queue in a bounded channel; one inference thread takes every
 //! request waiting (up to a token budget), scores them in one pass and answers each.
 
+use crate::Output;
 use anyhow::Result;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -111,7 +112,7 @@ fn run(ce: CrossEncoder, mut rx: mpsc::Receiver<Job>, metrics: Arc<Metrics>, hea
         for j in &jobs[1..] {
             all.append(&j.sequences);
         }
-        let scored = ce.score_sequences(&all, false);
+        let scored = ce.score_sequences(&all, Output::Logits);
         let inference = started.elapsed();
         let answer = |job: &Job, scores| Answer {
             scores,
