@@ -1293,7 +1293,17 @@ fn a_job_trains_pairs_in_memory_as_it_trains_their_file() {
         let mut job = train::Job::new(model.to_str().unwrap(), train.clone(), out, cfg);
         job.test = Some(train);
         job.read = read;
-        job.prepare(&Silent).unwrap().run().unwrap()
+        let prepared = job.prepare(&Silent).unwrap();
+        // Pairs in memory are moved into the prepared data, not held twice.
+        let held = |p: &Option<train::Pairs>| match p {
+            Some(train::Pairs::Examples(e)) => e.len(),
+            _ => 0,
+        };
+        assert_eq!(
+            held(&Some(prepared.job.train.clone())) + held(&prepared.job.test),
+            0
+        );
+        prepared.run().unwrap()
     };
     let spec = file.to_str().unwrap().to_string();
     let from_file = run(

@@ -50,11 +50,12 @@ impl Pairs {
         matches!(self, Pairs::Spec(s) if s == bundled::STSB)
     }
 
-    /// The examples of `split`, with notes for the reader.
-    fn read(&self, opts: &ReadOptions, split: &str) -> Result<(Vec<Example>, Vec<String>)> {
+    /// The examples of `split`, with notes for the reader. Pairs in memory are moved out, not
+    /// copied: what is left keeps their name.
+    fn take(&mut self, opts: &ReadOptions, split: &str) -> Result<(Vec<Example>, Vec<String>)> {
         match self {
             Pairs::Spec(spec) => opts.read(spec, split),
-            Pairs::Examples(examples) => Ok((examples.clone(), Vec::new())),
+            Pairs::Examples(examples) => Ok((std::mem::take(examples), Vec::new())),
         }
     }
 }
@@ -177,7 +178,7 @@ impl Job {
             )
         } else {
             self.config.list_size = 1;
-            let train = match &self.train {
+            let train = match &mut self.train {
                 // The tokenizer reads the training data as it comes: its texts are never all
                 // in memory.
                 Pairs::Spec(spec) => {
@@ -186,16 +187,19 @@ impl Job {
                     notes.extend(examples.notes(spec, data.len())?);
                     data
                 }
-                Pairs::Examples(examples) => TrainData::new(&ce.tokenizer, examples)?,
+                // Only their token ids are kept.
+                Pairs::Examples(examples) => {
+                    TrainData::new(&ce.tokenizer, &std::mem::take(examples))?
+                }
             };
-            let mut held_out = |pairs: &Option<Pairs>, split| -> Result<Option<Vec<Example>>> {
+            let mut held_out = |pairs: &mut Option<Pairs>, split| -> Result<Option<Vec<Example>>> {
                 let Some(pairs) = pairs else { return Ok(None) };
-                let (examples, more) = pairs.read(&self.read, split)?;
+                let (examples, more) = pairs.take(&self.read, split)?;
                 notes.extend(more);
                 Ok(Some(examples))
             };
-            let dev = held_out(&self.dev, "validation")?;
-            let test = held_out(&self.test, "test")?;
+            let dev = held_out(&mut self.dev, "validation")?;
+            let test = held_out(&mut self.test, "test")?;
             (train, dev, test, None)
         };
         // The task's label rules, on every set this run reads (constant labels are refused only
@@ -257,6 +261,7 @@ impl Job {
 
 /// A job with its model loaded and its data read and checked, ready to train.
 pub struct Prepared {
+    /// The job; pairs it held in memory are here now (`train` as token ids), not in it.
     pub job: Job,
     pub ce: CrossEncoder,
     pub train: TrainData,
