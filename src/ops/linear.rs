@@ -161,7 +161,8 @@ pub fn backward(
     let wv = layout.transposed(w, in_dim, out_dim).t();
     let xv = View::rows(x, rows, in_dim, in_dim);
     if let Products::Bf16(copies) = products {
-        // Each product over both threads: AMX's blocks split well at these sizes.
+        // Each product over both threads: AMX's blocks split well at these sizes, and so do
+        // AVX-512 BF16's rows (one product per core measured slower on Zen 4: docs/speed.md).
         let start = if accumulate { Start::Add } else { Start::Zero };
         match copies {
             Some(c) => bf16::product_packed(dx, in_dim, dyv, c.w(), start),
