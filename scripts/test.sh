@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run calls exactly this): installs what the tests need
 # and the machine lacks, fetches the fixtures, then runs every test, then the in-process ones
-# again on an emulated AVX2-only CPU. Needs Rust and Python's pip; OpenMPI and clang
+# again on an emulated AVX2-only CPU, then the Python package's. Needs Rust and Python's pip; OpenMPI and clang
 # (tests/mpi.rs and the mpi crate's bindings) and QEMU's user mode (scripts/test-avx2.sh) come
 # from apt where missing: as root, or through sudo.
 set -euo pipefail
@@ -27,3 +27,4 @@ fi
 bash scripts/fetch-fixtures.sh
 cargo test --locked --features mpi 2>&1
 bash scripts/test-avx2.sh 2>&1
+bash scripts/test-python.sh 2>&1

@@ -14,7 +14,18 @@ pub trait Progress: Send + Sync {
     fn report(&self, _line: &str) {}
     /// The work is over.
     fn finish(&self) {}
+    /// Whether the front end asks the work to stop (Ctrl-C in Python, where the process goes
+    /// on). Training asks after every step and stops with [`Cancelled`].
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
+
+/// The error of work stopped because its [`Progress`] asked: nothing half-written is left (a
+/// training run's output holds what its last evaluation saved).
+#[derive(Debug, thiserror::Error)]
+#[error("stopped on request")]
+pub struct Cancelled;
 
 impl std::fmt::Debug for dyn Progress {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {

@@ -1330,3 +1330,73 @@ fn a_job_trains_pairs_in_memory_as_it_trains_their_file() {
     let card = std::fs::read_to_string(dir.path().join("memory/README.md")).unwrap();
     assert!(card.contains("pairs in memory"), "{card}");
 }
+
+/// Asks the run to stop once `after` steps are done.
+struct StopAfter {
+    after: u64,
+    done: std::sync::atomic::AtomicU64,
+}
+
+impl crossenc::progress::Progress for StopAfter {
+    fn update(&self, done: u64, _status: &str) {
+        self.done.store(done, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn cancelled(&self) -> bool {
+        self.done.load(std::sync::atomic::Ordering::SeqCst) >= self.after
+    }
+}
+
+#[test]
+fn a_progress_that_asks_to_stop_ends_training_with_cancelled_and_a_model_that_scores() {
+    let examples = stsb_examples(64);
+    let mut ce = tiny_bert();
+    let stop = Arc::new(StopAfter {
+        after: 3,
+        done: Default::default(),
+    });
+    let cfg = TrainConfig {
+        batch_size: 4,
+        progress: stop.clone(),
+        ..Default::default()
+    };
+    let out = tempfile::tempdir().unwrap();
+    let data = train::TrainData::new(ce.tokenizer(), &examples).unwrap();
+    let err = train::train(
+        &mut ce,
+        &data,
+        None,
+        &cfg,
+        out.path(),
+        train::OutputMode::New,
+    )
+    .unwrap_err();
+    assert!(err.is::<crossenc::progress::Cancelled>(), "{err:#}");
+    assert_eq!(stop.done.load(std::sync::atomic::Ordering::SeqCst), 3);
+    // No model was saved (no evaluation came), and the folder takes a new run.
+    assert!(!out.path().join("model.safetensors").exists());
+    let scores = ce.predict(&[("a cat", "a dog")]).unwrap();
+    assert!(scores.row(0)[0].is_finite());
+    let cfg = TrainConfig {
+        max_steps: Some(1),
+        progress: Arc::new(Silent),
+        ..Default::default()
+    };
+    train::train(
+        &mut ce,
+        &data,
+        None,
+        &cfg,
+        out.path(),
+        train::OutputMode::New,
+    )
+    .unwrap();
+}
+
+#[test]
+fn in_order_batching_keeps_the_data_s_order() {
+    let lengths = [5, 9, 2, 7, 3];
+    let batches = train::epoch_batches(&lengths, 2, train::Batching::InOrder, 42, 3);
+    assert_eq!(batches, vec![vec![0, 1], vec![2, 3], vec![4]]);
+    let shuffled = train::epoch_batches(&lengths, 2, train::Batching::Random, 42, 3);
+    assert_ne!(shuffled, batches);
+}

@@ -46,6 +46,12 @@ pub fn is_offline() -> bool {
         .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
 }
 
+/// A model named by a path where there is no folder (front ends raise their own "not found"
+/// for it: Python's `FileNotFoundError`).
+#[derive(Debug, thiserror::Error)]
+#[error("model folder {0} does not exist")]
+pub struct NoSuchFolder(pub String);
+
 /// A local folder as is, or a hub id (`owner/name`) fetched into the HF cache; returns the
 /// folder that holds the model files.
 pub fn resolve_model(id_or_path: &str) -> Result<PathBuf> {
@@ -61,7 +67,7 @@ pub fn resolve_model(id_or_path: &str) -> Result<PathBuf> {
         || id_or_path.split('/').count() > 2
         || id_or_path.contains('\\');
     if looks_like_path {
-        bail!("model folder {id_or_path} does not exist");
+        return Err(NoSuchFolder(id_or_path.to_string()).into());
     }
     download::model(id_or_path)
 }

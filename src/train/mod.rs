@@ -28,7 +28,7 @@ use crate::model::tokenize::Tokens;
 use crate::model::Tape;
 use crate::ops::profile::timed;
 use crate::ops::{Pass, Precision};
-use crate::progress::{Lines, Progress, Silent};
+use crate::progress::{Cancelled, Lines, Progress, Silent};
 use crate::CrossEncoder;
 use optim::{AdamW, AdamWConfig};
 use schedule::LinearSchedule;
@@ -379,6 +379,8 @@ fn stream_seed(seed: u64, stream: u64) -> u64 {
 pub enum Batching {
     /// A seeded shuffle cut into batches (the reference's DataLoader).
     Random,
+    /// The data's own order cut into batches (a DataLoader without shuffle).
+    InOrder,
     /// Shuffle, sort by length within mega-batches of 50 batches, then shuffle the batches:
     /// batches of similar lengths pad little.
     Grouped,
@@ -397,6 +399,9 @@ pub fn epoch_batches(
 ) -> Vec<Vec<usize>> {
     let mut rng = rng_for(seed, 1 << 32 | epoch as u64);
     let mut order: Vec<usize> = (0..lengths.len()).collect();
+    if batching == Batching::InOrder {
+        return order.chunks(batch_size).map(<[usize]>::to_vec).collect();
+    }
     order.shuffle(&mut rng);
     if batching == Batching::Random {
         return order.chunks(batch_size).map(<[usize]>::to_vec).collect();
@@ -435,17 +440,24 @@ fn run_files() -> impl Iterator<Item = &'static str> {
     ])
 }
 
-/// Applies `mode` to `output` before a run.
-fn prepare_output(output: &Path, mode: OutputMode) -> Result<()> {
+/// A new run's refusal of an output folder that holds another run.
+fn check_output(output: &Path, mode: OutputMode) -> Result<()> {
     let has_files = std::fs::read_dir(output).is_ok_and(|mut d| d.next().is_some());
-    match mode {
-        OutputMode::New if has_files && !failed_run_only(output)? => bail!(
+    if mode == OutputMode::New && has_files && !failed_run_only(output)? {
+        bail!(
             "{} is not empty: pass {} to replace the run in it, {} to continue it, or choose a new {}",
             output.display(),
             Setting::Overwrite,
             Setting::Resume,
             Setting::Output
-        ),
+        );
+    }
+    Ok(())
+}
+
+/// Applies `mode` to `output` before a run, once [`check_output`] passed.
+fn prepare_output(output: &Path, mode: OutputMode) -> Result<()> {
+    match mode {
         OutputMode::Resume if state::list(output)?.is_empty() => bail!(
             "{} holds no checkpoint to resume from (a run writes them with {}): drop {} to start over",
             state::checkpoints_dir(output).display(),
@@ -582,7 +594,7 @@ pub fn train(
     mode: OutputMode,
 ) -> Result<Summary> {
     let started = Instant::now();
-    check(ce, train, cfg, output)?;
+    check_run(ce, train, cfg, output, mode)?;
     // The saved model predicts as the loss trained it to.
     ce.activation = cfg.loss.activation();
     let plan = Plan::new(cfg, train.len() / cfg.list_size.max(1));
@@ -605,14 +617,18 @@ pub fn train(
     let summary = (|| {
         let mut run = Run::start(ce, train, started, cfg, output, mode, plan)?;
         while run.st.step < run.last_step {
+            if run.progress.cancelled() {
+                return Err(Cancelled.into());
+            }
             let lr = run.step(ce)?;
             run.log(lr)?;
             run.evaluate_and_save(ce, dev)?;
         }
         run.finish(ce, dev)
     })();
-    // Scored afterwards in f32, laid out once, as a loaded model is.
-    if cfg.precision != Precision::F32 {
+    // Scored afterwards in f32, laid out once, as a loaded model is (a run that stopped early
+    // too).
+    if cfg.precision != Precision::F32 || summary.is_err() {
         ce.model.set_precision(Precision::F32)?;
         ce.model.pack_weights();
     }
@@ -694,9 +710,19 @@ impl Plan {
     }
 }
 
-/// The rules a training run must meet before anything is written.
-fn check(ce: &CrossEncoder, train: &TrainData, cfg: &TrainConfig, output: &Path) -> Result<()> {
+/// The rules a training run must meet before anything is written, which [`train`] checks first;
+/// a front end may call it to tell bad settings (Python's `ValueError`) from a failed run.
+pub fn check_run(
+    ce: &CrossEncoder,
+    train: &TrainData,
+    cfg: &TrainConfig,
+    output: &Path,
+    mode: OutputMode,
+) -> Result<()> {
     cfg.precision.check()?;
+    if cfg.group.rank() == 0 {
+        check_output(output, mode)?;
+    }
     // The run replaces the files of its output: --overwrite would remove the model it starts
     // from, and a run that then failed would leave none.
     if let (Ok(model), Ok(out)) = (ce.source_dir.canonicalize(), output.canonicalize()) {
