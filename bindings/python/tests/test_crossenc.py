@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+import crossenc
 from crossenc import CrossEncoder, InputExample
 from crossenc.evaluation import (
     CEBinaryClassificationEvaluator,
@@ -67,12 +68,27 @@ def test_predict_returns_numpy_as_sentence_transformers_does():
 
 
 def test_predict_equals_the_cli(tmp_path):
+    np.testing.assert_allclose(CrossEncoder(needs(TINY)).predict(TEXTS), cli_scores(tmp_path, TINY), rtol=1e-5)
+
+
+def cli_scores(tmp_path, model, *flags):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"text_a": a, "text_b": b}) + "\n" for a, b in TEXTS), encoding="utf-8")
-    out = subprocess.run([needs(CLI), "predict", "--model", TINY, "--input", str(pairs)],
+    out = subprocess.run([needs(CLI), "predict", "--model", model, "--input", str(pairs), *flags],
                          capture_output=True, text=True, check=True).stdout
-    cli = [json.loads(line)["score"] for line in out.splitlines()]
-    np.testing.assert_allclose(CrossEncoder(TINY).predict(TEXTS), cli, rtol=1e-5)
+    return [json.loads(line)["score"] for line in out.splitlines()]
+
+
+def test_quantize_scores_as_the_cli_and_bf16_trains_where_the_cpu_has_it(tmp_path):
+    int8 = CrossEncoder(needs(TINY), quantize="int8").predict(TEXTS)
+    np.testing.assert_allclose(int8, cli_scores(tmp_path, TINY, "--quantize", "int8"), rtol=1e-5)
+    if crossenc._crossenc.bf16_available():
+        bf16 = CrossEncoder(TINY, quantize="bf16").predict(TEXTS)
+        np.testing.assert_allclose(bf16, cli_scores(tmp_path, TINY, "--quantize", "bf16"), rtol=1e-5)
+        CrossEncoder(TINY, dtype="bf16").fit(stsb("train", 32), max_steps=2, show_progress_bar=False)
+    else:
+        with pytest.raises(ValueError, match="bf16 training needs a CPU with AMX or AVX-512 BF16"):
+            CrossEncoder(TINY, dtype="bf16")
 
 
 def test_rank_orders_by_score_as_sentence_transformers_does():
@@ -169,6 +185,10 @@ def test_errors_are_python_exceptions_with_crossenc_s_messages(tmp_path):
         CrossEncoder(needs(TINY), quantize="int4")
     with pytest.raises(ValueError, match="crossenc runs on the CPU"):
         CrossEncoder(TINY, device="cuda")
+    with pytest.raises(ValueError, match="revision='v2': crossenc does not take it"):
+        CrossEncoder(TINY, revision="v2")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'num_label'"):
+        CrossEncoder(TINY, num_label=1)
     model = CrossEncoder(TINY)
     with pytest.raises(ValueError, match="pair 1: a pair is two texts"):
         model.predict([("a", "b"), ("only one",)])

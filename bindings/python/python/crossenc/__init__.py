@@ -85,6 +85,15 @@ def _training_data(loader):
     return list(loader), None, True
 
 
+# sentence-transformers' loading options that crossenc takes only at their defaults.
+_LOAD_DEFAULTS = {
+    "cache_folder": None, "trust_remote_code": False, "revision": None, "local_files_only": False,
+    "token": None, "model_kwargs": None, "tokenizer_kwargs": None, "config_kwargs": None,
+    "automodel_args": None, "tokenizer_args": None, "config_args": None, "model_card_data": None,
+    "backend": "torch",
+}
+
+
 class CrossEncoder:
     """A cross-encoder: reads two texts together and scores the pair.
 
@@ -98,6 +107,13 @@ class CrossEncoder:
                  device=None, *, dtype=None, quantize=None, seed=42, **kwargs):
         if device not in (None, "cpu"):
             raise ValueError(f"device={device!r}: crossenc runs on the CPU")
+        activation_fn = activation_fn or kwargs.pop("default_activation_function", None)
+        for key, value in kwargs.items():
+            if key not in _LOAD_DEFAULTS:
+                raise TypeError(f"CrossEncoder() got an unexpected keyword argument {key!r}")
+            if value not in (_LOAD_DEFAULTS[key], None, {}):
+                raise ValueError(f"{key}={value!r}: crossenc does not take it (a model folder or "
+                                 "hub id, with HF_HOME, HF_ENDPOINT and HF_HUB_OFFLINE, is read as is)")
         self.model_name_or_path = os.fspath(model_name_or_path)
         self._model = _crossenc.Model(self.model_name_or_path, dict(
             num_labels=num_labels, max_length=max_length, quantize=quantize, dtype=dtype,
