@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use crossenc::bench;
+use crossenc::data::Example;
 use crossenc::ops::profile::Rows;
 use crossenc::ops::Precision;
 use crossenc::{CrossEncoder, LoadOptions, Quantization};
@@ -50,24 +51,11 @@ pub struct BenchArgs {
 pub fn run(args: BenchArgs) -> Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let data = crossenc::data::ReadOptions::stsb();
-    let train = data
-        .read(
-            args.stsb
-                .join("stsb-en-train.csv")
-                .to_str()
-                .unwrap_or_default(),
-            "train",
-        )?
-        .0;
-    let test = data
-        .read(
-            args.stsb
-                .join("stsb-en-test.csv")
-                .to_str()
-                .unwrap_or_default(),
-            "test",
-        )?
-        .0;
+    let split = |split: &str| -> Result<Vec<Example>> {
+        let file = args.stsb.join(format!("stsb-en-{split}.csv"));
+        Ok(data.read(file.to_str().unwrap_or_default(), split)?.0)
+    };
+    let (train, test) = (split("train")?, split("test")?);
     let load = || {
         CrossEncoder::load(
             &args.model,
@@ -78,36 +66,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             },
         )
     };
-    // Rounds alternate crossenc and the reference, and each figure is the best of its rounds:
-    // this VM's speed drifts by a fifth over minutes, and alternating exposes both sides to the
-    // same drift.
-    let mut best: Option<Round> = None;
-    let mut reference_best: Option<Value> = None;
-    let mut rounds = Vec::new();
-    for _ in 0..args.rounds.max(1) {
-        let round = measure(&args, &load, &train, &test)?;
-        let reference = match &args.reference {
-            Some(dir) => Some(reference(&args, dir, threads)?),
-            None => None,
-        };
-        rounds.push(json!({
-            "train_pairs_per_s": round.train.0.pairs_per_s,
-            "pairs_per_s": round.infer.0.pairs_per_s,
-            "int8_pairs_per_s": round.int8.0.pairs_per_s,
-            "bf16_pairs_per_s": round.bf16.as_ref().map(|b| b.0.pairs_per_s),
-            "matmul_peak_gflops": round.peak,
-            "bf16_matmul_peak_gflops": round.bf16_peak,
-            "reference": reference,
-        }));
-        best = Some(match best {
-            None => round,
-            Some(b) => b.best_with(round),
-        });
-        reference_best = match (reference_best, reference) {
-            (Some(b), Some(r)) => Some(best_reference(b, r)),
-            (b, r) => r.or(b),
-        };
-    }
+    let (best, reference_best, rounds) = best_rounds(&args, &load, &train, &test, threads)?;
     let Round {
         infer: (infer, infer_profile),
         train: (train_b, profile),
@@ -119,7 +78,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bandwidth,
         params,
         rss,
-    } = best.expect("at least one round");
+    } = best;
     let floor = bench::step_floor(train_b.flops_per_step, params, peak, bandwidth);
     let mut report = json!({
         "model": args.model, "threads": threads, "cpu": cpu_name(), "commit": commit(),
@@ -133,23 +92,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "inference_int8": infer_int8, "int8_kernel": crossenc::ops::int8::kernel(),
         "quantize_s": quantize_s, "ratio_int8_f32": infer_int8.pairs_per_s / infer.pairs_per_s,
     });
-    let mut big_profile = None;
-    if args.bert_base {
-        let mut big = bench::resized(&load()?, bench::BERT_BASE)?;
-        let steps = args.steps.min(10);
-        crossenc::ops::profile::enable(true);
-        let train_big = bench::train_steps(&mut big, &train, args.batch_size, steps, args.dtype)?;
-        big_profile = Some((crossenc::ops::profile::take(), steps));
-        crossenc::ops::profile::enable(false);
-        // Training unpacked it: scored as a loaded model is, in f32, its weights laid out once.
-        big.set_precision(Precision::F32)?;
-        big.pack_weights();
-        let infer_big = bench::inference(&big, &test[..test.len().min(256)], 1)?;
-        report["bert_base"] = json!({
-            "train": train_big, "inference": infer_big,
-            "tutorial_s_per_step": bench::TUTORIAL_BERT_BASE_S_PER_STEP,
-        });
-    }
+    let big_profile = match args.bert_base {
+        true => Some(bert_base(&args, &load()?, &train, &test, &mut report)?),
+        false => None,
+    };
     if let Some(r) = reference_best {
         let get = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         report["ratio_train"] = json!(train_b.pairs_per_s / get("train_pairs_per_s"));
@@ -187,16 +133,89 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some((_, bf16_profile)) = &bf16 {
         print_profile("scoring STS-B test, bf16", bf16_profile, 1);
     }
-    if let Some(path) = &args.append {
-        append_row(path, &report)?;
-        if let Some(big) = report.get("bert_base") {
-            let mut row = big.clone();
-            for key in ["cpu", "threads", "commit"] {
-                row[key] = report[key].clone();
-            }
-            row["model"] = json!("bert-base size, random weights");
-            append_row(path, &row)?;
+    match &args.append {
+        Some(path) => append_rows(path, &report),
+        None => Ok(()),
+    }
+}
+
+/// The rounds, each crossenc's then the reference's: the best figures of each side, and
+/// every round's for the report. Rounds alternate the two sides, and each figure is the best
+/// of its rounds: this VM's speed drifts by a fifth over minutes, and alternating exposes both
+/// sides to the same drift.
+fn best_rounds(
+    args: &BenchArgs,
+    load: &dyn Fn() -> Result<CrossEncoder>,
+    train: &[Example],
+    test: &[Example],
+    threads: usize,
+) -> Result<(Round, Option<Value>, Vec<Value>)> {
+    let mut best: Option<Round> = None;
+    let mut reference_best: Option<Value> = None;
+    let mut rounds = Vec::new();
+    for _ in 0..args.rounds.max(1) {
+        let round = measure(args, load, train, test)?;
+        let reference = match &args.reference {
+            Some(dir) => Some(reference(args, dir, threads)?),
+            None => None,
+        };
+        rounds.push(json!({
+            "train_pairs_per_s": round.train.0.pairs_per_s,
+            "pairs_per_s": round.infer.0.pairs_per_s,
+            "int8_pairs_per_s": round.int8.0.pairs_per_s,
+            "bf16_pairs_per_s": round.bf16.as_ref().map(|b| b.0.pairs_per_s),
+            "matmul_peak_gflops": round.peak,
+            "bf16_matmul_peak_gflops": round.bf16_peak,
+            "reference": reference,
+        }));
+        best = Some(match best {
+            None => round,
+            Some(b) => b.best_with(round),
+        });
+        reference_best = match (reference_best, reference) {
+            (Some(b), Some(r)) => Some(best_reference(b, r)),
+            (b, r) => r.or(b),
+        };
+    }
+    Ok((best.expect("at least one round"), reference_best, rounds))
+}
+
+/// `--bert-base`: training steps and scoring of `model` resized to bert-base, into
+/// `report["bert_base"]`; returns the training step's per-op table and its steps.
+fn bert_base(
+    args: &BenchArgs,
+    model: &CrossEncoder,
+    train: &[Example],
+    test: &[Example],
+    report: &mut Value,
+) -> Result<(Rows, usize)> {
+    let mut big = bench::resized(model, bench::BERT_BASE)?;
+    let steps = args.steps.min(10);
+    crossenc::ops::profile::enable(true);
+    let train_big = bench::train_steps(&mut big, train, args.batch_size, steps, args.dtype)?;
+    let profile = (crossenc::ops::profile::take(), steps);
+    crossenc::ops::profile::enable(false);
+    // Training unpacked it: scored as a loaded model is, in f32, its weights laid out once.
+    big.set_precision(Precision::F32)?;
+    big.pack_weights();
+    let infer_big = bench::inference(&big, &test[..test.len().min(256)], 1)?;
+    report["bert_base"] = json!({
+        "train": train_big, "inference": infer_big,
+        "tutorial_s_per_step": bench::TUTORIAL_BERT_BASE_S_PER_STEP,
+    });
+    Ok(profile)
+}
+
+/// `--append`: the report's row, and the bert-base row if measured.
+fn append_rows(path: &std::path::Path, report: &Value) -> Result<()> {
+    append_row(path, report)?;
+    if let Some(big) = report.get("bert_base") {
+        let mut row = big.clone();
+        for key in ["cpu", "threads", "commit"] {
+            row[key] = report[key].clone();
         }
+        row["model"] = json!("bert-base size, random weights");
+        append_row(path, &row)?;
     }
     Ok(())
 }
@@ -255,8 +274,8 @@ impl Round {
 fn measure(
     args: &BenchArgs,
     load: &dyn Fn() -> Result<CrossEncoder>,
-    train: &[crossenc::data::Example],
-    test: &[crossenc::data::Example],
+    train: &[Example],
+    test: &[Example],
 ) -> Result<Round> {
     let mut ce = load()?;
     ce.set_batch_size(args.eval_batch_size);
@@ -320,10 +339,7 @@ fn best_reference(mut a: Value, b: Value) -> Value {
 
 /// Scoring throughput over `test` (the best of three passes after a warm-up) and its per-op
 /// table for one pass.
-fn profiled_inference(
-    ce: &CrossEncoder,
-    test: &[crossenc::data::Example],
-) -> Result<(bench::InferBench, Rows)> {
+fn profiled_inference(ce: &CrossEncoder, test: &[Example]) -> Result<(bench::InferBench, Rows)> {
     crossenc::ops::profile::enable(true);
     let infer = bench::inference(ce, test, 3);
     // Warm-up and three passes over the test set: a third of the table is one pass.

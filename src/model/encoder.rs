@@ -370,7 +370,42 @@ impl Layer {
                 rotary.forward(&mut acts.qkv, offsets, self.heads)
             });
         }
-        timed("fwd attention", || match &self.disentangled {
+        timed("fwd attention", || {
+            self.attention_forward(w, offsets, acts, pass, rel, drop_p)
+        });
+        timed("fwd attention output", || {
+            self.attention_output.forward(w, &acts.ctx, &mut acts.z1)
+        });
+        timed("fwd dropout + residual", || {
+            dropout::apply(drop_attn, &mut acts.z1);
+            add(&mut acts.z1, &acts.x);
+        });
+        timed("fwd layer norm", || {
+            let (y1, st1) = (&mut acts.y1, &mut acts.st1);
+            self.attention_norm.forward(w, &acts.z1, y1, st1)
+        });
+        self.mlp_forward(w, acts, pass);
+        timed("fwd dropout + residual", || {
+            dropout::apply(drop_ffn, &mut acts.z2);
+            add(&mut acts.z2, &acts.y1);
+        });
+        timed("fwd layer norm", || {
+            self.output_norm.forward(w, &acts.z2, out, &mut acts.st2)
+        });
+    }
+
+    /// Attention over the fused Q, K, V (`acts.qkv`) into `acts.ctx`: DeBERTa's disentangled
+    /// attention, with the relative table `rel` projected as keys and queries, or the plain one.
+    fn attention_forward(
+        &self,
+        w: &[f32],
+        offsets: &[usize],
+        acts: &mut LayerActs,
+        pass: Option<Pass>,
+        rel: &[f32],
+        drop_p: Option<Dropout>,
+    ) {
+        match &self.disentangled {
             Some(d) => {
                 acts.rel.clear();
                 acts.rel.extend_from_slice(rel);
@@ -406,18 +441,13 @@ impl Layer {
                 Mask::All,
                 drop_p,
             ),
-        });
-        timed("fwd attention output", || {
-            self.attention_output.forward(w, &acts.ctx, &mut acts.z1)
-        });
-        timed("fwd dropout + residual", || {
-            dropout::apply(drop_attn, &mut acts.z1);
-            add(&mut acts.z1, &acts.x);
-        });
-        timed("fwd layer norm", || {
-            let (y1, st1) = (&mut acts.y1, &mut acts.st1);
-            self.attention_norm.forward(w, &acts.z1, y1, st1)
-        });
+        }
+    }
+
+    /// The MLP: `acts.y1` through the intermediate projection, the activation (gated for GTE)
+    /// and the output projection into `acts.z2`.
+    fn mlp_forward(&self, w: &[f32], acts: &mut LayerActs, pass: Option<Pass>) {
+        let (n, m) = (acts.y1.len() / self.output.out_dim, self.output.in_dim);
         if self.intermediate.is_int8() && !self.glu {
             // int8 scoring: the activation and its quantization in the product's epilogue.
             timed("fwd intermediate + activation", || {
@@ -445,13 +475,6 @@ impl Layer {
                 self.output.forward(w, &acts.a, &mut acts.z2)
             });
         }
-        timed("fwd dropout + residual", || {
-            dropout::apply(drop_ffn, &mut acts.z2);
-            add(&mut acts.z2, &acts.y1);
-        });
-        timed("fwd layer norm", || {
-            self.output_norm.forward(w, &acts.z2, out, &mut acts.st2)
-        });
     }
 
     /// DeBERTa's dropout of the relative table as this layer reads it.
@@ -490,6 +513,43 @@ impl Layer {
             s.dh2.copy_from_slice(&s.dh1);
             dropout::apply(drop_ffn, &mut s.dh1);
         });
+        self.mlp_backward(w, g, acts, s, pass);
+        // Attention LayerNorm; its input's gradient goes to the residual and the attention.
+        timed("bwd layer norm", || {
+            self.attention_norm
+                .backward(w, g, &s.dh2, &acts.z1, &acts.st1, &mut s.dh1)
+        });
+        timed("bwd dropout + residual", || {
+            dy.copy_from_slice(&s.dh1);
+            dropout::apply(drop_attn, &mut s.dh1);
+        });
+        timed("bwd attention output", || {
+            let dx = InputGrad::Write(&mut s.dh2);
+            self.attention_output.backward(w, g, &s.dh1, &acts.ctx, dx)
+        });
+        timed("bwd attention", || {
+            self.attention_backward(w, g, offsets, acts, s, pass, drop_p, drel)
+        });
+        if let Some(rotary) = &self.rotary {
+            timed("bwd rotary", || {
+                rotary.backward(&mut s.d3, offsets, self.heads)
+            });
+        }
+        timed("bwd qkv", || {
+            self.qkv.backward(w, g, &s.d3, &acts.x, InputGrad::Add(dy))
+        });
+    }
+
+    /// The MLP's backward: dL/d(`acts.z2`) in `s.dh1`; adds dL/d(`acts.y1`) into `s.dh2`.
+    fn mlp_backward(
+        &self,
+        w: &[f32],
+        g: &mut [f32],
+        acts: &LayerActs,
+        s: &mut Scratch,
+        pass: Option<Pass>,
+    ) {
+        let (n, m) = (acts.y1.len() / self.output.out_dim, self.output.in_dim);
         timed("bwd output", || {
             let dx = InputGrad::Write(&mut s.di);
             self.output.backward(w, g, &s.dh1, &acts.a, dx)
@@ -511,62 +571,55 @@ impl Layer {
             let dx = InputGrad::Add(&mut s.dh2);
             self.intermediate.backward(w, g, du, &acts.y1, dx)
         });
-        // Attention LayerNorm; its input's gradient goes to the residual and the attention.
-        timed("bwd layer norm", || {
-            self.attention_norm
-                .backward(w, g, &s.dh2, &acts.z1, &acts.st1, &mut s.dh1)
-        });
-        timed("bwd dropout + residual", || {
-            dy.copy_from_slice(&s.dh1);
-            dropout::apply(drop_attn, &mut s.dh1);
-        });
-        timed("bwd attention output", || {
-            let dx = InputGrad::Write(&mut s.dh2);
-            self.attention_output.backward(w, g, &s.dh1, &acts.ctx, dx)
-        });
-        timed("bwd attention", || {
-            let Some(d) = &self.disentangled else {
-                attention::backward(
-                    &mut s.d3,
-                    &s.dh2,
-                    &acts.qkv,
-                    offsets,
-                    self.heads,
-                    Mask::All,
-                    drop_p,
-                );
-                return;
-            };
-            let (pos_k, pos_q, heads) = (&acts.pos_k, &acts.pos_q, self.heads.q);
-            let [dpk, dpq] = disentangled::backward(
+    }
+
+    /// The attention's backward: dL/d(`acts.ctx`) in `s.dh2`, dL/d(`acts.qkv`) into `s.d3`;
+    /// DeBERTa's table gradient is added into `drel`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        w: &[f32],
+        g: &mut [f32],
+        offsets: &[usize],
+        acts: &LayerActs,
+        s: &mut Scratch,
+        pass: Option<Pass>,
+        drop_p: Option<Dropout>,
+        drel: &mut [f32],
+    ) {
+        let Some(d) = &self.disentangled else {
+            attention::backward(
                 &mut s.d3,
                 &s.dh2,
                 &acts.qkv,
-                pos_k,
-                pos_q,
                 offsets,
-                heads,
-                &d.relative,
+                self.heads,
+                Mask::All,
                 drop_p,
             );
-            // The table's gradient through both projections and this layer's dropout.
-            s.dtable.clear();
-            s.dtable.resize(acts.rel.len(), 0.0);
-            for (proj, dpos) in [(&d.pos_key, &dpk), (&d.pos_query, &dpq)] {
-                if let Some(proj) = proj {
-                    proj.backward(w, g, dpos, &acts.rel, InputGrad::Add(&mut s.dtable));
-                }
+            return;
+        };
+        let (pos_k, pos_q, heads) = (&acts.pos_k, &acts.pos_q, self.heads.q);
+        let [dpk, dpq] = disentangled::backward(
+            &mut s.d3,
+            &s.dh2,
+            &acts.qkv,
+            pos_k,
+            pos_q,
+            offsets,
+            heads,
+            &d.relative,
+            drop_p,
+        );
+        // The table's gradient through both projections and this layer's dropout.
+        s.dtable.clear();
+        s.dtable.resize(acts.rel.len(), 0.0);
+        for (proj, dpos) in [(&d.pos_key, &dpk), (&d.pos_query, &dpq)] {
+            if let Some(proj) = proj {
+                proj.backward(w, g, dpos, &acts.rel, InputGrad::Add(&mut s.dtable));
             }
-            dropout::apply(self.pos_dropout(d, pass), &mut s.dtable);
-            add(drel, &s.dtable);
-        });
-        if let Some(rotary) = &self.rotary {
-            timed("bwd rotary", || {
-                rotary.backward(&mut s.d3, offsets, self.heads)
-            });
         }
-        timed("bwd qkv", || {
-            self.qkv.backward(w, g, &s.d3, &acts.x, InputGrad::Add(dy))
-        });
+        dropout::apply(self.pos_dropout(d, pass), &mut s.dtable);
+        add(drel, &s.dtable);
     }
 }

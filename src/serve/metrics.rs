@@ -45,6 +45,59 @@ pub struct Metrics {
     queue_depth: Gauge,
 }
 
+/// Each metric's help line on the metrics page.
+const HELP: [(&str, &str); 16] = [
+    ("te_request_count", "Scoring requests received."),
+    ("te_request_success", "Scoring requests answered 2xx."),
+    (
+        "te_request_failure",
+        "Scoring requests refused or failed, by cause.",
+    ),
+    (
+        "te_request_duration",
+        "Seconds from a scoring request to its answer.",
+    ),
+    (
+        "te_request_tokenization_duration",
+        "Seconds tokenizing a request.",
+    ),
+    (
+        "te_request_queue_duration",
+        "Seconds a request waited for inference.",
+    ),
+    (
+        "te_request_inference_duration",
+        "Seconds of the pass that scored a request.",
+    ),
+    ("te_request_input_length", "Tokens of each pair scored."),
+    ("te_batch_next_size", "Pairs scored in one inference pass."),
+    (
+        "te_batch_next_tokens",
+        "Tokens scored in one inference pass.",
+    ),
+    ("te_queue_size", "Pairs waiting for the inference thread."),
+    (
+        "crossenc_requests_total",
+        "HTTP requests by route and status.",
+    ),
+    (
+        "crossenc_request_duration_seconds",
+        "Request latency by route.",
+    ),
+    (
+        "crossenc_batches_total",
+        "Forward passes of the inference thread.",
+    ),
+    (
+        "crossenc_batch_requests",
+        "Requests merged into one inference pass.",
+    ),
+    (
+        "crossenc_queue_depth",
+        "Requests waiting for the inference thread.",
+    ),
+];
+
 /// `n` buckets from `first`, each `ratio` times the last.
 fn geometric(first: f64, ratio: f64, n: i32) -> Vec<f64> {
     (0..n).map(|i| first * ratio.powi(i)).collect()
@@ -87,55 +140,9 @@ impl Metrics {
             recorder.describe_histogram(name.into(), None, help.into());
             recorder.describe_gauge(name.into(), None, help.into());
         };
-        describe("te_request_count", "Scoring requests received.");
-        describe("te_request_success", "Scoring requests answered 2xx.");
-        describe(
-            "te_request_failure",
-            "Scoring requests refused or failed, by cause.",
-        );
-        describe(
-            "te_request_duration",
-            "Seconds from a scoring request to its answer.",
-        );
-        describe(
-            "te_request_tokenization_duration",
-            "Seconds tokenizing a request.",
-        );
-        describe(
-            "te_request_queue_duration",
-            "Seconds a request waited for inference.",
-        );
-        describe(
-            "te_request_inference_duration",
-            "Seconds of the pass that scored a request.",
-        );
-        describe("te_request_input_length", "Tokens of each pair scored.");
-        describe("te_batch_next_size", "Pairs scored in one inference pass.");
-        describe(
-            "te_batch_next_tokens",
-            "Tokens scored in one inference pass.",
-        );
-        describe("te_queue_size", "Pairs waiting for the inference thread.");
-        describe(
-            "crossenc_requests_total",
-            "HTTP requests by route and status.",
-        );
-        describe(
-            "crossenc_request_duration_seconds",
-            "Request latency by route.",
-        );
-        describe(
-            "crossenc_batches_total",
-            "Forward passes of the inference thread.",
-        );
-        describe(
-            "crossenc_batch_requests",
-            "Requests merged into one inference pass.",
-        );
-        describe(
-            "crossenc_queue_depth",
-            "Requests waiting for the inference thread.",
-        );
+        for (name, help) in HELP {
+            describe(name, help);
+        }
         let batch = [Label::from_static_parts("method", "batch")];
         let counter = |name: &'static str, labels: &[Label]| {
             recorder.register_counter(&Key::from_parts(name, labels.to_vec()), &METADATA)

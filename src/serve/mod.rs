@@ -424,23 +424,9 @@ struct ClassifierModel {
     label2id: std::collections::BTreeMap<String, usize>,
 }
 
-/// Builds the router; `shutdown` resolves when the server should stop accepting requests.
-pub async fn serve(
-    ce: CrossEncoder,
-    cfg: ServeConfig,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<()> {
-    let metrics = Arc::new(Metrics::new(ce.tokenizer.max_length)?);
-    let upkeep = metrics.clone();
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            every.tick().await;
-            upkeep.upkeep();
-        }
-    });
-    let labels = ce.config.id2label.clone();
+/// What `/info` says of the model and the server (TEI's fields and crossenc's own).
+fn info(ce: &CrossEncoder, cfg: &ServeConfig) -> Info {
+    let labels = &ce.config.id2label;
     let classes = ClassifierModel {
         id2label: labels
             .iter()
@@ -453,7 +439,7 @@ pub async fn serve(
             .map(|(i, l)| (l.clone(), i))
             .collect(),
     };
-    let info = Info {
+    Info {
         model_id: cfg.model_id.clone(),
         model_sha: None,
         model_dtype: match ce.quantization() {
@@ -485,7 +471,45 @@ pub async fn serve(
             .then(crate::ops::bf16::kernel)
             .flatten(),
         max_body_bytes: cfg.body_limit,
-    };
+    }
+}
+
+/// The routes (TEI's, Cohere's, the OpenAPI document, health, info, metrics), behind the API
+/// key check and the request metrics.
+fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/rerank", post(rerank))
+        .route("/predict", post(predict))
+        .route("/v1/rerank", post(cohere::rerank_v1))
+        .route("/v2/rerank", post(cohere::rerank_v2))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/health", get(health))
+        .route("/info", get(model_info))
+        .route("/metrics", get(prometheus))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::from_fn_with_state(state.clone(), record))
+        .layer(DefaultBodyLimit::max(state.body_limit))
+        .with_state(state)
+}
+
+/// Builds the router; `shutdown` resolves when the server should stop accepting requests.
+pub async fn serve(
+    ce: CrossEncoder,
+    cfg: ServeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let metrics = Arc::new(Metrics::new(ce.tokenizer.max_length)?);
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.upkeep();
+        }
+    });
+    let info = info(&ce, &cfg);
+    let labels = ce.config.id2label.clone();
     let tokenizer = ce.tokenizer.clone();
     let mut ce = ce;
     ce.max_batch_tokens = cfg.max_batch_tokens;
@@ -516,19 +540,7 @@ pub async fn serve(
         openapi: serde_json::to_string(&openapi::document(cfg.api_key.is_some())?)?,
         healthy: healthy.clone(),
     });
-    let app = Router::new()
-        .route("/rerank", post(rerank))
-        .route("/predict", post(predict))
-        .route("/v1/rerank", post(cohere::rerank_v1))
-        .route("/v2/rerank", post(cohere::rerank_v2))
-        .route("/openapi.json", get(openapi::openapi_json))
-        .route("/health", get(health))
-        .route("/info", get(model_info))
-        .route("/metrics", get(prometheus))
-        .layer(middleware::from_fn_with_state(state.clone(), authorize))
-        .layer(middleware::from_fn_with_state(state.clone(), record))
-        .layer(DefaultBodyLimit::max(cfg.body_limit))
-        .with_state(state);
+    let app = router(state);
     let (stopping_tx, stopping) = watch::channel(false);
     tokio::spawn(async move {
         tokio::select! {
