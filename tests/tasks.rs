@@ -258,8 +258,13 @@ fn reranker_trained_on_mined_negatives_beats_bm25() {
     let beir = dir.path().join("beir");
     write_beir(&beir, 80);
     let out = dir.path().join("model");
-    // MNRL trained to near-perfect; ListNet, shorter, only has to beat BM25 clearly.
-    for (loss, epochs, min_mrr) in [("mnrl", "30", 0.8), ("listnet", "15", 0.45)] {
+    // MNRL trained to near-perfect; ListNet and LambdaLoss, shorter, only have to beat BM25
+    // clearly.
+    for (loss, epochs, min_mrr) in [
+        ("mnrl", "30", 0.8),
+        ("listnet", "15", 0.45),
+        ("lambda", "15", 0.45),
+    ] {
         let o = out.join(loss);
         let printed = stdout(&crossenc(
             &[

@@ -30,6 +30,7 @@ use crate::ops::profile::timed;
 use crate::ops::{Pass, Precision};
 use crate::progress::{Cancelled, Lines, Progress, Silent};
 use crate::CrossEncoder;
+use loss::Weighting;
 use optim::{AdamW, AdamWConfig};
 use schedule::LinearSchedule;
 use state::TrainerState;
@@ -51,12 +52,28 @@ pub enum LossKind {
     Mnrl,
     /// Listwise: ListNet's cross-entropy between the softmax of labels and of scores.
     Listnet,
+    /// Listwise: sentence-transformers' `LambdaLoss` (NDCG-Loss2++ weights): pairs of a list
+    /// ordered by their labels, each weighted by what swapping them costs NDCG.
+    Lambda,
+    /// Listwise: `RankNetLoss`, LambdaLoss with every pair weighted alike.
+    #[cfg_attr(feature = "cli", value(name = "ranknet"))]
+    RankNet,
+    /// Listwise: `PListMLELoss`, the likelihood of the list's order (positive first).
+    #[cfg_attr(feature = "cli", value(name = "plistmle"))]
+    PListMle,
 }
 
 impl LossKind {
     /// Whether the loss compares the documents of one query rather than single pairs.
     pub fn is_listwise(self) -> bool {
-        matches!(self, LossKind::Mnrl | LossKind::Listnet)
+        matches!(
+            self,
+            LossKind::Mnrl
+                | LossKind::Listnet
+                | LossKind::Lambda
+                | LossKind::RankNet
+                | LossKind::PListMle
+        )
     }
 
     /// The loss a task trains with unless told otherwise (sentence-transformers' defaults).
@@ -74,7 +91,12 @@ impl LossKind {
         match self {
             LossKind::Mse => crate::Activation::Identity,
             LossKind::CrossEntropy => crate::Activation::Softmax,
-            LossKind::Bce | LossKind::Mnrl | LossKind::Listnet => crate::Activation::Sigmoid,
+            LossKind::Bce
+            | LossKind::Mnrl
+            | LossKind::Listnet
+            | LossKind::Lambda
+            | LossKind::RankNet
+            | LossKind::PListMle => crate::Activation::Sigmoid,
         }
     }
 }
@@ -297,6 +319,20 @@ pub fn loss_and_grad(
     labels: &[f32],
     objective: Objective,
 ) -> Result<(f32, Vec<f32>)> {
+    let docs = objective.list_size;
+    match objective.loss {
+        LossKind::Lambda => {
+            return Ok(loss::lambda(
+                logits,
+                labels,
+                docs,
+                Weighting::NdcgLoss2PlusPlus,
+            ))
+        }
+        LossKind::RankNet => return Ok(loss::lambda(logits, labels, docs, Weighting::Uniform)),
+        LossKind::PListMle => return Ok(loss::plist_mle(logits, docs)),
+        _ => {}
+    }
     let n = labels.len();
     let x = Var::from_tensor(&Tensor::from_slice(
         logits,
@@ -326,6 +362,9 @@ fn objective_loss(logits: &Tensor, labels: &[f32], objective: Objective) -> Resu
         LossKind::CrossEntropy => loss::cross_entropy(logits, &labels)?,
         LossKind::Mnrl => loss::multiple_negatives_ranking(&logits.reshape(lists)?, MNRL_SCALE)?,
         LossKind::Listnet => loss::listnet(&logits.reshape(lists)?, &labels.reshape(lists)?)?,
+        LossKind::Lambda | LossKind::RankNet | LossKind::PListMle => {
+            unreachable!("computed by hand in loss_and_grad")
+        }
     })
 }
 
@@ -353,10 +392,8 @@ pub fn mean_loss(
         let logits = ce
             .model
             .forward(&sequences.pack(k * chunk..k * chunk + ex.len()))?;
-        let n = labels.len();
-        let logits = Tensor::from_vec(logits, (n, ce.num_labels()), &Device::Cpu)?;
-        let l = objective_loss(&logits, &labels, objective)?;
-        total += l.to_scalar::<f32>()? as f64 * ex.len() as f64;
+        let (l, _) = loss_and_grad(&logits, &labels, objective)?;
+        total += l as f64 * ex.len() as f64;
     }
     Ok(total / examples.len().max(1) as f64)
 }
@@ -751,7 +788,7 @@ pub fn check_run(
     }
     if (cfg.task == Task::Rerank) != cfg.loss.is_listwise() {
         bail!(
-            "{loss} {:?} does not fit {task} {} (listwise losses mnrl and listnet are for {task} rerank)",
+            "{loss} {:?} does not fit {task} {} (the listwise losses mnrl, listnet, lambda, ranknet and plistmle are for {task} rerank)",
             cfg.loss,
             cfg.task.name(),
             loss = Setting::Loss,
