@@ -9,6 +9,8 @@
 //! files), `hub` (hub ids through hf-hub). A program that only scores or trains local model
 //! folders depends on crossenc with `default-features = false`.
 
+#![deny(missing_docs)]
+
 /// The harness of `crossenc bench` (and of the tests that time or resize a model): not a
 /// stable API.
 #[doc(hidden)]
@@ -18,7 +20,11 @@ pub mod engine;
 pub mod eval;
 mod fault;
 pub mod hub;
+// The encoders (reached through `CrossEncoder`) and the kernels: public for the tests and the
+// harness, not a stable API.
+#[doc(hidden)]
 pub mod model;
+#[doc(hidden)]
 pub mod ops;
 pub mod progress;
 pub mod search;
@@ -31,6 +37,7 @@ pub mod train;
 pub use model::cross_encoder::{
     Activation, CrossEncoder, LoadOptions, Output, Quantization, Scores,
 };
+pub use ops::Precision;
 
 /// The README's code blocks, compiled as doctests so that its example stays true.
 #[cfg(doctest)]

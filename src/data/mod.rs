@@ -55,7 +55,9 @@ impl Columns {
 /// row does and how labels map.
 #[derive(Debug, Clone, Default)]
 pub struct ReadOptions {
+    /// Which fields are the two texts and the label (and the class names).
     pub columns: Columns,
+    /// Whether the first CSV/TSV row is a header.
     pub header: HeaderMode,
     /// Skip rows with a bad label or a wrong number of fields (and count them) instead of
     /// failing.
@@ -159,7 +161,9 @@ pub fn read_examples(
 /// shards' outputs concatenated in shard order are one run's output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {
+    /// This shard, from 0.
     pub index: usize,
+    /// Shards in all (at least 1).
     pub count: usize,
 }
 
@@ -189,9 +193,13 @@ impl Shard {
 /// A labelled pair; `line` points back into the source file for error messages.
 #[derive(Debug, Clone)]
 pub struct Example {
+    /// The first text.
     pub a: String,
+    /// The second text.
     pub b: String,
+    /// The label: a score, a 0/1 label or a class index.
     pub label: f64,
+    /// Where the pair was read (1-based line; a list's position for pairs in memory).
     pub line: usize,
 }
 
@@ -213,6 +221,9 @@ pub struct Examples {
 }
 
 impl Examples {
+    /// The labelled pairs of `rows`, read as `cols` say; bad rows are skipped (and counted) with
+    /// `skip_bad_rows`, else an error naming the line; labels mapped from `label_range` into [0,
+    /// 1].
     pub fn new(
         rows: Rows,
         cols: &Columns,

@@ -21,25 +21,32 @@ pub enum HeaderMode {
     /// table's note says so.
     #[default]
     Auto,
+    /// The first row is a header.
     Yes,
+    /// Every row is data.
     No,
 }
 
+/// One row of a table, as read.
 #[derive(Debug, Clone)]
 pub struct Row {
     /// 1-based line in the file.
     pub line: usize,
+    /// The row's fields, strings or numbers (JSON values).
     pub values: Vec<Value>,
     /// Why the line could not be read as a row (invalid JSON, say): [`Table::check`] reports
     /// it, or `--skip-bad-rows` skips it like any other bad row.
     pub error: Option<String>,
 }
 
+/// A file's rows read whole (or one shard's block of them), with its columns.
 #[derive(Debug, Clone)]
 pub struct Table {
     /// The file name as the user gave it (`-` for standard input).
     pub source: String,
+    /// The column names (from the header, or the JSON keys; `0`, `1`, ... without).
     pub columns: Vec<String>,
+    /// The data rows.
     pub rows: Vec<Row>,
     /// The file's first data row, where the text and label columns are found: a shard's
     /// `rows` may not hold it, and every shard must find the same columns.
@@ -79,6 +86,7 @@ impl Table {
 /// A file's rows as they are read, each once: memory holds what the parser buffers, whatever
 /// the file's size. `head` has the file's columns and first data row, and no rows.
 pub struct Rows {
+    /// The file's columns and first data row, no rows.
     pub head: Table,
     parser: Parser,
     /// The data rows yielded: those numbered (0-based) in `keep`.
@@ -543,7 +551,7 @@ impl Iterator for Rows {
 /// past a model's max length is scored from its head anyway.
 pub const LINE_LIMIT: usize = 16 << 20;
 
-/// The UTF-8 text of `path`, or of standard input for `-`; a line over [`LINE_LIMIT`] is an
+/// The UTF-8 text of `path`, or of standard input for `-`; a line over 16 MB (`LINE_LIMIT`) is an
 /// error naming it, raised as soon as that much of it is read.
 pub fn read_text(path: &str) -> Result<String> {
     let mut bytes = Vec::new();
@@ -560,7 +568,7 @@ pub fn read_text(path: &str) -> Result<String> {
 }
 
 /// The lines of `path` (`-`: standard input) as they are read, numbered from 1, without
-/// their line ends; a line over [`LINE_LIMIT`] or not UTF-8 is an error naming it.
+/// their line ends; a line over 16 MB (`LINE_LIMIT`) or not UTF-8 is an error naming it.
 pub fn read_lines(path: &str) -> Result<impl Iterator<Item = Result<(usize, String)>>> {
     let input = Checked::open(path)?;
     let name = input.name.clone();
@@ -592,7 +600,7 @@ fn not_utf8(name: &str, line: usize) -> anyhow::Error {
     anyhow!("{name} line {line}: not UTF-8 text; save the file as UTF-8")
 }
 
-/// A file as the readers take it: no line over [`LINE_LIMIT`] (an error naming it, raised
+/// A file as the readers take it: no line over 16 MB (`LINE_LIMIT`) (an error naming it, raised
 /// when that much of the line is read), and, for a parser that streams, its line ends noted
 /// ([`LineNumbers`]).
 struct Checked {

@@ -8,7 +8,9 @@ use super::Metrics;
 
 /// Documents for one query, best first, and the graded relevance of the judged ones.
 pub struct RankedQuery<'a> {
+    /// Document indices, best first.
     pub ranked: &'a [usize],
+    /// Judged documents and their relevance (0: judged not relevant).
     pub relevant: &'a HashMap<usize, u32>,
 }
 

@@ -37,10 +37,13 @@ mod download {
 /// What a hub repository holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RepoKind {
+    /// A model repository.
     Model,
+    /// A dataset repository (`hf://datasets/...`).
     Dataset,
 }
 
+/// Whether `HF_HUB_OFFLINE` forbids the network: only the cache is read.
 pub fn is_offline() -> bool {
     std::env::var("HF_HUB_OFFLINE")
         .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))

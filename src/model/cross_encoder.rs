@@ -16,16 +16,22 @@ use crate::ops::profile::timed;
 /// logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
+    /// Scores after the model's activation (sigmoid for one label): what `predict` returns.
     Activated,
+    /// The raw logits.
     Logits,
 }
 
 /// The function sentence-transformers applies to the logits in `predict`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
+    /// `1 / (1 + e^-x)`: a probability per label (one-label models' default).
     Sigmoid,
+    /// The logits as they are (several labels' default).
     Identity,
+    /// `tanh(x)`.
     Tanh,
+    /// Each row's softmax over its labels.
     Softmax,
 }
 
@@ -42,6 +48,7 @@ impl Activation {
         })
     }
 
+    /// The activation's torch class path, as `config_sentence_transformers.json` stores it.
     pub fn torch_name(self) -> &'static str {
         match self {
             Activation::Sigmoid => "torch.nn.modules.activation.Sigmoid",
@@ -114,20 +121,26 @@ impl std::fmt::Display for Quantization {
 /// Scores of a batch of pairs: `num_labels` values per pair, row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scores {
+    /// Scores per pair.
     pub num_labels: usize,
+    /// The scores, `num_labels` per pair, pair after pair.
     pub values: Vec<f32>,
 }
 
 impl Scores {
+    /// Pairs scored.
     pub fn len(&self) -> usize {
         self.values.len() / self.num_labels.max(1)
     }
+    /// Whether no pair was scored.
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
     }
+    /// Pair `i`'s scores.
     pub fn row(&self, i: usize) -> &[f32] {
         &self.values[i * self.num_labels..(i + 1) * self.num_labels]
     }
+    /// Each pair's scores, in input order.
     pub fn rows(&self) -> std::slice::ChunksExact<'_, f32> {
         self.values.chunks_exact(self.num_labels)
     }
@@ -146,6 +159,7 @@ pub struct LoadOptions {
     pub replace_head: bool,
     /// Seed of a newly created head.
     pub seed: u64,
+    /// The activation `predict` applies (default: the folder's, else sigmoid for one label).
     pub activation: Option<Activation>,
     /// Score with quantized linear layers (the model can then not be trained).
     pub quantize: Option<Quantization>,
@@ -183,10 +197,12 @@ pub struct CrossEncoder {
 }
 
 impl CrossEncoder {
+    /// The model's config.json, as read (labels as set at load).
     pub fn config(&self) -> &Config {
         &self.config
     }
 
+    /// The pair tokenizer (its max length included).
     pub fn tokenizer(&self) -> &PairTokenizer {
         &self.tokenizer
     }
@@ -250,6 +266,8 @@ impl CrossEncoder {
         Self::load(id_or_path, &LoadOptions::default())
     }
 
+    /// Loads a model folder or hub id as `opts` say: a bare encoder gets a new head, weights are
+    /// packed for scoring (or quantized).
     pub fn load(id_or_path: &str, opts: &LoadOptions) -> Result<Self> {
         let dir = hub::resolve_model(id_or_path)?;
         let mut config = Config::from_file(&dir.join("config.json"))?;
@@ -309,6 +327,7 @@ impl CrossEncoder {
         self.model.quantization()
     }
 
+    /// Outputs per pair.
     pub fn num_labels(&self) -> usize {
         self.config.num_labels()
     }

@@ -10,14 +10,18 @@ use crate::data::{read_lines, read_text};
 /// A corpus document; models read `title + " " + text`, as BEIR feeds them.
 #[derive(Debug, Clone)]
 pub struct Doc {
+    /// The corpus id (`_id`).
     pub id: String,
     /// 1-based line of the corpus file it was read from.
     pub line: usize,
+    /// The title (may be empty).
     pub title: String,
+    /// The body.
     pub text: String,
 }
 
 impl Doc {
+    /// The text a model reads: title and body, as BEIR joins them.
     pub fn full_text(&self) -> String {
         if self.title.is_empty() {
             self.text.clone()
@@ -30,14 +34,19 @@ impl Doc {
 /// A query with its judged documents (indices into the corpus) and their relevance grades.
 #[derive(Debug, Clone)]
 pub struct Query {
+    /// The query id (`_id`).
     pub id: String,
+    /// The query's text.
     pub text: String,
+    /// Indices into the corpus of the judged documents, with their relevance.
     pub relevant: HashMap<usize, u32>,
 }
 
 /// One split of a BEIR dataset: the whole corpus and the queries that split judges.
 pub struct Beir {
+    /// The corpus.
     pub docs: Vec<Doc>,
+    /// The queries with at least one judged document in the split.
     pub queries: Vec<Query>,
 }
 

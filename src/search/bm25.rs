@@ -11,6 +11,7 @@ pub struct Bm25 {
 }
 
 impl Bm25 {
+    /// Indexes `docs` (stemmed, stop words dropped).
     pub fn new<S: AsRef<str>>(docs: &[S]) -> Self {
         let texts: Vec<&str> = docs.iter().map(AsRef::as_ref).collect();
         let embedder: Embedder =

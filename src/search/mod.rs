@@ -21,7 +21,9 @@ use dense::DenseIndex;
 
 /// A first stage over one corpus.
 pub enum Retriever {
+    /// BM25 over the corpus's words.
     Bm25(Bm25),
+    /// A bi-encoder and the corpus's embeddings.
     Dense(Box<BiEncoder>, DenseIndex),
 }
 
@@ -107,7 +109,9 @@ pub fn mine_training_lists(
 
 /// A first stage's figures and, with a cross-encoder, those of its re-ranked top k.
 pub struct StageMetrics {
+    /// The first stage's metrics over its top k.
     pub first_stage: Metrics,
+    /// The same top k re-ranked by the cross-encoder, if one was given.
     pub reranked: Option<Metrics>,
 }
 

@@ -62,8 +62,10 @@ tokio::task_local! {
     static STATS: Cell<Option<Stats>>;
 }
 
+/// How `serve` runs: the model's name, limits, timeouts and the API key.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
+    /// The name `/info` and the responses give the model.
     pub model_id: String,
     /// Most padded tokens in one forward pass.
     pub max_batch_tokens: usize,

@@ -12,8 +12,11 @@ const CHUNK: usize = 4096;
 /// Tokenized training pairs with their labels and the lines they came from (for messages).
 #[derive(Debug, Clone)]
 pub struct TrainData {
+    /// Token ids of every pair.
     pub sequences: Sequences,
+    /// Each pair's label.
     pub labels: Vec<f64>,
+    /// Each pair's line in its file (or position in memory), for messages.
     pub lines: Vec<usize>,
 }
 
@@ -23,7 +26,7 @@ impl TrainData {
         TrainData::read(tokenizer, examples.iter().cloned().map(Ok))
     }
 
-    /// Tokenizes examples as they are read, [`CHUNK`] at a time: memory holds their ids, not
+    /// Tokenizes examples as they are read, 4,096 at a time: memory holds their ids, not
     /// their texts.
     pub fn read(
         tokenizer: &PairTokenizer,
@@ -49,10 +52,12 @@ impl TrainData {
         Ok(data)
     }
 
+    /// Training pairs.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
 
+    /// Whether there are no training pairs.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }

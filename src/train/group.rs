@@ -12,6 +12,7 @@ use std::time::Duration;
 pub trait Group {
     /// This process's index, `0..size`; rank 0 evaluates, logs and writes.
     fn rank(&self) -> usize;
+    /// Processes in the group.
     fn size(&self) -> usize;
     /// Sums `buf` element-wise over every process, in place.
     fn all_reduce_sum(&self, buf: &mut [f32]);

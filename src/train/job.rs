@@ -20,11 +20,15 @@ pub enum JobError {
     #[error(
         "multiclass training needs two or more class names, e.g. contradiction,entailment,neutral"
     )]
+    /// Multiclass training got fewer than two class names.
     ClassNamesNeeded,
+    /// Class names were given for a task other than multiclass.
     #[error("class names are for multiclass training only")]
     ClassNamesUnexpected,
+    /// Re-ranking training got dev or test pairs.
     #[error("re-ranking training has no dev or test pairs: evaluate its output on BEIR data")]
     HeldOutForRerank,
+    /// Re-ranking training was asked for no negatives.
     #[error("re-ranking training needs at least one negative per positive")]
     NoNegatives,
 }
@@ -33,7 +37,9 @@ pub enum JobError {
 /// `bundled:stsb`) read with the job's [`ReadOptions`], or pairs already in memory.
 #[derive(Debug, Clone)]
 pub enum Pairs {
+    /// A file, `hf://datasets/...` or `bundled:stsb`.
     Spec(String),
+    /// Pairs already in memory.
     Examples(Vec<Example>),
 }
 
@@ -103,6 +109,7 @@ pub struct Job {
     pub model: String,
     /// Where the model, its log, plot, card and checkpoints go.
     pub output: PathBuf,
+    /// What to do with an output folder that holds files.
     pub mode: OutputMode,
     /// Training pairs; for [`Task::Rerank`], a spec naming a folder in BEIR's layout.
     pub train: Pairs,
@@ -116,7 +123,9 @@ pub struct Job {
     pub read: ReadOptions,
     /// Maximum tokens per pair (default: the model's).
     pub max_length: Option<usize>,
+    /// How re-ranking lists are mined (re-ranking only).
     pub mining: Mining,
+    /// The hyper-parameters, task, loss and metric.
     pub config: TrainConfig,
 }
 
@@ -263,9 +272,13 @@ impl Job {
 pub struct Prepared {
     /// The job; pairs it held in memory are here now (`train` as token ids), not in it.
     pub job: Job,
+    /// The model to train, loaded (a new head where it had none).
     pub ce: CrossEncoder,
+    /// The training pairs (or lists), tokenized.
     pub train: TrainData,
+    /// Dev pairs, for evaluation and model selection.
     pub dev: Option<Vec<Example>>,
+    /// Test pairs, evaluated once with the final model.
     pub test: Option<Vec<Example>>,
     /// Re-ranking: what mining found.
     pub mined: Option<Mined>,
@@ -277,6 +290,7 @@ pub struct Prepared {
 pub struct Outcome {
     /// The trained model (as saved in the output folder).
     pub ce: CrossEncoder,
+    /// Steps, time and the best dev metrics.
     pub summary: Summary,
     /// Metrics of the final model on the test pairs (on rank 0 of a data-parallel run only).
     pub test: Option<Metrics>,

@@ -1,15 +1,15 @@
 //! Fine-tuning: the trainer loop, losses, AdamW, the learning-rate schedule and checkpoints.
 
-pub mod card;
+mod card;
 mod data;
 mod fingerprint;
 pub mod group;
 mod job;
-pub mod loss;
+mod loss;
 pub mod optim;
-pub mod plot;
-pub mod schedule;
-pub mod state;
+mod plot;
+mod schedule;
+mod state;
 
 use crate::setting::Setting;
 use anyhow::{bail, Context, Result};
@@ -38,6 +38,7 @@ use state::TrainerState;
 pub use data::TrainData;
 pub use job::{Job, JobError, Mined, Mining, Outcome, Pairs, Prepared};
 
+/// The loss a run trains with (sentence-transformers' names in the docs of each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum LossKind {
@@ -108,7 +109,9 @@ pub const MNRL_SCALE: f64 = 10.0;
 /// losses a query's positive followed by its negatives).
 #[derive(Debug, Clone, Copy)]
 pub struct Objective {
+    /// The loss.
     pub loss: LossKind,
+    /// Pairs per list: 1 for pairwise losses.
     pub list_size: usize,
 }
 
@@ -118,19 +121,30 @@ impl From<LossKind> for Objective {
     }
 }
 
+/// A training run's settings; [`TrainConfig::for_task`] gives a task's defaults.
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
+    /// Passes over the training data.
     pub epochs: usize,
+    /// Pairs (or lists) per batch.
     pub batch_size: usize,
+    /// How batches are drawn.
     pub batching: Batching,
+    /// Peak learning rate.
     pub lr: f64,
+    /// AdamW's betas, epsilon and weight decay.
     pub adamw: AdamWConfig,
     /// Warm-up steps; when `None`, `warmup_ratio` of the total.
     pub warmup_steps: Option<usize>,
+    /// Warm-up as a share of all steps, when `warmup_steps` is not set.
     pub warmup_ratio: f64,
+    /// Gradient clipping by global norm.
     pub max_grad_norm: f64,
+    /// Batches whose gradients are summed into one step.
     pub grad_accum: usize,
+    /// Seeds the head's initialisation, the shuffling and dropout.
     pub seed: u64,
+    /// The loss.
     pub loss: LossKind,
     /// Pairs per training item: 1, or for listwise losses a positive and its negatives.
     pub list_size: usize,
@@ -140,7 +154,9 @@ pub struct TrainConfig {
     pub eval_steps: Option<usize>,
     /// Write a resumable checkpoint every N optimizer steps.
     pub save_steps: Option<usize>,
+    /// Checkpoints kept (the newest).
     pub keep_checkpoints: usize,
+    /// Log the mean loss every N steps.
     pub log_steps: usize,
     /// Metric that picks the best model (one the task's evaluation reports).
     pub metric: String,
@@ -203,9 +219,13 @@ impl TrainConfig {
 /// What a run reached: the best dev metrics (if there was a dev set) and at which step.
 #[derive(Debug, Clone)]
 pub struct Summary {
+    /// Optimizer steps taken.
     pub steps: usize,
+    /// The best dev metrics and their step.
     pub best: Option<(usize, Metrics)>,
+    /// The last evaluation's metrics.
     pub last: Option<Metrics>,
+    /// Wall time of the run.
     pub seconds: f64,
     /// `--resume` found the run finished: nothing was trained or written.
     pub already_finished: bool,
@@ -214,6 +234,7 @@ pub struct Summary {
 /// What training adds to a model: the flat gradient buffer, AdamW's state, and the tape of
 /// saved activations, all allocated once and reused every step.
 pub struct Trainable {
+    /// AdamW's state.
     pub opt: AdamW,
     /// The gradient accumulated since the last step, laid out as the model's weights.
     pub grads: Vec<f32>,

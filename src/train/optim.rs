@@ -21,11 +21,16 @@ use std::ops::Range;
 use crate::model::weights::Entry;
 use crate::ops::bf16::Copies;
 
+/// AdamW's settings (PyTorch's defaults, weight decay 0.01 as sentence-transformers').
 #[derive(Debug, Clone, Copy)]
 pub struct AdamWConfig {
+    /// First moment's decay.
     pub beta1: f64,
+    /// Second moment's decay.
     pub beta2: f64,
+    /// Added to the second moment's root.
     pub eps: f64,
+    /// Decoupled weight decay (not applied to biases and LayerNorm weights).
     pub weight_decay: f64,
 }
 
@@ -40,14 +45,17 @@ impl Default for AdamWConfig {
     }
 }
 
+/// AdamW over the flat weight buffer, with an exact lazy update of untouched embedding rows.
 pub struct AdamW {
     /// First and second moments, laid out as the weights.
     pub m: Vec<f32>,
+    /// Second moments, laid out as the weights.
     pub v: Vec<f32>,
     /// Each parameter's range and whether it decays.
     groups: Vec<(Range<usize>, bool)>,
     /// Updates applied so far (the bias-correction step count).
     pub steps: usize,
+    /// Its settings.
     pub cfg: AdamWConfig,
     lazy: Option<LazyTable>,
     /// The constants of every step since the last restore (`history[s - first_step]` for step
@@ -76,6 +84,7 @@ pub fn decays(name: &str) -> bool {
 const CHUNK: usize = 1 << 15;
 
 impl AdamW {
+    /// The optimizer of `entries` (each parameter's range and whether it decays), moments zero.
     pub fn new(entries: &[Entry], cfg: AdamWConfig) -> Self {
         let n = entries.iter().map(|e| e.range.end).max().unwrap_or(0);
         AdamW {
