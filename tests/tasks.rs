@@ -258,6 +258,7 @@ fn reranker_trained_on_mined_negatives_beats_bm25() {
     let beir = dir.path().join("beir");
     write_beir(&beir, 80);
     let out = dir.path().join("model");
+    let dev = ["--dev", beir.to_str().unwrap(), "--dev-split", "test"];
     // MNRL trained to near-perfect; ListNet and LambdaLoss, shorter, only have to beat BM25
     // clearly.
     for (loss, epochs, min_mrr) in [
@@ -286,10 +287,31 @@ fn reranker_trained_on_mined_negatives_beats_bm25() {
                     "8",
                 ],
                 &["--lr", "1e-3", "--epochs", epochs, "--warmup-steps", "10"],
+                // LambdaLoss's run keeps its best model by NDCG@10 on held-out lists.
+                match loss {
+                    "lambda" => &dev[..],
+                    _ => &[],
+                },
             ]
             .concat(),
         ));
         assert!(printed.contains("for 40 queries (0 left out"), "{printed}");
+        if loss == "lambda" {
+            let log = std::fs::read_to_string(o.join("metrics.jsonl")).unwrap();
+            let evals: Vec<Value> = log
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .filter(|v| v.get("eval").is_some())
+                .collect();
+            assert_eq!(evals.len(), 15, "one evaluation per epoch: {log}");
+            let ndcg = |v: &Value| v["eval"]["ndcg@10"].as_f64().unwrap();
+            assert!(evals
+                .iter()
+                .all(|v| v["eval"]["mrr@10"].is_number() && v["eval"]["map"].is_number()));
+            assert!(ndcg(&evals[14]) > ndcg(&evals[0]), "{log}");
+            let card = std::fs::read_to_string(o.join("README.md")).unwrap();
+            assert!(card.contains("ndcg@10"), "{card}");
+        }
         let m = json_of(&crossenc(&[
             "eval",
             "--task",

@@ -35,7 +35,8 @@ pub struct TrainArgs {
     #[arg(long, default_value = DEFAULT_TRAIN)]
     train: String,
     /// Dev data for evaluation and model selection (default: bundled:stsb's dev split when
-    /// training on it; none for other --train data).
+    /// training on it; none for other --train data); for `--task rerank`, a folder in BEIR's
+    /// layout whose --dev-split queries have their candidate lists re-ranked (NDCG@10).
     #[arg(long)]
     dev: Option<String>,
     /// Test data, evaluated once with the final model (default: bundled:stsb's test split when
@@ -56,6 +57,13 @@ pub struct TrainArgs {
     /// Re-ranking: hard negatives per positive.
     #[arg(long, default_value_t = 3)]
     negatives: usize,
+    /// Re-ranking: the qrels split of --dev whose queries evaluate the model.
+    #[arg(long, default_value = "dev")]
+    dev_split: String,
+    /// Re-ranking: candidates per dev query, the first stage's top N and then the positives it
+    /// missed (as sentence-transformers' CrossEncoderRerankingEvaluator).
+    #[arg(long, default_value_t = 20, value_parser = super::at_least_one())]
+    dev_depth: usize,
     /// Re-ranking: mine negatives from first-stage ranks FROM:TO, skipping the top FROM
     /// (likely unjudged positives); known positives are never taken.
     #[arg(long, default_value = "10:100", value_parser = parse_span::<usize>)]
@@ -177,7 +185,7 @@ fn flag_hint(e: anyhow::Error) -> anyhow::Error {
     anyhow::anyhow!(match e {
         JobError::ClassNamesNeeded => "--task multiclass needs --labels with two or more class names, e.g. --labels contradiction,entailment,neutral",
         JobError::ClassNamesUnexpected => "--labels names the classes of --task multiclass",
-        JobError::HeldOutForRerank => "--task rerank has no --dev/--test: evaluate the output with crossenc eval --task rerank",
+        JobError::HeldOutForRerank => "--task rerank has no --test: evaluate the output with crossenc eval --task rerank",
         JobError::NoNegatives => "--negatives must be at least 1",
     })
 }
@@ -239,6 +247,8 @@ fn job(args: &TrainArgs, group: &Arc<dyn Group>) -> Result<Job> {
         retriever: args.retriever.clone(),
         negatives: args.negatives,
         ranks: args.neg_range,
+        dev_split: args.dev_split.clone(),
+        dev_depth: args.dev_depth,
     };
     Ok(job)
 }

@@ -127,8 +127,10 @@ fn label_fits(task: Task, num_labels: usize, label: f64) -> bool {
     }
 }
 
-/// The metrics of `task` for `ce`'s scores on `examples` (pairwise tasks), after
-/// [`check_task`].
+/// The metrics of `task` for `ce`'s scores on `examples`, after [`check_task`]. For
+/// [`Task::Rerank`], consecutive pairs of one query (`a`) are its candidate list and labels
+/// their relevance: MRR@10, NDCG@10 and MAP over the lists (as `search::candidate_lists`
+/// makes them).
 pub fn pair_metrics(ce: &CrossEncoder, task: Task, examples: &[Example]) -> Result<Metrics> {
     let labelled = crate::data::labelled(examples);
     check_task(task, ce.num_labels(), labelled, "the evaluation data")?;
@@ -141,7 +143,35 @@ pub fn pair_metrics(ce: &CrossEncoder, task: Task, examples: &[Example]) -> Resu
         Output::Logits => ce.logits(&pairs)?,
         Output::Activated => ce.predict(&pairs)?,
     };
-    scored_metrics(task, &scores, &labels)
+    match task {
+        Task::Rerank => Ok(list_metrics(examples, &scores)),
+        _ => scored_metrics(task, &scores, &labels),
+    }
+}
+
+/// Re-ranking metrics of candidate lists given as pairs, one query's consecutive.
+fn list_metrics(examples: &[Example], scores: &crate::Scores) -> Metrics {
+    let mut lists = Vec::new();
+    let mut start = 0;
+    for end in 1..=examples.len() {
+        if end == examples.len() || examples[end].a != examples[start].a {
+            let first: Vec<f32> = (start..end).map(|i| scores.row(i)[0]).collect();
+            let relevant: std::collections::HashMap<usize, u32> = (start..end)
+                .filter(|&i| examples[i].label > 0.0)
+                .map(|i| (i - start, examples[i].label.round() as u32))
+                .collect();
+            lists.push((ranking::rank_by_score(&first), relevant));
+            start = end;
+        }
+    }
+    let queries: Vec<ranking::RankedQuery> = lists
+        .iter()
+        .map(|(ranked, relevant)| ranking::RankedQuery { ranked, relevant })
+        .collect();
+    let depth = lists.iter().map(|(r, _)| r.len()).max().unwrap_or(0);
+    let mut m = ranking::ranking_metrics(&queries, depth);
+    m.retain(|k, _| !k.starts_with("recall@"));
+    m
 }
 
 /// What `task` is measured on: logits for multiclass (the best class, which an activation

@@ -107,6 +107,34 @@ pub fn mine_training_lists(
     Ok((out, left_out))
 }
 
+/// Held-out candidate lists, as sentence-transformers' `CrossEncoderRerankingEvaluator` makes
+/// them: for each query of `data` (in order), the first stage's top `depth` and then the
+/// judged positives it missed, each labelled with its relevance (0: not judged relevant).
+/// Consecutive pairs of one query form its list ([`crate::eval::pair_metrics`] reads them so).
+pub fn candidate_lists(data: &Beir, retriever: &Retriever, depth: usize) -> Result<Vec<Example>> {
+    let texts: Vec<&str> = data.queries.iter().map(|q| q.text.as_str()).collect();
+    let ranked = retriever.search(&texts, depth)?;
+    let mut out = Vec::new();
+    for (q, ranked) in data.queries.iter().zip(&ranked) {
+        let mut missed: Vec<usize> = q
+            .relevant
+            .keys()
+            .copied()
+            .filter(|d| !ranked.iter().any(|&(r, _)| r == *d))
+            .collect();
+        missed.sort_unstable();
+        for d in ranked.iter().map(|&(d, _)| d).chain(missed) {
+            out.push(Example {
+                a: q.text.clone(),
+                b: data.docs[d].full_text(),
+                label: q.relevant.get(&d).copied().unwrap_or(0) as f64,
+                line: 0,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// A first stage's figures and, with a cross-encoder, those of its re-ranked top k.
 pub struct StageMetrics {
     /// The first stage's metrics over its top k.

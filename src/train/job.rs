@@ -26,7 +26,7 @@ pub enum JobError {
     #[error("class names are for multiclass training only")]
     ClassNamesUnexpected,
     /// Re-ranking training got dev or test pairs.
-    #[error("re-ranking training has no dev or test pairs: evaluate its output on BEIR data")]
+    #[error("re-ranking training has no test pairs: evaluate its output on BEIR data")]
     HeldOutForRerank,
     /// Re-ranking training was asked for no negatives.
     #[error("re-ranking training needs at least one negative per positive")]
@@ -79,6 +79,10 @@ pub struct Mining {
     /// First-stage ranks to take negatives from, skipping the top ones (likely unjudged
     /// positives); known positives are never taken.
     pub ranks: (usize, usize),
+    /// The qrels split of [`Job::dev`]'s BEIR folder whose queries evaluate the model.
+    pub dev_split: String,
+    /// Candidates per dev query: the first stage's top ones, then the positives it missed.
+    pub dev_depth: usize,
 }
 
 impl Default for Mining {
@@ -88,6 +92,8 @@ impl Default for Mining {
             retriever: "bm25".into(),
             negatives: 3,
             ranks: (10, 100),
+            dev_split: "dev".into(),
+            dev_depth: 20,
         }
     }
 }
@@ -174,14 +180,18 @@ impl Job {
         let ce = CrossEncoder::load(&self.model, &opts)?;
         let mut notes = Vec::new();
         let (train, dev, test, mined) = if task == Task::Rerank {
-            if self.dev.is_some() || self.test.is_some() {
+            if self.test.is_some() {
                 return Err(JobError::HeldOutForRerank.into());
             }
-            let (lists, mined) = self.mine(progress)?;
+            let (lists, mined, retriever) = self.mine(progress)?;
             self.config.list_size = 1 + self.mining.negatives;
+            let dev = match &self.dev {
+                Some(dev) => Some(self.dev_lists(dev, retriever, progress)?),
+                None => None,
+            };
             (
                 TrainData::new(&ce.tokenizer, &lists)?,
-                None,
+                dev,
                 None,
                 Some(mined),
             )
@@ -235,17 +245,11 @@ impl Job {
         })
     }
 
-    /// Training lists from BEIR data: each query's positives, each followed by mined negatives.
-    fn mine(&self, progress: &dyn Progress) -> Result<(Vec<Example>, Mined)> {
+    /// Training lists from BEIR data: each query's positives, each followed by mined negatives;
+    /// and the first stage over its corpus, with its folder.
+    fn mine(&self, progress: &dyn Progress) -> Result<(Vec<Example>, Mined, (PathBuf, Retriever))> {
         let m = &self.mining;
-        let dir = match &self.train {
-            Pairs::Spec(spec) if Path::new(spec).is_dir() => Path::new(spec),
-            other => bail!(
-                "re-ranking trains on a folder in BEIR's layout (corpus.jsonl, queries.jsonl, qrels/{}.tsv); {} is not a folder",
-                m.split,
-                other.name()
-            ),
-        };
+        let dir = beir_folder(&self.train, &m.split)?;
         if m.negatives == 0 {
             return Err(JobError::NoNegatives.into());
         }
@@ -264,7 +268,40 @@ impl Job {
             );
         }
         let queries = data.queries.len() - left_out;
-        Ok((lists, Mined { queries, left_out }))
+        let first_stage = (dir.to_path_buf(), retriever);
+        Ok((lists, Mined { queries, left_out }, first_stage))
+    }
+
+    /// The dev queries' candidate lists ([`search::candidate_lists`]), from the training's
+    /// first stage where `dev` is the training's folder.
+    fn dev_lists(
+        &self,
+        dev: &Pairs,
+        (train_dir, retriever): (PathBuf, Retriever),
+        progress: &dyn Progress,
+    ) -> Result<Vec<Example>> {
+        let m = &self.mining;
+        let dir = beir_folder(dev, &m.dev_split)?;
+        let data = beir::read_beir(dir, &m.dev_split)?;
+        let retriever = match dir == train_dir {
+            true => retriever,
+            false => {
+                let docs: Vec<String> = data.docs.iter().map(beir::Doc::full_text).collect();
+                Retriever::build(&m.retriever, &docs, progress)?
+            }
+        };
+        search::candidate_lists(&data, &retriever, m.dev_depth)
+    }
+}
+
+/// The folder in BEIR's layout that `pairs` names (re-ranking's data).
+fn beir_folder<'a>(pairs: &'a Pairs, split: &str) -> Result<&'a Path> {
+    match pairs {
+        Pairs::Spec(spec) if Path::new(spec).is_dir() => Ok(Path::new(spec)),
+        other => bail!(
+            "re-ranking reads a folder in BEIR's layout (corpus.jsonl, queries.jsonl, qrels/{split}.tsv); {} is not a folder",
+            other.name()
+        ),
     }
 }
 
