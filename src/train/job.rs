@@ -25,7 +25,7 @@ pub enum JobError {
     /// Class names were given for a task other than multiclass.
     #[error("class names are for multiclass training only")]
     ClassNamesUnexpected,
-    /// Re-ranking training got dev or test pairs.
+    /// Re-ranking training got test pairs.
     #[error("re-ranking training has no test pairs: evaluate its output on BEIR data")]
     HeldOutForRerank,
     /// Re-ranking training was asked for no negatives.

@@ -340,19 +340,8 @@ pub fn loss_and_grad(
     labels: &[f32],
     objective: Objective,
 ) -> Result<(f32, Vec<f32>)> {
-    let docs = objective.list_size;
-    match objective.loss {
-        LossKind::Lambda => {
-            return Ok(loss::lambda(
-                logits,
-                labels,
-                docs,
-                Weighting::NdcgLoss2PlusPlus,
-            ))
-        }
-        LossKind::RankNet => return Ok(loss::lambda(logits, labels, docs, Weighting::Uniform)),
-        LossKind::PListMle => return Ok(loss::plist_mle(logits, docs)),
-        _ => {}
+    if let Some(by_hand) = by_hand(logits, labels, objective) {
+        return Ok(by_hand);
     }
     let n = labels.len();
     let x = Var::from_tensor(&Tensor::from_slice(
@@ -370,6 +359,22 @@ pub fn loss_and_grad(
     Ok((loss.to_scalar::<f32>()?, g))
 }
 
+/// The learning-to-rank losses, computed by hand (value and exact gradient); `None` for the
+/// losses that candle's autograd differentiates ([`objective_loss`]).
+fn by_hand(logits: &[f32], labels: &[f32], objective: Objective) -> Option<(f32, Vec<f32>)> {
+    let docs = objective.list_size;
+    Some(match objective.loss {
+        LossKind::Lambda => loss::lambda(logits, labels, docs, Weighting::NdcgLoss2PlusPlus),
+        LossKind::RankNet => loss::lambda(logits, labels, docs, Weighting::Uniform),
+        LossKind::PListMle => loss::plist_mle(logits, docs),
+        LossKind::Bce
+        | LossKind::Mse
+        | LossKind::CrossEntropy
+        | LossKind::Mnrl
+        | LossKind::Listnet => return None,
+    })
+}
+
 /// The loss of `logits` (`[batch, num_labels]`) as a scalar tensor.
 fn objective_loss(logits: &Tensor, labels: &[f32], objective: Objective) -> Result<Tensor> {
     let labels = Tensor::from_slice(labels, labels.len(), &Device::Cpu)?;
@@ -384,7 +389,7 @@ fn objective_loss(logits: &Tensor, labels: &[f32], objective: Objective) -> Resu
         LossKind::Mnrl => loss::multiple_negatives_ranking(&logits.reshape(lists)?, MNRL_SCALE)?,
         LossKind::Listnet => loss::listnet(&logits.reshape(lists)?, &labels.reshape(lists)?)?,
         LossKind::Lambda | LossKind::RankNet | LossKind::PListMle => {
-            unreachable!("computed by hand in loss_and_grad")
+            unreachable!("computed by hand (by_hand)")
         }
     })
 }
@@ -413,7 +418,15 @@ pub fn mean_loss(
         let logits = ce
             .model
             .forward(&sequences.pack(k * chunk..k * chunk + ex.len()))?;
-        let (l, _) = loss_and_grad(&logits, &labels, objective)?;
+        // The value alone: no backward for autograd's losses.
+        let l = match by_hand(&logits, &labels, objective) {
+            Some((l, _)) => l,
+            None => {
+                let logits =
+                    Tensor::from_vec(logits, (labels.len(), ce.num_labels()), &Device::Cpu)?;
+                objective_loss(&logits, &labels, objective)?.to_scalar::<f32>()?
+            }
+        };
         total += l as f64 * ex.len() as f64;
     }
     Ok(total / examples.len().max(1) as f64)

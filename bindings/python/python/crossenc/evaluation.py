@@ -84,17 +84,16 @@ class CESoftmaxAccuracyEvaluator(_Evaluator):
 
 
 class CEClassificationEvaluator(_Evaluator):
-    """Binary metrics for a one-output model, else multiclass ones."""
+    """Binary metrics for a one-output model, else multiclass ones; in `fit`, average precision
+    or macro-F1 keeps the best model."""
+
+    primary = "average_precision"
 
     def task_for(self, num_labels):
         return "binary" if num_labels == 1 else "multiclass"
 
     def metric_for(self, task):
         return "average_precision" if task == "binary" else "macro_f1"
-
-    @property
-    def primary_metric(self):
-        return self._prefixed("average_precision" if self.task is None else self.primary)
 
 
 class CERerankingEvaluator:
